@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The one test command (README, CI): bash scripts/test.sh
+#
+# Runs, as root, failing fast with a banner per step: setup, fmt, clippy, rustdoc, build,
+# cargo test, the layering grep, pjdfstest against an ovlrun mount; then, even when a step
+# failed, checks that the suite left no overlay or ovlrun mount behind.
+#
+# Under CI (CI=true) tests that lack a capability panic instead of skipping; this script sets
+# CI=true when it is unset, since setup.sh has just installed everything they need.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+export CI="${CI:-true}"
+
+MOUNTS_BEFORE=""   # mount ids of overlay and fuse.ovlrun mounts present when we started
+CURRENT_STEP=""
+START_SECONDS=$SECONDS
+
+# Prints "<mount id> <fstype> <mountpoint>" for every overlay or fuse.ovlrun mount.
+overlay_mounts() {
+    awk '{
+        for (i = 7; i <= NF; i++) if ($i == "-") break
+        fstype = $(i + 1)
+        if (fstype == "overlay" || fstype == "fuse.ovlrun") print $1, fstype, $5
+    }' /proc/self/mountinfo | sort
+}
+
+# Fails if a mount of ours appeared since the start (runs from the EXIT trap).
+check_leftover_mounts() {
+    local status=$? leftovers
+    trap - EXIT
+    banner "leftover mounts"
+    leftovers="$(comm -13 <(printf '%s\n' "$MOUNTS_BEFORE") <(overlay_mounts) | awk NF)"
+    if [[ -n "$leftovers" ]]; then
+        echo "FAILED: the suite left these mounts behind (id fstype mountpoint):"
+        printf '%s\n' "$leftovers" | sed 's/^/  /'
+        ((status)) || status=1
+    else
+        echo "no overlay or fuse.ovlrun mount left behind"
+    fi
+    local minutes=$(((SECONDS - START_SECONDS) / 60)) seconds=$(((SECONDS - START_SECONDS) % 60))
+    if ((status)); then
+        echo "==> test.sh FAILED${CURRENT_STEP:+ at step: $CURRENT_STEP} (${minutes}m${seconds}s)"
+    else
+        echo "==> test.sh passed (${minutes}m${seconds}s)"
+    fi
+    exit "$status"
+}
+
+banner() {
+    printf '\n==> %s\n' "$*"
+}
+
+# Runs one step: a banner, the command, and on failure the step's name.
+step() {
+    local name="$1"
+    shift
+    CURRENT_STEP="$name"
+    banner "$name"
+    if ! "$@"; then
+        echo "==> step failed: $name"
+        return 1
+    fi
+}
+
+# `layers` and `sys` must not know FUSE exists (DESIGN.md: Modules); comments may name it.
+check_layering() {
+    local paths=() path hits
+    for path in src/layers src/layers.rs src/sys src/sys.rs; do
+        [[ -e "$path" ]] && paths+=("$path")
+    done
+    if ((${#paths[@]} == 0)); then
+        echo "neither src/layers nor src/sys exists: nothing to check"
+        return 1
+    fi
+    # `use fuser...`, `fuser::path`, `extern crate fuser;`, outside `//` comment lines.
+    hits="$(grep -rnE '(^|[^[:alnum:]_])fuser([[:space:]]*;|::)' "${paths[@]}" \
+        | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)"
+    if [[ -n "$hits" ]]; then
+        echo "src/layers and src/sys must not use fuser:"
+        printf '%s\n' "$hits"
+        return 1
+    fi
+    echo "${paths[*]}: no use of fuser"
+}
+
+main() {
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "test.sh: run as root (setup installs packages; the tests mount filesystems)" >&2
+        exit 1
+    fi
+    MOUNTS_BEFORE="$(overlay_mounts)"
+    trap check_leftover_mounts EXIT
+
+    step "setup (scripts/setup.sh)" bash scripts/setup.sh
+    step "cargo fmt --check" cargo fmt --check
+    step "cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets -- -D warnings
+    step "cargo doc --no-deps (RUSTDOCFLAGS=-D warnings)" \
+        env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+    step "cargo build" cargo build
+    step "cargo test (CI=$CI)" cargo test
+    step "layering: src/layers and src/sys never use fuser" check_layering
+    step "pjdfstest against ovlrun (scripts/pjdfstest.sh --fs ovlrun)" \
+        bash scripts/pjdfstest.sh --fs ovlrun
+    CURRENT_STEP=""
+}
+
+main "$@"
