@@ -1,0 +1,23 @@
+//! The one integration test crate (ripgrep's shape): every test gets its own directory under
+//! `CARGO_TARGET_TMPDIR`, mounts only inside the test thread's private mount namespace, and
+//! panics with the path, the operation and the errno when something fails.
+//!
+//! Modules:
+//! - `support`: `TestDir`, `require!`, mount guards (`OvlrunMount`, `KernelOverlay`),
+//!   `tree_snapshot`, and fs helpers that panic with context.
+//! - `mount_ops`: every filesystem operation through a real `ovlrun mount`.
+//! - `differential`: random operation sequences applied to ovlrun and to the kernel overlayfs
+//!   over the same lower; errno per step and the final merged tree must agree.
+//! - `compat`: uppers written by ovlrun read by the kernel overlayfs and the reverse; AUFS
+//!   lowers read by ovlrun.
+
+// Test code: a failed unwrap is a failed test, which is what we want (clippy.toml means the
+// same, but does not reach helper functions outside `#[test]` items).
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod support;
+
+mod compat;
+mod differential;
+mod mount_ops;
