@@ -1,0 +1,304 @@
+//! Copy-up: bringing a lower object into the upper before it is changed.
+//!
+//! Atomic: the copy is built in the scratch directory (on the upper's filesystem), complete
+//! with data, owner, mode, xattrs and times, then renamed into place. A crash leaves either
+//! no upper copy or a whole one. Parents are copied first; symlinks are copied as symlinks.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, readlinkat, renameat2};
+use nix::sys::stat::{FileStat, Mode, SFlag, UtimensatFlags, fchmod, mkdirat, mknodat, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, Whence, fchownat, ftruncate, lseek, symlinkat};
+
+use super::format::{INO_XATTR, is_private_xattr, is_whiteout};
+use super::walk::{proc_path, remove_tree, split};
+use super::{Ino, LayerIdx, Loc, Overlay, is_dir};
+use crate::sys;
+
+impl Overlay {
+    /// Makes sure the object at `loc` has its own copy in the upper.
+    ///
+    /// # Errors
+    /// `ENOENT` when the object is gone; any error of the copy.
+    pub fn copy_up(&self, loc: &Loc) -> Result<(), Errno> {
+        if let Some(st) = self.upper_stat(&loc.path)? {
+            return if is_whiteout(&st) {
+                Err(Errno::ENOENT)
+            } else {
+                Ok(())
+            };
+        }
+        let Some((parent, name)) = split(&loc.path) else {
+            return Ok(()); // the upper root always exists
+        };
+        self.ensure_upper_dir(parent)?;
+        let layer = *loc.lowers.first().ok_or(Errno::ENOENT)?;
+        self.copy_from(layer, parent, name)
+    }
+
+    /// Makes sure merged directory `path` exists in the upper, copying each missing parent
+    /// from the topmost lower that holds it.
+    pub(crate) fn ensure_upper_dir(&self, path: &Path) -> Result<(), Errno> {
+        let mut prefix = Path::new("").to_path_buf();
+        for comp in path.components() {
+            let parent = prefix.clone();
+            prefix.push(comp);
+            match self.upper_stat(&prefix)? {
+                Some(st) if is_dir(&st) => continue,
+                Some(_) => return Err(Errno::EIO),
+                None => {}
+            }
+            let name = prefix.file_name().ok_or(Errno::EINVAL)?;
+            let source = (1..self.layers.len())
+                .map(|i| LayerIdx(u16::try_from(i).unwrap_or(u16::MAX)))
+                .find(|l| matches!(self.stat_in(*l, &prefix), Ok(Some(st)) if is_dir(&st)))
+                .ok_or(Errno::ENOENT)?;
+            self.copy_from(source, &parent, name)?;
+        }
+        Ok(())
+    }
+
+    /// Copies entry `name` of directory `parent` from `layer` into the same place in the
+    /// upper, whose parent directory exists.
+    fn copy_from(&self, layer: LayerIdx, parent: &Path, name: &OsStr) -> Result<(), Errno> {
+        let src_dir = self.dir_fd(layer, parent)?;
+        let st = super::walk::stat_at(src_dir.as_fd(), name)?.ok_or(Errno::ENOENT)?;
+        let ino = Ino::compose(self.fs_index(layer), st.st_ino);
+        let tmp = self.temp_name();
+        let scratch = self.scratch();
+        let built = self.build_copy(layer, &src_dir, parent, name, &st, ino, &tmp);
+        if let Err(e) = built {
+            let _ = remove_tree(scratch, &tmp);
+            return Err(e);
+        }
+        let dst_dir = self.dir_fd(LayerIdx::UPPER, parent)?;
+        match renameat2(
+            scratch,
+            tmp.as_os_str(),
+            dst_dir.as_fd(),
+            name,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => Ok(()),
+            // Another thread copied it up first; its copy is as good as ours.
+            Err(Errno::EEXIST) => remove_tree(scratch, &tmp),
+            Err(e) => {
+                let _ = remove_tree(scratch, &tmp);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_copy(
+        &self,
+        layer: LayerIdx,
+        src_dir: &OwnedFd,
+        parent: &Path,
+        name: &OsStr,
+        st: &FileStat,
+        ino: Ino,
+        tmp: &OsStr,
+    ) -> Result<(), Errno> {
+        let scratch = self.scratch();
+        let perm = Mode::from_bits_truncate(st.st_mode & 0o7777);
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                let src = self.open_in(layer, &parent.join(name), OFlag::O_RDONLY)?;
+                let dst = nix::fcntl::openat(
+                    scratch,
+                    tmp,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )?;
+                copy_data(&src, &dst, st.st_size)?;
+                set_owner(scratch, tmp, st)?;
+                fchmod(dst.as_fd(), perm)?;
+                copy_xattrs(src_dir.as_fd(), name, scratch, tmp)?;
+                self.mark_origin(scratch, tmp, ino)?;
+                set_times(scratch, tmp, st)?;
+                nix::unistd::fsync(dst.as_fd())?;
+            }
+            libc::S_IFDIR => {
+                mkdirat(scratch, tmp, Mode::from_bits_truncate(0o700))?;
+                set_owner(scratch, tmp, st)?;
+                nix::sys::stat::fchmodat(
+                    scratch,
+                    tmp,
+                    perm,
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )?;
+                copy_xattrs(src_dir.as_fd(), name, scratch, tmp)?;
+                self.mark_origin(scratch, tmp, ino)?;
+                set_times(scratch, tmp, st)?;
+            }
+            libc::S_IFLNK => {
+                let target = readlinkat(src_dir.as_fd(), name)?;
+                symlinkat(target.as_os_str(), scratch, tmp)?;
+                set_owner(scratch, tmp, st)?;
+                copy_xattrs(src_dir.as_fd(), name, scratch, tmp)?;
+                set_times(scratch, tmp, st)?;
+            }
+            kind => {
+                let sflag = SFlag::from_bits_truncate(kind);
+                mknodat(scratch, tmp, sflag, perm, st.st_rdev)?;
+                set_owner(scratch, tmp, st)?;
+                copy_xattrs(src_dir.as_fd(), name, scratch, tmp)?;
+                self.mark_origin(scratch, tmp, ino)?;
+                set_times(scratch, tmp, st)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the origin's inode number on an upper copy, so `st_ino` does not change.
+    pub(crate) fn mark_origin(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        ino: Ino,
+    ) -> Result<(), Errno> {
+        if !self.upper_xattrs {
+            return Ok(());
+        }
+        match sys::xattr::set(
+            &proc_path(dir, name),
+            OsStr::new(INO_XATTR),
+            &ino.to_xattr(),
+            0,
+        ) {
+            Ok(()) | Err(Errno::EPERM | Errno::EOPNOTSUPP) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Copies `size` bytes of `src` into the empty `dst`: shared blocks where the filesystem can,
+/// else the data ranges only, so holes stay holes.
+fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: i64) -> Result<(), Errno> {
+    if size == 0 || sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut offset: i64 = 0;
+    while offset < size {
+        let data = match lseek(src.as_fd(), offset, Whence::SeekData) {
+            Ok(d) => d,
+            Err(Errno::ENXIO) => break, // only a hole is left
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => offset, // no hole support: copy all
+            Err(e) => return Err(e),
+        };
+        let hole = match lseek(src.as_fd(), data, Whence::SeekHole) {
+            Ok(h) => h,
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => size,
+            Err(e) => return Err(e),
+        };
+        copy_range(src, dst, data, hole - data)?;
+        offset = hole;
+    }
+    ftruncate(dst.as_fd(), size)
+}
+
+/// Copies `len` bytes at `offset` from `src` to the same offset in `dst`.
+pub(crate) fn copy_range(src: &OwnedFd, dst: &OwnedFd, offset: i64, len: i64) -> Result<(), Errno> {
+    let (mut off_in, mut off_out) = (offset, offset);
+    let end = offset + len;
+    while off_in < end {
+        let want = usize::try_from(end - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match nix::fcntl::copy_file_range(
+            src.as_fd(),
+            Some(&mut off_in),
+            dst.as_fd(),
+            Some(&mut off_out),
+            want,
+        ) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                return copy_range_rw(src, dst, off_in, end - off_in);
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_rw(src: &OwnedFd, dst: &OwnedFd, mut offset: i64, len: i64) -> Result<(), Errno> {
+    let end = offset + len;
+    let mut buf = vec![0u8; 1 << 20];
+    while offset < end {
+        let want = usize::try_from(end - offset)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = nix::sys::uio::pread(src.as_fd(), &mut buf[..want], offset)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += nix::sys::uio::pwrite(
+                dst.as_fd(),
+                &buf[done..n],
+                offset + i64::try_from(done).unwrap_or(0),
+            )?;
+        }
+        offset += i64::try_from(n).unwrap_or(0);
+    }
+    Ok(())
+}
+
+/// Gives the copy the original's owner. Where we may not (a rootless session whose id map
+/// lacks the owner), the copy stays ours: the kernel would refuse the copy-up instead.
+fn set_owner(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
+    match fchownat(
+        dir,
+        name,
+        Some(Uid::from_raw(st.st_uid)),
+        Some(Gid::from_raw(st.st_gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(()) | Err(Errno::EPERM | Errno::EINVAL) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_times(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
+    let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
+    let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+    utimensat(dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
+}
+
+/// Copies the user-visible xattrs of `src_dir/name` to `dst_dir/dst`; ones we may not set
+/// (`trusted.*`, `security.*` without privilege) are left behind as the kernel does.
+pub(crate) fn copy_xattrs(
+    src_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    dst_dir: BorrowedFd<'_>,
+    dst: &OsStr,
+) -> Result<(), Errno> {
+    let src = proc_path(src_dir, name);
+    let dst = proc_path(dst_dir, dst);
+    let names = match sys::xattr::list(&src) {
+        Ok(n) => n,
+        Err(Errno::EOPNOTSUPP | Errno::EPERM | Errno::EACCES) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for xname in names.iter().filter(|n| !is_private_xattr(n)) {
+        let value = match sys::xattr::get(&src, xname) {
+            Ok(v) => v,
+            Err(Errno::ENODATA | Errno::EPERM | Errno::EACCES) => continue,
+            Err(e) => return Err(e),
+        };
+        match sys::xattr::set(&dst, xname, &value, 0) {
+            Ok(()) | Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EACCES) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

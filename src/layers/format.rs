@@ -1,0 +1,162 @@
+//! The on-disk vocabulary of overlay layers: whiteouts, opaque markers, private xattrs.
+//!
+//! Read in every form (char 0:0, `trusted.`/`user.overlay.opaque`, `.wh.<name>`,
+//! `.wh..wh..opq`, `.wh.__dir_opaque`), written in the one form the upper was set up with.
+//! The policy code reads uppers through these same helpers.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, Mode, SFlag, mknodat};
+
+use super::walk::{proc_path, stat_at};
+use super::{LayerIdx, Overlay};
+use crate::sys;
+
+/// How the upper records deletions and opaque directories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhiteoutFormat {
+    /// The kernel overlayfs `userxattr` form: a char device 0:0 per deleted name, xattr
+    /// `user.overlay.opaque="y"` on opaque directories.
+    Kernel,
+    /// The AUFS/OCI image layer form: `.wh.<name>` files and a `.wh..wh..opq` file.
+    Aufs,
+}
+
+/// Prefix of AUFS whiteout files.
+pub const AUFS_PREFIX: &[u8] = b".wh.";
+/// The AUFS marker file of an opaque directory.
+pub const AUFS_OPAQUE: &str = ".wh..wh..opq";
+/// The opaque marker some image tools write instead of [`AUFS_OPAQUE`].
+pub const AUFS_OPAQUE_ALT: &str = ".wh.__dir_opaque";
+/// Xattrs that mark a directory opaque, in the order they are checked.
+pub const OPAQUE_XATTRS: [&str; 2] = ["user.overlay.opaque", "trusted.overlay.opaque"];
+/// The opaque xattr ovlrun writes (the kernel's `userxattr` flavour).
+pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
+/// Where ovlrun keeps the stable inode number of a copied-up entry. The kernel ignores unknown
+/// names under its private prefix and never lists them.
+pub const INO_XATTR: &str = "user.overlay.ovlrun.ino";
+
+/// True when `st` is a whiteout char device (0:0).
+pub fn is_whiteout(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// True for names that belong to the AUFS vocabulary and never show in a merged view.
+pub fn is_aufs_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(AUFS_PREFIX)
+}
+
+/// For `.wh.<name>`, the name it deletes; `None` for opaque markers and other names.
+pub fn aufs_whiteout_target(name: &OsStr) -> Option<&OsStr> {
+    let rest = name.as_bytes().strip_prefix(AUFS_PREFIX)?;
+    if name == AUFS_OPAQUE || name == AUFS_OPAQUE_ALT || rest.is_empty() {
+        return None;
+    }
+    Some(OsStr::from_bytes(rest))
+}
+
+/// The AUFS whiteout file name for `name`.
+pub fn aufs_whiteout_name(name: &OsStr) -> OsString {
+    let mut s = OsString::from(".wh.");
+    s.push(name);
+    s
+}
+
+/// True for xattrs the overlay keeps for itself (`user.overlay.*`, `trusted.overlay.*`):
+/// never listed, never readable or writable through the merged view.
+pub fn is_private_xattr(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(b"user.overlay.") || b.starts_with(b"trusted.overlay.")
+}
+
+fn xattr_says_yes(path: &Path, name: &str) -> Result<bool, Errno> {
+    match sys::xattr::get(path, OsStr::new(name)) {
+        Ok(v) => Ok(v == b"y"),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP | Errno::EPERM | Errno::EACCES) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// True when directory `name` of `dir` is opaque in any of the forms.
+pub fn dir_is_opaque(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errno> {
+    let path = proc_path(dir, name);
+    for x in OPAQUE_XATTRS {
+        if xattr_says_yes(&path, x)? {
+            return Ok(true);
+        }
+    }
+    for marker in [AUFS_OPAQUE, AUFS_OPAQUE_ALT] {
+        let inner = Path::new(name).join(marker);
+        let inner = if name.is_empty() {
+            Path::new(marker).to_path_buf()
+        } else {
+            inner
+        };
+        if stat_at(dir, inner.as_os_str())?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// True when `dir` holds an AUFS whiteout for `name`.
+pub fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errno> {
+    Ok(stat_at(dir, &aufs_whiteout_name(name))?.is_some())
+}
+
+impl Overlay {
+    /// True when directory `path` of `layer` is opaque.
+    pub(crate) fn dir_is_opaque_at(&self, layer: LayerIdx, path: &Path) -> Result<bool, Errno> {
+        match super::walk::split(path) {
+            None => dir_is_opaque(self.layer_root(layer), OsStr::new("")),
+            Some((parent, name)) => {
+                let dir = self.dir_fd(layer, parent)?;
+                dir_is_opaque(dir.as_fd(), name)
+            }
+        }
+    }
+
+    /// Writes a whiteout for `name` into upper directory `dir`; `name` must be free.
+    pub(crate) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+        match self.format {
+            WhiteoutFormat::Kernel => mknodat(dir, name, SFlag::S_IFCHR, Mode::empty(), 0),
+            WhiteoutFormat::Aufs => create_marker(dir, &aufs_whiteout_name(name)),
+        }
+    }
+
+    /// Marks directory `name` of upper directory `dir` opaque.
+    pub(crate) fn write_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+        match self.format {
+            WhiteoutFormat::Kernel => {
+                sys::xattr::set(&proc_path(dir, name), OsStr::new(OPAQUE_XATTR), b"y", 0)
+            }
+            WhiteoutFormat::Aufs => {
+                let inner = nix::fcntl::openat(
+                    dir,
+                    name,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                create_marker(inner.as_fd(), OsStr::new(AUFS_OPAQUE))
+            }
+        }
+    }
+}
+
+/// Creates an empty marker file (mode 0) unless it is there already.
+fn create_marker(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    match nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

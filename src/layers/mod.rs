@@ -1,0 +1,173 @@
+//! Overlay semantics on real directories: one writable upper over read-only lowers.
+//!
+//! Every overlay rule of ovlrun lives in this module and nowhere else: how a name resolves
+//! through the layers, how listings merge, when a whiteout or an opaque marker is written, how
+//! copy-up works, what rename does. It is plain Rust over directory fds: it knows nothing of
+//! FUSE, node ids or namespaces, and it is unit-tested on temporary directories.
+//!
+//! Paths handed in are *merged* paths relative to the overlay root (`""` is the root). The
+//! caller keeps, per merged directory, the [`Loc`] that a lookup returned (which lowers stand
+//! behind it); the upper is always consulted live, because it is the only layer that changes.
+
+mod copy_up;
+mod create;
+pub mod format;
+mod ino;
+mod lookup;
+mod meta;
+mod readdir;
+mod remove;
+mod rename;
+mod setup;
+#[cfg(test)]
+mod tests;
+mod walk;
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use nix::sys::stat::FileStat;
+
+pub use create::{NewNode, Owner};
+pub use format::WhiteoutFormat;
+pub use ino::Ino;
+pub use meta::{SetAttr, SetTime};
+pub use readdir::DirEntry;
+pub use rename::RenameOutcome;
+pub use setup::{LayerSetupError, OverlayConfig};
+
+/// Index of a layer: 0 is the upper, 1.. are the lowers from the top down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LayerIdx(pub u16);
+
+impl LayerIdx {
+    /// The writable upper layer.
+    pub const UPPER: LayerIdx = LayerIdx(0);
+}
+
+/// The lower layers that stand behind one merged object, top first.
+///
+/// For a directory: every lower holding a directory of that path that the merged view
+/// includes (the list is cut at an opaque directory, a whiteout or a non-directory). For a
+/// non-directory: the one lower holding the visible copy, or nothing when it lives in the upper.
+pub type Lowers = Arc<[LayerIdx]>;
+
+/// Where a merged object lives: its merged path and the lowers behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loc {
+    /// Path relative to the overlay root; empty for the root.
+    pub path: PathBuf,
+    /// Lower layers behind this object (see [`Lowers`]).
+    pub lowers: Lowers,
+}
+
+impl Loc {
+    /// The overlay root, given the lowers that hold a root directory.
+    pub fn root(lowers: Lowers) -> Loc {
+        Loc {
+            path: PathBuf::new(),
+            lowers,
+        }
+    }
+
+    /// The merged path of entry `name` inside this directory.
+    pub fn child_path(&self, name: &OsStr) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+/// The attributes of a merged object as the overlay shows them.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    /// Stable inode number (see [`Ino`]).
+    pub ino: Ino,
+    /// The real `stat` of the topmost copy, with the overlay's adjustments (nlink of merged
+    /// directories).
+    pub st: FileStat,
+}
+
+impl Attr {
+    /// True for directories.
+    pub fn is_dir(&self) -> bool {
+        is_dir(&self.st)
+    }
+}
+
+/// A merged entry found by a lookup or made by a create.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// Where it lives.
+    pub loc: Loc,
+    /// What it looks like.
+    pub attr: Attr,
+}
+
+/// One real layer directory, held by an `O_PATH` fd for the life of the overlay.
+#[derive(Debug)]
+struct Layer {
+    root: OwnedFd,
+    path: PathBuf,
+    /// Index of this layer's filesystem among the distinct filesystems of all layers
+    /// (0 is the upper's); it goes into the high bits of inode numbers.
+    fs_index: u8,
+}
+
+/// An overlay of real directories: the object every merged operation goes through.
+///
+/// All methods take `&self` and are safe to call from many threads at once.
+#[derive(Debug)]
+pub struct Overlay {
+    /// `layers[0]` is the upper; the rest are lowers, top first.
+    layers: Vec<Layer>,
+    /// ovlrun's scratch directory inside the work dir, on the upper's filesystem.
+    scratch: OwnedFd,
+    format: WhiteoutFormat,
+    /// Whether the upper filesystem takes `user.*` xattrs (opaque markers, stable inos).
+    upper_xattrs: bool,
+    next_temp: AtomicU64,
+}
+
+pub(crate) fn is_dir(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+impl Overlay {
+    /// Number of lower layers.
+    pub fn lower_count(&self) -> usize {
+        self.layers.len() - 1
+    }
+
+    /// The whiteout format this overlay writes.
+    pub fn format(&self) -> WhiteoutFormat {
+        self.format
+    }
+
+    /// The real directory of a layer (for messages and tests).
+    pub fn layer_path(&self, layer: LayerIdx) -> &Path {
+        &self.layers[usize::from(layer.0)].path
+    }
+
+    /// The root of the merged view.
+    pub fn root_loc(&self) -> Loc {
+        let lowers: Vec<LayerIdx> = (1..self.layers.len())
+            .map(|i| LayerIdx(u16::try_from(i).unwrap_or(u16::MAX)))
+            .collect();
+        // A lower root that is opaque cuts the ones below it, like any other directory.
+        let mut kept = Vec::new();
+        for (n, layer) in lowers.iter().enumerate() {
+            kept.push(*layer);
+            let last = n + 1 == lowers.len();
+            if !last
+                && self
+                    .dir_is_opaque_at(*layer, Path::new(""))
+                    .unwrap_or(false)
+            {
+                break;
+            }
+        }
+        Loc::root(kept.into())
+    }
+}

@@ -1,0 +1,314 @@
+//! Opening and checking the layer directories before anything is served.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::{Mode, SFlag, fstat, mknodat};
+
+use super::format::WhiteoutFormat;
+use super::walk::{clear_dir, proc_path};
+use super::{Layer, Overlay};
+use crate::sys;
+
+/// Name of ovlrun's scratch directory inside the work directory (the kernel uses `work/`
+/// and `index/` there, so the two never meet).
+const SCRATCH: &str = "ovlrun";
+
+/// What an overlay is made of.
+#[derive(Clone, Debug)]
+pub struct OverlayConfig {
+    /// Lower directories, topmost first (as in the kernel's `lowerdir=`).
+    pub lowers: Vec<PathBuf>,
+    /// The writable upper directory.
+    pub upper: PathBuf,
+    /// The work directory, on the upper's filesystem; `None` for `<upper>.work` beside it.
+    pub work: Option<PathBuf>,
+    /// The whiteout format to write; `None` probes the upper filesystem and prefers
+    /// [`WhiteoutFormat::Kernel`].
+    pub whiteout: Option<WhiteoutFormat>,
+}
+
+/// Why a set of layers cannot make an overlay. Every variant names the path at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerSetupError {
+    /// No lower layer given.
+    #[error("at least one lower directory is needed")]
+    NoLower,
+    /// A layer path is missing or not a directory.
+    #[error("{role} {}: {source}", .path.display())]
+    Open {
+        /// Which layer ("lower", "upper", "work").
+        role: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A layer path is not a directory.
+    #[error("{role} {} is not a directory", .path.display())]
+    NotDir {
+        /// Which layer.
+        role: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Two layers overlap.
+    #[error("{} {what} {}", .a.display(), .b.display())]
+    Overlap {
+        /// First path.
+        a: PathBuf,
+        /// How they overlap ("is the same directory as", "is inside").
+        what: &'static str,
+        /// Second path.
+        b: PathBuf,
+    },
+    /// The work directory is on another filesystem than the upper.
+    #[error(
+        "work directory {} is not on the same filesystem as upper {} (give --work on the upper's filesystem)",
+        .work.display(), .upper.display()
+    )]
+    WorkOtherFs {
+        /// The work directory.
+        work: PathBuf,
+        /// The upper directory.
+        upper: PathBuf,
+    },
+    /// The upper filesystem cannot hold the requested whiteout format.
+    #[error(
+        "upper {} cannot hold kernel-style whiteouts ({what}: {source}); use --whiteout aufs",
+        .upper.display()
+    )]
+    FormatUnsupported {
+        /// The upper directory.
+        upper: PathBuf,
+        /// What failed ("mknod 0:0", "user xattrs").
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: Errno,
+    },
+    /// A step on the work directory failed.
+    #[error("work directory {}: cannot {step}: {source}", .path.display())]
+    Work {
+        /// The work directory.
+        path: PathBuf,
+        /// The step.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: Errno,
+    },
+}
+
+fn open_dir(role: &'static str, path: &Path) -> Result<(OwnedFd, PathBuf), LayerSetupError> {
+    let canon = path
+        .canonicalize()
+        .map_err(|source| LayerSetupError::Open {
+            role,
+            path: path.to_owned(),
+            source,
+        })?;
+    if !canon.is_dir() {
+        return Err(LayerSetupError::NotDir {
+            role,
+            path: path.to_owned(),
+        });
+    }
+    let fd = open(
+        &canon,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| LayerSetupError::Open {
+        role,
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    Ok((fd, canon))
+}
+
+/// The default work directory: `<upper>.work` beside the upper.
+pub fn default_work(upper: &Path) -> PathBuf {
+    let mut name = upper.file_name().unwrap_or(OsStr::new("upper")).to_owned();
+    name.push(".work");
+    upper.with_file_name(name)
+}
+
+fn check_overlap(a: (&Path, &Path), b: (&Path, &Path)) -> Result<(), LayerSetupError> {
+    let ((a_given, a_canon), (b_given, b_canon)) = (a, b);
+    let what = if a_canon == b_canon {
+        "is the same directory as"
+    } else if a_canon.starts_with(b_canon) {
+        "is inside"
+    } else if b_canon.starts_with(a_canon) {
+        return Err(LayerSetupError::Overlap {
+            a: b_given.to_owned(),
+            what: "is inside",
+            b: a_given.to_owned(),
+        });
+    } else {
+        return Ok(());
+    };
+    Err(LayerSetupError::Overlap {
+        a: a_given.to_owned(),
+        what,
+        b: b_given.to_owned(),
+    })
+}
+
+impl Overlay {
+    /// Opens and checks the layers, prepares the work directory and settles the format.
+    ///
+    /// # Errors
+    /// A [`LayerSetupError`] naming the path at fault. Nothing in the layers is changed
+    /// before all paths are checked.
+    pub fn new(config: &OverlayConfig) -> Result<Overlay, LayerSetupError> {
+        if config.lowers.is_empty() {
+            return Err(LayerSetupError::NoLower);
+        }
+        let (upper_fd, upper_canon) = open_dir("upper", &config.upper)?;
+        let mut lowers = Vec::new();
+        for lower in &config.lowers {
+            let (fd, canon) = open_dir("lower", lower)?;
+            check_overlap((&config.upper, &upper_canon), (lower, &canon))?;
+            lowers.push((fd, canon));
+        }
+        let work = config
+            .work
+            .clone()
+            .unwrap_or_else(|| default_work(&config.upper));
+        if !work.exists() {
+            std::fs::create_dir(&work).map_err(|source| LayerSetupError::Open {
+                role: "work",
+                path: work.clone(),
+                source,
+            })?;
+        }
+        let (work_fd, work_canon) = open_dir("work", &work)?;
+        check_overlap((&work, &work_canon), (&config.upper, &upper_canon))?;
+        for (lower, (_, canon)) in config.lowers.iter().zip(&lowers) {
+            check_overlap((&work, &work_canon), (lower, canon))?;
+        }
+        let dev_of = |fd: &OwnedFd, role, path: &Path| {
+            fstat(fd.as_fd())
+                .map(|st| st.st_dev)
+                .map_err(|e| LayerSetupError::Open {
+                    role,
+                    path: path.to_owned(),
+                    source: e.into(),
+                })
+        };
+        let upper_dev = dev_of(&upper_fd, "upper", &config.upper)?;
+        if dev_of(&work_fd, "work", &work)? != upper_dev {
+            return Err(LayerSetupError::WorkOtherFs {
+                work,
+                upper: config.upper.clone(),
+            });
+        }
+
+        let work_err = |step| {
+            let path = work.clone();
+            move |source| LayerSetupError::Work { path, step, source }
+        };
+        let scratch = prepare_scratch(&work_fd).map_err(work_err("prepare its scratch dir"))?;
+        let probe = probe_upper(&scratch).map_err(work_err("probe the upper filesystem"))?;
+        let format = match (config.whiteout, probe.whiteout) {
+            (Some(WhiteoutFormat::Kernel), Err(source)) => {
+                return Err(LayerSetupError::FormatUnsupported {
+                    upper: config.upper.clone(),
+                    what: "mknod 0:0",
+                    source,
+                });
+            }
+            (Some(WhiteoutFormat::Kernel), Ok(())) if probe.xattrs.is_err() => {
+                return Err(LayerSetupError::FormatUnsupported {
+                    upper: config.upper.clone(),
+                    what: "user xattrs",
+                    source: probe.xattrs.err().unwrap_or(Errno::EOPNOTSUPP),
+                });
+            }
+            (Some(f), _) => f,
+            (None, Ok(())) if probe.xattrs.is_ok() => WhiteoutFormat::Kernel,
+            (None, _) => WhiteoutFormat::Aufs,
+        };
+
+        let mut devs = vec![upper_dev];
+        let mut layers = vec![Layer {
+            root: upper_fd,
+            path: upper_canon,
+            fs_index: 0,
+        }];
+        for (root, path) in lowers {
+            let dev = dev_of(&root, "lower", &path)?;
+            let index = match devs.iter().position(|d| *d == dev) {
+                Some(i) => i,
+                None => {
+                    devs.push(dev);
+                    devs.len() - 1
+                }
+            };
+            layers.push(Layer {
+                root,
+                path,
+                fs_index: u8::try_from(index).unwrap_or(u8::MAX),
+            });
+        }
+        Ok(Overlay {
+            layers,
+            scratch,
+            format,
+            upper_xattrs: probe.xattrs.is_ok(),
+            next_temp: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Opens `work/ovlrun`, creating it, and empties it: anything there is a leftover of a
+/// session that crashed mid-operation (a half-made copy-up never reached the upper).
+fn prepare_scratch(work: &OwnedFd) -> Result<OwnedFd, Errno> {
+    match nix::sys::stat::mkdirat(work.as_fd(), SCRATCH, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    clear_dir(work.as_fd(), OsStr::new(SCRATCH))?;
+    nix::fcntl::openat(
+        work.as_fd(),
+        SCRATCH,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+struct Probe {
+    whiteout: Result<(), Errno>,
+    xattrs: Result<(), Errno>,
+}
+
+/// Tries what the kernel format needs on the upper's filesystem: a 0:0 char device and a
+/// `user.` xattr.
+fn probe_upper(scratch: &OwnedFd) -> Result<Probe, Errno> {
+    let dir = scratch.as_fd();
+    let whiteout = mknodat(dir, "probe-whiteout", SFlag::S_IFCHR, Mode::empty(), 0);
+    if whiteout.is_ok() {
+        nix::unistd::unlinkat(
+            dir,
+            "probe-whiteout",
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?;
+    }
+    nix::sys::stat::mkdirat(dir, "probe-xattr", Mode::from_bits_truncate(0o700))?;
+    let xattrs = sys::xattr::set(
+        &proc_path(dir, OsStr::new("probe-xattr")),
+        OsStr::new(super::format::OPAQUE_XATTR),
+        b"y",
+        0,
+    );
+    nix::unistd::unlinkat(dir, "probe-xattr", nix::unistd::UnlinkatFlags::RemoveDir)?;
+    Ok(Probe { whiteout, xattrs })
+}

@@ -1,0 +1,14 @@
+//! ovlrun: run a command in a private, writable, copy-on-write view of a root filesystem.
+//!
+//! Module map (see DESIGN.md for the whole architecture):
+//! - [`layers`]: overlay semantics on real directories (lookup, merged readdir, copy-up,
+//!   whiteouts, rename). Plain Rust over directory fds; every overlay rule lives there.
+//! - [`fs`]: the FUSE adapter: node ids, handles, replies, kernel caching. No overlay rule.
+//! - [`mount`]: the overlay builder and the mount handle, the library's front door.
+//! - `sys`: the few raw system calls nix lacks; the only `unsafe` in the crate.
+
+pub mod fs;
+pub mod layers;
+pub mod mount;
+#[allow(unsafe_code)]
+mod sys;
