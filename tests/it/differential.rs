@@ -23,8 +23,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
 use crate::support::{
-    self, KernelOverlay, MountArgs, OrPanic, OvlrunMount, TestDir, errno, opaque_user, private_mount_ns,
-    tree_diff, tree_snapshot, whiteout_chardev,
+    self, KernelOverlay, MountArgs, OrPanic, OvlrunMount, TestDir, errno, opaque_user,
+    private_mount_ns, tree_diff, tree_snapshot, whiteout_chardev,
 };
 
 /// Names used at every level; few, so that operations collide (EEXIST, ENOTDIR, ENOTEMPTY...).
@@ -120,7 +120,14 @@ fn apply(root: &Path, op: &Op) -> Result<String, Errno> {
     let p = |rel: &str| root.join(rel);
     match op {
         Op::Write(rel, d) => {
-            let mut f = errno(OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(p(rel)))?;
+            let mut f = errno(
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o644)
+                    .open(p(rel)),
+            )?;
             errno(f.write_all(&data(*d)))?;
         }
         Op::Append(rel, d) => {
@@ -134,9 +141,12 @@ fn apply(root: &Path, op: &Op) -> Result<String, Errno> {
         Op::Rename(a, b, f) => nix::fcntl::renameat2(AT_FDCWD, &p(a), AT_FDCWD, &p(b), f.bits())?,
         Op::Symlink(t, rel) => errno(std::os::unix::fs::symlink(t, p(rel)))?,
         Op::Link(a, b) => errno(fs::hard_link(p(a), p(b)))?,
-        Op::Chmod(rel, m) => {
-            nix::sys::stat::fchmodat(AT_FDCWD, &p(rel), Mode::from_bits_truncate(*m), FchmodatFlags::FollowSymlink)?
-        }
+        Op::Chmod(rel, m) => nix::sys::stat::fchmodat(
+            AT_FDCWD,
+            &p(rel),
+            Mode::from_bits_truncate(*m),
+            FchmodatFlags::FollowSymlink,
+        )?,
         Op::SetXattr(rel, n, v) => errno(xattr::set(p(rel), n, v.as_bytes()))?,
         Op::RemoveXattr(rel) => errno(xattr::remove(p(rel), "user.a"))?,
         Op::Check(rel) => {
@@ -164,8 +174,15 @@ fn emulate_dir_rename(root: &Path, from: &str, to: &str, flags: Flags) -> Result
         return Ok(String::new());
     }
     if let Some(md) = support::lstat_opt(&dst) {
-        assert!(md.is_dir(), "kernel said EXDEV renaming {from} over non-directory {to}");
-        if fs::read_dir(&dst).or_panic("opendir", &dst).next().is_some() {
+        assert!(
+            md.is_dir(),
+            "kernel said EXDEV renaming {from} over non-directory {to}"
+        );
+        if fs::read_dir(&dst)
+            .or_panic("opendir", &dst)
+            .next()
+            .is_some()
+        {
             return Err(Errno::ENOTEMPTY);
         }
         fs::remove_dir(&dst).or_panic("rmdir", &dst);
@@ -184,13 +201,20 @@ fn move_any(src: &Path, dst: &Path) {
     fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777)).or_panic("chmod", dst);
     std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid())).or_panic("lchown", dst);
     for name in xattr::list(src).or_panic("listxattr", src) {
-        let visible = name.to_str().is_some_and(|n| n.starts_with("user.") && !n.starts_with("user.overlay."));
+        let visible = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("user.") && !n.starts_with("user.overlay."));
         if visible {
-            let v = xattr::get(src, &name).or_panic("getxattr", src).unwrap_or_default();
+            let v = xattr::get(src, &name)
+                .or_panic("getxattr", src)
+                .unwrap_or_default();
             xattr::set(dst, &name, &v).or_panic("setxattr", dst);
         }
     }
-    let names: Vec<_> = fs::read_dir(src).or_panic("opendir", src).map(|e| e.or_panic("readdir", src).file_name()).collect();
+    let names: Vec<_> = fs::read_dir(src)
+        .or_panic("opendir", src)
+        .map(|e| e.or_panic("readdir", src).file_name())
+        .collect();
     for n in names {
         move_any(&src.join(&n), &dst.join(&n));
     }
@@ -209,7 +233,10 @@ fn build_lowers(dir: &TestDir) -> (PathBuf, PathBuf) {
     support::mkdir_p(l1.join("a/b/c"));
     support::set_xattr(l1.join("a"), "user.color", b"red");
     support::write(l1.join("a/x"), "a/x in l1\n");
-    support::write(l1.join("a/y"), (0..70_000u32).map(|i| (i % 253) as u8).collect::<Vec<_>>());
+    support::write(
+        l1.join("a/y"),
+        (0..70_000u32).map(|i| (i % 253) as u8).collect::<Vec<_>>(),
+    );
     support::write(l1.join("a/b/y"), "hidden by a whiteout\n");
     support::write(l1.join("a/b/c/x"), "hidden by an opaque dir\n");
     support::write(l1.join("b"), "b in l1\n");
@@ -237,15 +264,49 @@ struct Trace {
 }
 
 fn run_case(base: &TestDir, l0: &Path, l1: &Path, ops: &[Op]) -> Result<(), TestCaseError> {
-    let case = TestDir::named(&format!("{}-case", base.path().file_name().unwrap().to_string_lossy()));
+    let case = TestDir::named(&format!(
+        "{}-case",
+        base.path().file_name().unwrap().to_string_lossy()
+    ));
     let lowers = [l0, l1];
-    let kdef = KernelOverlay::mount(&lowers, &case.mkdir("k/u"), &case.mkdir("k/w"), &case.mkdir("k/m"), "");
-    let kidx = KernelOverlay::mount(&lowers, &case.mkdir("i/u"), &case.mkdir("i/w"), &case.mkdir("i/m"), "index=on");
-    let args = MountArgs::new(&lowers, &case.mkdir("o/u"), &case.mkdir("o/m")).work(&case.mkdir("o/w"));
+    let kdef = KernelOverlay::mount(
+        &lowers,
+        &case.mkdir("k/u"),
+        &case.mkdir("k/w"),
+        &case.mkdir("k/m"),
+        "",
+    );
+    let kidx = KernelOverlay::mount(
+        &lowers,
+        &case.mkdir("i/u"),
+        &case.mkdir("i/w"),
+        &case.mkdir("i/m"),
+        "index=on",
+    );
+    let args =
+        MountArgs::new(&lowers, &case.mkdir("o/u"), &case.mkdir("o/m")).work(&case.mkdir("o/w"));
     let ovl = OvlrunMount::start(&args);
 
-    let mut refs = [(&kdef, Trace { name: "kernel", results: vec![] }), (&kidx, Trace { name: "kernel index=on", results: vec![] })];
-    let mut got = Trace { name: "ovlrun", results: vec![] };
+    let mut refs = [
+        (
+            &kdef,
+            Trace {
+                name: "kernel",
+                results: vec![],
+            },
+        ),
+        (
+            &kidx,
+            Trace {
+                name: "kernel index=on",
+                results: vec![],
+            },
+        ),
+    ];
+    let mut got = Trace {
+        name: "ovlrun",
+        results: vec![],
+    };
     for op in ops {
         for (mnt, trace) in refs.iter_mut() {
             let mut r = apply(mnt.path(), op);
@@ -280,7 +341,9 @@ fn run_case(base: &TestDir, l0: &Path, l1: &Path, ops: &[Op]) -> Result<(), Test
         reports.push(r);
     }
     if !leaks.is_empty() {
-        reports.push(format!("overlay internals visible through ovlrun: {leaks:?}"));
+        reports.push(format!(
+            "overlay internals visible through ovlrun: {leaks:?}"
+        ));
     }
     drop(ovl);
     Err(TestCaseError::fail(reports.join("\n")))
@@ -289,15 +352,26 @@ fn run_case(base: &TestDir, l0: &Path, l1: &Path, ops: &[Op]) -> Result<(), Test
 #[test]
 fn random_sequences_match_kernel_overlayfs() {
     require!(support::can_mount_fuse(), "mount FUSE (/dev/fuse)");
-    require!(support::can_mount_kernel_overlay(), "mount the kernel overlayfs (userxattr)");
+    require!(
+        support::can_mount_kernel_overlay(),
+        "mount the kernel overlayfs (userxattr)"
+    );
     private_mount_ns();
     let base = TestDir::new();
     let (l0, l1) = build_lowers(&base);
 
-    let cases = std::env::var("OVLRUN_DIFF_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
-    let seed = std::env::var("OVLRUN_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let cases = std::env::var("OVLRUN_DIFF_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let seed = std::env::var("OVLRUN_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
     eprintln!("differential: {cases} cases, OVLRUN_DIFF_SEED={seed}");
     let config = Config {
         cases,
@@ -313,7 +387,10 @@ fn random_sequences_match_kernel_overlayfs() {
         runs.set(runs.get() + 1);
         run_case(&base, &l0, &l1, &ops)
     });
-    eprintln!("differential: {} sequences run (cases plus shrinking), seed {seed}", runs.get());
+    eprintln!(
+        "differential: {} sequences run (cases plus shrinking), seed {seed}",
+        runs.get()
+    );
     if let Err(e) = result {
         panic!("ovlrun differs from the kernel overlayfs (OVLRUN_DIFF_SEED={seed}):\n{e}");
     }

@@ -36,7 +36,11 @@ use nix::unistd::Pid;
 macro_rules! require {
     ($ok:expr, $what:literal) => {
         if !$ok {
-            assert!(std::env::var_os("CI").is_none(), "CI must be able to {}", $what);
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must be able to {}",
+                $what
+            );
             eprintln!("skipped: cannot {}", $what);
             return;
         }
@@ -59,7 +63,11 @@ impl<T> OrPanic<T> for io::Result<T> {
     fn or_panic(self, op: &str, path: impl AsRef<Path>) -> T {
         match self {
             Ok(v) => v,
-            Err(e) => panic!("{op} {}: {e} (errno {:?})", path.as_ref().display(), errno_of(&e)),
+            Err(e) => panic!(
+                "{op} {}: {e} (errno {:?})",
+                path.as_ref().display(),
+                errno_of(&e)
+            ),
         }
     }
 }
@@ -86,7 +94,12 @@ pub fn errno<T>(r: io::Result<T>) -> Result<T, Errno> {
 
 /// Asserts that `r` failed with exactly `want`.
 #[track_caller]
-pub fn expect_errno<T: fmt::Debug>(r: Result<T, Errno>, want: Errno, op: &str, path: impl AsRef<Path>) {
+pub fn expect_errno<T: fmt::Debug>(
+    r: Result<T, Errno>,
+    want: Errno,
+    op: &str,
+    path: impl AsRef<Path>,
+) {
     match r {
         Err(e) if e == want => {}
         other => panic!(
@@ -109,7 +122,10 @@ pub struct TestDir {
 impl TestDir {
     /// A fresh directory named after the current test (libtest names the thread after it).
     pub fn new() -> TestDir {
-        let name = std::thread::current().name().unwrap_or("anon").replace("::", "__");
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("anon")
+            .replace("::", "__");
         TestDir::named(&name)
     }
 
@@ -152,7 +168,10 @@ impl TestDir {
 impl Drop for TestDir {
     fn drop(&mut self) {
         if let Err(e) = fs::remove_dir_all(&self.path) {
-            eprintln!("warning: cannot remove test dir {}: {e}", self.path.display());
+            eprintln!(
+                "warning: cannot remove test dir {}: {e}",
+                self.path.display()
+            );
         }
     }
 }
@@ -166,7 +185,12 @@ pub fn is_root() -> bool {
 
 /// Root (for a private mount namespace and mounting), and `/dev/fuse` opens read-write.
 pub fn can_mount_fuse() -> bool {
-    is_root() && fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok()
+    is_root()
+        && fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok()
 }
 
 /// Root, and a kernel overlayfs with `userxattr` really mounts (probed once, in a throwaway
@@ -182,19 +206,37 @@ pub fn can_mount_kernel_overlay() -> bool {
             if nix::sched::unshare(CloneFlags::CLONE_NEWNS).is_err() {
                 return false;
             }
-            if nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-                .is_err()
+            if nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .is_err()
             {
                 return false;
             }
-            let (l, u, w, m) = (dir.mkdir("l"), dir.mkdir("u"), dir.mkdir("w"), dir.mkdir("m"));
+            let (l, u, w, m) = (
+                dir.mkdir("l"),
+                dir.mkdir("u"),
+                dir.mkdir("w"),
+                dir.mkdir("m"),
+            );
             let opts = format!(
                 "userxattr,lowerdir={},upperdir={},workdir={}",
                 l.display(),
                 u.display(),
                 w.display()
             );
-            let ok = nix::mount::mount(Some("overlay"), &m, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).is_ok();
+            let ok = nix::mount::mount(
+                Some("overlay"),
+                &m,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+            .is_ok();
             if ok {
                 let _ = nix::mount::umount2(&m, MntFlags::MNT_DETACH);
             }
@@ -217,8 +259,14 @@ pub fn private_mount_ns() {
         "private_mount_ns must run on a test thread, not the main thread"
     );
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).or_panic("unshare(CLONE_NEWNS)", "/");
-    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .or_panic("mount --make-rprivate", "/");
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .or_panic("mount --make-rprivate", "/");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,7 +287,10 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -252,7 +303,8 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
 
 /// The mounts seen by the calling thread (its mount namespace).
 pub fn mounts() -> Vec<MountInfo> {
-    let text = fs::read_to_string("/proc/thread-self/mountinfo").or_panic("read", "/proc/thread-self/mountinfo");
+    let text = fs::read_to_string("/proc/thread-self/mountinfo")
+        .or_panic("read", "/proc/thread-self/mountinfo");
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
@@ -334,7 +386,10 @@ pub fn ovlrun_bin() -> &'static str {
 
 /// Runs `cmd` to completion (stdin closed) and returns status, stdout, stderr.
 pub fn run(cmd: &mut Command) -> (ExitStatus, String, String) {
-    let out = cmd.stdin(Stdio::null()).output().or_panic("spawn", format!("{cmd:?}"));
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .or_panic("spawn", format!("{cmd:?}"));
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -356,8 +411,11 @@ impl OvlrunMount {
     /// point; panics after [`MOUNT_TIMEOUT`] or when the child exits, with its stderr.
     #[track_caller]
     pub fn start(args: &MountArgs) -> OvlrunMount {
-        assert!(mount_at(&args.mount_point).map_or(true, |m| m.fstype != "fuse.ovlrun"),
-            "{} is already an ovlrun mount", args.mount_point.display());
+        assert!(
+            mount_at(&args.mount_point).map_or(true, |m| m.fstype != "fuse.ovlrun"),
+            "{} is already an ovlrun mount",
+            args.mount_point.display()
+        );
         static N: AtomicUsize = AtomicUsize::new(0);
         let log = args
             .mount_point
@@ -379,7 +437,12 @@ impl OvlrunMount {
             });
         }
         let child = cmd.spawn().or_panic("spawn", ovlrun_bin());
-        let mut m = OvlrunMount { child: Some(child), mount_point: args.mount_point.clone(), log, args: args.clone() };
+        let mut m = OvlrunMount {
+            child: Some(child),
+            mount_point: args.mount_point.clone(),
+            log,
+            args: args.clone(),
+        };
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if mount_at(&m.mount_point).is_some_and(|mi| mi.fstype == "fuse.ovlrun") {
@@ -416,7 +479,8 @@ impl OvlrunMount {
 
     /// The server's stdout and stderr so far.
     pub fn stderr(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.log.display()))
+        fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.log.display()))
     }
 
     pub fn pid(&self) -> Pid {
@@ -429,7 +493,12 @@ impl OvlrunMount {
         nix::sys::signal::kill(self.pid(), sig).or_panic("kill", format!("pid {}", self.pid()));
         let status = self.wait_exit(MOUNT_TIMEOUT);
         let still = mount_at(&self.mount_point).is_some_and(|m| m.fstype.starts_with("fuse"));
-        let status = status.unwrap_or_else(|| panic!("ovlrun did not exit within {MOUNT_TIMEOUT:?} after {sig}\nstderr:\n{}", self.stderr()));
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "ovlrun did not exit within {MOUNT_TIMEOUT:?} after {sig}\nstderr:\n{}",
+                self.stderr()
+            )
+        });
         (status, still)
     }
 
@@ -454,7 +523,9 @@ impl OvlrunMount {
                     self.child = None;
                     return Some(s);
                 }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
                 Ok(None) => return None,
                 Err(e) => panic!("wait for ovlrun: {e}"),
             }
@@ -472,7 +543,10 @@ impl Drop for OvlrunMount {
                     let _ = c.kill();
                     let _ = c.wait();
                 }
-                eprintln!("warning: ovlrun on {} ignored SIGTERM; killed", self.mount_point.display());
+                eprintln!(
+                    "warning: ovlrun on {} ignored SIGTERM; killed",
+                    self.mount_point.display()
+                );
             }
         }
         // A server that died without unmounting leaves a dead FUSE mount ("Transport endpoint
@@ -491,7 +565,9 @@ fn umount_retry(path: &Path) {
     loop {
         match nix::mount::umount2(path, MntFlags::empty()) {
             Ok(()) => return,
-            Err(Errno::EBUSY) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => panic!("umount {}: {e}", path.display()),
         }
     }
@@ -510,7 +586,13 @@ pub struct KernelOverlay {
 impl KernelOverlay {
     /// `mount -t overlay -o userxattr,lowerdir=..,upperdir=..,workdir=..[,extra] overlay MNT`.
     #[track_caller]
-    pub fn mount(lowers: &[&Path], upper: &Path, work: &Path, mount_point: &Path, extra: &str) -> KernelOverlay {
+    pub fn mount(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mount_point: &Path,
+        extra: &str,
+    ) -> KernelOverlay {
         let lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
         let mut opts = format!(
             "userxattr,lowerdir={},upperdir={},workdir={}",
@@ -522,9 +604,18 @@ impl KernelOverlay {
             opts.push(',');
             opts.push_str(extra);
         }
-        nix::mount::mount(Some("overlay"), mount_point, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-            .or_panic(&format!("mount -t overlay -o {opts}"), mount_point);
-        KernelOverlay { mount_point: mount_point.to_path_buf(), mounted: true }
+        nix::mount::mount(
+            Some("overlay"),
+            mount_point,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .or_panic(&format!("mount -t overlay -o {opts}"), mount_point);
+        KernelOverlay {
+            mount_point: mount_point.to_path_buf(),
+            mounted: true,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -571,7 +662,8 @@ pub fn opaque_user(dir: &Path) {
 
 /// Opaque in the privileged kernel flavour.
 pub fn opaque_trusted(dir: &Path) {
-    xattr::set(dir, "trusted.overlay.opaque", b"y").or_panic("setxattr trusted.overlay.opaque", dir);
+    xattr::set(dir, "trusted.overlay.opaque", b"y")
+        .or_panic("setxattr trusted.overlay.opaque", dir);
 }
 
 /// Opaque in the AUFS/OCI flavour: `dir/.wh..wh..opq`.
@@ -619,7 +711,8 @@ pub fn symlink(target: impl AsRef<Path>, path: impl AsRef<Path>) {
 
 #[track_caller]
 pub fn hard_link(from: impl AsRef<Path>, to: impl AsRef<Path>) {
-    fs::hard_link(from.as_ref(), to.as_ref()).or_panic(&format!("link {} ->", from.as_ref().display()), to)
+    fs::hard_link(from.as_ref(), to.as_ref())
+        .or_panic(&format!("link {} ->", from.as_ref().display()), to)
 }
 
 #[track_caller]
@@ -629,7 +722,8 @@ pub fn lstat(path: impl AsRef<Path>) -> fs::Metadata {
 
 #[track_caller]
 pub fn chmod(path: impl AsRef<Path>, mode: u32) {
-    fs::set_permissions(path.as_ref(), fs::Permissions::from_mode(mode)).or_panic(&format!("chmod {mode:o}"), path)
+    fs::set_permissions(path.as_ref(), fs::Permissions::from_mode(mode))
+        .or_panic(&format!("chmod {mode:o}"), path)
 }
 
 #[track_caller]
@@ -642,7 +736,12 @@ pub fn set_xattr(path: impl AsRef<Path>, name: &str, value: &[u8]) {
 pub fn ls(path: impl AsRef<Path>) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(path.as_ref())
         .or_panic("opendir", path.as_ref())
-        .map(|e| e.or_panic("readdir", path.as_ref()).file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.or_panic("readdir", path.as_ref())
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     v.sort();
     v
@@ -721,7 +820,11 @@ pub fn tree_snapshot(root: &Path) -> BTreeMap<PathBuf, EntryInfo> {
 }
 
 fn snapshot_into(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, EntryInfo>) {
-    let path = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) };
+    let path = if rel.as_os_str().is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
     let info = entry_info(&path);
     let is_dir = info.kind == Kind::Dir;
     out.insert(rel.to_path_buf(), info);
@@ -732,7 +835,13 @@ fn snapshot_into(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, EntryInfo>
             .collect();
         names.sort();
         for w in names.windows(2) {
-            assert_ne!(w[0], w[1], "readdir of {} lists {:?} twice", path.display(), w[0]);
+            assert_ne!(
+                w[0],
+                w[1],
+                "readdir of {} lists {:?} twice",
+                path.display(),
+                w[0]
+            );
         }
         for name in names {
             snapshot_into(root, &rel.join(name), out);
@@ -760,14 +869,17 @@ pub fn entry_info(path: &Path) -> EntryInfo {
         Kind::Block(md.rdev())
     };
     let content = (kind == Kind::File).then(|| file_content(path, md.len()));
-    let link_target = (kind == Kind::Symlink).then(|| fs::read_link(path).or_panic("readlink", path));
+    let link_target =
+        (kind == Kind::Symlink).then(|| fs::read_link(path).or_panic("readlink", path));
     let mut xattrs = Vec::new();
     // user.* xattrs exist only on regular files and directories.
     if matches!(kind, Kind::File | Kind::Dir) {
         for name in xattr::list(path).or_panic("listxattr", path) {
             let b = name.as_bytes();
             if b.starts_with(b"user.") && !b.starts_with(b"user.overlay.") {
-                let v = xattr::get(path, &name).or_panic(&format!("getxattr {name:?}"), path).unwrap_or_default();
+                let v = xattr::get(path, &name)
+                    .or_panic(&format!("getxattr {name:?}"), path)
+                    .unwrap_or_default();
                 xattrs.push((name, v));
             }
         }
@@ -804,7 +916,10 @@ fn file_content(path: &Path, len: u64) -> Content {
         h.write(&buf[..n]);
         total += n as u64;
     }
-    Content::Hashed { len: total, hash: h.finish() }
+    Content::Hashed {
+        len: total,
+        hash: h.finish(),
+    }
 }
 
 /// The differences between two snapshots, one line per path, or `None` when equal.
@@ -819,7 +934,10 @@ pub fn tree_diff(
     for k in keys {
         match (a.get(k), b.get(k)) {
             (Some(x), Some(y)) if x == y => {}
-            (Some(x), Some(y)) => lines.push(format!("  /{}:\n    {a_name}: {x:?}\n    {b_name}: {y:?}", k.display())),
+            (Some(x), Some(y)) => lines.push(format!(
+                "  /{}:\n    {a_name}: {x:?}\n    {b_name}: {y:?}",
+                k.display()
+            )),
             (Some(x), None) => lines.push(format!("  /{}: only in {a_name}: {x:?}", k.display())),
             (None, Some(y)) => lines.push(format!("  /{}: only in {b_name}: {y:?}", k.display())),
             (None, None) => unreachable!(),
@@ -830,7 +948,12 @@ pub fn tree_diff(
 
 /// Panics with the per-path differences when the two trees differ.
 #[track_caller]
-pub fn assert_trees_eq(a_name: &str, a: &BTreeMap<PathBuf, EntryInfo>, b_name: &str, b: &BTreeMap<PathBuf, EntryInfo>) {
+pub fn assert_trees_eq(
+    a_name: &str,
+    a: &BTreeMap<PathBuf, EntryInfo>,
+    b_name: &str,
+    b: &BTreeMap<PathBuf, EntryInfo>,
+) {
     if let Some(d) = tree_diff(a_name, a, b_name, b) {
         panic!("merged trees differ ({a_name} vs {b_name}):\n{d}");
     }
@@ -843,7 +966,9 @@ pub fn overlay_internals_visible(root: &Path) -> Vec<String> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
         let md = lstat(&p);
-        if p.file_name().is_some_and(|n| n.as_bytes().starts_with(b".wh.")) {
+        if p.file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(b".wh."))
+        {
             found.push(format!("{}: .wh. name", p.display()));
         }
         if md.is_dir() || md.is_file() {
