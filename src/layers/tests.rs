@@ -1,1 +1,474 @@
+//! Unit tests of the overlay rules on temporary directories; nothing is mounted.
 
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, RenameFlags};
+use nix::sys::stat::{Mode, SFlag, mknod};
+
+use super::*;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Fixture {
+    /// Two lowers (`l1` on top of `l2`), an empty upper.
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_owned();
+        for d in ["l1", "l2", "upper"] {
+            fs::create_dir(root.join(d)).unwrap();
+        }
+        Fixture { _tmp: tmp, root }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn write(&self, rel: &str, data: &str) {
+        let p = self.p(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+
+    fn mkdir(&self, rel: &str) {
+        fs::create_dir_all(self.p(rel)).unwrap();
+    }
+
+    fn whiteout(&self, rel: &str) {
+        mknod(&self.p(rel), SFlag::S_IFCHR, Mode::empty(), 0).unwrap();
+    }
+
+    fn overlay(&self, format: Option<WhiteoutFormat>) -> Overlay {
+        Overlay::new(&OverlayConfig {
+            lowers: vec![self.p("l1"), self.p("l2")],
+            upper: self.p("upper"),
+            work: None,
+            whiteout: format,
+        })
+        .unwrap()
+    }
+}
+
+fn at(ovl: &Overlay, path: &str) -> Loc {
+    let mut loc = ovl.root_loc();
+    for comp in Path::new(path).components() {
+        loc = ovl.lookup(&loc, comp.as_os_str()).unwrap().loc;
+    }
+    loc
+}
+
+fn names(ovl: &Overlay, dir: &str) -> Vec<String> {
+    let mut n: Vec<String> = ovl
+        .read_dir(&at(ovl, dir))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+fn lookup_err(ovl: &Overlay, dir: &str, name: &str) -> Errno {
+    ovl.lookup(&at(ovl, dir), OsStr::new(name)).unwrap_err()
+}
+
+fn read(ovl: &Overlay, path: &str) -> String {
+    let fd = ovl.open(&at(ovl, path), OFlag::O_RDONLY).unwrap();
+    std::io::read_to_string(fs::File::from(fd)).unwrap()
+}
+
+const OWNER: Owner = Owner { uid: 0, gid: 0 };
+
+#[test]
+fn upper_hides_lower_and_lowers_merge() {
+    let f = Fixture::new();
+    f.write("l2/d/a", "l2");
+    f.write("l2/d/b", "l2");
+    f.write("l1/d/a", "l1");
+    f.write("upper/d/c", "up");
+    let ovl = f.overlay(None);
+    assert_eq!(names(&ovl, "d"), ["a", "b", "c"]);
+    assert_eq!(read(&ovl, "d/a"), "l1");
+    assert_eq!(read(&ovl, "d/b"), "l2");
+    let d = ovl.lookup(&ovl.root_loc(), OsStr::new("d")).unwrap();
+    assert_eq!(&*d.loc.lowers, &[LayerIdx(1), LayerIdx(2)]);
+    assert_eq!(d.attr.st.st_nlink, 1, "merged dirs report one link");
+}
+
+#[test]
+fn whiteouts_in_every_form_hide_lower_entries() {
+    let f = Fixture::new();
+    for n in ["x", "y", "z", "keep"] {
+        f.write(&format!("l2/{n}"), n);
+    }
+    f.whiteout("l1/x");
+    f.write("l1/.wh.y", "");
+    f.whiteout("upper/z");
+    let ovl = f.overlay(None);
+    assert_eq!(names(&ovl, ""), ["keep"]);
+    for n in ["x", "y", "z", ".wh.y"] {
+        assert_eq!(lookup_err(&ovl, "", n), Errno::ENOENT, "{n}");
+    }
+}
+
+#[test]
+fn opaque_dirs_in_every_form_stop_the_descent() {
+    let f = Fixture::new();
+    for d in ["a", "b", "c"] {
+        f.write(&format!("l2/{d}/below"), "");
+        f.write(&format!("l1/{d}/above"), "");
+    }
+    crate::sys::xattr::set(&f.p("l1/a"), OsStr::new("user.overlay.opaque"), b"y", 0).unwrap();
+    crate::sys::xattr::set(&f.p("l1/b"), OsStr::new("trusted.overlay.opaque"), b"y", 0).unwrap();
+    f.write("l1/c/.wh..wh..opq", "");
+    let ovl = f.overlay(None);
+    for d in ["a", "b", "c"] {
+        assert_eq!(names(&ovl, d), ["above"], "{d}");
+    }
+}
+
+#[test]
+fn a_file_hides_a_lower_directory_and_a_dir_stops_at_a_lower_file() {
+    let f = Fixture::new();
+    f.write("l2/n/inside", "");
+    f.write("l1/n", "file");
+    f.write("l2/m", "file");
+    f.write("l1/m/inside", "");
+    let ovl = f.overlay(None);
+    assert_eq!(read(&ovl, "n"), "file");
+    assert!(at(&ovl, "m").lowers.len() == 1);
+    assert_eq!(names(&ovl, "m"), ["inside"]);
+}
+
+#[test]
+fn copy_up_keeps_data_holes_metadata_xattrs_and_ino() {
+    let f = Fixture::new();
+    let p = f.p("l1/sparse");
+    let file = fs::File::create(&p).unwrap();
+    file.set_len(64 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(b"tail", (64 << 20) - 4).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+    nix::unistd::chown(
+        &p,
+        Some(nix::unistd::Uid::from_raw(1234)),
+        Some(nix::unistd::Gid::from_raw(4321)),
+    )
+    .unwrap();
+    crate::sys::xattr::set(&p, OsStr::new("user.note"), b"kept", 0).unwrap();
+    let old = fs::metadata(&p).unwrap();
+    let ovl = f.overlay(None);
+    let loc = at(&ovl, "sparse");
+    let before = ovl.stat(&loc).unwrap();
+    ovl.copy_up(&loc).unwrap();
+    let up = fs::metadata(f.p("upper/sparse")).unwrap();
+    assert_eq!(up.len(), old.len());
+    assert!(up.blocks() < 1024, "holes kept: {} blocks", up.blocks());
+    assert_eq!((up.mode(), up.uid(), up.gid()), (old.mode(), 1234, 4321));
+    assert_eq!(up.mtime(), old.mtime());
+    assert_eq!(up.mtime_nsec(), old.mtime_nsec());
+    assert_eq!(
+        ovl.getxattr(&loc, OsStr::new("user.note")).unwrap(),
+        b"kept"
+    );
+    assert_eq!(
+        ovl.stat(&loc).unwrap().ino,
+        before.ino,
+        "st_ino survives copy-up"
+    );
+    assert!(
+        ovl.listxattr(&loc)
+            .unwrap()
+            .iter()
+            .all(|n| !format::is_private_xattr(n))
+    );
+    assert!(
+        fs::read_dir(f.p("upper.work/ovlrun"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "scratch left clean"
+    );
+}
+
+#[test]
+fn copy_up_copies_parents_first_and_symlinks_as_symlinks() {
+    let f = Fixture::new();
+    f.mkdir("l2/a/b");
+    fs::set_permissions(f.p("l2/a"), fs::Permissions::from_mode(0o751)).unwrap();
+    symlink("../../nowhere", f.p("l2/a/b/link")).unwrap();
+    let ovl = f.overlay(None);
+    ovl.copy_up(&at(&ovl, "a/b/link")).unwrap();
+    assert_eq!(fs::metadata(f.p("upper/a")).unwrap().mode() & 0o7777, 0o751);
+    let link = fs::symlink_metadata(f.p("upper/a/b/link")).unwrap();
+    assert!(link.file_type().is_symlink());
+    assert_eq!(
+        fs::read_link(f.p("upper/a/b/link")).unwrap(),
+        Path::new("../../nowhere")
+    );
+    // A copied-up parent still merges with its lower.
+    assert_eq!(names(&ovl, "a/b"), ["link"]);
+}
+
+#[test]
+fn unlink_leaves_a_whiteout_only_where_a_lower_has_the_name() {
+    let f = Fixture::new();
+    f.write("l2/lowerfile", "x");
+    f.write("upper/upperfile", "x");
+    let ovl = f.overlay(None);
+    let root = ovl.root_loc();
+    ovl.unlink(&root, OsStr::new("lowerfile")).unwrap();
+    ovl.unlink(&root, OsStr::new("upperfile")).unwrap();
+    let wh = fs::symlink_metadata(f.p("upper/lowerfile")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    assert!(fs::symlink_metadata(f.p("upper/upperfile")).is_err());
+    assert!(names(&ovl, "").is_empty());
+    assert_eq!(
+        ovl.unlink(&root, OsStr::new("lowerfile")),
+        Err(Errno::ENOENT)
+    );
+}
+
+#[test]
+fn rmdir_refuses_merged_non_empty_and_removes_dirs_holding_whiteouts() {
+    let f = Fixture::new();
+    f.write("l2/d/x", "");
+    let ovl = f.overlay(None);
+    let root = ovl.root_loc();
+    assert_eq!(ovl.rmdir(&root, OsStr::new("d")), Err(Errno::ENOTEMPTY));
+    ovl.unlink(&at(&ovl, "d"), OsStr::new("x")).unwrap();
+    ovl.rmdir(&root, OsStr::new("d")).unwrap();
+    assert!(
+        fs::symlink_metadata(f.p("upper/d"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert_eq!(lookup_err(&ovl, "", "d"), Errno::ENOENT);
+}
+
+#[test]
+fn mkdir_over_a_whiteout_is_opaque() {
+    let f = Fixture::new();
+    f.write("l2/d/old", "");
+    let ovl = f.overlay(None);
+    let root = ovl.root_loc();
+    ovl.unlink(&at(&ovl, "d"), OsStr::new("old")).unwrap();
+    ovl.rmdir(&root, OsStr::new("d")).unwrap();
+    ovl.create(&root, OsStr::new("d"), &NewNode::Dir { mode: 0o755 }, OWNER)
+        .unwrap();
+    assert!(names(&ovl, "d").is_empty());
+    assert_eq!(
+        crate::sys::xattr::get(&f.p("upper/d"), OsStr::new("user.overlay.opaque")).unwrap(),
+        b"y"
+    );
+    assert!(
+        fs::read_dir(f.p("upper.work/ovlrun"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn creating_a_char_device_0_0_is_refused_like_the_kernel() {
+    let f = Fixture::new();
+    let ovl = f.overlay(None);
+    let node = NewNode::Special {
+        mode: libc::S_IFCHR | 0o644,
+        rdev: 0,
+    };
+    assert_eq!(
+        ovl.create(&ovl.root_loc(), OsStr::new("c"), &node, OWNER)
+            .unwrap_err(),
+        Errno::EPERM
+    );
+}
+
+#[test]
+fn create_refuses_existing_names_and_aufs_names() {
+    let f = Fixture::new();
+    f.write("l2/here", "");
+    let ovl = f.overlay(None);
+    let root = ovl.root_loc();
+    let file = NewNode::File {
+        mode: 0o644,
+        flags: OFlag::O_RDWR,
+    };
+    assert_eq!(
+        ovl.create(&root, OsStr::new("here"), &file, OWNER)
+            .unwrap_err(),
+        Errno::EEXIST
+    );
+    assert_eq!(
+        ovl.create(&root, OsStr::new(".wh.x"), &file, OWNER)
+            .unwrap_err(),
+        Errno::EINVAL
+    );
+}
+
+#[test]
+fn rename_of_a_lower_directory_moves_its_merged_tree() {
+    let f = Fixture::new();
+    f.write("l2/src/deep/a", "a");
+    f.write("l1/src/b", "b");
+    let ovl = f.overlay(None);
+    let root = ovl.root_loc();
+    let out = ovl
+        .rename(
+            &root,
+            OsStr::new("src"),
+            &root,
+            OsStr::new("dst"),
+            RenameFlags::empty(),
+        )
+        .unwrap();
+    assert!(out.moved.lowers.is_empty());
+    assert_eq!(names(&ovl, "dst"), ["b", "deep"]);
+    assert_eq!(read(&ovl, "dst/deep/a"), "a");
+    assert_eq!(lookup_err(&ovl, "", "src"), Errno::ENOENT);
+    assert_eq!(
+        crate::sys::xattr::get(&f.p("upper/dst"), OsStr::new("user.overlay.opaque")).unwrap(),
+        b"y"
+    );
+}
+
+#[test]
+fn rename_flags() {
+    let f = Fixture::new();
+    f.write("l2/a", "A");
+    f.write("l2/b", "B");
+    let ovl = f.overlay(None);
+    let root = ovl.root_loc();
+    let (a, b) = (OsStr::new("a"), OsStr::new("b"));
+    assert_eq!(
+        ovl.rename(&root, a, &root, b, RenameFlags::RENAME_NOREPLACE)
+            .unwrap_err(),
+        Errno::EEXIST
+    );
+    ovl.rename(&root, a, &root, b, RenameFlags::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!((read(&ovl, "a"), read(&ovl, "b")), ("B".into(), "A".into()));
+    ovl.rename(&root, a, &root, b, RenameFlags::empty())
+        .unwrap();
+    assert_eq!(names(&ovl, ""), ["b"]);
+    assert_eq!(read(&ovl, "b"), "B");
+    assert_eq!(
+        ovl.rename(
+            &root,
+            a,
+            &root,
+            OsStr::new("c"),
+            RenameFlags::RENAME_EXCHANGE
+        )
+        .unwrap_err(),
+        Errno::ENOENT
+    );
+}
+
+#[test]
+fn rename_onto_a_non_empty_merged_dir_fails() {
+    let f = Fixture::new();
+    f.mkdir("l2/empty");
+    f.write("l2/full/x", "");
+    let ovl = f.overlay(None);
+    let root = ovl.root_loc();
+    assert_eq!(
+        ovl.rename(
+            &root,
+            OsStr::new("empty"),
+            &root,
+            OsStr::new("full"),
+            RenameFlags::empty()
+        )
+        .unwrap_err(),
+        Errno::ENOTEMPTY
+    );
+}
+
+#[test]
+fn hard_link_of_a_lower_file_shares_the_upper_inode() {
+    let f = Fixture::new();
+    f.write("l2/orig", "data");
+    let ovl = f.overlay(None);
+    let root = ovl.root_loc();
+    let source = at(&ovl, "orig");
+    let (found, _) = ovl
+        .create(
+            &root,
+            OsStr::new("link"),
+            &NewNode::HardLink { source },
+            OWNER,
+        )
+        .unwrap();
+    assert_eq!(found.attr.st.st_nlink, 2);
+    assert_eq!(found.attr.ino, ovl.stat(&at(&ovl, "orig")).unwrap().ino);
+}
+
+#[test]
+fn aufs_format_writes_wh_files() {
+    let f = Fixture::new();
+    f.write("l2/gone", "");
+    f.write("l2/d/x", "");
+    let ovl = f.overlay(Some(WhiteoutFormat::Aufs));
+    let root = ovl.root_loc();
+    ovl.unlink(&root, OsStr::new("gone")).unwrap();
+    assert!(f.p("upper/.wh.gone").exists());
+    ovl.unlink(&at(&ovl, "d"), OsStr::new("x")).unwrap();
+    ovl.rmdir(&root, OsStr::new("d")).unwrap();
+    ovl.create(&root, OsStr::new("d"), &NewNode::Dir { mode: 0o755 }, OWNER)
+        .unwrap();
+    assert!(f.p("upper/d/.wh..wh..opq").exists());
+    assert!(!f.p("upper/.wh.d").exists());
+    assert!(names(&ovl, "d").is_empty());
+    assert_eq!(names(&ovl, ""), ["d"]);
+}
+
+#[test]
+fn setattr_copies_up_and_applies() {
+    let f = Fixture::new();
+    f.write("l2/file", "0123456789");
+    let ovl = f.overlay(None);
+    let loc = at(&ovl, "file");
+    let changes = SetAttr {
+        mode: Some(0o600),
+        size: Some(4),
+        ..SetAttr::default()
+    };
+    let attr = ovl.setattr(&loc, &changes, None).unwrap();
+    assert_eq!((attr.st.st_mode & 0o7777, attr.st.st_size), (0o600, 4));
+    assert_eq!(
+        fs::read_to_string(f.p("l2/file")).unwrap(),
+        "0123456789",
+        "lower untouched"
+    );
+}
+
+#[test]
+fn setup_errors_name_the_path() {
+    let f = Fixture::new();
+    let open = |lowers: Vec<PathBuf>, upper: PathBuf| {
+        Overlay::new(&OverlayConfig {
+            lowers,
+            upper,
+            work: None,
+            whiteout: None,
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let e = open(vec![f.p("missing")], f.p("upper"));
+    assert!(e.contains("missing"), "{e}");
+    let e = open(vec![f.p("upper")], f.p("upper"));
+    assert!(e.contains("same directory"), "{e}");
+    f.mkdir("l1/inner");
+    let e = open(vec![f.p("l1")], f.p("l1/inner"));
+    assert!(e.contains("is inside"), "{e}");
+}
