@@ -15,6 +15,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, Whence, fchownat, ftruncate, lseek, symlinkat};
 
 use super::format::{INO_XATTR, is_private_xattr, is_whiteout};
+use super::index::is_multi_link;
 use super::walk::{proc_path, remove_tree, split};
 use super::{Ino, LayerIdx, Loc, Overlay, is_dir};
 use crate::sys;
@@ -68,14 +69,35 @@ impl Overlay {
         let src_dir = self.dir_fd(layer, parent)?;
         let st = super::walk::stat_at(src_dir.as_fd(), name)?.ok_or(Errno::ENOENT)?;
         let ino = Ino::compose(self.fs_index(layer), st.st_ino);
+        let dst_dir = self.dir_fd(LayerIdx::UPPER, parent)?;
+        let linked = is_multi_link(&st);
+        if linked && self.link_from_index(ino, dst_dir.as_fd(), name)? {
+            return Ok(());
+        }
         let tmp = self.temp_name();
         let scratch = self.scratch();
-        let built = self.build_copy(layer, &src_dir, parent, name, &st, ino, &tmp);
-        if let Err(e) = built {
-            let _ = remove_tree(scratch, &tmp);
-            return Err(e);
+        let built = self
+            .build_copy(layer, &src_dir, parent, name, &st, ino, &tmp)
+            .and_then(|()| {
+                if linked {
+                    self.add_to_index(&tmp, ino)
+                } else {
+                    Ok(true)
+                }
+            });
+        match built {
+            Ok(true) => {}
+            // Another name of this object was copied up meanwhile: join that copy.
+            Ok(false) => {
+                remove_tree(scratch, &tmp)?;
+                self.link_from_index(ino, dst_dir.as_fd(), name)?;
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = remove_tree(scratch, &tmp);
+                return Err(e);
+            }
         }
-        let dst_dir = self.dir_fd(LayerIdx::UPPER, parent)?;
         match renameat2(
             scratch,
             tmp.as_os_str(),

@@ -138,8 +138,9 @@ impl Overlay {
             }
             fd
         };
-        let st = stat_at(dir, name)?.ok_or(Errno::ENOENT)?;
+        let mut st = stat_at(dir, name)?.ok_or(Errno::ENOENT)?;
         let ino = self.ino_of(LayerIdx::UPPER, dir, name, &st)?;
+        self.hide_index_link(ino, &mut st)?;
         let found = Found {
             loc: Loc {
                 path: parent.child_path(name),

@@ -13,8 +13,8 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, SFlag, mknodat};
 
+use super::Overlay;
 use super::walk::{proc_path, stat_at};
-use super::{LayerIdx, Overlay};
 use crate::sys;
 
 /// How the upper records deletions and opaque directories.
@@ -110,17 +110,6 @@ pub fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errn
 }
 
 impl Overlay {
-    /// True when directory `path` of `layer` is opaque.
-    pub(crate) fn dir_is_opaque_at(&self, layer: LayerIdx, path: &Path) -> Result<bool, Errno> {
-        match super::walk::split(path) {
-            None => dir_is_opaque(self.layer_root(layer), OsStr::new("")),
-            Some((parent, name)) => {
-                let dir = self.dir_fd(layer, parent)?;
-                dir_is_opaque(dir.as_fd(), name)
-            }
-        }
-    }
-
     /// Writes a whiteout for `name` into upper directory `dir`; `name` must be free.
     pub(crate) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
         match self.format {

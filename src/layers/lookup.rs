@@ -80,6 +80,16 @@ impl Overlay {
         }
         let (layer, mut st, ino) = top.ok_or(Errno::ENOENT)?;
         let in_upper = layer == LayerIdx::UPPER;
+        let loc = Loc {
+            path: parent.child_path(name),
+            lowers: Lowers::from(vec![layer]),
+        };
+        if self.promote_if_indexed(&loc, layer, &st)? {
+            return self.lookup(parent, name);
+        }
+        if in_upper {
+            self.hide_index_link(ino, &mut st)?;
+        }
         if is_dir(&st) {
             merged_dir_nlink(&mut st, in_upper, dir_lowers.len());
         }
@@ -103,7 +113,11 @@ impl Overlay {
             Some(st) => (LayerIdx::UPPER, st),
             None => {
                 let layer = *loc.lowers.first().ok_or(Errno::ENOENT)?;
-                (layer, self.stat_in(layer, &loc.path)?.ok_or(Errno::ENOENT)?)
+                let st = self.stat_in(layer, &loc.path)?.ok_or(Errno::ENOENT)?;
+                if self.promote_if_indexed(loc, layer, &st)? {
+                    return self.stat(loc);
+                }
+                (layer, st)
             }
         };
         let mut st = st;
@@ -116,6 +130,8 @@ impl Overlay {
         };
         if is_dir(&st) {
             merged_dir_nlink(&mut st, layer == LayerIdx::UPPER, loc.lowers.len());
+        } else if layer == LayerIdx::UPPER {
+            self.hide_index_link(ino, &mut st)?;
         }
         Ok(Attr { ino, st })
     }

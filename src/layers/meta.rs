@@ -88,11 +88,13 @@ impl Overlay {
             }
         }
         let layer = *loc.lowers.first().ok_or(Errno::ENOENT)?;
-        Ok(Real {
-            layer,
-            dir: self.dir_fd(layer, parent)?,
-            name,
-        })
+        let dir = self.dir_fd(layer, parent)?;
+        if let Some(st) = super::walk::stat_at(dir.as_fd(), &name)? {
+            if self.promote_if_indexed(loc, layer, &st)? {
+                return self.real(loc);
+            }
+        }
+        Ok(Real { layer, dir, name })
     }
 
     fn real_upper(&self, loc: &Loc) -> Result<Real, Errno> {

@@ -12,6 +12,7 @@
 mod copy_up;
 mod create;
 pub mod format;
+mod index;
 mod ino;
 mod lookup;
 mod meta;
@@ -124,6 +125,10 @@ pub struct Overlay {
     layers: Vec<Layer>,
     /// ovlrun's scratch directory inside the work dir, on the upper's filesystem.
     scratch: OwnedFd,
+    /// The hard-link index inside the work dir (see `index.rs`).
+    index: OwnedFd,
+    /// The lowers behind the root, settled at setup (lowers never change).
+    root_lowers: Lowers,
     format: WhiteoutFormat,
     /// Whether the upper filesystem takes `user.*` xattrs (opaque markers, stable inos).
     upper_xattrs: bool,
@@ -152,22 +157,6 @@ impl Overlay {
 
     /// The root of the merged view.
     pub fn root_loc(&self) -> Loc {
-        let lowers: Vec<LayerIdx> = (1..self.layers.len())
-            .map(|i| LayerIdx(u16::try_from(i).unwrap_or(u16::MAX)))
-            .collect();
-        // A lower root that is opaque cuts the ones below it, like any other directory.
-        let mut kept = Vec::new();
-        for (n, layer) in lowers.iter().enumerate() {
-            kept.push(*layer);
-            let last = n + 1 == lowers.len();
-            if !last
-                && self
-                    .dir_is_opaque_at(*layer, Path::new(""))
-                    .unwrap_or(false)
-            {
-                break;
-            }
-        }
-        Loc::root(kept.into())
+        Loc::root(self.root_lowers.clone())
     }
 }

@@ -12,7 +12,7 @@ use nix::sys::stat::{Mode, SFlag, fstat, mknodat};
 
 use super::format::WhiteoutFormat;
 use super::walk::{clear_dir, proc_path};
-use super::{Layer, Overlay};
+use super::{Layer, LayerIdx, Lowers, Overlay};
 use crate::sys;
 
 /// Name of ovlrun's scratch directory inside the work directory (the kernel uses `work/`
@@ -218,6 +218,7 @@ impl Overlay {
         };
         let scratch = prepare_scratch(&work_fd).map_err(work_err("prepare its scratch dir"))?;
         let probe = probe_upper(&scratch).map_err(work_err("probe the upper filesystem"))?;
+        let index = open_index(&work_fd).map_err(work_err("open its index dir"))?;
         let format = match (config.whiteout, probe.whiteout) {
             (Some(WhiteoutFormat::Kernel), Err(source)) => {
                 return Err(LayerSetupError::FormatUnsupported {
@@ -259,9 +260,16 @@ impl Overlay {
                 fs_index: u8::try_from(index).unwrap_or(u8::MAX),
             });
         }
+        let root_lowers = root_lowers(&layers).map_err(|source| LayerSetupError::Work {
+            path: layers[0].path.clone(),
+            step: "read the layer roots",
+            source,
+        })?;
         Ok(Overlay {
             layers,
             scratch,
+            index,
+            root_lowers,
             format,
             upper_xattrs: probe.xattrs.is_ok(),
             next_temp: AtomicU64::new(0),
@@ -283,6 +291,41 @@ fn prepare_scratch(work: &OwnedFd) -> Result<OwnedFd, Errno> {
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
+}
+
+/// Opens `work/ovlrun-index`, creating it; unlike the scratch dir it is kept, it holds links.
+fn open_index(work: &OwnedFd) -> Result<OwnedFd, Errno> {
+    match nix::sys::stat::mkdirat(
+        work.as_fd(),
+        super::index::INDEX_DIR,
+        Mode::from_bits_truncate(0o700),
+    ) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    nix::fcntl::openat(
+        work.as_fd(),
+        super::index::INDEX_DIR,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// The lowers behind the root: all of them, cut below the first opaque root (an opaque
+/// upper root hides them all).
+fn root_lowers(layers: &[Layer]) -> Result<Lowers, Errno> {
+    let opaque = |l: &Layer| super::format::dir_is_opaque(l.root.as_fd(), OsStr::new(""));
+    let mut kept = Vec::new();
+    if opaque(&layers[0])? {
+        return Ok(Lowers::from(kept));
+    }
+    for (i, layer) in layers.iter().enumerate().skip(1) {
+        kept.push(LayerIdx(u16::try_from(i).unwrap_or(u16::MAX)));
+        if i + 1 < layers.len() && opaque(layer)? {
+            break;
+        }
+    }
+    Ok(Lowers::from(kept))
 }
 
 struct Probe {

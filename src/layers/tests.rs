@@ -472,3 +472,31 @@ fn setup_errors_name_the_path() {
     let e = open(vec![f.p("l1")], f.p("l1/inner"));
     assert!(e.contains("is inside"), "{e}");
 }
+
+#[test]
+fn hard_links_in_a_lower_stay_linked_after_copy_up() {
+    let f = Fixture::new();
+    f.write("l2/a/one", "old");
+    f.mkdir("l2/b");
+    fs::hard_link(f.p("l2/a/one"), f.p("l2/b/two")).unwrap();
+    let ovl = f.overlay(None);
+    let one = at(&ovl, "a/one");
+    let ino = ovl.stat(&one).unwrap().ino;
+    let fd = ovl.open(&one, OFlag::O_WRONLY | OFlag::O_TRUNC).unwrap();
+    nix::unistd::write(&fd, b"new").unwrap();
+    drop(fd);
+    // The other name now reads the new data and is the same inode, with two links.
+    assert_eq!(read(&ovl, "b/two"), "new");
+    let two = ovl.stat(&at(&ovl, "b/two")).unwrap();
+    assert_eq!(two.ino, ino);
+    assert_eq!(two.st.st_nlink, 2, "the index link is not counted");
+    assert_eq!(
+        fs::metadata(f.p("upper/a/one")).unwrap().ino(),
+        fs::metadata(f.p("upper/b/two")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read_to_string(f.p("l2/b/two")).unwrap(),
+        "old",
+        "lower untouched"
+    );
+}

@@ -1,0 +1,100 @@
+//! Hard links across copy-up, after the kernel overlayfs's `index` feature.
+//!
+//! When a lower file with several names is copied up through one of them, the copy is also
+//! linked into `work/ovlrun-index/<ino>`. Its other names, when next looked up, are linked to
+//! that same upper inode instead of showing the stale lower data, so the names stay one file.
+//! Without this, two names with one stable inode number would be one kernel inode showing
+//! two different contents.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::sys::stat::FileStat;
+use nix::unistd::linkat;
+
+use super::walk::stat_at;
+use super::{Ino, LayerIdx, Loc, Overlay, is_dir};
+
+/// Name of the index directory inside the work directory.
+pub(crate) const INDEX_DIR: &str = "ovlrun-index";
+
+fn key(ino: Ino) -> OsString {
+    OsString::from(ino.0.to_string())
+}
+
+/// True for objects that may have other names to keep linked.
+pub(crate) fn is_multi_link(st: &FileStat) -> bool {
+    !is_dir(st) && st.st_nlink > 1
+}
+
+impl Overlay {
+    /// Links `name` of upper directory `dir` to the indexed copy of `ino`, if there is one.
+    pub(crate) fn link_from_index(
+        &self,
+        ino: Ino,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<bool, Errno> {
+        match linkat(
+            self.index.as_fd(),
+            key(ino).as_os_str(),
+            dir,
+            name,
+            AtFlags::empty(),
+        ) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the finished copy `tmp` (in the scratch dir) of `ino` in the index. Returns
+    /// false when another thread indexed its own copy first.
+    pub(crate) fn add_to_index(&self, tmp: &OsStr, ino: Ino) -> Result<bool, Errno> {
+        match linkat(
+            self.scratch(),
+            tmp,
+            self.index.as_fd(),
+            key(ino).as_os_str(),
+            AtFlags::empty(),
+        ) {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// For a lower name of an object another name of which was copied up: link this name to
+    /// the upper copy now. Returns true when it did.
+    pub(crate) fn promote_if_indexed(
+        &self,
+        loc: &Loc,
+        layer: LayerIdx,
+        st: &FileStat,
+    ) -> Result<bool, Errno> {
+        if layer == LayerIdx::UPPER || !is_multi_link(st) {
+            return Ok(false);
+        }
+        let ino = Ino::compose(self.fs_index(layer), st.st_ino);
+        if stat_at(self.index.as_fd(), &key(ino))?.is_none() {
+            return Ok(false);
+        }
+        self.copy_up(loc)?;
+        Ok(true)
+    }
+
+    /// Leaves the index's own link out of the link count of an upper copy.
+    pub(crate) fn hide_index_link(&self, ino: Ino, st: &mut FileStat) -> Result<(), Errno> {
+        if !is_multi_link(st) {
+            return Ok(());
+        }
+        if let Some(ix) = stat_at(self.index.as_fd(), &key(ino))? {
+            if ix.st_ino == st.st_ino && ix.st_dev == st.st_dev {
+                st.st_nlink -= 1;
+            }
+        }
+        Ok(())
+    }
+}
