@@ -40,7 +40,7 @@ pub enum MountError {
         problem: String,
     },
     /// The kernel refused the FUSE mount.
-    #[error("cannot mount FUSE on {}: {source}", .path.display())]
+    #[error("cannot mount FUSE on {}", .path.display())]
     Fuse {
         /// The mountpoint.
         path: PathBuf,
@@ -49,7 +49,7 @@ pub enum MountError {
         source: io::Error,
     },
     /// Unmounting failed.
-    #[error("cannot unmount {}: {source}", .path.display())]
+    #[error("cannot unmount {}", .path.display())]
     Unmount {
         /// The mountpoint.
         path: PathBuf,

@@ -40,7 +40,7 @@ pub enum LayerSetupError {
     #[error("at least one lower directory is needed")]
     NoLower,
     /// A layer path is missing or not a directory.
-    #[error("{role} {}: {source}", .path.display())]
+    #[error("{role} directory {}", .path.display())]
     Open {
         /// Which layer ("lower", "upper", "work").
         role: &'static str,
@@ -51,7 +51,7 @@ pub enum LayerSetupError {
         source: io::Error,
     },
     /// A layer path is not a directory.
-    #[error("{role} {} is not a directory", .path.display())]
+    #[error("{role} directory {} is not a directory", .path.display())]
     NotDir {
         /// Which layer.
         role: &'static str,
@@ -59,12 +59,16 @@ pub enum LayerSetupError {
         path: PathBuf,
     },
     /// Two layers overlap.
-    #[error("{} {what} {}", .a.display(), .b.display())]
+    #[error("{a_role} directory {} {what} the {b_role} directory {}", .a.display(), .b.display())]
     Overlap {
+        /// Role of the first path.
+        a_role: &'static str,
         /// First path.
         a: PathBuf,
         /// How they overlap ("is the same directory as", "is inside").
         what: &'static str,
+        /// Role of the second path.
+        b_role: &'static str,
         /// Second path.
         b: PathBuf,
     },
@@ -81,7 +85,7 @@ pub enum LayerSetupError {
     },
     /// The upper filesystem cannot hold the requested whiteout format.
     #[error(
-        "upper {} cannot hold kernel-style whiteouts ({what}: {source}); use --whiteout aufs",
+        "upper directory {} cannot hold kernel-style whiteouts ({what} failed; use --whiteout aufs)",
         .upper.display()
     )]
     FormatUnsupported {
@@ -94,7 +98,7 @@ pub enum LayerSetupError {
         source: Errno,
     },
     /// A step on the work directory failed.
-    #[error("work directory {}: cannot {step}: {source}", .path.display())]
+    #[error("work directory {}: cannot {step}", .path.display())]
     Work {
         /// The work directory.
         path: PathBuf,
@@ -140,26 +144,26 @@ pub fn default_work(upper: &Path) -> PathBuf {
     upper.with_file_name(name)
 }
 
-fn check_overlap(a: (&Path, &Path), b: (&Path, &Path)) -> Result<(), LayerSetupError> {
-    let ((a_given, a_canon), (b_given, b_canon)) = (a, b);
-    let what = if a_canon == b_canon {
-        "is the same directory as"
-    } else if a_canon.starts_with(b_canon) {
-        "is inside"
-    } else if b_canon.starts_with(a_canon) {
-        return Err(LayerSetupError::Overlap {
-            a: b_given.to_owned(),
-            what: "is inside",
-            b: a_given.to_owned(),
-        });
-    } else {
-        return Ok(());
-    };
-    Err(LayerSetupError::Overlap {
-        a: a_given.to_owned(),
+/// A layer as given and as resolved, for overlap checks.
+type Named<'a> = (&'static str, &'a Path, &'a Path);
+
+fn check_overlap(a: Named<'_>, b: Named<'_>) -> Result<(), LayerSetupError> {
+    let overlap = |x: Named<'_>, what, y: Named<'_>| LayerSetupError::Overlap {
+        a_role: x.0,
+        a: x.1.to_owned(),
         what,
-        b: b_given.to_owned(),
-    })
+        b_role: y.0,
+        b: y.1.to_owned(),
+    };
+    if a.2 == b.2 {
+        Err(overlap(a, "is the same directory as", b))
+    } else if a.2.starts_with(b.2) {
+        Err(overlap(a, "is inside", b))
+    } else if b.2.starts_with(a.2) {
+        Err(overlap(b, "is inside", a))
+    } else {
+        Ok(())
+    }
 }
 
 impl Overlay {
@@ -176,7 +180,10 @@ impl Overlay {
         let mut lowers = Vec::new();
         for lower in &config.lowers {
             let (fd, canon) = open_dir("lower", lower)?;
-            check_overlap((&config.upper, &upper_canon), (lower, &canon))?;
+            check_overlap(
+                ("upper", &config.upper, &upper_canon),
+                ("lower", lower, &canon),
+            )?;
             lowers.push((fd, canon));
         }
         let work = config
@@ -191,9 +198,12 @@ impl Overlay {
             })?;
         }
         let (work_fd, work_canon) = open_dir("work", &work)?;
-        check_overlap((&work, &work_canon), (&config.upper, &upper_canon))?;
+        check_overlap(
+            ("work", &work, &work_canon),
+            ("upper", &config.upper, &upper_canon),
+        )?;
         for (lower, (_, canon)) in config.lowers.iter().zip(&lowers) {
-            check_overlap((&work, &work_canon), (lower, canon))?;
+            check_overlap(("work", &work, &work_canon), ("lower", lower, canon))?;
         }
         let dev_of = |fd: &OwnedFd, role, path: &Path| {
             fstat(fd.as_fd())
