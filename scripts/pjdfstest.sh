@@ -283,6 +283,31 @@ count_lines() {
     if [[ -z "$1" ]]; then echo 0; else printf '%s\n' "$1" | wc -l; fi
 }
 
+# Unmounts ovlrun the way a user would and checks that it then exits 0 by itself.
+stop_ovlrun() {
+    [[ -n "$OVLRUN_PID" ]] || return 0
+    umount "$MNT" || {
+        echo "pjdfstest.sh: umount $MNT failed" >&2
+        return 1
+    }
+    local tries status=0
+    for ((tries = 0; tries < 100; tries++)); do
+        kill -0 "$OVLRUN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$OVLRUN_PID" 2>/dev/null; then
+        echo "pjdfstest.sh: ovlrun still runs 10 s after its mount was unmounted" >&2
+        return 1
+    fi
+    wait "$OVLRUN_PID" || status=$?
+    OVLRUN_PID=""
+    if ((status)); then
+        echo "pjdfstest.sh: ovlrun exited with status $status after umount; its log ends:" >&2
+        tail -20 "$WORKDIR/ovlrun.log" >&2
+        return 1
+    fi
+}
+
 # Runs inside the private mount namespace.
 main_in_namespace() {
     [[ "$(id -u)" == 0 ]] || die "run as root (pjdfstest switches users; mounting needs root)"
@@ -308,7 +333,10 @@ main_in_namespace() {
 
     local log="${CARGO_TARGET_DIR:-$REPO/target}/pjdfstest-$FS.log"
     run_pjdfstest "$log"
-    judge "$log"
+    local status=0
+    judge "$log" || status=1
+    stop_ovlrun || status=1
+    return "$status"
 }
 
 main() {
