@@ -3,7 +3,9 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use nix::fcntl::OFlag;
 
 use crate::layers::DirEntry;
 
@@ -13,10 +15,65 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 pub enum Handle {
     /// An open file of one layer.
-    File(OwnedFd),
+    File(OpenFile),
     /// A directory listing snapshot, taken at open and again at each rewind (offset 0), so
     /// offsets stay stable while entries are removed during the listing.
     Dir(Mutex<Vec<DirEntry>>),
+}
+
+/// Marks an [`OpenFile`] whose fd is already the upper copy.
+const UPPER: u64 = u64::MAX;
+
+/// An open file. A read-only open of a lower file holds the lower fd; the kernel keeps one
+/// page cache per inode, so once the object is copied up (through another open) that handle
+/// must read the upper copy too, or it would fill the shared cache with stale data.
+#[derive(Debug)]
+pub struct OpenFile {
+    fd: RwLock<OwnedFd>,
+    /// The overlay's copy-up count when the lower fd was last known current; [`UPPER`] once
+    /// the fd is the upper copy.
+    seen: AtomicU64,
+    /// The flags it was opened with, to reopen the upper copy alike.
+    pub flags: OFlag,
+    /// The node it belongs to.
+    pub node: u64,
+}
+
+impl OpenFile {
+    /// A handle on `fd`; `lower_seen` is the copy-up count at open for a lower fd, `None`
+    /// for an upper one.
+    pub fn new(node: u64, fd: OwnedFd, flags: OFlag, lower_seen: Option<u64>) -> OpenFile {
+        OpenFile {
+            fd: RwLock::new(fd),
+            seen: AtomicU64::new(lower_seen.unwrap_or(UPPER)),
+            flags,
+            node,
+        }
+    }
+
+    /// True when the fd may be a stale lower copy: it is lower, and copy-ups happened since
+    /// it was last checked.
+    pub fn may_be_stale(&self, copy_ups: u64) -> bool {
+        let seen = self.seen.load(Ordering::Acquire);
+        seen != UPPER && seen != copy_ups
+    }
+
+    /// Records the outcome of a check: `Some(fd)` is the upper copy to use from now on,
+    /// `None` means the lower copy is still current at `copy_ups`.
+    pub fn checked(&self, upper: Option<OwnedFd>, copy_ups: u64) {
+        match upper {
+            Some(fd) => {
+                *self.fd.write().unwrap_or_else(|p| p.into_inner()) = fd;
+                self.seen.store(UPPER, Ordering::Release);
+            }
+            None => self.seen.store(copy_ups, Ordering::Release),
+        }
+    }
+
+    /// The fd to use now.
+    pub fn fd(&self) -> RwLockReadGuard<'_, OwnedFd> {
+        self.fd.read().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The table of open handles.
@@ -57,6 +114,18 @@ impl HandleTable {
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
             .cloned()
+    }
+
+    /// Some open file of node `node` (a slow scan: only for files whose names are all gone).
+    pub fn any_of_node(&self, node: u64) -> Option<Arc<Handle>> {
+        self.shards.iter().find_map(|shard| {
+            shard
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .find(|h| matches!(&***h, Handle::File(f) if f.node == node))
+                .cloned()
+        })
     }
 
     /// Drops handle `fh`.

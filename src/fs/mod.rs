@@ -24,8 +24,10 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::time::TimeSpec;
 
-use crate::layers::{Attr, DirEntry, Found, Loc, NewNode, Overlay, Owner, SetAttr, SetTime};
-use handles::{Handle, HandleTable};
+use crate::layers::{
+    Attr, DirEntry, Found, LayerIdx, Loc, NewNode, Overlay, Owner, SetAttr, SetTime,
+};
+use handles::{Handle, HandleTable, OpenFile};
 use nodes::{NodeTable, ROOT};
 
 /// How long the kernel may trust entries and attributes. Only this mount changes the upper
@@ -52,9 +54,8 @@ pub struct OverlayFs {
 impl OverlayFs {
     /// Serves `ovl`.
     pub fn new(ovl: Overlay) -> OverlayFs {
-        let root = ovl.root_loc();
         OverlayFs {
-            nodes: NodeTable::new(&root),
+            nodes: NodeTable::new(),
             ovl,
             handles: HandleTable::default(),
         }
@@ -73,13 +74,38 @@ impl OverlayFs {
 
     fn with_fd<T>(
         &self,
+        node: INodeNo,
         fh: FileHandle,
         f: impl FnOnce(BorrowedFd<'_>) -> Result<T, Errno>,
     ) -> Result<T, Errno> {
-        match &*self.file(fh)? {
-            Handle::File(fd) => f(fd.as_fd()),
-            Handle::Dir(_) => Err(Errno::EISDIR),
+        let handle = self.file(fh)?;
+        let Handle::File(file) = &*handle else {
+            return Err(Errno::EISDIR);
+        };
+        let copy_ups = self.ovl.copy_ups();
+        if file.may_be_stale(copy_ups) {
+            let upper = match self.loc(node) {
+                Ok(loc) if self.ovl.in_upper(&loc)? => Some(self.ovl.open(&loc, file.flags)?),
+                _ => None,
+            };
+            file.checked(upper, copy_ups);
         }
+        f(file.fd().as_fd())
+    }
+
+    /// Stores an open fd as a handle; `layer` says whether it may go stale (see
+    /// [`handles::OpenFile`]).
+    fn insert_file(
+        &self,
+        node: u64,
+        fd: std::os::fd::OwnedFd,
+        flags: OFlag,
+        layer: LayerIdx,
+        seen: u64,
+    ) -> FileHandle {
+        let lower_seen = (layer != LayerIdx::UPPER).then_some(seen);
+        let file = OpenFile::new(node, fd, flags, lower_seen);
+        FileHandle(self.handles.insert(Handle::File(file)))
     }
 
     /// Registers a found entry with the kernel's new lookup and builds its reply attributes.
@@ -199,9 +225,16 @@ impl Filesystem for OverlayFs {
             .loc(ino)
             .and_then(|loc| self.ovl.stat(&loc))
             .or_else(|e| {
-                // An open file whose names are all gone is still there for fstat.
-                let fh = fh.ok_or(e)?;
-                let st = self.with_fd(fh, |fd| nix::sys::stat::fstat(fd))?;
+                // An open file whose names are all gone is still there for fstat(2), which the
+                // kernel asks about without a handle.
+                let handle = fh
+                    .and_then(|fh| self.handles.get(fh.0))
+                    .or_else(|| self.handles.any_of_node(ino.0))
+                    .ok_or(e)?;
+                let Handle::File(file) = &*handle else {
+                    return Err(e);
+                };
+                let st = nix::sys::stat::fstat(file.fd().as_fd())?;
                 Ok(Attr {
                     ino: crate::layers::Ino(ino.0),
                     st,
@@ -241,12 +274,13 @@ impl Filesystem for OverlayFs {
         };
         let handle = fh.and_then(|fh| self.handles.get(fh.0));
         let fd = match handle.as_deref() {
-            Some(Handle::File(fd)) => Some(fd.as_fd()),
+            Some(Handle::File(file)) => Some(file.fd()),
             _ => None,
         };
-        let res = self
-            .loc(ino)
-            .and_then(|loc| self.ovl.setattr(&loc, &changes, fd));
+        let res = self.loc(ino).and_then(|loc| {
+            self.ovl
+                .setattr(&loc, &changes, fd.as_ref().map(|fd| fd.as_fd()))
+        });
         match res {
             Ok(a) => reply.attr(&TTL, &self.attr_of(ino, &a)),
             Err(e) => reply.error(to_fuse(e)),
@@ -382,13 +416,12 @@ impl Filesystem for OverlayFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self
-            .loc(ino)
-            .and_then(|loc| self.ovl.open(&loc, oflags(flags.0)))
-        {
-            Ok(fd) => {
-                let fh = self.handles.insert(Handle::File(fd));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        let seen = self.ovl.copy_ups();
+        let flags = oflags(flags.0);
+        match self.loc(ino).and_then(|loc| self.ovl.open_top(&loc, flags)) {
+            Ok((fd, layer)) => {
+                let fh = self.insert_file(ino.0, fd, flags, layer, seen);
+                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(to_fuse(e)),
         }
@@ -397,7 +430,7 @@ impl Filesystem for OverlayFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -405,7 +438,7 @@ impl Filesystem for OverlayFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let res = self.with_fd(fh, |fd| {
+        let res = self.with_fd(ino, fh, |fd| {
             let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
             let offset = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
             let mut done = 0;
@@ -433,7 +466,7 @@ impl Filesystem for OverlayFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -442,7 +475,7 @@ impl Filesystem for OverlayFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let res = self.with_fd(fh, |fd| {
+        let res = self.with_fd(ino, fh, |fd| {
             let offset = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
             let mut done = 0;
             while done < data.len() {
@@ -488,12 +521,12 @@ impl Filesystem for OverlayFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let res = self.with_fd(fh, |fd| {
+        let res = self.with_fd(ino, fh, |fd| {
             if datasync {
                 nix::unistd::fdatasync(fd)
             } else {
@@ -705,21 +738,16 @@ impl Filesystem for OverlayFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let flags = oflags(flags) & !OFlag::O_DIRECT;
         let node = NewNode::File {
             mode: mode & !umask & 0o7777,
-            flags: oflags(flags) & !OFlag::O_DIRECT,
+            flags,
         };
         match self.create_node(req, parent, name, node) {
             Ok((found, Some(fd))) => {
                 let fa = self.entry(parent, name, &found);
-                let fh = self.handles.insert(Handle::File(fd));
-                reply.created(
-                    &TTL,
-                    &fa,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
+                let fh = self.insert_file(fa.ino.0, fd, flags, LayerIdx::UPPER, 0);
+                reply.created(&TTL, &fa, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE);
             }
             Ok((_, None)) => reply.error(to_fuse(Errno::EIO)),
             Err(e) => reply.error(to_fuse(e)),
@@ -729,14 +757,14 @@ impl Filesystem for OverlayFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let res = self.with_fd(fh, |fd| {
+        let res = self.with_fd(ino, fh, |fd| {
             let flags = nix::fcntl::FallocateFlags::from_bits_retain(mode);
             let off = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
             let len = i64::try_from(length).map_err(|_| Errno::EINVAL)?;
@@ -751,13 +779,13 @@ impl Filesystem for OverlayFs {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let res = self.with_fd(fh, |fd| {
+        let res = self.with_fd(ino, fh, |fd| {
             let whence = match whence {
                 libc::SEEK_DATA => nix::unistd::Whence::SeekData,
                 libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
@@ -776,18 +804,18 @@ impl Filesystem for OverlayFs {
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let res = self.with_fd(fh_in, |fd_in| {
-            self.with_fd(fh_out, |fd_out| {
+        let res = self.with_fd(ino_in, fh_in, |fd_in| {
+            self.with_fd(ino_out, fh_out, |fd_out| {
                 let mut off_in = i64::try_from(offset_in).map_err(|_| Errno::EINVAL)?;
                 let mut off_out = i64::try_from(offset_out).map_err(|_| Errno::EINVAL)?;
                 let len = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);

@@ -21,11 +21,25 @@ pub const ROOT: u64 = 1;
 /// Deepest parent chain followed before giving up (a loop would otherwise hang a request).
 const MAX_DEPTH: usize = 4096;
 
+/// One name of a node, and the lowers behind the object under that name (hard links in
+/// different directories have different lowers).
+#[derive(Debug)]
+struct Alias {
+    parent: u64,
+    name: OsString,
+    lowers: Lowers,
+}
+
+impl Alias {
+    fn is(&self, parent: u64, name: &OsStr) -> bool {
+        self.parent == parent && self.name == name
+    }
+}
+
 #[derive(Debug)]
 struct Node {
     /// The names this object is known by; the first one is used to reach it.
-    names: Vec<(u64, OsString)>,
-    lowers: Lowers,
+    names: Vec<Alias>,
     /// Lookups the kernel has not forgotten yet.
     lookups: u64,
 }
@@ -36,15 +50,20 @@ pub struct NodeTable {
     nodes: RwLock<HashMap<u64, Node>>,
 }
 
+impl Default for NodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl NodeTable {
     /// A table holding only the root.
-    pub fn new(root: &Loc) -> NodeTable {
+    pub fn new() -> NodeTable {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT,
             Node {
                 names: Vec::new(),
-                lowers: root.lowers.clone(),
                 lookups: 1,
             },
         );
@@ -61,21 +80,21 @@ impl NodeTable {
         self.nodes.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Where node `id` lives now.
+    /// Where node `id` lives now (not for the root, whose `Loc` the overlay gives).
     ///
     /// # Errors
     /// `ESTALE` for an unknown node, `ENOENT` for one whose every name was removed.
     pub fn loc(&self, id: u64) -> Result<Loc, Errno> {
         let nodes = self.read();
         let node = nodes.get(&id).ok_or(Errno::ESTALE)?;
-        let lowers = node.lowers.clone();
+        let lowers = node.names.first().ok_or(Errno::ENOENT)?.lowers.clone();
         let mut names: Vec<&OsStr> = Vec::new();
         let mut cur = id;
         while cur != ROOT {
             let n = nodes.get(&cur).ok_or(Errno::ESTALE)?;
-            let (parent, name) = n.names.first().ok_or(Errno::ENOENT)?;
-            names.push(name);
-            cur = *parent;
+            let alias = n.names.first().ok_or(Errno::ENOENT)?;
+            names.push(&alias.name);
+            cur = alias.parent;
             if names.len() > MAX_DEPTH {
                 return Err(Errno::ELOOP);
             }
@@ -90,13 +109,19 @@ impl NodeTable {
         let mut nodes = self.write();
         let node = nodes.entry(id).or_insert_with(|| Node {
             names: Vec::new(),
-            lowers: found.loc.lowers.clone(),
             lookups: 0,
         });
         node.lookups += 1;
-        node.lowers = found.loc.lowers.clone();
-        if !node.names.iter().any(|(p, n)| *p == parent && n == name) {
-            node.names.insert(0, (parent, name.to_owned()));
+        match node.names.iter_mut().find(|a| a.is(parent, name)) {
+            Some(alias) => alias.lowers = found.loc.lowers.clone(),
+            None => node.names.insert(
+                0,
+                Alias {
+                    parent,
+                    name: name.to_owned(),
+                    lowers: found.loc.lowers.clone(),
+                },
+            ),
         }
         id
     }
@@ -119,31 +144,31 @@ impl NodeTable {
     pub fn name_removed(&self, parent: u64, name: &OsStr) {
         let mut nodes = self.write();
         for node in nodes.values_mut() {
-            node.names.retain(|(p, n)| !(*p == parent && n == name));
+            node.names.retain(|a| !a.is(parent, name));
         }
     }
 
-    /// The object known as `from` is now known as `to`, and `exchanged` (with
-    /// `RENAME_EXCHANGE`) the other way round. Whatever moved lives in the upper only now.
+    /// The object known as `from` is now known as `to`, and (with `RENAME_EXCHANGE`) the one
+    /// known as `to` is now `from`; a replaced `to` loses that name. What moved lives in the
+    /// upper only now, and so does everything below it: their lowers are dropped.
     pub fn renamed(&self, from: (u64, &OsStr), to: (u64, &OsStr), exchange: bool) {
         let mut nodes = self.write();
         let mut moved = Vec::new();
         for (id, node) in nodes.iter_mut() {
             let mut hit = false;
-            for (p, n) in node.names.iter_mut() {
-                if (*p, n.as_os_str()) == from {
-                    (*p, *n) = (to.0, to.1.to_owned());
-                    hit = true;
-                } else if (*p, n.as_os_str()) == to {
-                    if exchange {
-                        (*p, *n) = (from.0, from.1.to_owned());
-                        hit = true;
-                    } else {
-                        *n = OsString::new(); // replaced: dropped below
-                    }
+            node.names.retain_mut(|a| {
+                if a.is(from.0, from.1) {
+                    (a.parent, a.name) = (to.0, to.1.to_owned());
+                } else if a.is(to.0, to.1) && exchange {
+                    (a.parent, a.name) = (from.0, from.1.to_owned());
+                } else {
+                    // A replaced target loses this name; every other name stays as it is.
+                    return !a.is(to.0, to.1);
                 }
-            }
-            node.names.retain(|(_, n)| !n.is_empty());
+                a.lowers = Lowers::from(Vec::new());
+                hit = true;
+                true
+            });
             if hit {
                 moved.push(*id);
             }
@@ -151,11 +176,13 @@ impl NodeTable {
         let inside: Vec<u64> = nodes
             .keys()
             .copied()
-            .filter(|id| moved.iter().any(|m| is_within(&nodes, *id, *m)))
+            .filter(|id| !moved.contains(id) && moved.iter().any(|m| is_within(&nodes, *id, *m)))
             .collect();
         for id in inside {
             if let Some(node) = nodes.get_mut(&id) {
-                node.lowers = Lowers::from(Vec::new());
+                for alias in &mut node.names {
+                    alias.lowers = Lowers::from(Vec::new());
+                }
             }
         }
     }
@@ -179,7 +206,7 @@ fn is_within(nodes: &HashMap<u64, Node>, id: u64, ancestor: u64) -> bool {
             return true;
         }
         match nodes.get(&cur).and_then(|n| n.names.first()) {
-            Some((parent, _)) if cur != ROOT => cur = *parent,
+            Some(alias) if cur != ROOT => cur = alias.parent,
             _ => return false,
         }
     }

@@ -10,11 +10,13 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, RenameFlags, readlinkat, renameat2};
-use nix::sys::stat::{FileStat, Mode, SFlag, UtimensatFlags, fchmod, mkdirat, mknodat, utimensat};
+use nix::sys::stat::{
+    FileStat, Mode, SFlag, UtimensatFlags, fchmod, fstat, mkdirat, mknodat, utimensat,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, Whence, fchownat, ftruncate, lseek, symlinkat};
 
-use super::format::{INO_XATTR, is_private_xattr, is_whiteout};
+use super::format::{is_escaped_xattr, is_private_xattr, is_whiteout};
 use super::index::is_multi_link;
 use super::walk::{proc_path, remove_tree, split};
 use super::{Ino, LayerIdx, Loc, Overlay, is_dir};
@@ -71,16 +73,46 @@ impl Overlay {
         let ino = Ino::compose(self.fs_index(layer), st.st_ino);
         let dst_dir = self.dir_fd(LayerIdx::UPPER, parent)?;
         let linked = is_multi_link(&st);
+        // Putting an entry into the upper parent changes its times; the merged view must not
+        // see that (the kernel overlayfs restores them too).
+        let parent_times = fstat(dst_dir.as_fd())?;
+        let res = self.copy_into(layer, &src_dir, &dst_dir, parent, name, &st, ino, linked);
+        utimensat(
+            dst_dir.as_fd(),
+            ".",
+            &TimeSpec::new(parent_times.st_atime, parent_times.st_atime_nsec),
+            &TimeSpec::new(parent_times.st_mtime, parent_times.st_mtime_nsec),
+            UtimensatFlags::FollowSymlink,
+        )?;
+        if res.is_ok() {
+            self.copy_ups
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_into(
+        &self,
+        layer: LayerIdx,
+        src_dir: &OwnedFd,
+        dst_dir: &OwnedFd,
+        parent: &Path,
+        name: &OsStr,
+        st: &FileStat,
+        ino: Ino,
+        linked: bool,
+    ) -> Result<(), Errno> {
         if linked && self.link_from_index(ino, dst_dir.as_fd(), name)? {
             return Ok(());
         }
         let tmp = self.temp_name();
         let scratch = self.scratch();
         let built = self
-            .build_copy(layer, &src_dir, parent, name, &st, ino, &tmp)
+            .build_copy(layer, src_dir, parent, name, st, ino, &tmp)
             .and_then(|()| {
                 if linked {
-                    self.add_to_index(&tmp, ino)
+                    self.add_to_index(&tmp, ino, st.st_nlink)
                 } else {
                     Ok(true)
                 }
@@ -163,6 +195,7 @@ impl Overlay {
                 symlinkat(target.as_os_str(), scratch, tmp)?;
                 set_owner(scratch, tmp, st)?;
                 copy_xattrs(src_dir.as_fd(), name, scratch, tmp)?;
+                self.mark_origin(scratch, tmp, ino)?;
                 set_times(scratch, tmp, st)?;
             }
             kind => {
@@ -175,27 +208,6 @@ impl Overlay {
             }
         }
         Ok(())
-    }
-
-    /// Records the origin's inode number on an upper copy, so `st_ino` does not change.
-    pub(crate) fn mark_origin(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        ino: Ino,
-    ) -> Result<(), Errno> {
-        if !self.upper_xattrs {
-            return Ok(());
-        }
-        match sys::xattr::set(
-            &proc_path(dir, name),
-            OsStr::new(INO_XATTR),
-            &ino.to_xattr(),
-            0,
-        ) {
-            Ok(()) | Err(Errno::EPERM | Errno::EOPNOTSUPP) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 }
 
@@ -311,7 +323,10 @@ pub(crate) fn copy_xattrs(
         Err(Errno::EOPNOTSUPP | Errno::EPERM | Errno::EACCES) => return Ok(()),
         Err(e) => return Err(e),
     };
-    for xname in names.iter().filter(|n| !is_private_xattr(n)) {
+    for xname in names
+        .iter()
+        .filter(|n| !is_private_xattr(n) || is_escaped_xattr(n))
+    {
         let value = match sys::xattr::get(&src, xname) {
             Ok(v) => v,
             Err(Errno::ENODATA | Errno::EPERM | Errno::EACCES) => continue,

@@ -140,7 +140,7 @@ impl Overlay {
         };
         let mut st = stat_at(dir, name)?.ok_or(Errno::ENOENT)?;
         let ino = self.ino_of(LayerIdx::UPPER, dir, name, &st)?;
-        self.hide_index_link(ino, &mut st)?;
+        self.index_nlink(ino, &mut st)?;
         let found = Found {
             loc: Loc {
                 path: parent.child_path(name),
@@ -224,27 +224,23 @@ impl Overlay {
             Ok(()) | Err(Errno::EPERM | Errno::EINVAL) => {}
             Err(e) => return Err(e),
         }
-        if let NewNode::Dir { mode } = node {
-            // Built in the scratch dir, a directory has not inherited the bit yet; chown has
-            // cleared nothing on directories, so only add it where the parent asks for it.
-            if sgid_parent {
-                nix::sys::stat::fchmodat(
-                    dir,
-                    name,
-                    Mode::from_bits_truncate((mode & 0o7777) | libc::S_ISGID),
-                    nix::sys::stat::FchmodatFlags::FollowSymlink,
-                )?;
+        // Set the exact mode asked for: the kernel has applied the caller's umask, the
+        // server's own must not apply again, chown has cleared set-ID bits, and a directory
+        // built in the scratch dir has not inherited the parent's set-group-ID bit.
+        let mode = match node {
+            NewNode::Dir { mode } if sgid_parent => Some((mode & 0o7777) | libc::S_ISGID),
+            NewNode::Dir { mode } | NewNode::File { mode, .. } | NewNode::Special { mode, .. } => {
+                Some(mode & 0o7777)
             }
-        } else if let NewNode::File { mode, .. } | NewNode::Special { mode, .. } = node {
-            // chown clears set-user/group-ID bits; the caller asked for them.
-            if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-                nix::sys::stat::fchmodat(
-                    dir,
-                    name,
-                    Mode::from_bits_truncate(mode & 0o7777),
-                    nix::sys::stat::FchmodatFlags::FollowSymlink,
-                )?;
-            }
+            NewNode::Symlink { .. } | NewNode::HardLink { .. } => None,
+        };
+        if let Some(mode) = mode {
+            nix::sys::stat::fchmodat(
+                dir,
+                name,
+                Mode::from_bits_truncate(mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -67,11 +67,50 @@ pub fn aufs_whiteout_name(name: &OsStr) -> OsString {
     s
 }
 
-/// True for xattrs the overlay keeps for itself (`user.overlay.*`, `trusted.overlay.*`):
-/// never listed, never readable or writable through the merged view.
+/// Prefixes of the xattrs overlays keep for themselves.
+const PRIVATE_PREFIXES: [&[u8]; 2] = [b"user.overlay.", b"trusted.overlay."];
+
+fn private_prefix(name: &OsStr) -> Option<&'static [u8]> {
+    PRIVATE_PREFIXES
+        .into_iter()
+        .find(|p| name.as_bytes().starts_with(p))
+}
+
+/// True for xattrs in the overlays' own namespaces (`user.overlay.*`, `trusted.overlay.*`).
 pub fn is_private_xattr(name: &OsStr) -> bool {
-    let b = name.as_bytes();
-    b.starts_with(b"user.overlay.") || b.starts_with(b"trusted.overlay.")
+    private_prefix(name).is_some()
+}
+
+/// True for a private-namespace xattr that belongs to the user: the escaped form
+/// `user.overlay.overlay.X` of a `user.overlay.X` set through an overlay.
+pub fn is_escaped_xattr(name: &OsStr) -> bool {
+    private_prefix(name).is_some_and(|p| name.as_bytes()[p.len()..].starts_with(b"overlay."))
+}
+
+/// The name stored in a layer for xattr `name` set through the merged view. Like the kernel
+/// overlayfs (6.7 and later), a name in an overlay namespace gets one more `overlay.`, so
+/// overlays can be stacked and the user's xattrs never pose as overlay markers.
+pub fn escape_xattr(name: &OsStr) -> OsString {
+    match private_prefix(name) {
+        Some(p) => {
+            let mut out = p.to_vec();
+            out.extend_from_slice(b"overlay.");
+            out.extend_from_slice(&name.as_bytes()[p.len()..]);
+            OsString::from_vec(out)
+        }
+        None => name.to_owned(),
+    }
+}
+
+/// The merged view's name for layer xattr `real`; `None` for the overlay's own markers.
+pub fn unescape_xattr(real: &OsStr) -> Option<OsString> {
+    let Some(p) = private_prefix(real) else {
+        return Some(real.to_owned());
+    };
+    let rest = real.as_bytes()[p.len()..].strip_prefix(b"overlay.")?;
+    let mut out = p.to_vec();
+    out.extend_from_slice(rest);
+    Some(OsString::from_vec(out))
 }
 
 fn xattr_says_yes(path: &Path, name: &str) -> Result<bool, Errno> {
@@ -106,7 +145,12 @@ pub fn dir_is_opaque(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errno> {
 
 /// True when `dir` holds an AUFS whiteout for `name`.
 pub fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errno> {
-    Ok(stat_at(dir, &aufs_whiteout_name(name))?.is_some())
+    match stat_at(dir, &aufs_whiteout_name(name)) {
+        Ok(st) => Ok(st.is_some()),
+        // A name too long to carry the prefix cannot have an AUFS whiteout.
+        Err(Errno::ENAMETOOLONG) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 impl Overlay {

@@ -14,11 +14,16 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::FileStat;
 use nix::unistd::linkat;
 
-use super::walk::stat_at;
+use super::walk::{proc_path, stat_at};
 use super::{Ino, LayerIdx, Loc, Overlay, is_dir};
+use crate::sys;
 
 /// Name of the index directory inside the work directory.
 pub(crate) const INDEX_DIR: &str = "ovlrun-index";
+
+/// On an indexed inode: how many of its lower names have not joined the upper copy yet.
+/// The merged link count is the upper names plus those.
+const LOWER_LINKS_XATTR: &str = "user.overlay.ovlrun.lower-links";
 
 fn key(ino: Ino) -> OsString {
     OsString::from(ino.0.to_string())
@@ -44,15 +49,22 @@ impl Overlay {
             name,
             AtFlags::empty(),
         ) {
-            Ok(()) | Err(Errno::EEXIST) => Ok(true),
+            Ok(()) => {
+                let left = self.lower_links(ino)?.saturating_sub(1);
+                self.set_lower_links(self.index.as_fd(), &key(ino), left)?;
+                Ok(true)
+            }
+            Err(Errno::EEXIST) => Ok(true),
             Err(Errno::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// Records the finished copy `tmp` (in the scratch dir) of `ino` in the index. Returns
-    /// false when another thread indexed its own copy first.
-    pub(crate) fn add_to_index(&self, tmp: &OsStr, ino: Ino) -> Result<bool, Errno> {
+    /// Records the finished copy `tmp` (in the scratch dir) of `ino`, whose lower original
+    /// has `nlink` names, in the index. Returns false when another thread indexed its own
+    /// copy first.
+    pub(crate) fn add_to_index(&self, tmp: &OsStr, ino: Ino, nlink: u64) -> Result<bool, Errno> {
+        self.set_lower_links(self.scratch(), tmp, nlink.saturating_sub(1))?;
         match linkat(
             self.scratch(),
             tmp,
@@ -64,6 +76,28 @@ impl Overlay {
             Err(Errno::EEXIST) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn lower_links(&self, ino: Ino) -> Result<u64, Errno> {
+        let path = proc_path(self.index.as_fd(), &key(ino));
+        match sys::xattr::get(&path, OsStr::new(LOWER_LINKS_XATTR)) {
+            Ok(v) => Ok(Ino::parse(&v).map_or(0, |n| n.0)),
+            Err(Errno::ENODATA | Errno::EOPNOTSUPP | Errno::ENOENT) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_lower_links(&self, dir: BorrowedFd<'_>, name: &OsStr, n: u64) -> Result<(), Errno> {
+        if !self.upper_xattrs {
+            return Ok(());
+        }
+        let value = n.to_string();
+        sys::xattr::set(
+            &proc_path(dir, name),
+            OsStr::new(LOWER_LINKS_XATTR),
+            value.as_bytes(),
+            0,
+        )
     }
 
     /// For a lower name of an object another name of which was copied up: link this name to
@@ -85,14 +119,16 @@ impl Overlay {
         Ok(true)
     }
 
-    /// Leaves the index's own link out of the link count of an upper copy.
-    pub(crate) fn hide_index_link(&self, ino: Ino, st: &mut FileStat) -> Result<(), Errno> {
+    /// The merged link count of an indexed upper copy: its upper names (the index's own
+    /// link left out) plus the lower names that have not joined it yet, as the kernel
+    /// overlayfs counts with `index=on`.
+    pub(crate) fn index_nlink(&self, ino: Ino, st: &mut FileStat) -> Result<(), Errno> {
         if !is_multi_link(st) {
             return Ok(());
         }
         if let Some(ix) = stat_at(self.index.as_fd(), &key(ino))? {
             if ix.st_ino == st.st_ino && ix.st_dev == st.st_dev {
-                st.st_nlink -= 1;
+                st.st_nlink = st.st_nlink - 1 + self.lower_links(ino)?;
             }
         }
         Ok(())

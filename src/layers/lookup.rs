@@ -1,16 +1,15 @@
 //! Name resolution through the layers, and the attributes the merged view reports.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use nix::errno::Errno;
 use nix::sys::stat::FileStat;
 
-use super::format::{self, INO_XATTR, is_whiteout};
-use super::walk::{proc_path, split, stat_at};
+use super::format::{self, is_whiteout};
+use super::walk::{split, stat_at};
 use super::{Attr, Found, Ino, LayerIdx, Loc, Lowers, Overlay, is_dir};
-use crate::sys;
 
 /// Longest name the overlay accepts (the common `NAME_MAX`).
 const NAME_MAX: usize = 255;
@@ -88,7 +87,7 @@ impl Overlay {
             return self.lookup(parent, name);
         }
         if in_upper {
-            self.hide_index_link(ino, &mut st)?;
+            self.index_nlink(ino, &mut st)?;
         }
         if is_dir(&st) {
             merged_dir_nlink(&mut st, in_upper, dir_lowers.len());
@@ -131,7 +130,7 @@ impl Overlay {
         if is_dir(&st) {
             merged_dir_nlink(&mut st, layer == LayerIdx::UPPER, loc.lowers.len());
         } else if layer == LayerIdx::UPPER {
-            self.hide_index_link(ino, &mut st)?;
+            self.index_nlink(ino, &mut st)?;
         }
         Ok(Attr { ino, st })
     }
@@ -156,28 +155,6 @@ impl Overlay {
             }
         }
         Ok(false)
-    }
-
-    /// The stable inode number of entry `name` of `dir` in `layer`.
-    pub(crate) fn ino_of(
-        &self,
-        layer: LayerIdx,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        st: &FileStat,
-    ) -> Result<Ino, Errno> {
-        if layer == LayerIdx::UPPER && self.upper_xattrs {
-            match sys::xattr::get(&proc_path(dir, name), OsStr::new(INO_XATTR)) {
-                Ok(v) => {
-                    if let Some(ino) = Ino::parse(&v) {
-                        return Ok(ino);
-                    }
-                }
-                Err(Errno::ENODATA | Errno::EOPNOTSUPP | Errno::EPERM | Errno::EACCES) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Ino::compose(self.fs_index(layer), st.st_ino))
     }
 }
 

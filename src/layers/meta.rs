@@ -11,7 +11,7 @@ use nix::sys::statvfs::{Statvfs, fstatvfs};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat, ftruncate};
 
-use super::format::{is_private_xattr, is_whiteout};
+use super::format::{escape_xattr, is_whiteout, unescape_xattr};
 use super::walk::{proc_path, split};
 use super::{Attr, LayerIdx, Loc, Overlay};
 use crate::sys;
@@ -110,6 +110,14 @@ impl Overlay {
     /// # Errors
     /// Any error of copy-up or open.
     pub fn open(&self, loc: &Loc, flags: OFlag) -> Result<OwnedFd, Errno> {
+        self.open_top(loc, flags).map(|(fd, _)| fd)
+    }
+
+    /// Like [`Overlay::open`], also saying which layer the fd belongs to.
+    ///
+    /// # Errors
+    /// Any error of copy-up or open.
+    pub fn open_top(&self, loc: &Loc, flags: OFlag) -> Result<(OwnedFd, LayerIdx), Errno> {
         let writes = flags.intersects(OFlag::O_WRONLY | OFlag::O_RDWR | OFlag::O_TRUNC);
         let flags = flags & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOCTTY | OFlag::O_DIRECT);
         let layer = if writes {
@@ -118,7 +126,7 @@ impl Overlay {
         } else {
             self.real(loc)?.layer
         };
-        self.open_in(layer, &loc.path, flags)
+        Ok((self.open_in(layer, &loc.path, flags)?, layer))
     }
 
     /// Applies `changes` to the object at `loc` (copying it up) and returns its attributes.
@@ -187,49 +195,45 @@ impl Overlay {
         readlinkat(real.dir.as_fd(), real.name.as_os_str())
     }
 
-    /// The value of xattr `name`; the overlay's own xattrs are not readable.
+    /// The value of xattr `name` (see [`super::format::escape_xattr`] for the overlay namespaces).
     ///
     /// # Errors
-    /// `ENODATA` when absent, `EOPNOTSUPP` for the overlay's own names.
+    /// `ENODATA` when absent.
     pub fn getxattr(&self, loc: &Loc, name: &OsStr) -> Result<Vec<u8>, Errno> {
-        if is_private_xattr(name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        sys::xattr::get(&self.real(loc)?.path(), name)
+        sys::xattr::get(&self.real(loc)?.path(), &escape_xattr(name))
     }
 
-    /// The xattr names of the object, the overlay's own left out.
+    /// The xattr names of the object; the overlay's own markers left out.
     ///
     /// # Errors
     /// Any error of the layer.
     pub fn listxattr(&self, loc: &Loc) -> Result<Vec<OsString>, Errno> {
-        let mut names = sys::xattr::list(&self.real(loc)?.path())?;
-        names.retain(|n| !is_private_xattr(n));
-        Ok(names)
+        let names = sys::xattr::list(&self.real(loc)?.path())?;
+        Ok(names.iter().filter_map(|n| unescape_xattr(n)).collect())
     }
 
     /// Sets xattr `name` (copying the object up); `flags` as setxattr(2).
     ///
     /// # Errors
-    /// `EOPNOTSUPP` for the overlay's own names; any error of the upper.
+    /// Any error of the upper.
     pub fn setxattr(&self, loc: &Loc, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
-        if is_private_xattr(name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        sys::xattr::set(&self.real_upper(loc)?.path(), name, value, flags)
+        sys::xattr::set(
+            &self.real_upper(loc)?.path(),
+            &escape_xattr(name),
+            value,
+            flags,
+        )
     }
 
     /// Removes xattr `name` (copying the object up).
     ///
     /// # Errors
-    /// `ENODATA` when absent; `EOPNOTSUPP` for the overlay's own names.
+    /// `ENODATA` when absent.
     pub fn removexattr(&self, loc: &Loc, name: &OsStr) -> Result<(), Errno> {
-        if is_private_xattr(name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
+        let real = escape_xattr(name);
         // Copying up just to learn the name is absent would change the upper for nothing.
-        sys::xattr::get(&self.real(loc)?.path(), name)?;
-        sys::xattr::remove(&self.real_upper(loc)?.path(), name)
+        sys::xattr::get(&self.real(loc)?.path(), &real)?;
+        sys::xattr::remove(&self.real_upper(loc)?.path(), &real)
     }
 
     /// Filesystem statistics: those of the upper, where new data goes.

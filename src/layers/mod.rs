@@ -16,6 +16,7 @@ mod index;
 mod ino;
 mod lookup;
 mod meta;
+mod origin;
 mod readdir;
 mod remove;
 mod rename;
@@ -127,12 +128,16 @@ pub struct Overlay {
     scratch: OwnedFd,
     /// The hard-link index inside the work dir (see `index.rs`).
     index: OwnedFd,
+    /// The origin map inside the work dir (see `origin.rs`).
+    origins: OwnedFd,
     /// The lowers behind the root, settled at setup (lowers never change).
     root_lowers: Lowers,
     format: WhiteoutFormat,
     /// Whether the upper filesystem takes `user.*` xattrs (opaque markers, stable inos).
     upper_xattrs: bool,
     next_temp: AtomicU64,
+    /// Copy-ups done so far; lets callers holding lower fds notice cheaply that one happened.
+    copy_ups: AtomicU64,
 }
 
 pub(crate) fn is_dir(st: &FileStat) -> bool {
@@ -153,6 +158,21 @@ impl Overlay {
     /// The real directory of a layer (for messages and tests).
     pub fn layer_path(&self, layer: LayerIdx) -> &Path {
         &self.layers[usize::from(layer.0)].path
+    }
+
+    /// How many copy-ups this overlay has done; it only grows.
+    pub fn copy_ups(&self) -> u64 {
+        self.copy_ups.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// True when the object at `loc` has its own copy in the upper.
+    ///
+    /// # Errors
+    /// Any error of the upper.
+    pub fn in_upper(&self, loc: &Loc) -> Result<bool, nix::errno::Errno> {
+        Ok(self
+            .upper_stat(&loc.path)?
+            .is_some_and(|st| !format::is_whiteout(&st)))
     }
 
     /// The root of the merged view.

@@ -58,8 +58,14 @@ impl Overlay {
         match (in_upper, needs_whiteout) {
             (None, false) => Ok(()),
             (None, true) => self.write_whiteout(updir, name),
-            (Some(_), false) => remove_upper(updir, name, dir, self),
-            (Some(_), true) => self.replace_with_whiteout(updir, name),
+            (Some(st), whiteout) => {
+                if whiteout {
+                    self.replace_with_whiteout(updir, name)?;
+                } else {
+                    remove_upper(updir, name, dir, self)?;
+                }
+                self.forget_origin(&st)
+            }
         }
     }
 

@@ -7,14 +7,16 @@
 //! plain `userxattr` upper the kernel can mount, and `mv` just works.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{RenameFlags, renameat2};
+use nix::fcntl::{OFlag, RenameFlags, renameat2};
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 
 use super::format::{self, is_whiteout};
 use super::lookup::check_name;
-use super::walk::{clear_dir, stat_at};
+use super::walk::{clear_dir, list_names, stat_at};
 use super::{Found, LayerIdx, Loc, Lowers, Overlay};
 
 /// What a rename changed, for callers that cache [`Loc`]s.
@@ -135,6 +137,9 @@ impl Overlay {
                 self.write_whiteout(sdir, sname)?;
             }
         }
+        if let Some(st) = upper_dst.filter(|st| !is_whiteout(st) && !super::is_dir(st)) {
+            self.forget_origin(&st)?;
+        }
         if self.format == format::WhiteoutFormat::Aufs || format::has_aufs_whiteout(ddir, dname)? {
             super::remove::drop_aufs_whiteout(ddir, dname)?;
         }
@@ -156,6 +161,7 @@ impl Overlay {
         self.copy_up_tree(&found.loc)?;
         let (parent, name) = super::walk::split(&found.loc.path).ok_or(Errno::EBUSY)?;
         let dir = self.dir_fd(LayerIdx::UPPER, parent)?;
+        purge_whiteouts(dir.as_fd(), name)?;
         self.write_opaque(dir.as_fd(), name)
     }
 
@@ -171,4 +177,27 @@ impl Overlay {
         }
         Ok(())
     }
+}
+
+/// Removes the whiteouts below upper directory `name` of `dir`. Its whole merged tree is now
+/// in the upper and it is about to become opaque: nothing below is left to hide, and the
+/// kernel overlayfs lists a directory without lowers as it is, whiteouts included.
+fn purge_whiteouts(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    for child in list_names(&fd)? {
+        let Some(st) = stat_at(fd.as_fd(), &child)? else {
+            continue;
+        };
+        if is_whiteout(&st) || format::aufs_whiteout_target(&child).is_some() {
+            nix::unistd::unlinkat(fd.as_fd(), child.as_os_str(), UnlinkatFlags::NoRemoveDir)?;
+        } else if super::is_dir(&st) {
+            purge_whiteouts(fd.as_fd(), &child)?;
+        }
+    }
+    Ok(())
 }

@@ -228,7 +228,10 @@ impl Overlay {
         };
         let scratch = prepare_scratch(&work_fd).map_err(work_err("prepare its scratch dir"))?;
         let probe = probe_upper(&scratch).map_err(work_err("probe the upper filesystem"))?;
-        let index = open_index(&work_fd).map_err(work_err("open its index dir"))?;
+        let index = open_kept_dir(&work_fd, super::index::INDEX_DIR)
+            .map_err(work_err("open its index dir"))?;
+        let origins = open_kept_dir(&work_fd, super::origin::ORIGIN_DIR)
+            .map_err(work_err("open its origin map"))?;
         let format = match (config.whiteout, probe.whiteout) {
             (Some(WhiteoutFormat::Kernel), Err(source)) => {
                 return Err(LayerSetupError::FormatUnsupported {
@@ -279,10 +282,12 @@ impl Overlay {
             layers,
             scratch,
             index,
+            origins,
             root_lowers,
             format,
             upper_xattrs: probe.xattrs.is_ok(),
             next_temp: AtomicU64::new(0),
+            copy_ups: AtomicU64::new(0),
         })
     }
 }
@@ -303,19 +308,16 @@ fn prepare_scratch(work: &OwnedFd) -> Result<OwnedFd, Errno> {
     )
 }
 
-/// Opens `work/ovlrun-index`, creating it; unlike the scratch dir it is kept, it holds links.
-fn open_index(work: &OwnedFd) -> Result<OwnedFd, Errno> {
-    match nix::sys::stat::mkdirat(
-        work.as_fd(),
-        super::index::INDEX_DIR,
-        Mode::from_bits_truncate(0o700),
-    ) {
+/// Opens directory `name` of the work dir, creating it; unlike the scratch dir its content
+/// is kept across mounts (the index and the origin map).
+fn open_kept_dir(work: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+    match nix::sys::stat::mkdirat(work.as_fd(), name, Mode::from_bits_truncate(0o700)) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(e),
     }
     nix::fcntl::openat(
         work.as_fd(),
-        super::index::INDEX_DIR,
+        name,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
