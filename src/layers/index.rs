@@ -119,6 +119,18 @@ impl Overlay {
         Ok(true)
     }
 
+    /// Before a lower name of a multiply linked file goes away, copies it up (into the
+    /// index), so the other names count one link less, as with the kernel's `index=on`.
+    pub(crate) fn join_index_before_removal(&self, found: &super::Found) -> Result<(), Errno> {
+        if !found.loc.lowers.is_empty()
+            && is_multi_link(&found.attr.st)
+            && !self.in_upper(&found.loc)?
+        {
+            self.copy_up(&found.loc)?;
+        }
+        Ok(())
+    }
+
     /// The merged link count of an indexed upper copy: its upper names (the index's own
     /// link left out) plus the lower names that have not joined it yet, as the kernel
     /// overlayfs counts with `index=on`.

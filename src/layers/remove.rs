@@ -23,6 +23,7 @@ impl Overlay {
         if found.attr.is_dir() {
             return Err(Errno::EISDIR);
         }
+        self.join_index_before_removal(&found)?;
         self.remove_entry(parent, name, false)
     }
 

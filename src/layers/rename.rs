@@ -78,10 +78,10 @@ impl Overlay {
         }
 
         self.bring_up(&src)?;
-        if exchange {
-            if let Some(d) = &dst {
-                self.bring_up(d)?;
-            }
+        match &dst {
+            Some(d) if exchange => self.bring_up(d)?,
+            Some(d) => self.join_index_before_removal(d)?,
+            None => {}
         }
         self.ensure_upper_dir(&dparent.path)?;
         let src_lower = self.lower_has_name(sparent, sname)?;
