@@ -13,14 +13,17 @@ use nix::fcntl::{AT_FDCWD, RenameFlags};
 use nix::sys::stat::Mode;
 
 use crate::support::{
-    self, KernelOverlay, MountArgs, OrPanic, OvlrunMount, TestDir, assert_trees_eq, mkdir, mkdir_p, set_xattr,
-    symlink, tree_snapshot, whiteout_chardev, write,
+    self, KernelOverlay, MountArgs, OrPanic, OvlrunMount, TestDir, assert_trees_eq, mkdir, mkdir_p,
+    set_xattr, symlink, tree_snapshot, whiteout_chardev, write,
 };
 
 macro_rules! compat_test {
     () => {
         require!(support::can_mount_fuse(), "mount FUSE (/dev/fuse)");
-        require!(support::can_mount_kernel_overlay(), "mount the kernel overlayfs (userxattr)");
+        require!(
+            support::can_mount_kernel_overlay(),
+            "mount the kernel overlayfs (userxattr)"
+        );
         support::private_mount_ns();
     };
 }
@@ -64,13 +67,24 @@ fn build_lowers(dir: &TestDir) -> (PathBuf, PathBuf) {
 fn apply_changes(root: &Path) {
     let p = |r: &str| root.join(r);
     write(p("a/x"), "a/x rewritten\n");
-    fs::OpenOptions::new().append(true).open(p("b")).and_then(|mut f| std::io::Write::write_all(&mut f, b"more\n")).or_panic("append", p("b"));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p("b"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more\n"))
+        .or_panic("append", p("b"));
     fs::remove_file(p("gone_file")).or_panic("unlink", p("gone_file"));
     fs::remove_dir_all(p("gone_dir")).or_panic("rm -r", p("gone_dir"));
     fs::remove_dir_all(p("reborn")).or_panic("rm -r", p("reborn"));
     mkdir(p("reborn"));
     write(p("reborn/new"), "new\n");
-    nix::fcntl::renameat2(AT_FDCWD, &p("ren_file"), AT_FDCWD, &p("ren_file2"), RenameFlags::empty()).or_panic("rename", p("ren_file"));
+    nix::fcntl::renameat2(
+        AT_FDCWD,
+        &p("ren_file"),
+        AT_FDCWD,
+        &p("ren_file2"),
+        RenameFlags::empty(),
+    )
+    .or_panic("rename", p("ren_file"));
     support::chmod(p("meta"), 0o600);
     set_xattr(p("meta"), "user.k", b"v");
     std::os::unix::fs::chown(p("meta"), Some(100), Some(200)).or_panic("chown", p("meta"));
@@ -109,14 +123,26 @@ impl Dirs {
 fn ovlrun_then_kernel(renames: impl Fn(&Path)) {
     let d = Dirs::new();
     let (upper, mnt) = (d.dir.mkdir("upper"), d.dir.mkdir("mnt"));
-    let m = OvlrunMount::start(&MountArgs::new(&d.lowers(), &upper, &mnt).work(&d.dir.mkdir("work")));
+    let m =
+        OvlrunMount::start(&MountArgs::new(&d.lowers(), &upper, &mnt).work(&d.dir.mkdir("work")));
     apply_changes(&mnt);
     renames(&mnt);
     let seen_by_ovlrun = tree_snapshot(&mnt);
     let st = m.unmount();
     assert!(st.success(), "ovlrun exit status after umount: {st}");
-    let k = KernelOverlay::mount(&d.lowers(), &upper, &d.dir.mkdir("kwork"), &d.dir.mkdir("kmnt"), "");
-    assert_trees_eq("ovlrun before unmount", &seen_by_ovlrun, "kernel over the same upper", &tree_snapshot(k.path()));
+    let k = KernelOverlay::mount(
+        &d.lowers(),
+        &upper,
+        &d.dir.mkdir("kwork"),
+        &d.dir.mkdir("kmnt"),
+        "",
+    );
+    assert_trees_eq(
+        "ovlrun before unmount",
+        &seen_by_ovlrun,
+        "kernel over the same upper",
+        &tree_snapshot(k.path()),
+    );
 }
 
 #[test]
@@ -129,12 +155,24 @@ fn ovlrun_upper_reads_the_same_through_the_kernel() {
 fn ovlrun_upper_with_a_renamed_lower_dir_reads_the_same_through_the_kernel() {
     compat_test!();
     ovlrun_then_kernel(|mnt| {
-        nix::fcntl::renameat2(AT_FDCWD, &mnt.join("ren_dir"), AT_FDCWD, &mnt.join("ren_dir2"), RenameFlags::empty())
-            .or_panic("rename of a lower dir", mnt.join("ren_dir"));
+        nix::fcntl::renameat2(
+            AT_FDCWD,
+            &mnt.join("ren_dir"),
+            AT_FDCWD,
+            &mnt.join("ren_dir2"),
+            RenameFlags::empty(),
+        )
+        .or_panic("rename of a lower dir", mnt.join("ren_dir"));
         write(mnt.join("ren_dir2/inner/f2"), "added after the rename\n");
         // A lower dir renamed over another lower dir's place, then a new dir at the old name.
-        nix::fcntl::renameat2(AT_FDCWD, &mnt.join("a"), AT_FDCWD, &mnt.join("a_moved"), RenameFlags::empty())
-            .or_panic("rename of a merged dir", mnt.join("a"));
+        nix::fcntl::renameat2(
+            AT_FDCWD,
+            &mnt.join("a"),
+            AT_FDCWD,
+            &mnt.join("a_moved"),
+            RenameFlags::empty(),
+        )
+        .or_panic("rename of a merged dir", mnt.join("a"));
         mkdir(mnt.join("a"));
         write(mnt.join("a/fresh"), "");
     });
@@ -148,16 +186,29 @@ fn kernel_upper_reads_the_same_through_ovlrun() {
     let k = KernelOverlay::mount(&d.lowers(), &upper, &d.dir.mkdir("kwork"), &kmnt, "");
     apply_changes(&kmnt);
     // What `mv` does for a lower dir under the kernel: copy, then remove.
-    let (st, _, err) = support::run(std::process::Command::new("mv").arg(kmnt.join("ren_dir")).arg(kmnt.join("ren_dir2")));
+    let (st, _, err) = support::run(
+        std::process::Command::new("mv")
+            .arg(kmnt.join("ren_dir"))
+            .arg(kmnt.join("ren_dir2")),
+    );
     assert!(st.success(), "mv on the kernel overlay: {err}");
     let seen_by_kernel = tree_snapshot(&kmnt);
     k.unmount();
     let mnt = d.dir.mkdir("mnt");
-    let _m = OvlrunMount::start(&MountArgs::new(&d.lowers(), &upper, &mnt).work(&d.dir.mkdir("work")));
+    let _m =
+        OvlrunMount::start(&MountArgs::new(&d.lowers(), &upper, &mnt).work(&d.dir.mkdir("work")));
     let seen_by_ovlrun = tree_snapshot(&mnt);
-    assert_trees_eq("kernel before unmount", &seen_by_kernel, "ovlrun over the same upper", &seen_by_ovlrun);
+    assert_trees_eq(
+        "kernel before unmount",
+        &seen_by_kernel,
+        "ovlrun over the same upper",
+        &seen_by_ovlrun,
+    );
     let leaks = support::overlay_internals_visible(&mnt);
-    assert!(leaks.is_empty(), "kernel's own xattrs (origin, impure...) visible through ovlrun: {leaks:?}");
+    assert!(
+        leaks.is_empty(),
+        "kernel's own xattrs (origin, impure...) visible through ovlrun: {leaks:?}"
+    );
 }
 
 /// Builds `expected` as a plain directory tree and compares it with ovlrun's merged view.
@@ -192,11 +243,16 @@ fn aufs_lower_reads_as_the_flattened_tree() {
     write(expected.join("var/cache/fresh"), "");
     write(expected.join("var/keep"), "");
     let mnt = dir.mkdir("mnt");
-    let _m = OvlrunMount::start(&MountArgs::new(&[&l0, &l1], &dir.mkdir("upper"), &mnt).work(&dir.mkdir("work")));
+    let _m = OvlrunMount::start(
+        &MountArgs::new(&[&l0, &l1], &dir.mkdir("upper"), &mnt).work(&dir.mkdir("work")),
+    );
     let mut want = tree_snapshot(&expected);
     let got = tree_snapshot(&mnt);
     // The root's own mode/owner come from the layers, not from `expected`.
-    want.insert(PathBuf::new(), got.get(Path::new("")).cloned().expect("root entry"));
+    want.insert(
+        PathBuf::new(),
+        got.get(Path::new("")).cloned().expect("root entry"),
+    );
     assert_trees_eq("expected", &want, "ovlrun", &got);
 }
 
@@ -205,14 +261,30 @@ fn aufs_lower_reads_as_the_flattened_tree() {
 fn upper_stacks_as_a_lower(style: &'static str) {
     let d = Dirs::new();
     let (upper, mnt) = (d.dir.mkdir("upper"), d.dir.mkdir("mnt"));
-    let m = OvlrunMount::start(&MountArgs::new(&d.lowers(), &upper, &mnt).work(&d.dir.mkdir("work")).whiteout(style));
+    let m = OvlrunMount::start(
+        &MountArgs::new(&d.lowers(), &upper, &mnt)
+            .work(&d.dir.mkdir("work"))
+            .whiteout(style),
+    );
     apply_changes(&mnt);
     let before = tree_snapshot(&mnt);
     assert!(m.unmount().success());
     let mnt2 = d.dir.mkdir("mnt2");
-    let _m = OvlrunMount::start(&MountArgs::new(&[&upper, &d.l0, &d.l1], &d.dir.mkdir("upper2"), &mnt2).work(&d.dir.mkdir("work2")));
-    assert_trees_eq("ovlrun over the upper", &before, "ovlrun with it as a lower", &tree_snapshot(&mnt2));
-    assert_eq!(support::ls(d.dir.join("upper2")), Vec::<String>::new(), "reading must not write the new upper");
+    let _m = OvlrunMount::start(
+        &MountArgs::new(&[&upper, &d.l0, &d.l1], &d.dir.mkdir("upper2"), &mnt2)
+            .work(&d.dir.mkdir("work2")),
+    );
+    assert_trees_eq(
+        "ovlrun over the upper",
+        &before,
+        "ovlrun with it as a lower",
+        &tree_snapshot(&mnt2),
+    );
+    assert_eq!(
+        support::ls(d.dir.join("upper2")),
+        Vec::<String>::new(),
+        "reading must not write the new upper"
+    );
 }
 
 #[test]
@@ -232,7 +304,8 @@ fn ovlrun_upper_stacks_as_a_kernel_lower() {
     compat_test!();
     let d = Dirs::new();
     let (upper, mnt) = (d.dir.mkdir("upper"), d.dir.mkdir("mnt"));
-    let m = OvlrunMount::start(&MountArgs::new(&d.lowers(), &upper, &mnt).work(&d.dir.mkdir("work")));
+    let m =
+        OvlrunMount::start(&MountArgs::new(&d.lowers(), &upper, &mnt).work(&d.dir.mkdir("work")));
     apply_changes(&mnt);
     let before = tree_snapshot(&mnt);
     assert!(m.unmount().success());
@@ -246,6 +319,11 @@ fn ovlrun_upper_stacks_as_a_kernel_lower() {
     let after = tree_snapshot(k.path());
     // The hard link made through ovlrun is two names of one upper inode: the kernel shows it
     // as such in a lower too, so link counts compare as well.
-    assert_trees_eq("ovlrun over the upper", &before, "kernel with it as a lower", &after);
+    assert_trees_eq(
+        "ovlrun over the upper",
+        &before,
+        "kernel with it as a lower",
+        &after,
+    );
     assert!(fs::symlink_metadata(k.join("newdir/hl")).unwrap().nlink() == 2);
 }
