@@ -131,6 +131,7 @@ main() {
     allow_other_for_users
     create_test_user
     create_pjdfstest_users
+    bash "$(dirname "${BASH_SOURCE[0]}")/mkrootfs.sh" # completes examples/rootfs (busybox)
     ((changed)) || echo "setup: nothing to do"
 }
 
