@@ -76,6 +76,8 @@ enum Op {
     RemoveXattr(String),
     /// lstat + content + xattrs of one path, compared like any other result (stale caches).
     Check(String),
+    /// Unmount and mount again over the same upper (state must live on disk, not in memory).
+    Remount,
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -120,6 +122,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(p, n, v)| Op::SetXattr(p, n, v)),
         1 => path().prop_map(Op::RemoveXattr),
         2 => path().prop_map(Op::Check),
+        1 => Just(Op::Remount),
     ]
 }
 
@@ -163,6 +166,7 @@ fn apply(root: &Path, op: &Op) -> Result<String, Errno> {
         )?,
         Op::SetXattr(rel, n, v) => errno(xattr::set(p(rel), n, v.as_bytes()))?,
         Op::RemoveXattr(rel) => errno(xattr::remove(p(rel), "user.a"))?,
+        Op::Remount => unreachable!("run_case remounts"),
         Op::Check(rel) => {
             let md = errno(fs::symlink_metadata(p(rel)))?;
             let mut seen = format!("{:?}", support::entry_info(&p(rel)));
@@ -288,6 +292,33 @@ struct Trace {
     results: Vec<Result<String, Errno>>,
 }
 
+/// A kernel overlayfs reference: its directories, options, mount and trace.
+struct KernelRef {
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+    extra: &'static str,
+    mount: Option<KernelOverlay>,
+    trace: Trace,
+}
+
+impl KernelRef {
+    fn new(name: &'static str, case: &TestDir, sub: &str, extra: &'static str) -> KernelRef {
+        KernelRef {
+            upper: case.mkdir(format!("{sub}/u")),
+            work: case.mkdir(format!("{sub}/w")),
+            mnt: case.mkdir(format!("{sub}/m")),
+            extra,
+            mount: None,
+            trace: Trace { name, results: vec![] },
+        }
+    }
+
+    fn mount(&mut self, lowers: &[&Path]) {
+        self.mount = Some(KernelOverlay::mount(lowers, &self.upper, &self.work, &self.mnt, self.extra));
+    }
+}
+
 fn run_case(
     base: &TestDir,
     l0: &Path,
@@ -301,51 +332,39 @@ fn run_case(
         base.path().file_name().unwrap().to_string_lossy()
     ));
     let lowers = [l0, l1];
-    let kdef = KernelOverlay::mount(
-        &lowers,
-        &case.mkdir("k/u"),
-        &case.mkdir("k/w"),
-        &case.mkdir("k/m"),
-        "",
-    );
-    let kidx = KernelOverlay::mount(
-        &lowers,
-        &case.mkdir("i/u"),
-        &case.mkdir("i/w"),
-        &case.mkdir("i/m"),
-        "index=on",
-    );
+    let mut refs = [
+        KernelRef::new("kernel", &case, "k", ""),
+        KernelRef::new("kernel index=on", &case, "i", "index=on"),
+    ];
+    for r in refs.iter_mut() {
+        r.mount(&lowers);
+    }
     let args =
         MountArgs::new(&lowers, &case.mkdir("o/u"), &case.mkdir("o/m")).work(&case.mkdir("o/w"));
-    let ovl = OvlrunMount::start(&args);
-
-    let mut refs = [
-        (
-            &kdef,
-            Trace {
-                name: "kernel",
-                results: vec![],
-            },
-        ),
-        (
-            &kidx,
-            Trace {
-                name: "kernel index=on",
-                results: vec![],
-            },
-        ),
-    ];
+    let mut ovl = OvlrunMount::start(&args);
     let mut got = Trace {
         name: "ovlrun",
         results: vec![],
     };
     for op in ops {
-        for (mnt, trace) in refs.iter_mut() {
-            let mut r = apply(mnt.path(), op);
-            if let (Err(Errno::EXDEV), Op::Rename(a, b, f)) = (&r, op) {
-                r = emulate_dir_rename(mnt.path(), a, b, *f);
+        if let Op::Remount = op {
+            for r in refs.iter_mut() {
+                r.mount.take().expect("mounted").unmount();
+                r.mount(&lowers);
+                r.trace.results.push(Ok(String::new()));
             }
-            trace.results.push(r);
+            let st = ovl.unmount();
+            ovl = OvlrunMount::start(&args);
+            got.results.push(if st.success() { Ok(String::new()) } else { Ok(format!("ovlrun exited with {st}")) });
+            continue;
+        }
+        for r in refs.iter_mut() {
+            let mnt = r.mount.as_ref().expect("mounted").path();
+            let mut res = apply(mnt, op);
+            if let (Err(Errno::EXDEV), Op::Rename(a, b, f)) = (&res, op) {
+                res = emulate_dir_rename(mnt, a, b, *f);
+            }
+            r.trace.results.push(res);
         }
         got.results.push(apply(ovl.path(), op));
     }
@@ -364,7 +383,8 @@ fn run_case(
     // 1. The same errno at every step and the same merged tree as one kernel reference.
     let mut reports = Vec::new();
     let mut matched = false;
-    for (mnt, trace) in &refs {
+    for KernelRef { mount, trace, .. } in &refs {
+        let mnt = mount.as_ref().expect("mounted");
         let first_diff = (0..ops.len()).find(|&i| trace.results[i] != got.results[i]);
         let tree = tree_snapshot(mnt.path());
         let diff = tree_diff(trace.name, &tree, got.name, &got_tree);
@@ -391,8 +411,6 @@ fn run_case(
         reports.push(format!("overlay internals visible through ovlrun: {leaks:?}"));
     }
     drop(refs);
-    drop(kdef);
-    drop(kidx);
 
     // 2. The upper alone carries the state: ovlrun mounted again shows the same tree.
     let st = ovl.unmount();
