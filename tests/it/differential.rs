@@ -192,7 +192,9 @@ fn emulate_dir_rename(root: &Path, from: &str, to: &str, flags: Flags) -> Result
     let resolve = |rel: &str| {
         let p = root.join(rel);
         let parent = p.parent().expect("a path under the mount has a parent");
-        fs::canonicalize(parent).or_panic("realpath", parent).join(p.file_name().expect("a name"))
+        fs::canonicalize(parent)
+            .or_panic("realpath", parent)
+            .join(p.file_name().expect("a name"))
     };
     let (src, dst) = (resolve(from), resolve(to));
     if flags == Flags::Exchange {
@@ -310,12 +312,21 @@ impl KernelRef {
             mnt: case.mkdir(format!("{sub}/m")),
             extra,
             mount: None,
-            trace: Trace { name, results: vec![] },
+            trace: Trace {
+                name,
+                results: vec![],
+            },
         }
     }
 
     fn mount(&mut self, lowers: &[&Path]) {
-        self.mount = Some(KernelOverlay::mount(lowers, &self.upper, &self.work, &self.mnt, self.extra));
+        self.mount = Some(KernelOverlay::mount(
+            lowers,
+            &self.upper,
+            &self.work,
+            &self.mnt,
+            self.extra,
+        ));
     }
 }
 
@@ -355,7 +366,11 @@ fn run_case(
             }
             let st = ovl.unmount();
             ovl = OvlrunMount::start(&args);
-            got.results.push(if st.success() { Ok(String::new()) } else { Ok(format!("ovlrun exited with {st}")) });
+            got.results.push(if st.success() {
+                Ok(String::new())
+            } else {
+                Ok(format!("ovlrun exited with {st}"))
+            });
             continue;
         }
         for r in refs.iter_mut() {
@@ -408,7 +423,9 @@ fn run_case(
         reports.clear();
     }
     if !leaks.is_empty() {
-        reports.push(format!("overlay internals visible through ovlrun: {leaks:?}"));
+        reports.push(format!(
+            "overlay internals visible through ovlrun: {leaks:?}"
+        ));
     }
     drop(refs);
 
@@ -418,8 +435,15 @@ fn run_case(
         reports.push(format!("ovlrun exited with {st} after umount"));
     }
     let again = OvlrunMount::start(&args);
-    if let Some(d) = tree_diff("ovlrun", &got_tree, "ovlrun remounted", &tree_snapshot(again.path())) {
-        reports.push(format!("ovlrun after remount over its own upper differs:\n{d}"));
+    if let Some(d) = tree_diff(
+        "ovlrun",
+        &got_tree,
+        "ovlrun remounted",
+        &tree_snapshot(again.path()),
+    ) {
+        reports.push(format!(
+            "ovlrun after remount over its own upper differs:\n{d}"
+        ));
     }
     drop(again);
 
@@ -427,9 +451,25 @@ fn run_case(
     // Link counts are left out here: for a lower hard link whose other name was copied up or
     // removed, the kernel without `index` still reports the lower's count, with `index` (and
     // ovlrun, if it keeps links like that) the real one. Step 1 already held ovlrun to either.
-    let kover = KernelOverlay::mount(&lowers, &case.join("o/u"), &case.mkdir("ko/w"), &case.mkdir("ko/m"), "");
+    let kover = KernelOverlay::mount(
+        &lowers,
+        &case.join("o/u"),
+        &case.mkdir("ko/w"),
+        &case.mkdir("ko/m"),
+        "",
+    );
     let no_nlink = |t: &BTreeMap<PathBuf, support::EntryInfo>| {
-        t.iter().map(|(k, v)| (k.clone(), support::EntryInfo { nlink: None, ..v.clone() })).collect::<BTreeMap<_, _>>()
+        t.iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    support::EntryInfo {
+                        nlink: None,
+                        ..v.clone()
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
     };
     if let Some(d) = tree_diff(
         "ovlrun",
@@ -477,7 +517,10 @@ fn random_sequences_match_kernel_overlayfs() {
         rng_seed: RngSeed::Fixed(seed),
         failure_persistence: None,
         // Every shrink step mounts three filesystems (~50 ms); this bounds a failing run to minutes.
-        max_shrink_iters: std::env::var("OVLRUN_DIFF_SHRINK").ok().and_then(|s| s.parse().ok()).unwrap_or(1024),
+        max_shrink_iters: std::env::var("OVLRUN_DIFF_SHRINK")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1024),
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
@@ -496,7 +539,10 @@ fn random_sequences_match_kernel_overlayfs() {
         runs.get()
     );
     // What the steps answered through ovlrun: a run that is mostly ENOENT tests little.
-    eprintln!("differential: ovlrun step results (before any shrinking): {:?}", stats.borrow());
+    eprintln!(
+        "differential: ovlrun step results (before any shrinking): {:?}",
+        stats.borrow()
+    );
     if let Err(e) = result {
         panic!("ovlrun differs from the kernel overlayfs (OVLRUN_DIFF_SEED={seed}):\n{e}");
     }

@@ -331,10 +331,16 @@ fn readdir_never_shows_whiteouts_or_overlay_xattrs() {
     );
     // Hidden either way: the kernel overlayfs answers EOPNOTSUPP for its own names, a plain
     // file system ENODATA; what must never come back is the value.
-    for (dir, name) in [("o", "user.overlay.opaque"), ("t", "trusted.overlay.opaque")] {
+    for (dir, name) in [
+        ("o", "user.overlay.opaque"),
+        ("t", "trusted.overlay.opaque"),
+    ] {
         match errno(xattr::get(fx.m(dir), name)) {
             Ok(None) | Err(Errno::EOPNOTSUPP) => {}
-            other => panic!("getxattr {name} on {}: {other:?}, expected hidden", fx.m(dir).display()),
+            other => panic!(
+                "getxattr {name} on {}: {other:?}, expected hidden",
+                fx.m(dir).display()
+            ),
         }
     }
     assert_eq!(ls(&fx.mnt), ["newdir", "o", "t"]);
@@ -1586,7 +1592,9 @@ fn xattrs_get_set_list_remove() {
     let _ = xattr::set(fx.m("d"), "user.overlay.opaque", b"y");
     assert_eq!(ls(fx.m("d")), ["inner"], "lower content must stay visible");
     assert_ne!(
-        xattr::get(fx.u("d"), "user.overlay.opaque").unwrap().as_deref(),
+        xattr::get(fx.u("d"), "user.overlay.opaque")
+            .unwrap()
+            .as_deref(),
         Some(&b"y"[..]),
         "a user's setxattr through the mount made the upper dir opaque"
     );
