@@ -1,21 +1,94 @@
 //! The command line as typed: clap structures only, no checking beyond clap's.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Run a command in a private copy-on-write view of a root filesystem.
+///
+/// `ovlrun --rootfs DIR -- CMD [ARGS...]` runs CMD (default: /bin/sh) in new user, mount,
+/// pid, uts and ipc namespaces, over an overlay whose lower is DIR: DIR is never modified.
+/// For now the session's changes are discarded when the command exits.
 #[derive(Debug, Parser)]
-#[command(name = "ovlrun", version, about)]
+#[command(
+    name = "ovlrun",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
-    /// What to do.
+    /// What to do besides running a session.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Running a session.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Running a command in a session.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The root filesystem to run in (never modified).
+    #[arg(long, value_name = "DIR", required = true)]
+    pub rootfs: Option<PathBuf>,
+    /// Stay in the caller's user namespace (root only).
+    #[arg(long)]
+    pub no_userns: bool,
+    /// uid of the command inside the session.
+    #[arg(long, default_value_t = 0)]
+    pub uid: u32,
+    /// gid of the command inside the session.
+    #[arg(long, default_value_t = 0)]
+    pub gid: u32,
+    /// Network: the host's (shared), or a new namespace with only `lo`.
+    #[arg(long, value_enum, default_value_t = Net::Host)]
+    pub net: Net,
+    /// Bind a host path into the session: SRC:DST[:ro] (repeatable).
+    #[arg(long, value_name = "SRC:DST[:ro]")]
+    pub bind: Vec<String>,
+    /// Mount an empty tmpfs at DST inside the session (repeatable).
+    #[arg(long, value_name = "DST")]
+    pub tmpfs: Vec<PathBuf>,
+    /// Set an environment variable: KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Start from an empty environment (then PATH, HOME and TERM get defaults) instead of
+    /// the caller's.
+    #[arg(long)]
+    pub clear_env: bool,
+    /// Working directory inside the session.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub cwd: PathBuf,
+    /// Hostname inside [default: the rootfs's /etc/hostname, else "ovlrun"].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Add a capability to the default set (e.g. NET_ADMIN; repeatable).
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Remove a capability from the default set (repeatable).
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// The command and its arguments [default: /bin/sh].
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<OsString>,
+}
+
+/// `--net` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Net {
+    /// Share the host's network (and its resolv.conf and hosts).
+    Host,
+    /// A new network namespace with only the loopback interface.
+    None,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check what ovlrun needs on this machine, for this user, and print the fix for each gap.
+    Doctor,
     /// Serve an overlay filesystem on MOUNTPOINT until it is unmounted or ovlrun gets
     /// SIGINT/SIGTERM.
     Mount(MountArgs),

@@ -5,10 +5,17 @@
 //!   whiteouts, rename). Plain Rust over directory fds; every overlay rule lives there.
 //! - [`fs`]: the FUSE adapter: node ids, handles, replies, kernel caching. No overlay rule.
 //! - [`mount`]: the overlay builder and the mount handle, the library's front door.
+//! - [`config`]: the validated [`config::SessionPlan`] a session runs from.
+//! - [`sandbox`]: namespaces, mounts, pid 1: runs a plan over an overlay of its rootfs.
+//! - [`session`]: session ids and state directories.
 //! - `sys`: the few raw system calls nix lacks; the only `unsafe` in the crate.
 
+pub mod config;
+pub mod doctor;
 pub mod fs;
 pub mod layers;
 pub mod mount;
+pub mod sandbox;
+pub mod session;
 #[allow(unsafe_code)]
-mod sys;
+pub(crate) mod sys;

@@ -3,13 +3,16 @@
 
 mod cli;
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 
-use cli::{Cli, Command, MountArgs, Whiteout};
+use cli::{Cli, Command, MountArgs, Net, RunArgs, Whiteout};
+use ovlrun::config::{self, Network, SessionPlan, UserNs};
 use ovlrun::layers::WhiteoutFormat;
 use ovlrun::mount::OverlayBuilder;
 
@@ -17,7 +20,18 @@ use ovlrun::mount::OverlayBuilder;
 const EXIT_OWN_ERROR: u8 = 125;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_OWN_ERROR),
+            };
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -29,8 +43,116 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Mount(args) => mount(args),
+        Some(Command::Mount(args)) => mount(args),
+        Some(Command::Doctor) => Ok(doctor()),
+        None => session(cli.run),
     }
+}
+
+/// Exit 0 when nothing blocks a session, 1 when a check found a problem.
+fn doctor() -> ExitCode {
+    let report = ovlrun::doctor::run();
+    print!("{report}");
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs a session; its exit status is the command's.
+fn session(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(args)?;
+    let code = ovlrun::sandbox::run(&plan)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_OWN_ERROR)))
+}
+
+/// Turns the flags into a validated plan (nothing is created before it is valid).
+fn plan(args: RunArgs) -> anyhow::Result<SessionPlan> {
+    let rootfs_arg = args.rootfs.context("--rootfs DIR is required")?;
+    let rootfs = config::check_rootfs(&rootfs_arg)?;
+    let root = nix::unistd::geteuid().is_root();
+    let userns = match (args.no_userns, root) {
+        (false, _) => UserNs::New,
+        (true, true) => UserNs::Host,
+        (true, false) => return Err(config::PlanError::NoUsernsUnprivileged.into()),
+    };
+    let binds = args
+        .bind
+        .iter()
+        .map(|b| config::parse_bind(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (flag, path) in
+        std::iter::once(("--cwd", &args.cwd)).chain(args.tmpfs.iter().map(|t| ("--tmpfs", t)))
+    {
+        if !path.is_absolute() {
+            return Err(config::PlanError::NotAbsolute {
+                flag,
+                value: path.display().to_string(),
+            }
+            .into());
+        }
+    }
+    let mut cap_add = Vec::new();
+    for c in &args.cap_add {
+        cap_add.push(config::parse_capability("--cap-add", c)?);
+    }
+    let mut cap_drop = Vec::new();
+    for c in &args.cap_drop {
+        cap_drop.push(config::parse_capability("--cap-drop", c)?);
+    }
+    let home = if args.uid == 0 { "/root" } else { "/" };
+    let mut env: Vec<OsString> = if args.clear_env {
+        config::default_env(home)
+    } else {
+        std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k;
+                kv.push("=");
+                kv.push(v);
+                kv
+            })
+            .collect()
+    };
+    for kv in &args.env {
+        let Some((key, _)) = kv.split_once('=') else {
+            return Err(config::PlanError::Env(kv.clone()).into());
+        };
+        let prefix = format!("{key}=");
+        env.retain(|e| !e.as_bytes().starts_with(prefix.as_bytes()));
+        env.push(kv.into());
+    }
+    let hostname = args.hostname.unwrap_or_else(|| {
+        std::fs::read_to_string(rootfs.join("etc/hostname"))
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "ovlrun".into())
+    });
+    let argv = if args.cmd.is_empty() {
+        vec![OsString::from("/bin/sh")]
+    } else {
+        args.cmd
+    };
+    Ok(SessionPlan {
+        rootfs,
+        argv,
+        env,
+        cwd: args.cwd,
+        hostname,
+        uid: args.uid,
+        gid: args.gid,
+        userns,
+        net: match args.net {
+            Net::Host => Network::Host,
+            Net::None => Network::None,
+        },
+        binds,
+        tmpfs: args.tmpfs,
+        cap_add,
+        cap_drop,
+        state_root: config::state_root()?,
+    })
 }
 
 fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {

@@ -121,6 +121,16 @@ impl OverlayBuilder {
     /// # Errors
     /// [`MountError`] naming the layer or mountpoint at fault.
     pub fn mount(self, mountpoint: impl AsRef<Path>) -> Result<MountHandle, MountError> {
+        self.mount_unserved(mountpoint)?.serve()
+    }
+
+    /// Mounts the overlay but starts no thread yet: requests wait until
+    /// [`UnservedMount::serve`]. A launcher forks its child in between, while it is still
+    /// single-threaded.
+    ///
+    /// # Errors
+    /// [`MountError`] naming the layer or mountpoint at fault.
+    pub fn mount_unserved(self, mountpoint: impl AsRef<Path>) -> Result<UnservedMount, MountError> {
         let mountpoint = mountpoint.as_ref();
         check_mountpoint(mountpoint, &self.config)?;
         raise_fd_limit();
@@ -149,12 +159,42 @@ impl OverlayBuilder {
             }
             Err(e) => return Err(fuse_err(e.into())),
         };
+        Ok(UnservedMount {
+            mountpoint: mountpoint.to_owned(),
+            session,
+            unmounter,
+        })
+    }
+}
+
+/// A mounted overlay nobody serves yet (see [`OverlayBuilder::mount_unserved`]).
+#[derive(Debug)]
+pub struct UnservedMount {
+    mountpoint: PathBuf,
+    session: Session<OverlayFs>,
+    unmounter: Unmounter,
+}
+
+impl UnservedMount {
+    /// Starts the serving threads.
+    ///
+    /// # Errors
+    /// [`MountError::Fuse`] when a thread cannot be started.
+    pub fn serve(self) -> Result<MountHandle, MountError> {
+        let UnservedMount {
+            mountpoint,
+            session,
+            unmounter,
+        } = self;
         let serving = std::thread::Builder::new()
             .name("ovlrun-fuse".into())
             .spawn(move || session.run())
-            .map_err(fuse_err)?;
+            .map_err(|source| MountError::Fuse {
+                path: mountpoint.clone(),
+                source,
+            })?;
         Ok(MountHandle {
-            mountpoint: mountpoint.to_owned(),
+            mountpoint,
             unmounter,
             serving: Some(serving),
         })

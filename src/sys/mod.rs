@@ -27,3 +27,6 @@ pub fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
     };
     Errno::result(res).map(drop)
 }
+
+pub mod net;
+pub mod process;

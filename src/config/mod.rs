@@ -1,0 +1,264 @@
+//! What a session is to do, as validated plain data: the [`SessionPlan`].
+//!
+//! The command line (and, later, an OCI config) is turned into a plan here and nowhere else;
+//! everything after works from the plan and never re-reads flags. Validation names the flag
+//! and the value at fault, and creates nothing.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// How the session's network is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network namespace (and its resolv.conf and hosts).
+    Host,
+    /// A new network namespace with only `lo`, up.
+    None,
+}
+
+/// A bind mount into the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bind {
+    /// Host path.
+    pub source: PathBuf,
+    /// Absolute path inside the session.
+    pub dest: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Which user namespace setup to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserNs {
+    /// A new user namespace (always for an unprivileged caller).
+    New,
+    /// Stay in the caller's user namespace (root only: `--no-userns`).
+    Host,
+}
+
+/// A validated session: everything the launcher needs, and nothing it must re-check.
+#[derive(Clone, Debug)]
+pub struct SessionPlan {
+    /// The root filesystem (absolute, an existing directory).
+    pub rootfs: PathBuf,
+    /// The command and its arguments; never empty.
+    pub argv: Vec<OsString>,
+    /// The command's environment, `KEY=VALUE`.
+    pub env: Vec<OsString>,
+    /// Working directory inside the session (absolute).
+    pub cwd: PathBuf,
+    /// Hostname inside.
+    pub hostname: String,
+    /// uid inside the session.
+    pub uid: u32,
+    /// gid inside the session.
+    pub gid: u32,
+    /// User namespace choice.
+    pub userns: UserNs,
+    /// Network choice.
+    pub net: Network,
+    /// Extra bind mounts, in order.
+    pub binds: Vec<Bind>,
+    /// Extra tmpfs mounts (absolute paths inside).
+    pub tmpfs: Vec<PathBuf>,
+    /// Capabilities added to the default set (upper case, `CAP_` prefixed).
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the default set.
+    pub cap_drop: Vec<String>,
+    /// Where session state lives (upper, work, mount point).
+    pub state_root: PathBuf,
+}
+
+/// A plan that cannot be made. Each variant names the flag and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `--rootfs` is not an existing directory.
+    #[error("--rootfs {}: {problem}", .path.display())]
+    Rootfs {
+        /// The value given.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A `--bind` value is malformed or its source is missing.
+    #[error("--bind {value}: {problem}")]
+    Bind {
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A path that must be absolute inside the session is not.
+    #[error("{flag} {value}: must be an absolute path inside the session")]
+    NotAbsolute {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A `--env` value without `=`.
+    #[error("--env {0}: expected KEY=VALUE")]
+    Env(String),
+    /// An unknown capability name.
+    #[error("{flag} {value}: unknown capability (see capabilities(7))")]
+    Capability {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// `--no-userns` by a non-root caller.
+    #[error("--no-userns: only root may run without a user namespace")]
+    NoUsernsUnprivileged,
+    /// No state directory can be found.
+    #[error("no state directory: set OVLRUN_STATE, XDG_STATE_HOME or HOME")]
+    NoStateRoot,
+}
+
+/// Parses `SRC:DST[:ro]`.
+///
+/// # Errors
+/// [`PlanError::Bind`] naming the value.
+pub fn parse_bind(value: &str) -> Result<Bind, PlanError> {
+    let err = |problem: &str| PlanError::Bind {
+        value: value.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let parts: Vec<&str> = value.split(':').collect();
+    let (source, dest, read_only) = match parts.as_slice() {
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        [_, _, opt] => return Err(err(&format!("unknown option '{opt}' (expected ro or rw)"))),
+        _ => return Err(err("expected SRC:DST or SRC:DST:ro")),
+    };
+    if source.is_empty() || dest.is_empty() {
+        return Err(err("expected SRC:DST or SRC:DST:ro"));
+    }
+    if !dest.starts_with('/') {
+        return Err(err("DST must be an absolute path inside the session"));
+    }
+    let source = Path::new(source)
+        .canonicalize()
+        .map_err(|e| err(&format!("source: {e}")))?;
+    Ok(Bind {
+        source,
+        dest: PathBuf::from(dest),
+        read_only,
+    })
+}
+
+/// Checks `--rootfs` and returns it absolute.
+///
+/// # Errors
+/// [`PlanError::Rootfs`] naming the path.
+pub fn check_rootfs(path: &Path) -> Result<PathBuf, PlanError> {
+    let err = |problem: String| PlanError::Rootfs {
+        path: path.to_owned(),
+        problem,
+    };
+    let canon = path.canonicalize().map_err(|e| err(e.to_string()))?;
+    if !canon.is_dir() {
+        return Err(err("not a directory".into()));
+    }
+    Ok(canon)
+}
+
+/// Normalizes a capability name (`net_raw`, `CAP_NET_RAW`) to `CAP_NET_RAW`.
+///
+/// # Errors
+/// [`PlanError::Capability`] for names capabilities(7) does not know.
+pub fn parse_capability(flag: &'static str, value: &str) -> Result<String, PlanError> {
+    let upper = value.to_ascii_uppercase();
+    let name = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    match name.parse::<caps::Capability>() {
+        Ok(_) => Ok(name),
+        Err(_) => Err(PlanError::Capability {
+            flag,
+            value: value.to_owned(),
+        }),
+    }
+}
+
+/// The state root: `$OVLRUN_STATE`, else `$XDG_STATE_HOME/ovlrun`, else `/var/lib/ovlrun`
+/// for root, else `~/.local/state/ovlrun`.
+///
+/// # Errors
+/// [`PlanError::NoStateRoot`] when none applies.
+pub fn state_root() -> Result<PathBuf, PlanError> {
+    if let Some(dir) = std::env::var_os("OVLRUN_STATE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("ovlrun"));
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/ovlrun"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|home| PathBuf::from(home).join(".local/state/ovlrun"))
+        .ok_or(PlanError::NoStateRoot)
+}
+
+/// The environment a command gets by default: `PATH`, `HOME`, `TERM` (from the host when
+/// set).
+pub fn default_env(home: &str) -> Vec<OsString> {
+    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+    vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        format!("HOME={home}").into(),
+        format!("TERM={term}").into(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_values() {
+        let b = parse_bind("/tmp:/mnt/t:ro").unwrap();
+        assert_eq!((b.dest.as_path(), b.read_only), (Path::new("/mnt/t"), true));
+        assert!(!parse_bind("/tmp:/x").unwrap().read_only);
+        for bad in [
+            "/tmp",
+            "/tmp:rel",
+            "/tmp:/x:rx",
+            ":/x",
+            "/does/not/exist:/x",
+        ] {
+            let e = parse_bind(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--bind {bad}:")), "{e}");
+        }
+    }
+
+    #[test]
+    fn capability_names() {
+        assert_eq!(
+            parse_capability("--cap-add", "net_raw").unwrap(),
+            "CAP_NET_RAW"
+        );
+        assert_eq!(
+            parse_capability("--cap-add", "CAP_SYS_ADMIN").unwrap(),
+            "CAP_SYS_ADMIN"
+        );
+        assert!(parse_capability("--cap-drop", "flying").is_err());
+    }
+
+    #[test]
+    fn rootfs_must_be_a_directory() {
+        let e = check_rootfs(Path::new("/nonexistent/rootfs"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/rootfs"), "{e}");
+        let e = check_rootfs(Path::new("/etc/hostname"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a directory"), "{e}");
+    }
+}

@@ -1,0 +1,233 @@
+//! The session's pid 1 and the command it starts.
+//!
+//! pid 1 forks the command, forwards the signals a terminal or a supervisor sends
+//! (INT, TERM, HUP, QUIT, USR1, USR2, WINCH), reaps every orphan, and when the command ends
+//! exits with its status (128 + n when killed by signal n), which ends the namespace and every
+//! process left in it.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use crate::config::SessionPlan;
+use crate::sys::process::{self, exit_now};
+
+/// Signals pid 1 passes on to the command.
+pub const FORWARDED: [Signal; 7] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// The shell-style status of a finished process.
+pub fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+/// What the command needs besides the plan.
+pub struct Command<'a> {
+    /// The plan.
+    pub plan: &'a SessionPlan,
+    /// Whether stdin is a terminal the command should own (job control).
+    pub tty: bool,
+    /// Whether setgroups(2) works in this user namespace.
+    pub setgroups: bool,
+}
+
+/// Runs as pid 1: starts the command and supervises until it ends. Never returns.
+pub fn run(cmd: &Command<'_>) -> ! {
+    let mut signals = SigSet::empty();
+    for s in FORWARDED {
+        signals.add(s);
+    }
+    signals.add(Signal::SIGCHLD);
+    if let Err(e) = process::catch_for_sigwait(&signals)
+        .and_then(|()| sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None))
+    {
+        eprintln!("ovlrun: session init: cannot set up signals: {e}");
+        exit_now(125);
+    }
+    // pid 1 is single-threaded; the command process execs or _exits.
+    let child = match process::fork() {
+        Ok(ForkResult::Child) => {
+            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&signals), None);
+            process::reset_signal_dispositions();
+            exec_command(cmd)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            eprintln!("ovlrun: session init: cannot start the command: {e}");
+            exit_now(125);
+        }
+    };
+    // The command leads its own process group when it owns the terminal.
+    let target = if cmd.tty {
+        Pid::from_raw(-child.as_raw())
+    } else {
+        child
+    };
+    loop {
+        let Ok(sig) = signals.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(target, sig);
+            continue;
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) if status.pid() == Some(child) => {
+                    if let Some(code) = exit_code(status) {
+                        exit_now(code);
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// In the forked command process: ids, capabilities, terminal, directory, exec. Never returns.
+fn exec_command(cmd: &Command<'_>) -> ! {
+    let plan = cmd.plan;
+    let fail = |what: &str, e: &dyn std::fmt::Display, code: i32| -> ! {
+        eprintln!("ovlrun: {what}: {e}");
+        exit_now(code)
+    };
+    if cmd.tty {
+        take_terminal();
+    }
+    if cmd.setgroups {
+        if let Err(e) = nix::unistd::setgroups(&[Gid::from_raw(plan.gid)]) {
+            fail("cannot set supplementary groups", &e, 125);
+        }
+    }
+    let caps = super::caps::wanted(&plan.cap_add, &plan.cap_drop);
+    if let Err(e) = super::caps::apply(&caps, plan.uid == 0) {
+        fail("cannot set capabilities", &e, 125);
+    }
+    let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
+    if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
+        fail(&format!("--gid {}", plan.gid), &e, 125);
+    }
+    if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
+        fail(&format!("--uid {}", plan.uid), &e, 125);
+    }
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        fail("cannot set no_new_privs", &e, 125);
+    }
+    if let Err(e) = nix::unistd::chdir(&plan.cwd) {
+        fail(&format!("--cwd {}", plan.cwd.display()), &e, 125);
+    }
+    let program = &plan.argv[0];
+    let path = match resolve(program, &plan.env) {
+        Ok(p) => p,
+        Err(e) => fail(
+            &program.to_string_lossy(),
+            &e,
+            process::exec_failure_status(e),
+        ),
+    };
+    let args: Vec<CString> = plan.argv.iter().filter_map(|a| cstring(a)).collect();
+    let env: Vec<CString> = plan.env.iter().filter_map(|a| cstring(a)).collect();
+    let Some(cpath) = cstring(path.as_os_str()) else {
+        fail(&program.to_string_lossy(), &Errno::EINVAL, 126)
+    };
+    let e = match nix::unistd::execve(&cpath, &args, &env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    fail(
+        &format!("cannot execute {}", path.display()),
+        &e,
+        process::exec_failure_status(e),
+    )
+}
+
+fn cstring(s: &OsStr) -> Option<CString> {
+    CString::new(s.as_bytes()).ok()
+}
+
+/// Puts the command in its own process group and makes it the terminal's foreground, so
+/// Ctrl-C and job control reach it and not the launcher.
+fn take_terminal() {
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // A background group asking for the foreground gets SIGTTOU unless it ignores it.
+    if let Ok(old) = process::ignore_sigttou() {
+        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
+        process::restore_sigttou(&old);
+    }
+}
+
+/// Finds `program` the way a shell would, with the session's own `PATH`.
+///
+/// # Errors
+/// `ENOENT` when nothing is found, `EACCES` when found but not executable.
+pub fn resolve(program: &OsStr, env: &[OsString]) -> Result<PathBuf, Errno> {
+    if program.as_bytes().contains(&b'/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = env
+        .iter()
+        .find_map(|kv| kv.as_bytes().strip_prefix(b"PATH="))
+        .map(|p| OsStr::from_bytes(p).to_owned())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut found_unexecutable = false;
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && !candidate.is_dir()
+        {
+            return Ok(candidate);
+        }
+        if Path::new(&candidate).exists() {
+            found_unexecutable = true;
+        }
+    }
+    Err(if found_unexecutable {
+        Errno::EACCES
+    } else {
+        Errno::ENOENT
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_shell_convention() {
+        let pid = Pid::from_raw(5);
+        assert_eq!(exit_code(WaitStatus::Exited(pid, 7)), Some(7));
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(pid, Signal::SIGTERM, false)),
+            Some(143)
+        );
+    }
+
+    #[test]
+    fn resolve_uses_the_session_path() {
+        let env = vec![OsString::from("PATH=/nonexistent:/bin")];
+        assert_eq!(
+            resolve(OsStr::new("sh"), &env).unwrap(),
+            Path::new("/bin/sh")
+        );
+        assert_eq!(
+            resolve(OsStr::new("no-such-tool"), &env),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(resolve(OsStr::new("./x"), &env).unwrap(), Path::new("./x"));
+    }
+}

@@ -1,0 +1,380 @@
+//! The launcher: runs a [`SessionPlan`] in new namespaces over an overlay of its rootfs.
+//!
+//! The order matters, and each step says why:
+//! 1. Id-map helper forked, then `unshare(user | mount)`: a process must be single-threaded to
+//!    enter a new user namespace, and `newuidmap` must run from outside it.
+//! 2. `/` made private, so nothing mounted from here on propagates to the host.
+//! 3. The overlay mounted, but not served yet: still single-threaded.
+//! 4. The child cloned into new pid, mount, uts, ipc (and net) namespaces: its mount namespace
+//!    is a copy holding the overlay, so its `pivot_root` leaves ours alone. (A process cannot
+//!    create threads after `unshare(pid)`, hence `clone`.)
+//! 5. Serving threads started, then the child told to go: it builds `/proc`, `/dev`, ... in
+//!    the overlay, pivots into it and, as pid 1, runs the command.
+//! 6. The launcher forwards signals, waits, unmounts, and (for now) discards the upper.
+//!
+//! The mount exists only in the launcher's private mount namespace, so nothing is left on
+//! the host even if ovlrun is killed; the child dies with it (`PR_SET_PDEATHSIG`).
+
+pub mod caps;
+pub mod handshake;
+pub mod idmap;
+pub mod init;
+pub mod mounts;
+pub mod plan;
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+
+use nix::fcntl::OFlag;
+
+use crate::config::{Network, SessionPlan, UserNs};
+use crate::layers::{NewNode, Overlay, OverlayConfig, Owner};
+use crate::mount::{MountError, OverlayBuilder};
+use crate::session::{SessionDirs, StateError};
+use crate::sys::process::{self, exit_now};
+use handshake::{End, HandshakeError, Msg};
+use idmap::{IdMap, IdMapError};
+
+/// Why a session could not run. The command's own failures are its exit status instead.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Session state could not be prepared.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A namespace step failed.
+    #[error("cannot {step}")]
+    Namespace {
+        /// The step.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// Id maps failed.
+    #[error("cannot map user ids")]
+    IdMap(#[from] IdMapError),
+    /// The overlay could not be mounted.
+    #[error("cannot mount the overlay of the rootfs")]
+    Mount(#[from] MountError),
+    /// Parent and child lost each other.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// A mount target could not be prepared in the upper.
+    #[error("cannot prepare mount target {}", .path.display())]
+    Scaffold {
+        /// The path in the upper.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn ns(step: &'static str) -> impl FnOnce(nix::Error) -> SandboxError {
+    move |source| SandboxError::Namespace { step, source }
+}
+
+/// Runs `plan` and returns the command's exit status (128 + n when killed by signal n).
+///
+/// # Errors
+/// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
+pub fn run(plan: &SessionPlan) -> Result<i32, SandboxError> {
+    let dirs = SessionDirs::create(&plan.state_root)?;
+    let result = run_in(plan, &dirs);
+    // For now every session's changes are discarded (the policies come later).
+    let discarded = dirs.discard();
+    let code = result?;
+    discarded?;
+    Ok(code)
+}
+
+fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
+    let scaffold = scaffold_targets(plan, dirs)?;
+    let ids = match plan.userns {
+        UserNs::New => Some(idmap::choose()),
+        UserNs::Host => None,
+    };
+    if let Some(note) = ids.as_ref().and_then(IdMap::limitation) {
+        eprintln!("ovlrun: note: {note}");
+    }
+    enter_namespaces(ids.as_ref())?;
+
+    let mut builder = OverlayBuilder::new()
+        .lower(&plan.rootfs)
+        .upper(&dirs.upper)
+        .work(&dirs.work);
+    if let Some(n) = std::env::var("OVLRUN_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        builder = builder.threads(n);
+    }
+    let unserved = builder.mount_unserved(&dirs.mnt)?;
+
+    let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+    let (mut parent_end, child_end) = handshake::channel().map_err(HandshakeError::from)?;
+    let setgroups = ids.as_ref().is_none_or(IdMap::allows_setgroups);
+    let child = start_child(plan, &dirs.mnt, child_end, tty, setgroups)?;
+
+    let mounted = unserved.serve()?;
+    parent_end.send(Msg::Go, b"")?;
+    let forwarder = forward_signals(child);
+    let status = waitpid(child, None).map_err(ns("wait for the session"))?;
+    drop(forwarder);
+    if tty {
+        reclaim_terminal();
+    }
+    mounted.unmount()?;
+    remove_scaffold(plan, dirs, &scaffold);
+    Ok(init::exit_code(status).unwrap_or(125))
+}
+
+/// Creates the mount targets the rootfs lacks, through the overlay's own rules (before it is
+/// mounted), so copied-up parents keep their metadata; returns the merged paths made,
+/// deepest first, for [`remove_scaffold`].
+fn scaffold_targets(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Vec<PathBuf>, SandboxError> {
+    let ovl = open_layers(plan, dirs)?;
+    let owner = Owner { uid: 0, gid: 0 };
+    let mut made = Vec::new();
+    for (target, kind) in plan::targets(plan) {
+        let mut loc = ovl.root_loc();
+        let comps: Vec<_> = target
+            .strip_prefix("/")
+            .unwrap_or(&target)
+            .components()
+            .collect();
+        for (i, comp) in comps.iter().enumerate() {
+            let name = comp.as_os_str();
+            let err = |e: nix::Error| SandboxError::Scaffold {
+                path: loc.child_path(name),
+                source: e.into(),
+            };
+            loc = match ovl.lookup(&loc, name) {
+                Ok(found) => found.loc,
+                Err(nix::errno::Errno::ENOENT) => {
+                    let node = if i + 1 == comps.len() && kind == plan::Kind::File {
+                        NewNode::File {
+                            mode: 0o644,
+                            flags: OFlag::O_WRONLY,
+                        }
+                    } else {
+                        NewNode::Dir { mode: 0o755 }
+                    };
+                    let (found, _) = ovl.create(&loc, name, &node, owner).map_err(err)?;
+                    made.push(found.loc.path.clone());
+                    found.loc
+                }
+                Err(e) => return Err(err(e)),
+            };
+        }
+    }
+    made.reverse();
+    Ok(made)
+}
+
+fn open_layers(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Overlay, SandboxError> {
+    Overlay::new(&OverlayConfig {
+        lowers: vec![plan.rootfs.clone()],
+        upper: dirs.upper.clone(),
+        work: Some(dirs.work.clone()),
+        whiteout: None,
+    })
+    .map_err(|e| SandboxError::Mount(MountError::Layers(e)))
+}
+
+/// Removes what [`scaffold_targets`] made, where the session left it empty, so it never
+/// shows among the session's changes.
+fn remove_scaffold(plan: &SessionPlan, dirs: &SessionDirs, made: &[PathBuf]) {
+    let Ok(ovl) = open_layers(plan, dirs) else {
+        return;
+    };
+    for path in made {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        let mut loc = ovl.root_loc();
+        let mut ok = true;
+        for comp in parent.components() {
+            match ovl.lookup(&loc, comp.as_os_str()) {
+                Ok(f) => loc = f.loc,
+                Err(_) => ok = false,
+            }
+        }
+        if ok && ovl.unlink(&loc, name).is_err() {
+            let _ = ovl.rmdir(&loc, name);
+        }
+    }
+}
+
+/// Step 1 and 2: new user (unless `--no-userns`) and mount namespaces, ids mapped, `/`
+/// private.
+fn enter_namespaces(ids: Option<&IdMap>) -> Result<(), SandboxError> {
+    let Some(ids) = ids else {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(ns("create a mount namespace"))?;
+        return make_private();
+    };
+    let helper = if ids.needs_helpers() {
+        Some(spawn_idmap_helper(ids)?)
+    } else {
+        None
+    };
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .map_err(ns("create a user namespace (see `ovlrun doctor`)"))?;
+    match helper {
+        Some((mut end, pid)) => {
+            end.send(Msg::MapIds, b"")?;
+            let answer = end.expect(Msg::MapsDone)?;
+            let _ = waitpid(pid, None);
+            if !answer.is_empty() {
+                return Err(SandboxError::IdMap(IdMapError::Helper {
+                    helper: "newuidmap/newgidmap",
+                    status: std::process::ExitStatus::default(),
+                    stderr: String::from_utf8_lossy(&answer).into_owned(),
+                }));
+            }
+        }
+        None => ids.write_own()?,
+    }
+    make_private()
+}
+
+fn make_private() -> Result<(), SandboxError> {
+    // Everything mounted from here on stays in this namespace.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(ns("make / private"))
+}
+
+/// Forks the process that runs `newuidmap`/`newgidmap` on us once we are in the new user
+/// namespace (they must run outside it).
+fn spawn_idmap_helper(ids: &IdMap) -> Result<(End, Pid), SandboxError> {
+    let (parent_end, mut helper_end) = handshake::channel().map_err(HandshakeError::from)?;
+    let target = nix::unistd::getpid();
+    // The launcher has started no thread yet; the helper only runs the id-map commands.
+    match process::fork().map_err(ns("fork the id-map helper"))? {
+        ForkResult::Child => {
+            drop(parent_end);
+            let code = match helper_end.expect(Msg::MapIds) {
+                Ok(_) => {
+                    let answer = match ids.run_helpers(target) {
+                        Ok(()) => String::new(),
+                        Err(e) => format!("{e}"),
+                    };
+                    i32::from(helper_end.send(Msg::MapsDone, answer.as_bytes()).is_err())
+                }
+                Err(_) => 1,
+            };
+            exit_now(code)
+        }
+        ForkResult::Parent { child } => Ok((parent_end, child)),
+    }
+}
+
+/// Step 4: the child, pid 1 of new namespaces, waiting for the go.
+fn start_child(
+    plan: &SessionPlan,
+    root: &Path,
+    mut end: End,
+    tty: bool,
+    setgroups: bool,
+) -> Result<Pid, SandboxError> {
+    let mut flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if plan.net == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let child = Box::new(move || -> isize {
+        // Dies with the launcher; if the launcher is already gone, the go never comes.
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if end.wait_go().is_err() {
+            exit_now(125);
+        }
+        setup_child(plan, root);
+        init::run(&init::Command {
+            plan,
+            tty,
+            setgroups,
+        })
+    });
+    // Still single-threaded here: the overlay is mounted but not served yet.
+    process::clone_with_namespaces(child, flags).map_err(ns("create the session's namespaces"))
+}
+
+/// In the child: mounts, root, hostname, loopback. Exits 125 with a message on failure.
+fn setup_child(plan: &SessionPlan, root: &Path) {
+    let fail = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("ovlrun: {e}");
+        exit_now(125)
+    };
+    match mounts::apply(root, &plan::steps(plan)) {
+        Ok(notes) => notes.iter().for_each(|n| eprintln!("ovlrun: note: {n}")),
+        Err(e) => fail(&format_chain(&e)),
+    }
+    if let Err(e) = mounts::enter_root(root) {
+        fail(&format_chain(&e));
+    }
+    if let Err(e) = nix::unistd::sethostname(&plan.hostname) {
+        fail(&format!("--hostname {}: {e}", plan.hostname));
+    }
+    if plan.net == Network::None {
+        if let Err(e) = loopback_up() {
+            fail(&format!("cannot bring up lo: {e}"));
+        }
+    }
+}
+
+fn format_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Brings up `lo` in a new network namespace (an ioctl on a datagram socket).
+fn loopback_up() -> nix::Result<()> {
+    crate::sys::net::loopback_up()
+}
+
+/// Step 6: passes INT, TERM, HUP, QUIT, USR1, USR2, WINCH sent to the launcher on to the
+/// session's pid 1.
+fn forward_signals(child: Pid) -> Option<std::thread::JoinHandle<()>> {
+    let mut set = SigSet::empty();
+    for s in init::FORWARDED {
+        set.add(s);
+    }
+    set.thread_block().ok()?;
+    std::thread::Builder::new()
+        .name("ovlrun-signals".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                if kill(child, sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .ok()
+}
+
+/// Gives the terminal's foreground back to the launcher's process group.
+fn reclaim_terminal() {
+    if let Ok(old) = process::ignore_sigttou() {
+        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
+        process::restore_sigttou(&old);
+    }
+}

@@ -1,0 +1,234 @@
+//! Executes the [`Step`]s inside the session's own mount namespace, then moves into the new
+//! root. Every target is resolved *inside* the new root (`RESOLVE_IN_ROOT`), so a symlink
+//! in the rootfs (an absolute `/etc/resolv.conf` link, say) can never send a mount onto the
+//! host.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::Mode;
+use nix::sys::statvfs::{FsFlags, statvfs};
+
+use super::plan::{Kind, Step};
+
+/// A setup step that failed, naming the step and the path inside the session.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {}", .path.display())]
+pub struct SetupError {
+    /// What was being done ("mount proc on", "bind /etc/hosts onto", ...).
+    pub what: String,
+    /// The path inside the session.
+    pub path: PathBuf,
+    /// The cause.
+    #[source]
+    pub source: Errno,
+}
+
+fn err(what: impl Into<String>, path: &Path) -> impl FnOnce(Errno) -> SetupError {
+    let (what, path) = (what.into(), path.to_owned());
+    move |source| SetupError { what, path, source }
+}
+
+/// Opens `dest` (absolute inside the session) beneath `root` as an `O_PATH` fd.
+fn open_in_root(root: &OwnedFd, dest: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
+    let rel = dest.strip_prefix("/").unwrap_or(dest);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    openat2(
+        root,
+        rel,
+        OpenHow::new()
+            .flags(flags | OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS),
+    )
+}
+
+/// The path through which the kernel reaches an fd's file, for mount(2) targets.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Runs `steps` against the new root mounted at `root`.
+///
+/// # Errors
+/// The first [`SetupError`]; the session does not start.
+pub fn apply(root: &Path, steps: &[Step]) -> Result<Vec<String>, SetupError> {
+    let root_fd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err("open the new root", root))?;
+    let mut notes = Vec::new();
+    for step in steps {
+        if let Some(note) = apply_one(&root_fd, step)? {
+            notes.push(note);
+        }
+    }
+    Ok(notes)
+}
+
+fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> {
+    match step {
+        Step::Proc(dest) => {
+            let target = open_in_root(root, dest, OFlag::O_DIRECTORY).map_err(err("find", dest))?;
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            match mount(
+                Some("proc"),
+                &fd_path(&target),
+                Some("proc"),
+                flags,
+                None::<&str>,
+            ) {
+                Ok(()) => Ok(None),
+                // Some container hosts forbid a new procfs; the host's still works for most.
+                Err(Errno::EPERM | Errno::EACCES) => {
+                    bind(Path::new("/proc"), &target)
+                        .map_err(err("bind the host /proc onto", dest))?;
+                    Ok(Some(
+                        "a new /proc was refused; the host's /proc is bound instead".into(),
+                    ))
+                }
+                Err(e) => Err(err("mount proc on", dest)(e)),
+            }
+        }
+        Step::Tmpfs { dest, mode } => {
+            let target = open_in_root(root, dest, OFlag::O_DIRECTORY).map_err(err("find", dest))?;
+            let data = format!("mode={mode:o}");
+            mount(
+                Some("tmpfs"),
+                &fd_path(&target),
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(data.as_str()),
+            )
+            .map_err(err("mount a tmpfs on", dest))?;
+            Ok(None)
+        }
+        Step::Create { dest, kind } => {
+            let (parent, name) = split(dest)?;
+            let dir =
+                open_in_root(root, parent, OFlag::O_DIRECTORY).map_err(err("find", parent))?;
+            let res = match kind {
+                Kind::Dir => nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(0o755)),
+                Kind::File => nix::fcntl::openat(
+                    &dir,
+                    name,
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o644),
+                )
+                .map(drop),
+            };
+            match res {
+                Ok(()) | Err(Errno::EEXIST) => Ok(None),
+                Err(e) => Err(err("create", dest)(e)),
+            }
+        }
+        Step::Bind {
+            source,
+            dest,
+            read_only,
+        } => {
+            let target = open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
+            let what = format!("bind {} onto", source.display());
+            bind(source, &target).map_err(err(what, dest))?;
+            if *read_only {
+                // The fd still names what lies under the new mount; look the path up again.
+                let mounted =
+                    open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
+                remount_read_only(&mounted).map_err(err("make read-only", dest))?;
+            }
+            Ok(None)
+        }
+        Step::DevPts(dest) => {
+            let target = open_in_root(root, dest, OFlag::O_DIRECTORY).map_err(err("find", dest))?;
+            mount(
+                Some("devpts"),
+                &fd_path(&target),
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=620"),
+            )
+            .map_err(err("mount devpts on", dest))?;
+            let ptmx = dest.parent().unwrap_or(Path::new("/dev")).join("ptmx");
+            apply_one(
+                root,
+                &Step::Symlink {
+                    target: PathBuf::from("pts/ptmx"),
+                    dest: ptmx,
+                },
+            )
+        }
+        Step::Symlink { target, dest } => {
+            let (parent, name) = split(dest)?;
+            let dir =
+                open_in_root(root, parent, OFlag::O_DIRECTORY).map_err(err("find", parent))?;
+            match nix::unistd::symlinkat(target.as_os_str(), &dir, name) {
+                Ok(()) | Err(Errno::EEXIST) => Ok(None),
+                Err(e) => Err(err("create the symlink", dest)(e)),
+            }
+        }
+    }
+}
+
+fn split(dest: &Path) -> Result<(&Path, &OsStr), SetupError> {
+    match (dest.parent(), dest.file_name()) {
+        (Some(p), Some(n)) => Ok((p, n)),
+        _ => Err(err("create", dest)(Errno::EINVAL)),
+    }
+}
+
+/// Binds host `source` onto the already opened `target`, recursively.
+fn bind(source: &Path, target: &OwnedFd) -> Result<(), Errno> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(
+        Some(source),
+        &fd_path(target),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+}
+
+/// Makes the bind mount at `mounted` read-only, keeping the flags the kernel locks on a
+/// mount made in a user namespace (dropping one of them would be refused).
+fn remount_read_only(mounted: &OwnedFd) -> Result<(), Errno> {
+    let target = fd_path(mounted);
+    let locked = statvfs(&target)?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (f, m) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if locked.contains(f) {
+            flags |= m;
+        }
+    }
+    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+}
+
+/// Makes `root` the root of this mount namespace and drops the old one from view.
+///
+/// `pivot_root(".", ".")` stacks the old root under the new one, so it needs no directory
+/// for the old root (the trick runc and LXC use); the lazy unmount then removes it.
+///
+/// # Errors
+/// The failing step.
+pub fn enter_root(root: &Path) -> Result<(), SetupError> {
+    nix::unistd::chdir(root).map_err(err("enter the new root", root))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root into", root))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the old root from", root))?;
+    nix::unistd::chdir("/").map_err(err("enter", Path::new("/")))?;
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The session's filesystem setup as data: a list of [`Step`]s the child executes in order,
+//! after bubblewrap's `SetupOp`. Built from the [`SessionPlan`] without touching anything,
+//! so it is unit-tested without root.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Network, SessionPlan};
+
+/// Host device nodes bound into the session's `/dev`.
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// What a mount target must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file (the target of a file bind mount).
+    File,
+}
+
+/// One setup step; paths are absolute paths inside the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A new procfs for the session's pid namespace (host `/proc` bound where refused).
+    Proc(PathBuf),
+    /// A tmpfs with this mode.
+    Tmpfs {
+        /// Where.
+        dest: PathBuf,
+        /// Mode of its root.
+        mode: u32,
+    },
+    /// Creates a mount target inside a filesystem the session itself mounted.
+    Create {
+        /// Where.
+        dest: PathBuf,
+        /// What.
+        kind: Kind,
+    },
+    /// Binds host `source` onto `dest` (recursively for directories).
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Where.
+        dest: PathBuf,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// A new devpts instance, with `/dev/ptmx` pointing into it.
+    DevPts(PathBuf),
+    /// A symlink `dest` -> `target`.
+    Symlink {
+        /// The link's content.
+        target: PathBuf,
+        /// Where.
+        dest: PathBuf,
+    },
+}
+
+/// What the setup needs from the merged root before it starts: mount targets that must exist
+/// there. Those the launcher has to create are removed again before the session's changes
+/// are looked at, so they never show in the upper.
+pub fn targets(plan: &SessionPlan) -> Vec<(PathBuf, Kind)> {
+    let mut t: Vec<(PathBuf, Kind)> = ["/proc", "/dev", "/sys", "/tmp"]
+        .iter()
+        .map(|p| (PathBuf::from(p), Kind::Dir))
+        .collect();
+    for file in host_net_files(plan) {
+        t.push((file.to_path_buf(), Kind::File));
+    }
+    for bind in &plan.binds {
+        let kind = if bind.source.is_dir() {
+            Kind::Dir
+        } else {
+            Kind::File
+        };
+        t.push((bind.dest.clone(), kind));
+    }
+    t.extend(plan.tmpfs.iter().map(|p| (p.clone(), Kind::Dir)));
+    t
+}
+
+/// The host files that give a shared-network session its name resolution.
+fn host_net_files(plan: &SessionPlan) -> Vec<&'static Path> {
+    match plan.net {
+        Network::Host => ["/etc/resolv.conf", "/etc/hosts"]
+            .into_iter()
+            .map(Path::new)
+            .filter(|p| p.exists())
+            .collect(),
+        Network::None => Vec::new(),
+    }
+}
+
+/// The steps, in order: each one's target exists when it runs.
+pub fn steps(plan: &SessionPlan) -> Vec<Step> {
+    let p = PathBuf::from;
+    let mut s = vec![
+        Step::Proc(p("/proc")),
+        Step::Tmpfs {
+            dest: p("/dev"),
+            mode: 0o755,
+        },
+    ];
+    for dev in DEVICES {
+        let dest = Path::new("/dev").join(dev);
+        s.push(Step::Create {
+            dest: dest.clone(),
+            kind: Kind::File,
+        });
+        s.push(Step::Bind {
+            source: dest.clone(),
+            dest,
+            read_only: false,
+        });
+    }
+    s.push(Step::Create {
+        dest: p("/dev/pts"),
+        kind: Kind::Dir,
+    });
+    s.push(Step::DevPts(p("/dev/pts")));
+    s.push(Step::Create {
+        dest: p("/dev/shm"),
+        kind: Kind::Dir,
+    });
+    s.push(Step::Tmpfs {
+        dest: p("/dev/shm"),
+        mode: 0o1777,
+    });
+    for (target, name) in [
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        s.push(Step::Symlink {
+            target: p(target),
+            dest: Path::new("/dev").join(name),
+        });
+    }
+    s.push(Step::Bind {
+        source: p("/sys"),
+        dest: p("/sys"),
+        read_only: true,
+    });
+    s.push(Step::Tmpfs {
+        dest: p("/tmp"),
+        mode: 0o1777,
+    });
+    for file in host_net_files(plan) {
+        s.push(Step::Bind {
+            source: file.to_path_buf(),
+            dest: file.to_path_buf(),
+            read_only: true,
+        });
+    }
+    for dest in &plan.tmpfs {
+        s.push(Step::Tmpfs {
+            dest: dest.clone(),
+            mode: 0o755,
+        });
+    }
+    for bind in &plan.binds {
+        s.push(Step::Bind {
+            source: bind.source.clone(),
+            dest: bind.dest.clone(),
+            read_only: bind.read_only,
+        });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Bind, UserNs};
+
+    fn plan(net: Network) -> SessionPlan {
+        SessionPlan {
+            rootfs: PathBuf::from("/r"),
+            argv: vec!["sh".into()],
+            env: Vec::new(),
+            cwd: PathBuf::from("/"),
+            hostname: "h".into(),
+            uid: 0,
+            gid: 0,
+            userns: UserNs::New,
+            net,
+            binds: vec![Bind {
+                source: PathBuf::from("/etc"),
+                dest: PathBuf::from("/host-etc"),
+                read_only: true,
+            }],
+            tmpfs: vec![PathBuf::from("/scratch")],
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            state_root: PathBuf::from("/s"),
+        }
+    }
+
+    #[test]
+    fn every_step_target_exists_before_it_runs() {
+        let plan = plan(Network::Host);
+        let mut exists: Vec<PathBuf> = targets(&plan).into_iter().map(|(p, _)| p).collect();
+        for step in steps(&plan) {
+            match step {
+                Step::Create { dest, .. } | Step::Symlink { dest, .. } => {
+                    let parent = dest.parent().unwrap().to_path_buf();
+                    assert!(exists.contains(&parent), "parent of {dest:?} exists");
+                    exists.push(dest);
+                }
+                Step::Proc(d)
+                | Step::DevPts(d)
+                | Step::Tmpfs { dest: d, .. }
+                | Step::Bind { dest: d, .. } => {
+                    assert!(exists.contains(&d), "target {d:?} exists before its mount");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dev_comes_before_its_nodes_and_user_binds_come_last() {
+        let s = steps(&plan(Network::Host));
+        let dev = s
+            .iter()
+            .position(|x| matches!(x, Step::Tmpfs { dest, .. } if dest == Path::new("/dev")))
+            .unwrap();
+        let null = s
+            .iter()
+            .position(|x| matches!(x, Step::Bind { dest, .. } if dest == Path::new("/dev/null")))
+            .unwrap();
+        assert!(dev < null);
+        assert!(
+            matches!(s.last(), Some(Step::Bind { dest, read_only: true, .. }) if dest == Path::new("/host-etc"))
+        );
+    }
+
+    #[test]
+    fn no_network_means_no_host_resolver_files() {
+        let binds_etc = |net| {
+            steps(&plan(net)).iter().any(
+                |x| matches!(x, Step::Bind { dest, .. } if dest == Path::new("/etc/resolv.conf")),
+            )
+        };
+        assert!(!binds_etc(Network::None));
+        assert_eq!(
+            binds_etc(Network::Host),
+            Path::new("/etc/resolv.conf").exists()
+        );
+    }
+}
