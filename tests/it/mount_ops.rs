@@ -1978,3 +1978,268 @@ fn aufs_whiteout_mode_writes_wh_files() {
     let leaks = support::overlay_internals_visible(&fx.mnt);
     assert!(leaks.is_empty(), "{leaks:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Beyond single operations
+
+#[test]
+fn other_users_can_use_the_mount() {
+    mount_test!();
+    require!(support::is_root(), "switch users (root)");
+    use std::os::unix::process::CommandExt;
+    let fx = Fx::new();
+    write(fx.l[1].join("readable"), "for everyone\n");
+    mkdir(fx.l[1].join("shared"));
+    support::chmod(fx.l[1].join("shared"), 0o777);
+    let _m = fx.mount();
+    let as_nobody = |script: &str| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).uid(65534).gid(65534);
+        support::run(&mut cmd)
+    };
+    let (st, out, err) = as_nobody(&format!("cat {}", fx.m("readable").display()));
+    assert!(
+        st.success(),
+        "nobody cannot read through the mount (allow_other?): {err}"
+    );
+    assert_eq!(out, "for everyone\n");
+    let (st, _, err) = as_nobody(&format!(
+        "echo mine > {}",
+        fx.m("shared/by_nobody").display()
+    ));
+    assert!(st.success(), "nobody cannot create in a 0777 dir: {err}");
+    let md = lstat(fx.m("shared/by_nobody"));
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (65534, 65534),
+        "the file belongs to its creator"
+    );
+    assert_eq!(
+        (lstat(fx.u("shared/by_nobody")).uid()),
+        65534,
+        "and so in the upper"
+    );
+    let (st, _, _) = as_nobody(&format!("echo x > {}", fx.m("readable").display()));
+    assert!(!st.success(), "nobody must not write a 0644 root file");
+    assert_eq!(read_string(fx.m("readable")), "for everyone\n");
+}
+
+/// `system.posix_acl_access` in the kernel's binary form: version 2, then (tag, perm, id).
+fn acl_blob(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn posix_acls_are_read_and_survive_copy_up() {
+    mount_test!();
+    let fx = Fx::new();
+    write(fx.l[1].join("f"), "acl\n");
+    support::chmod(fx.l[1].join("f"), 0o640);
+    // user::rw- user:1000:r-- group::r-- mask::r-- other::---
+    let acl = acl_blob(&[
+        (0x01, 6, u32::MAX),
+        (0x02, 4, 1000),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ]);
+    xattr::set(fx.l[1].join("f"), "system.posix_acl_access", &acl)
+        .or_panic("set ACL", fx.l[1].join("f"));
+    let stored = xattr::get(fx.l[1].join("f"), "system.posix_acl_access")
+        .unwrap()
+        .expect("lower ACL");
+    let _m = fx.mount();
+    assert_eq!(
+        xattr::get(fx.m("f"), "system.posix_acl_access")
+            .or_panic("getxattr ACL", fx.m("f"))
+            .as_ref(),
+        Some(&stored),
+        "ACL read through the mount"
+    );
+    open(&fx.m("f"), OpenOptions::new().append(true))
+        .write_all(b"more\n")
+        .unwrap();
+    assert_eq!(
+        xattr::get(fx.u("f"), "system.posix_acl_access")
+            .unwrap()
+            .as_ref(),
+        Some(&stored),
+        "ACL copied up"
+    );
+    // Enforced: uid 1000 may read (named entry), uid 1001 may not (other::---).
+    if support::is_root() {
+        use std::os::unix::process::CommandExt;
+        let cat = |uid: u32| {
+            let mut c = Command::new("cat");
+            c.arg(fx.m("f")).uid(uid).gid(uid);
+            support::run(&mut c).0.success()
+        };
+        assert!(cat(1000), "uid 1000 has r-- through the ACL");
+        assert!(!cat(1001), "uid 1001 falls under other::---");
+    }
+}
+
+#[test]
+fn unlinked_open_files_stay_usable() {
+    mount_test!();
+    let fx = Fx::new();
+    write(fx.l[1].join("lower"), "lower data");
+    let _m = fx.mount();
+    write(fx.m("upper"), "upper data");
+    let mut lower = File::open(fx.m("lower")).unwrap();
+    let mut upper = open(&fx.m("upper"), OpenOptions::new().read(true).write(true));
+    fs::remove_file(fx.m("lower")).unwrap();
+    fs::remove_file(fx.m("upper")).unwrap();
+    let mut s = String::new();
+    lower
+        .read_to_string(&mut s)
+        .or_panic("read after unlink", fx.m("lower"));
+    assert_eq!(s, "lower data");
+    upper
+        .write_all_at(b"UPPER", 0)
+        .or_panic("write after unlink", fx.m("upper"));
+    let mut all = String::new();
+    upper.seek(SeekFrom::Start(0)).unwrap();
+    upper.read_to_string(&mut all).unwrap();
+    assert_eq!(all, "UPPER data");
+    assert_eq!(
+        upper.metadata().unwrap().nlink(),
+        0,
+        "fstat of an unlinked file"
+    );
+    assert_eq!(ls(&fx.mnt), Vec::<String>::new());
+}
+
+#[test]
+fn walk_of_a_tree_bigger_than_the_fd_limit() {
+    mount_test!();
+    let fx = Fx::new();
+    // 30 000 entries: more than the hard `nofile` limit (20 000) on the target machines, so an
+    // fd per looked-up inode cannot work.
+    const DIRS: usize = 150;
+    const FILES: usize = 200;
+    for d in 0..DIRS {
+        let layer = &fx.l[d % 2];
+        let dir = layer.join(format!("d{d:03}"));
+        mkdir(&dir);
+        for f in 0..FILES {
+            File::create(dir.join(format!("f{f:03}"))).or_panic("create", &dir);
+        }
+    }
+    let m = fx.mount();
+    let mut count = 0usize;
+    for d in 0..DIRS {
+        let dir = fx.m(&format!("d{d:03}"));
+        for e in fs::read_dir(&dir).or_panic("opendir", &dir) {
+            let p = e.or_panic("readdir", &dir).path();
+            lstat(&p);
+            count += 1;
+        }
+        File::open(dir.join("f000")).or_panic("open", dir.join("f000"));
+    }
+    assert_eq!(count, DIRS * FILES);
+    let fds = fs::read_dir(format!("/proc/{}/fd", m.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 10_000,
+        "ovlrun holds {fds} fds after the walk: it must bound them"
+    );
+    // And the tree is still usable at the end.
+    write(fx.m("d000/f000"), "x");
+    assert_eq!(read_string(fx.m("d000/f000")), "x");
+}
+
+#[test]
+fn parallel_writers_in_one_mount() {
+    mount_test!();
+    let fx = Fx::new();
+    mkdir(fx.l[1].join("shared"));
+    for i in 0..4 {
+        write(
+            fx.l[1].join(format!("shared/lower{i}")),
+            format!("lower {i}"),
+        );
+    }
+    let _m = fx.mount();
+    let mnt = fx.mnt.clone();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let mnt = mnt.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    let p = mnt.join(format!("shared/t{t}_{i}"));
+                    fs::write(&p, format!("{t}:{i}")).or_panic("write", &p);
+                }
+                let p = mnt.join(format!("shared/lower{t}"));
+                let mut f = OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .or_panic("open", &p);
+                for _ in 0..50 {
+                    f.write_all(b"+").or_panic("append", &p);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("writer thread");
+    }
+    assert_eq!(ls(fx.m("shared")).len(), 404);
+    for t in 0..4 {
+        assert_eq!(
+            read_string(fx.m(&format!("shared/t{t}_99"))),
+            format!("{t}:99")
+        );
+        assert_eq!(
+            read_string(fx.m(&format!("shared/lower{t}"))),
+            format!("lower {t}{}", "+".repeat(50))
+        );
+    }
+}
+
+#[test]
+fn file_locks() {
+    mount_test!();
+    let fx = Fx::new();
+    write(fx.l[1].join("f"), "");
+    let _m = fx.mount();
+    use nix::fcntl::{Flock, FlockArg};
+    let a = File::open(fx.m("f")).unwrap();
+    let b = File::open(fx.m("f")).unwrap();
+    let a = Flock::lock(a, FlockArg::LockExclusiveNonblock)
+        .unwrap_or_else(|(_, e)| panic!("flock LOCK_EX {}: {e}", fx.m("f").display()));
+    let b = match Flock::lock(b, FlockArg::LockExclusiveNonblock) {
+        Ok(_) => panic!("a second open file description got the exclusive lock"),
+        Err((b, e)) => {
+            assert_eq!(e, Errno::EWOULDBLOCK);
+            b
+        }
+    };
+    drop(a.unlock().map_err(|(_, e)| e).unwrap());
+    let _b = Flock::lock(b, FlockArg::LockExclusiveNonblock)
+        .unwrap_or_else(|(_, e)| panic!("flock after unlock {}: {e}", fx.m("f").display()));
+}
+
+#[test]
+fn unix_socket_nodes() {
+    mount_test!();
+    let fx = Fx::new();
+    let _m = fx.mount();
+    let path = fx.m("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).or_panic("bind", &path);
+    assert!(lstat(&path).file_type().is_socket());
+    let mut c = std::os::unix::net::UnixStream::connect(&path).or_panic("connect", &path);
+    let (mut s, _) = listener.accept().unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    assert!(lstat(fx.u("sock")).file_type().is_socket());
+}
