@@ -94,6 +94,10 @@ pub fn run(plan: &SessionPlan) -> Result<i32, SandboxError> {
 }
 
 fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
+    // Blocked before any thread exists, so every thread inherits the mask and the signals
+    // wait for the forwarding thread (a serving thread would otherwise die of them).
+    let forwarded = forwarded_set();
+    forwarded.thread_block().map_err(ns("block signals"))?;
     let scaffold = scaffold_targets(plan, dirs)?;
     let ids = match plan.userns {
         UserNs::New => Some(idmap::choose()),
@@ -123,7 +127,7 @@ fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
 
     let mounted = unserved.serve()?;
     parent_end.send(Msg::Go, b"")?;
-    let forwarder = forward_signals(child);
+    let forwarder = forward_signals(forwarded, child);
     let status = waitpid(child, None).map_err(ns("wait for the session"))?;
     drop(forwarder);
     if tty {
@@ -351,14 +355,17 @@ fn loopback_up() -> nix::Result<()> {
     crate::sys::net::loopback_up()
 }
 
-/// Step 6: passes INT, TERM, HUP, QUIT, USR1, USR2, WINCH sent to the launcher on to the
-/// session's pid 1.
-fn forward_signals(child: Pid) -> Option<std::thread::JoinHandle<()>> {
+fn forwarded_set() -> SigSet {
     let mut set = SigSet::empty();
     for s in init::FORWARDED {
         set.add(s);
     }
-    set.thread_block().ok()?;
+    set
+}
+
+/// Step 6: passes INT, TERM, HUP, QUIT, USR1, USR2, WINCH sent to the launcher on to the
+/// session's pid 1.
+fn forward_signals(set: SigSet, child: Pid) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ovlrun-signals".into())
         .spawn(move || {
