@@ -20,8 +20,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -135,6 +135,8 @@ impl TestDir {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("it");
         fs::create_dir_all(&root).or_panic("mkdir -p", &root);
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).or_panic("chmod", &root);
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        SWEPT.get_or_init(|| sweep_dead_runs(&root));
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = root.join(format!("{name}-{}-{n}", std::process::id()));
         if path.exists() {
@@ -162,6 +164,25 @@ impl TestDir {
         fs::create_dir_all(&p).or_panic("mkdir -p", &p);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).or_panic("chmod", &p);
         p
+    }
+}
+
+/// Removes directories left by test processes that no longer exist (killed runs cannot clean
+/// up; their mounts went with their mount namespaces). Names end in `-{pid}-{n}`.
+fn sweep_dead_runs(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplitn(3, '-');
+        let (_n, pid) = (parts.next(), parts.next());
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 
@@ -404,6 +425,22 @@ pub struct OvlrunMount {
     mount_point: PathBuf,
     log: PathBuf,
     args: MountArgs,
+    /// Set (under the lock) when the child is reaped, so the watchdog never signals a pid
+    /// that could have been reused.
+    reaped: Arc<Mutex<bool>>,
+    /// Dropping the sender stops the watchdog thread.
+    watchdog: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// How long one `ovlrun mount` may live in a test before the watchdog kills it: a hung FUSE
+/// request would otherwise hang the test (and CI) forever; killing the server aborts the
+/// connection, so the stuck syscall fails with ENOTCONN and the test fails instead.
+fn mount_time_limit() -> Duration {
+    let secs = std::env::var("OVLRUN_TEST_MOUNT_LIMIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
 }
 
 impl OvlrunMount {
@@ -437,19 +474,42 @@ impl OvlrunMount {
             });
         }
         let child = cmd.spawn().or_panic("spawn", ovlrun_bin());
+        let reaped = Arc::new(Mutex::new(false));
+        let (tx, rx) = mpsc::channel::<()>();
+        let watchdog = {
+            let (reaped, pid, mnt, limit) = (
+                reaped.clone(),
+                child.id() as i32,
+                args.mount_point.clone(),
+                mount_time_limit(),
+            );
+            std::thread::spawn(move || {
+                if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                    let reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
+                    if !*reaped {
+                        eprintln!(
+                            "watchdog: ovlrun on {} still running after {limit:?} (hung request?): SIGKILL",
+                            mnt.display()
+                        );
+                        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            })
+        };
         let mut m = OvlrunMount {
             child: Some(child),
             mount_point: args.mount_point.clone(),
             log,
             args: args.clone(),
+            reaped,
+            watchdog: Some((tx, watchdog)),
         };
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if mount_at(&m.mount_point).is_some_and(|mi| mi.fstype == "fuse.ovlrun") {
                 return m;
             }
-            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                m.child = None;
+            if let Some(status) = m.try_reap() {
                 panic!(
                     "ovlrun mount exited with {status} before mounting\ncommand: {:?}\nstderr:\n{}",
                     m.args.command(),
@@ -514,21 +574,31 @@ impl OvlrunMount {
         }
     }
 
+    /// Reaps the child if it has exited (under the watchdog's lock).
+    fn try_reap(&mut self) -> Option<ExitStatus> {
+        let reaped = self.reaped.clone();
+        let mut reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
+        let status = self
+            .child
+            .as_mut()?
+            .try_wait()
+            .unwrap_or_else(|e| panic!("wait for ovlrun: {e}"))?;
+        *reaped = true;
+        self.child = None;
+        Some(status)
+    }
+
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
+        self.child.as_ref()?;
         let deadline = Instant::now() + timeout;
         loop {
-            match child.try_wait() {
-                Ok(Some(s)) => {
-                    self.child = None;
-                    return Some(s);
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => return None,
-                Err(e) => panic!("wait for ovlrun: {e}"),
+            if let Some(s) = self.try_reap() {
+                return Some(s);
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -540,14 +610,20 @@ impl Drop for OvlrunMount {
             if self.wait_exit(MOUNT_TIMEOUT).is_none() {
                 let _ = nix::mount::umount2(&self.mount_point, MntFlags::MNT_DETACH);
                 if let Some(mut c) = self.child.take() {
+                    let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = c.kill();
                     let _ = c.wait();
+                    *reaped = true;
                 }
                 eprintln!(
                     "warning: ovlrun on {} ignored SIGTERM; killed",
                     self.mount_point.display()
                 );
             }
+        }
+        if let Some((tx, handle)) = self.watchdog.take() {
+            drop(tx);
+            let _ = handle.join();
         }
         // A server that died without unmounting leaves a dead FUSE mount ("Transport endpoint
         // is not connected"); detach it so the directory can be removed.
