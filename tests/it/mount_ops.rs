@@ -2243,3 +2243,120 @@ fn unix_socket_nodes() {
     assert_eq!(&buf, b"ping");
     assert!(lstat(fx.u("sock")).file_type().is_socket());
 }
+
+#[test]
+fn times_and_sizes_are_fresh_after_changes() {
+    mount_test!();
+    let fx = Fx::new();
+    mkdir(fx.l[1].join("d"));
+    write(fx.l[1].join("d/f"), "0123456789");
+    let old = TimeSpec::new(1_000_000_000, 0);
+    for p in [fx.l[1].join("d/f"), fx.l[1].join("d")] {
+        nix::sys::stat::utimensat(AT_FDCWD, &p, &old, &old, UtimensatFlags::NoFollowSymlink)
+            .unwrap();
+    }
+    let _m = fx.mount();
+    assert_eq!(lstat(fx.m("d")).mtime(), 1_000_000_000);
+    // Creating an entry updates the directory's mtime and ctime.
+    write(fx.m("d/new"), "");
+    let d = lstat(fx.m("d"));
+    assert!(
+        d.mtime() > 1_000_000_000,
+        "dir mtime after create: {}",
+        d.mtime()
+    );
+    assert!(
+        d.ctime() > 1_000_000_000,
+        "dir ctime after create: {}",
+        d.ctime()
+    );
+    // A write through an open fd shows in stat by path at once (size and mtime).
+    let f = open(&fx.m("d/f"), OpenOptions::new().write(true));
+    f.write_all_at(&[b'x'; 100], 50).unwrap();
+    let st = lstat(fx.m("d/f"));
+    assert_eq!(st.len(), 150, "size by path while the writer is still open");
+    assert!(
+        st.mtime() > 1_000_000_000,
+        "mtime after write: {}",
+        st.mtime()
+    );
+    assert_eq!(f.metadata().unwrap().len(), 150, "fstat");
+    drop(f);
+    // Removing an entry updates the directory too.
+    let t = TimeSpec::new(1_500_000_000, 0);
+    nix::sys::stat::utimensat(
+        AT_FDCWD,
+        &fx.m("d"),
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    assert_eq!(
+        lstat(fx.m("d")).mtime(),
+        1_500_000_000,
+        "utimensat on a dir"
+    );
+    fs::remove_file(fx.m("d/f")).unwrap();
+    assert!(
+        lstat(fx.m("d")).mtime() > 1_500_000_000,
+        "dir mtime after unlink"
+    );
+    // Link counts of a dir made through the mount follow mkdir/rmdir (2 + subdirs). (A merged
+    // dir reports 1, as the kernel overlayfs does: it cannot count cheaply.)
+    mkdir(fx.m("fresh"));
+    assert_eq!(lstat(fx.m("fresh")).nlink(), 2, "new dir nlink");
+    mkdir(fx.m("fresh/sub"));
+    assert_eq!(lstat(fx.m("fresh")).nlink(), 3, "dir nlink after mkdir");
+    fs::remove_dir(fx.m("fresh/sub")).unwrap();
+    assert_eq!(lstat(fx.m("fresh")).nlink(), 2, "dir nlink after rmdir");
+}
+
+#[test]
+fn two_mounts_share_one_lower_independently() {
+    mount_test!();
+    let fx = Fx::new();
+    write(fx.l[1].join("f"), "lower");
+    let (up2, mnt2) = (fx.dir.mkdir("upper2"), fx.dir.mkdir("mnt2"));
+    let _a = fx.mount();
+    let _b = OvlrunMount::start(
+        &MountArgs::new(&[&fx.l[0], &fx.l[1], &fx.l[2]], &up2, &mnt2).work(&fx.dir.mkdir("work2")),
+    );
+    write(fx.m("f"), "changed in a");
+    write(fx.m("only_a"), "");
+    fs::remove_file(mnt2.join("f")).unwrap();
+    assert_eq!(read_string(fx.m("f")), "changed in a");
+    assert!(lstat_opt(mnt2.join("f")).is_none());
+    assert!(
+        lstat_opt(mnt2.join("only_a")).is_none(),
+        "changes in one session never show in another"
+    );
+    assert_eq!(
+        read_string(fx.l[1].join("f")),
+        "lower",
+        "the shared lower is untouched"
+    );
+}
+
+#[test]
+fn hard_links_and_inodes_survive_remount() {
+    mount_test!();
+    let fx = Fx::new();
+    write(fx.l[1].join("f"), "data");
+    let m = fx.mount();
+    fs::hard_link(fx.m("f"), fx.m("g")).unwrap();
+    fs::hard_link(fx.m("g"), fx.m("h")).unwrap();
+    fs::remove_file(fx.m("f")).unwrap();
+    let ino_g = ino(&fx.m("g"));
+    assert!(m.unmount().success());
+    let _m = fx.mount();
+    let (g, h) = (lstat(fx.m("g")), lstat(fx.m("h")));
+    assert_eq!(g.ino(), h.ino(), "still one inode after remount");
+    assert_eq!(g.ino(), ino_g, "same st_ino after remount");
+    assert_eq!((g.nlink(), h.nlink()), (2, 2));
+    assert!(lstat_opt(fx.m("f")).is_none());
+    open(&fx.m("h"), OpenOptions::new().append(true))
+        .write_all(b"+")
+        .unwrap();
+    assert_eq!(read_string(fx.m("g")), "data+");
+}
