@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Run a command in a private copy-on-write view of a root filesystem.
 ///
 /// `ovlrun --rootfs DIR -- CMD [ARGS...]` runs CMD (default: /bin/sh) in new user, mount,
-/// pid, uts and ipc namespaces, over an overlay whose lower is DIR: DIR is never modified.
-/// For now the session's changes are discarded when the command exits.
+/// pid, uts and ipc namespaces, over an overlay whose lower is DIR: DIR is not modified while
+/// it runs. When it exits, `--policy` decides what happens to its changes (default: discard).
 #[derive(Debug, Parser)]
 #[command(
     name = "ovlrun",
@@ -33,6 +33,20 @@ pub struct RunArgs {
     /// The root filesystem to run in (never modified).
     #[arg(long, value_name = "DIR", required = true)]
     pub rootfs: Option<PathBuf>,
+    /// What to do with the changes when the command exits: discard (the default), preserve
+    /// (keep them as a session to diff, commit or discard later), commit (merge into the
+    /// rootfs), commit-atomic (merge, journaled: a crash leaves the old or the new tree),
+    /// ask (on a terminal, show the changes and ask).
+    #[arg(long, value_enum, default_value_t = PolicyArg::Discard)]
+    pub policy: PolicyArg,
+    /// Use this directory as the session's upper (kept by preserve; its work directory goes
+    /// beside it).
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+    /// Wait for the rootfs lock (a commit waits for running sessions, a session for a
+    /// commit) instead of failing.
+    #[arg(long)]
+    pub wait: bool,
     /// Stay in the caller's user namespace (root only).
     #[arg(long)]
     pub no_userns: bool,
@@ -75,6 +89,21 @@ pub struct RunArgs {
     pub cmd: Vec<OsString>,
 }
 
+/// `--policy` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PolicyArg {
+    /// Keep the changes as a session.
+    Preserve,
+    /// Throw the changes away.
+    Discard,
+    /// Merge the changes into the rootfs.
+    Commit,
+    /// Merge the changes into the rootfs, crash-safe.
+    CommitAtomic,
+    /// Ask on the terminal.
+    Ask,
+}
+
 /// `--net` values.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Net {
@@ -89,6 +118,43 @@ pub enum Net {
 pub enum Command {
     /// Check what ovlrun needs on this machine, for this user, and print the fix for each gap.
     Doctor,
+    /// List kept and running sessions.
+    Ls {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every change of a session: A(dded), C(hanged), D(eleted) paths.
+    Diff {
+        /// The session id.
+        id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge a kept session's changes into its rootfs, then remove the session.
+    Commit {
+        /// The session id.
+        id: String,
+        /// Journaled: after a crash the rootfs is the old tree or the new one.
+        #[arg(long)]
+        atomic: bool,
+        /// Wait while other sessions run over the rootfs instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a kept session and its changes.
+    Discard {
+        /// The session id.
+        id: String,
+    },
+    /// Finish or undo an interrupted commit of a rootfs (done by itself whenever ovlrun
+    /// next locks that rootfs).
+    Recover {
+        /// The rootfs.
+        #[arg(long, value_name = "DIR")]
+        rootfs: PathBuf,
+    },
     /// Serve an overlay filesystem on MOUNTPOINT until it is unmounted or ovlrun gets
     /// SIGINT/SIGTERM.
     Mount(MountArgs),

@@ -7,6 +7,7 @@
 //! - [`mount`]: the overlay builder and the mount handle, the library's front door.
 //! - [`config`]: the validated [`config::SessionPlan`] a session runs from.
 //! - [`sandbox`]: namespaces, mounts, pid 1: runs a plan over an overlay of its rootfs.
+//! - [`policy`]: what becomes of a session's changes: diff, commit, commit-atomic.
 //! - [`session`]: session ids and state directories.
 //! - `sys`: the few raw system calls nix lacks; the only `unsafe` in the crate.
 
@@ -15,6 +16,7 @@ pub mod doctor;
 pub mod fs;
 pub mod layers;
 pub mod mount;
+pub mod policy;
 pub mod sandbox;
 pub mod session;
 #[allow(unsafe_code)]

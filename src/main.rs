@@ -11,10 +11,14 @@ use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 
-use cli::{Cli, Command, MountArgs, Net, RunArgs, Whiteout};
+mod sessions;
+
+use cli::{Cli, Command, MountArgs, Net, PolicyArg, RunArgs, Whiteout};
 use ovlrun::config::{self, Network, SessionPlan, UserNs};
 use ovlrun::layers::WhiteoutFormat;
 use ovlrun::mount::OverlayBuilder;
+use ovlrun::policy::Policy;
+use ovlrun::session::run::RunOptions;
 
 /// ovlrun's own failure, as container runtimes report it.
 const EXIT_OWN_ERROR: u8 = 125;
@@ -45,6 +49,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Mount(args)) => mount(args),
         Some(Command::Doctor) => Ok(doctor()),
+        Some(Command::Ls { json }) => sessions::ls(json),
+        Some(Command::Diff { id, json }) => sessions::diff(&id, json),
+        Some(Command::Commit { id, atomic, wait }) => sessions::commit(&id, atomic, wait),
+        Some(Command::Discard { id }) => sessions::discard(&id),
+        Some(Command::Recover { rootfs }) => sessions::recover(&rootfs),
         None => session(cli.run),
     }
 }
@@ -62,8 +71,19 @@ fn doctor() -> ExitCode {
 
 /// Runs a session; its exit status is the command's.
 fn session(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let opts = RunOptions {
+        policy: match args.policy {
+            PolicyArg::Preserve => Policy::Preserve,
+            PolicyArg::Discard => Policy::Discard,
+            PolicyArg::Commit => Policy::Commit,
+            PolicyArg::CommitAtomic => Policy::CommitAtomic,
+            PolicyArg::Ask => Policy::Ask,
+        },
+        upper: args.upper.clone(),
+        wait: args.wait,
+    };
     let plan = plan(args)?;
-    let code = ovlrun::sandbox::run(&plan)?;
+    let code = ovlrun::session::run::run(&plan, &opts)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_OWN_ERROR)))
 }
 

@@ -39,7 +39,7 @@ pub use ino::Ino;
 pub use meta::{SetAttr, SetTime};
 pub use readdir::DirEntry;
 pub use rename::RenameOutcome;
-pub use setup::{LayerSetupError, OverlayConfig};
+pub use setup::{LayerSetupError, OverlayConfig, default_work};
 
 /// Index of a layer: 0 is the upper, 1.. are the lowers from the top down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -35,7 +35,7 @@ use nix::fcntl::OFlag;
 use crate::config::{Network, SessionPlan, UserNs};
 use crate::layers::{NewNode, Overlay, OverlayConfig, Owner};
 use crate::mount::{MountError, OverlayBuilder};
-use crate::session::{SessionDirs, StateError};
+use crate::session::SessionDirs;
 use crate::sys::process::{self, exit_now};
 use handshake::{End, HandshakeError, Msg};
 use idmap::{IdMap, IdMapError};
@@ -43,9 +43,6 @@ use idmap::{IdMap, IdMapError};
 /// Why a session could not run. The command's own failures are its exit status instead.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// Session state could not be prepared.
-    #[error(transparent)]
-    State(#[from] StateError),
     /// A namespace step failed.
     #[error("cannot {step}")]
     Namespace {
@@ -79,18 +76,27 @@ fn ns(step: &'static str) -> impl FnOnce(nix::Error) -> SandboxError {
     move |source| SandboxError::Namespace { step, source }
 }
 
-/// Runs `plan` and returns the command's exit status (128 + n when killed by signal n).
+/// Runs `plan` over an overlay with the upper and work of `dirs` and returns the command's
+/// exit status (128 + n when killed by signal n). The calling process stays in the new user
+/// namespace afterwards, so it can still handle files owned by the session's sub-ids.
 ///
 /// # Errors
 /// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
-pub fn run(plan: &SessionPlan) -> Result<i32, SandboxError> {
-    let dirs = SessionDirs::create(&plan.state_root)?;
-    let result = run_in(plan, &dirs);
-    // For now every session's changes are discarded (the policies come later).
-    let discarded = dirs.discard();
-    let code = result?;
-    discarded?;
-    Ok(code)
+pub fn run(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
+    run_in(plan, dirs)
+}
+
+/// For a non-root caller: enters a user (and mount) namespace mapping the caller's
+/// subordinate ids, as sessions do, so files a session made as those ids can be read, merged
+/// and removed. Root needs nothing.
+///
+/// # Errors
+/// As for a session's namespaces.
+pub fn enter_owner_namespace() -> Result<(), SandboxError> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    enter_namespaces(Some(&idmap::choose()))
 }
 
 fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
@@ -217,7 +223,7 @@ fn remove_scaffold(plan: &SessionPlan, dirs: &SessionDirs, made: &[PathBuf]) {
 
 /// Step 1 and 2: new user (unless `--no-userns`) and mount namespaces, ids mapped, `/`
 /// private.
-fn enter_namespaces(ids: Option<&IdMap>) -> Result<(), SandboxError> {
+pub(crate) fn enter_namespaces(ids: Option<&IdMap>) -> Result<(), SandboxError> {
     let Some(ids) = ids else {
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(ns("create a mount namespace"))?;
         return make_private();

@@ -1,0 +1,48 @@
+//! What happens to a session's changes: the [`Policy`], the diff, and merging into the
+//! rootfs (plain or crash-safe). Reads uppers in the format [`crate::layers`] writes, through
+//! its shared vocabulary ([`crate::layers::format`]).
+
+pub mod commit;
+pub mod plan;
+
+/// What to do with a session's changes when its command exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Keep the upper; it can be committed or discarded later.
+    Preserve,
+    /// Throw the changes away.
+    Discard,
+    /// Merge them into the rootfs.
+    Commit,
+    /// Merge them into the rootfs, journaled: after a crash the rootfs is the old tree or
+    /// the new one.
+    CommitAtomic,
+    /// Ask on the terminal, after showing the diff summary (discard when there is none).
+    Ask,
+}
+
+impl Policy {
+    /// The policy's name as typed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Preserve => "preserve",
+            Policy::Discard => "discard",
+            Policy::Commit => "commit",
+            Policy::CommitAtomic => "commit-atomic",
+            Policy::Ask => "ask",
+        }
+    }
+
+    /// Parses a policy name.
+    pub fn parse(name: &str) -> Option<Policy> {
+        [
+            Policy::Preserve,
+            Policy::Discard,
+            Policy::Commit,
+            Policy::CommitAtomic,
+            Policy::Ask,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+}

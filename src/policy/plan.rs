@@ -1,0 +1,471 @@
+//! What merging an upper into its rootfs means, as data: a list of [`Op`]s in execution
+//! order, each labelled with the change a user sees (`A`, `C`, `D`).
+//!
+//! The upper is read in the same format `layers` writes (and every form `layers` reads):
+//! whiteouts delete, opaque directories replace the rootfs directory's contents, everything
+//! else is added or replaces what is there. An entry equal to the rootfs's (type, mode,
+//! owner, size, mtime, xattrs, and BLAKE3 of the content) is skipped, so a no-change
+//! session changes nothing and the cost grows with the changes, not the tree.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::layers::format;
+use crate::sys;
+
+/// The change a user sees at a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Change {
+    /// Added.
+    #[serde(rename = "A")]
+    Added,
+    /// Changed (content, metadata, or type).
+    #[serde(rename = "C")]
+    Changed,
+    /// Deleted.
+    #[serde(rename = "D")]
+    Deleted,
+}
+
+impl Change {
+    /// The one-letter form of `ovlrun diff`.
+    pub fn letter(self) -> char {
+        match self {
+            Change::Added => 'A',
+            Change::Changed => 'C',
+            Change::Deleted => 'D',
+        }
+    }
+}
+
+/// Xattr names and values, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Metadata applied to what a commit creates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Access time (s, ns).
+    pub atime: (i64, i64),
+    /// Modification time (s, ns).
+    pub mtime: (i64, i64),
+    /// User-visible xattrs, sorted.
+    pub xattrs: Xattrs,
+}
+
+/// One step of a commit. Paths are relative to the rootfs (and the upper).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Remove the rootfs entry (a whole tree for a directory).
+    Remove(PathBuf),
+    /// Make a directory (or, when `existed`, give the existing one the upper's metadata
+    /// later, at its [`Op::DirDone`]).
+    MakeDir {
+        /// Where.
+        path: PathBuf,
+        /// Its metadata.
+        meta: Meta,
+        /// The rootfs already has a directory there.
+        existed: bool,
+    },
+    /// Put the upper's non-directory at `path`, replacing the rootfs's.
+    Install {
+        /// Where (and where in the upper it comes from).
+        path: PathBuf,
+    },
+    /// Make `path` another name of the object installed at `target` (a hard link in the
+    /// upper).
+    Link {
+        /// Where.
+        path: PathBuf,
+        /// The already installed name.
+        target: PathBuf,
+    },
+    /// All of a directory's entries are done: set its final metadata (times last, since
+    /// every change inside moves them).
+    DirDone {
+        /// The directory.
+        path: PathBuf,
+        /// Its metadata.
+        meta: Meta,
+    },
+}
+
+impl Op {
+    /// The path the op acts on.
+    pub fn path(&self) -> &Path {
+        match self {
+            Op::Remove(p) | Op::Install { path: p } | Op::Link { path: p, .. } => p,
+            Op::MakeDir { path, .. } | Op::DirDone { path, .. } => path,
+        }
+    }
+}
+
+/// The commit plan and the diff of one upper.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Steps, in order.
+    pub ops: Vec<Op>,
+    /// Every change a user sees, sorted by path.
+    pub changes: Vec<(Change, PathBuf)>,
+}
+
+/// An upper or rootfs that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}", .path.display())]
+pub struct PlanError {
+    /// The path.
+    pub path: PathBuf,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PlanError + '_ {
+    move |source| PlanError {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn nix_io(path: &Path) -> impl FnOnce(nix::Error) -> PlanError + '_ {
+    move |e| PlanError {
+        path: path.to_owned(),
+        source: e.into(),
+    }
+}
+
+/// The xattrs a commit carries over: the user's, with the overlay's own markers left out and
+/// escaped names unescaped (see [`format::escape_xattr`]).
+pub fn user_xattrs(path: &Path) -> Result<Xattrs, PlanError> {
+    let names = match sys::xattr::list(path) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(nix_io(path)(e)),
+    };
+    let mut out = Vec::new();
+    for real in names {
+        let Some(shown) = format::unescape_xattr(&real) else {
+            continue;
+        };
+        match sys::xattr::get(path, &real) {
+            Ok(v) => out.push((shown.as_bytes().to_vec(), v)),
+            Err(nix::errno::Errno::ENODATA | nix::errno::Errno::EPERM) => {}
+            Err(e) => return Err(nix_io(path)(e)),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The metadata of `path` as a commit applies it.
+pub fn meta_of(path: &Path, md: &Metadata) -> Result<Meta, PlanError> {
+    Ok(Meta {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        atime: (md.atime(), md.atime_nsec()),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        xattrs: if md.file_type().is_symlink() {
+            Vec::new()
+        } else {
+            user_xattrs(path)?
+        },
+    })
+}
+
+fn is_whiteout(md: &Metadata) -> bool {
+    md.file_type().is_char_device() && md.rdev() == 0
+}
+
+/// True when upper directory `path` is opaque in any form.
+pub fn is_opaque(path: &Path) -> bool {
+    format::OPAQUE_XATTRS
+        .iter()
+        .any(|x| sys::xattr::get(path, OsStr::new(x)).is_ok_and(|v| v == b"y"))
+        || [format::AUFS_OPAQUE, format::AUFS_OPAQUE_ALT]
+            .iter()
+            .any(|m| path.join(m).symlink_metadata().is_ok())
+}
+
+fn blake3_of(path: &Path) -> Result<blake3::Hash, PlanError> {
+    let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    hasher.update_reader(file).map_err(io(path))?;
+    Ok(hasher.finalize())
+}
+
+/// True when upper entry `up` equals rootfs entry `low` (both non-directories).
+fn same_entry(up: &Path, upm: &Metadata, low: &Path, lowm: &Metadata) -> Result<bool, PlanError> {
+    let (ut, lt) = (upm.file_type(), lowm.file_type());
+    let same_kind = (
+        ut.is_file(),
+        ut.is_symlink(),
+        ut.is_fifo(),
+        ut.is_socket(),
+        ut.is_char_device(),
+        ut.is_block_device(),
+    ) == (
+        lt.is_file(),
+        lt.is_symlink(),
+        lt.is_fifo(),
+        lt.is_socket(),
+        lt.is_char_device(),
+        lt.is_block_device(),
+    );
+    if !same_kind
+        || upm.mode() != lowm.mode()
+        || (upm.uid(), upm.gid()) != (lowm.uid(), lowm.gid())
+        || upm.size() != lowm.size()
+        || upm.rdev() != lowm.rdev()
+    {
+        return Ok(false);
+    }
+    if ut.is_symlink() {
+        return Ok(
+            std::fs::read_link(up).map_err(io(up))? == std::fs::read_link(low).map_err(io(low))?
+        );
+    }
+    if (upm.mtime(), upm.mtime_nsec()) != (lowm.mtime(), lowm.mtime_nsec()) {
+        return Ok(false);
+    }
+    if user_xattrs(up)? != user_xattrs(low)? {
+        return Ok(false);
+    }
+    if ut.is_file() {
+        return Ok(blake3_of(up)? == blake3_of(low)?);
+    }
+    Ok(true)
+}
+
+fn same_dir_meta(up: &Meta, low: &Meta) -> bool {
+    (up.mode, up.uid, up.gid, &up.xattrs) == (low.mode, low.uid, low.gid, &low.xattrs)
+}
+
+struct Walker<'a> {
+    rootfs: &'a Path,
+    upper: &'a Path,
+    plan: Plan,
+    /// Upper inodes already installed, for hard links: (dev, ino) -> first path.
+    installed: HashMap<(u64, u64), PathBuf>,
+}
+
+/// Builds the plan that merges `upper` into `rootfs`.
+///
+/// # Errors
+/// [`PlanError`] naming the path that could not be read.
+pub fn plan(rootfs: &Path, upper: &Path) -> Result<Plan, PlanError> {
+    let mut w = Walker {
+        rootfs,
+        upper,
+        plan: Plan::default(),
+        installed: HashMap::new(),
+    };
+    w.dir(Path::new(""), true)?;
+    w.plan.changes.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(w.plan)
+}
+
+fn lstat_opt(path: &Path) -> Result<Option<Metadata>, PlanError> {
+    match path.symlink_metadata() {
+        Ok(m) => Ok(Some(m)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+fn sorted_names(dir: &Path) -> Result<Vec<OsString>, PlanError> {
+    let mut names: Vec<OsString> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io(dir))?;
+    names.sort();
+    Ok(names)
+}
+
+impl Walker<'_> {
+    fn change(&mut self, c: Change, rel: &Path) {
+        self.plan.changes.push((c, Path::new("/").join(rel)));
+    }
+
+    /// Walks upper directory `rel`; `lower_merges`: the rootfs's directory of that path still
+    /// shows through (neither absent nor cut by an opaque marker).
+    fn dir(&mut self, rel: &Path, lower_merges: bool) -> Result<(), PlanError> {
+        let names = sorted_names(&self.upper.join(rel))?;
+        // Deletions first: a whiteout's name may be reused by nothing else in this directory.
+        let mut deleted = BTreeSet::new();
+        for name in &names {
+            let up = self.upper.join(rel).join(name);
+            let md = up.symlink_metadata().map_err(io(&up))?;
+            let target = if is_whiteout(&md) {
+                Some(name.as_os_str())
+            } else {
+                format::aufs_whiteout_target(name)
+            };
+            if let Some(target) = target {
+                let path = rel.join(target);
+                if lower_merges
+                    && lstat_opt(&self.rootfs.join(&path))?.is_some()
+                    && deleted.insert(path.clone())
+                {
+                    self.plan.ops.push(Op::Remove(path.clone()));
+                    self.change(Change::Deleted, &path);
+                }
+            }
+        }
+        for name in &names {
+            if format::is_aufs_name(name) {
+                continue;
+            }
+            let path = rel.join(name);
+            let up = self.upper.join(&path);
+            let upm = up.symlink_metadata().map_err(io(&up))?;
+            if is_whiteout(&upm) {
+                continue;
+            }
+            let low = self.rootfs.join(&path);
+            let lowm = if lower_merges { lstat_opt(&low)? } else { None };
+            if upm.is_dir() {
+                self.subdir(&path, &up, &upm, &low, lowm.as_ref())?;
+            } else {
+                self.non_dir(&path, &up, &upm, &low, lowm.as_ref())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn subdir(
+        &mut self,
+        path: &Path,
+        up: &Path,
+        upm: &Metadata,
+        low: &Path,
+        lowm: Option<&Metadata>,
+    ) -> Result<(), PlanError> {
+        let meta = meta_of(up, upm)?;
+        let opaque = is_opaque(up);
+        let lower_dir = lowm.is_some_and(Metadata::is_dir);
+        match lowm {
+            None => {
+                self.change(Change::Added, path);
+                self.plan.ops.push(Op::MakeDir {
+                    path: path.to_owned(),
+                    meta: meta.clone(),
+                    existed: false,
+                });
+            }
+            Some(m) if !m.is_dir() || opaque => {
+                // Replaced: a non-directory by a directory, or a directory by an opaque one.
+                self.change(Change::Changed, path);
+                if lower_dir {
+                    for name in sorted_names(low)? {
+                        let child = path.join(&name);
+                        if lstat_opt(&up.join(&name))?.is_none_or(|m| is_whiteout(&m)) {
+                            self.change(Change::Deleted, &child);
+                        }
+                    }
+                }
+                self.plan.ops.push(Op::Remove(path.to_owned()));
+                self.plan.ops.push(Op::MakeDir {
+                    path: path.to_owned(),
+                    meta: meta.clone(),
+                    existed: false,
+                });
+            }
+            Some(m) => {
+                let low_meta = meta_of(low, m)?;
+                let changed = !same_dir_meta(&meta, &low_meta);
+                if changed {
+                    self.change(Change::Changed, path);
+                }
+                let before = self.plan.ops.len();
+                self.plan.ops.push(Op::MakeDir {
+                    path: path.to_owned(),
+                    meta: meta.clone(),
+                    existed: true,
+                });
+                self.dir(path, true)?;
+                // A directory that was only copied up, with nothing changed inside, is left
+                // alone: a no-change session rewrites nothing.
+                if !changed && self.plan.ops.len() == before + 1 && meta.mtime == low_meta.mtime {
+                    self.plan.ops.truncate(before);
+                } else {
+                    self.plan.ops.push(Op::DirDone {
+                        path: path.to_owned(),
+                        meta,
+                    });
+                }
+                return Ok(());
+            }
+        }
+        self.dir(path, lower_dir && !opaque)?;
+        self.plan.ops.push(Op::DirDone {
+            path: path.to_owned(),
+            meta,
+        });
+        Ok(())
+    }
+
+    fn non_dir(
+        &mut self,
+        path: &Path,
+        up: &Path,
+        upm: &Metadata,
+        low: &Path,
+        lowm: Option<&Metadata>,
+    ) -> Result<(), PlanError> {
+        if let Some(m) = lowm {
+            if !m.is_dir() && same_entry(up, upm, low, m)? {
+                return Ok(());
+            }
+        }
+        self.change(
+            if lowm.is_some() {
+                Change::Changed
+            } else {
+                Change::Added
+            },
+            path,
+        );
+        if lowm.is_some_and(Metadata::is_dir) {
+            self.plan.ops.push(Op::Remove(path.to_owned()));
+        }
+        let key = (upm.dev(), upm.ino());
+        match self.installed.get(&key) {
+            Some(first) if upm.nlink() > 1 => {
+                self.plan.ops.push(Op::Link {
+                    path: path.to_owned(),
+                    target: first.clone(),
+                });
+            }
+            _ => {
+                if upm.nlink() > 1 {
+                    self.installed.insert(key, path.to_owned());
+                }
+                self.plan.ops.push(Op::Install {
+                    path: path.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! `session.json`: what a session is, written atomically (temp file, fsync, rename, fsync of
+//! the directory), so a crash leaves the old record or the new one, never half of one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a session stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Its command is running.
+    Running,
+    /// Its command ended; its upper is kept (preserve, or a failed commit).
+    Preserved,
+    /// Its changes are being merged into the rootfs.
+    Committing,
+}
+
+/// The record of one session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Session id.
+    pub id: String,
+    /// The rootfs (absolute).
+    pub rootfs: PathBuf,
+    /// The upper directory.
+    pub upper: PathBuf,
+    /// The work directory.
+    pub work: PathBuf,
+    /// The policy the session was started with.
+    pub policy: String,
+    /// The launcher's pid while running.
+    pub pid: u32,
+    /// Where it stands.
+    pub status: Status,
+    /// Which filesystem served it ("fuse").
+    pub fs: String,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+    /// When the command ended.
+    pub ended: Option<u64>,
+    /// The command's exit status.
+    pub exit_code: Option<i32>,
+    /// The uid that owns the session (sub-id files are removed in its user namespace).
+    pub owner: u32,
+}
+
+/// A record that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Writing failed.
+    #[error("cannot write session record {}", .path.display())]
+    Write {
+        /// The record file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading failed.
+    #[error("cannot read session record {}", .path.display())]
+    Read {
+        /// The record file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a record.
+    #[error("session record {} is malformed", .path.display())]
+    Parse {
+        /// The record file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the
+/// directory.
+///
+/// # Errors
+/// Any I/O error.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(name);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Record {
+    /// The record file of a session directory.
+    pub fn path_in(session_dir: &Path) -> PathBuf {
+        session_dir.join("session.json")
+    }
+
+    /// Writes the record into `session_dir`.
+    ///
+    /// # Errors
+    /// [`RecordError::Write`].
+    pub fn save(&self, session_dir: &Path) -> Result<(), RecordError> {
+        let path = Self::path_in(session_dir);
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| RecordError::Write {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        json.push(b'\n');
+        write_atomic(&path, &json).map_err(|source| RecordError::Write { path, source })
+    }
+
+    /// Reads the record of `session_dir`.
+    ///
+    /// # Errors
+    /// [`RecordError::Read`] or [`RecordError::Parse`].
+    pub fn load(session_dir: &Path) -> Result<Record, RecordError> {
+        let path = Self::path_in(session_dir);
+        let bytes = std::fs::read(&path).map_err(|source| RecordError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| RecordError::Parse { path, source })
+    }
+
+    /// True when the record says running but its launcher is gone (killed, crashed).
+    pub fn is_orphaned(&self) -> bool {
+        self.status == Status::Running && !Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Record {
+            id: "x".into(),
+            rootfs: "/r".into(),
+            upper: "/u".into(),
+            work: "/w".into(),
+            policy: "preserve".into(),
+            pid: u32::MAX - 1,
+            status: Status::Running,
+            fs: "fuse".into(),
+            created: 1,
+            ended: None,
+            exit_code: None,
+            owner: 0,
+        };
+        rec.save(dir.path()).unwrap();
+        assert_eq!(Record::load(dir.path()).unwrap(), rec);
+        assert!(rec.is_orphaned(), "no process has that pid");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp file left");
+        std::fs::write(Record::path_in(dir.path()), b"{").unwrap();
+        assert!(
+            Record::load(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("malformed")
+        );
+    }
+}

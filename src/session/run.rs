@@ -1,0 +1,242 @@
+//! A session from start to end: lock the rootfs (recovering an interrupted commit first),
+//! record the session, run it, apply its policy. Changes are never lost: whatever cannot be
+//! discarded or committed is kept and named.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use super::lock::{Mode, RootfsLock};
+use super::record::{Record, Status, now};
+use super::{SessionDirs, SessionError};
+use crate::config::SessionPlan;
+use crate::policy::commit::{self, Recovery};
+use crate::policy::{Policy, plan};
+
+/// What a session run needs besides the plan.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// What to do with the changes.
+    pub policy: Policy,
+    /// The upper directory to use instead of a new one in the state root.
+    pub upper: Option<PathBuf>,
+    /// Wait for the rootfs lock instead of failing.
+    pub wait: bool,
+}
+
+/// Takes `rootfs`'s lock in `mode`, first finishing or undoing an interrupted commit (which
+/// needs it exclusively, for a moment).
+///
+/// # Errors
+/// [`SessionError::Lock`] when busy, [`SessionError::Recover`] when recovery fails.
+pub fn lock_and_recover(
+    state: &Path,
+    rootfs: &Path,
+    mode: Mode,
+    wait: bool,
+) -> Result<RootfsLock, SessionError> {
+    if let Ok(lock) = RootfsLock::take(state, rootfs, Mode::Exclusive, false) {
+        match commit::recover(rootfs) {
+            Ok(Recovery::Nothing) => {}
+            Ok(r) => eprintln!(
+                "ovlrun: recovered an interrupted commit of {}: {}",
+                rootfs.display(),
+                match r {
+                    Recovery::RolledBack => "rolled back, the rootfs is as before it",
+                    _ => "completed",
+                }
+            ),
+            Err(source) => {
+                return Err(SessionError::Recover {
+                    rootfs: rootfs.to_owned(),
+                    source,
+                });
+            }
+        }
+        if mode == Mode::Exclusive {
+            return Ok(lock);
+        }
+    }
+    Ok(RootfsLock::take(state, rootfs, mode, wait)?)
+}
+
+/// Runs `plan` as a session and applies the policy; returns the command's exit status.
+///
+/// # Errors
+/// [`SessionError`]; when it comes after the command ran, the session is kept and named.
+pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
+    let shared = lock_and_recover(&plan.state_root, &plan.rootfs, Mode::Shared, opts.wait)?;
+    let dirs = SessionDirs::create(&plan.state_root, opts.upper.as_deref())?;
+    let mut rec = Record {
+        id: dirs.id.0.clone(),
+        rootfs: plan.rootfs.clone(),
+        upper: dirs.upper.clone(),
+        work: dirs.work.clone(),
+        policy: opts.policy.name().into(),
+        pid: std::process::id(),
+        status: Status::Running,
+        fs: "fuse".into(),
+        created: now(),
+        ended: None,
+        exit_code: None,
+        owner: nix::unistd::getuid().as_raw(),
+    };
+    rec.save(&dirs.root)?;
+    let code = match crate::sandbox::run(plan, &dirs) {
+        Ok(code) => code,
+        Err(e) => {
+            // The command never ran; nothing but launcher scaffolding is in the upper.
+            let _ = dirs.discard();
+            return Err(e.into());
+        }
+    };
+    rec.status = Status::Preserved;
+    rec.ended = Some(now());
+    rec.exit_code = Some(code);
+    rec.save(&dirs.root)?;
+    drop(shared);
+    apply_policy(plan, opts, &dirs, &mut rec)?;
+    Ok(code)
+}
+
+fn apply_policy(
+    plan: &SessionPlan,
+    opts: &RunOptions,
+    dirs: &SessionDirs,
+    rec: &mut Record,
+) -> Result<(), SessionError> {
+    let policy = match opts.policy {
+        Policy::Ask => ask(plan, dirs)?,
+        p => p,
+    };
+    match policy {
+        Policy::Discard => {
+            if let Err(e) = dirs.discard() {
+                eprintln!(
+                    "ovlrun: cannot discard session {}: {e}; it is kept",
+                    dirs.id.0
+                );
+            }
+            Ok(())
+        }
+        Policy::Commit | Policy::CommitAtomic => commit_session(
+            &plan.state_root,
+            dirs,
+            rec,
+            policy == Policy::CommitAtomic,
+            opts.wait,
+        ),
+        Policy::Preserve | Policy::Ask => {
+            report_kept(dirs);
+            Ok(())
+        }
+    }
+}
+
+/// Prints where a kept session is and what can be done with it.
+pub fn report_kept(dirs: &SessionDirs) {
+    eprintln!(
+        "ovlrun: session {id} kept; its changes are in {upper}\n\
+         ovlrun: see them with `ovlrun diff {id}`, merge them with `ovlrun commit {id}`, \
+         drop them with `ovlrun discard {id}`",
+        id = dirs.id.0,
+        upper = dirs.upper.display()
+    );
+}
+
+/// Merges a finished session into its rootfs under the exclusive lock, then removes it. On
+/// failure the session is kept (status preserved) and named.
+///
+/// # Errors
+/// [`SessionError::Lock`] when other sessions run (the session is kept);
+/// [`SessionError::Commit`].
+pub fn commit_session(
+    state: &Path,
+    dirs: &SessionDirs,
+    rec: &mut Record,
+    atomic: bool,
+    wait: bool,
+) -> Result<(), SessionError> {
+    let _lock = match lock_and_recover(state, &rec.rootfs, Mode::Exclusive, wait) {
+        Ok(l) => l,
+        Err(e) => {
+            report_kept(dirs);
+            return Err(e);
+        }
+    };
+    let plan = plan::plan(&rec.rootfs, &rec.upper)?;
+    rec.status = Status::Committing;
+    rec.save(&dirs.root)?;
+    let progress = std::io::stderr().is_terminal() && plan.ops.len() > 1000;
+    if progress {
+        eprintln!(
+            "ovlrun: committing {} changes into {}",
+            plan.changes.len(),
+            rec.rootfs.display()
+        );
+    }
+    match commit::commit(&rec.rootfs, &rec.upper, &plan, atomic) {
+        Ok(()) => {
+            if let Err(e) = dirs.discard() {
+                eprintln!(
+                    "ovlrun: committed, but cannot remove session {}: {e}",
+                    dirs.id.0
+                );
+            }
+            Ok(())
+        }
+        Err(source) => {
+            rec.status = Status::Preserved;
+            rec.save(&dirs.root)?;
+            Err(SessionError::Commit {
+                id: dirs.id.0.clone(),
+                source,
+            })
+        }
+    }
+}
+
+/// `--policy ask`: on a terminal, shows the diff summary and asks; elsewhere keeps the
+/// session (never loses work without being told to).
+fn ask(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Policy, SessionError> {
+    let diff = plan::plan(&plan.rootfs, &dirs.upper)?;
+    if diff.changes.is_empty() {
+        eprintln!("ovlrun: no changes");
+        return Ok(Policy::Discard);
+    }
+    if !std::io::stdin().is_terminal() {
+        eprintln!("ovlrun: --policy ask without a terminal: keeping the session");
+        return Ok(Policy::Preserve);
+    }
+    let count = |c| diff.changes.iter().filter(|(k, _)| *k == c).count();
+    eprintln!(
+        "ovlrun: {} added, {} changed, {} deleted",
+        count(plan::Change::Added),
+        count(plan::Change::Changed),
+        count(plan::Change::Deleted)
+    );
+    for (c, p) in diff.changes.iter().take(20) {
+        eprintln!("  {} {}", c.letter(), p.display());
+    }
+    if diff.changes.len() > 20 {
+        eprintln!(
+            "  ... ({} more: `ovlrun diff {}`)",
+            diff.changes.len() - 20,
+            dirs.id.0
+        );
+    }
+    loop {
+        eprint!("ovlrun: [c]ommit, commit [a]tomically, [p]reserve or [d]iscard? ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if std::io::stdin().lock().read_line(&mut line).unwrap_or(0) == 0 {
+            return Ok(Policy::Preserve);
+        }
+        match line.trim() {
+            "c" | "commit" => return Ok(Policy::Commit),
+            "a" | "atomic" => return Ok(Policy::CommitAtomic),
+            "p" | "preserve" => return Ok(Policy::Preserve),
+            "d" | "discard" => return Ok(Policy::Discard),
+            _ => {}
+        }
+    }
+}

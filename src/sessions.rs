@@ -1,0 +1,146 @@
+//! The commands on kept sessions: ls, diff, commit, discard, recover.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ovlrun::config;
+use ovlrun::policy::plan;
+use ovlrun::session::lock::Mode;
+use ovlrun::session::record::Status;
+use ovlrun::session::run::{commit_session, lock_and_recover};
+use ovlrun::session::{SessionDirs, SessionError};
+
+fn state() -> anyhow::Result<std::path::PathBuf> {
+    Ok(config::state_root()?)
+}
+
+/// `ovlrun ls`.
+pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
+    let state = state()?;
+    let sessions = SessionDirs::list(&state);
+    let now = ovlrun::session::record::now();
+    let status = |r: &ovlrun::session::record::Record| {
+        if r.is_orphaned() {
+            "orphaned"
+        } else {
+            match r.status {
+                Status::Running => "running",
+                Status::Preserved => "preserved",
+                Status::Committing => "committing",
+            }
+        }
+    };
+    if json {
+        let rows: Vec<serde_json::Value> = sessions
+            .iter()
+            .map(|(d, r)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["state"] = status(r).into();
+                v["size"] = d.upper_size().into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<26} {:<10} {:>8} {:>10}  ROOTFS",
+        "ID", "STATUS", "AGE", "SIZE"
+    );
+    for (d, r) in &sessions {
+        println!(
+            "{:<26} {:<10} {:>8} {:>10}  {}",
+            r.id,
+            status(r),
+            age(now.saturating_sub(r.created)),
+            size(d.upper_size()),
+            r.rootfs.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1 << 10 => format!("{b}B"),
+        b if b < 1 << 20 => format!("{:.1}K", b as f64 / 1024.0),
+        b if b < 1 << 30 => format!("{:.1}M", b as f64 / f64::from(1 << 20)),
+        b => format!("{:.1}G", b as f64 / f64::from(1 << 30)),
+    }
+}
+
+/// Refuses sessions whose command still runs.
+fn finished(id: &str) -> anyhow::Result<(SessionDirs, ovlrun::session::record::Record)> {
+    let (dirs, rec) = SessionDirs::open(&state()?, id)?;
+    if rec.status == Status::Running && !rec.is_orphaned() {
+        return Err(SessionError::Running {
+            id: id.into(),
+            pid: rec.pid,
+        }
+        .into());
+    }
+    Ok((dirs, rec))
+}
+
+/// `ovlrun diff ID`.
+pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (_, rec) = SessionDirs::open(&state()?, id)?;
+    ovlrun::sandbox::enter_owner_namespace()?;
+    let p = plan::plan(&rec.rootfs, &rec.upper)?;
+    if json {
+        let rows: Vec<serde_json::Value> = p
+            .changes
+            .iter()
+            .map(|(c, path)| serde_json::json!({ "change": c, "path": path }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        for (c, path) in &p.changes {
+            use std::io::Write;
+            writeln!(out, "{} {}", c.letter(), path.display())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ovlrun commit ID`.
+pub fn commit(id: &str, atomic: bool, wait: bool) -> anyhow::Result<ExitCode> {
+    let (dirs, mut rec) = finished(id)?;
+    ovlrun::sandbox::enter_owner_namespace()?;
+    commit_session(&state()?, &dirs, &mut rec, atomic, wait)?;
+    eprintln!(
+        "ovlrun: session {id} committed into {}",
+        rec.rootfs.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ovlrun discard ID`.
+pub fn discard(id: &str) -> anyhow::Result<ExitCode> {
+    let (dirs, _) = finished(id)?;
+    // Files the session made as sub-ids are removable only in a namespace that maps them.
+    ovlrun::sandbox::enter_owner_namespace()?;
+    dirs.discard()
+        .with_context(|| format!("cannot discard session {id}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ovlrun recover --rootfs DIR`.
+pub fn recover(rootfs: &Path) -> anyhow::Result<ExitCode> {
+    let rootfs = config::check_rootfs(rootfs)?;
+    ovlrun::sandbox::enter_owner_namespace()?;
+    let _lock = lock_and_recover(&state()?, &rootfs, Mode::Exclusive, false)?;
+    eprintln!("ovlrun: {}: no interrupted commit left", rootfs.display());
+    Ok(ExitCode::SUCCESS)
+}
