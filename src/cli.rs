@@ -30,15 +30,18 @@ pub struct Cli {
 /// Running a command in a session.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The root filesystem to run in (never modified).
-    #[arg(long, value_name = "DIR", required = true)]
+    /// The root filesystem to run in (not modified while the session runs).
+    #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
-    /// What to do with the changes when the command exits: discard (the default), preserve
-    /// (keep them as a session to diff, commit or discard later), commit (merge into the
-    /// rootfs), commit-atomic (merge, journaled: a crash leaves the old or the new tree),
-    /// ask (on a terminal, show the changes and ask).
-    #[arg(long, value_enum, default_value_t = PolicyArg::Discard)]
-    pub policy: PolicyArg,
+    /// Read the session from an OCI runtime-spec config.json; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do with the changes when the command exits: discard (the default; preserve
+    /// for `run --resume`), preserve (keep them as a session to diff, commit or discard
+    /// later), commit (merge into the rootfs), commit-atomic (merge, journaled: a crash
+    /// leaves the old or the new tree), ask (on a terminal, show the changes and ask).
+    #[arg(long, value_enum)]
+    pub policy: Option<PolicyArg>,
     /// Use this directory as the session's upper (kept by preserve; its work directory goes
     /// beside it).
     #[arg(long, value_name = "DIR")]
@@ -89,6 +92,20 @@ pub struct RunArgs {
     pub cmd: Vec<OsString>,
 }
 
+/// `ovlrun run`.
+#[derive(Debug, clap::Args)]
+pub struct RunCommand {
+    /// Run a new command on the kept changes of session ID (its rootfs, its upper).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["rootfs", "bundle", "upper"])]
+    pub resume: Option<String>,
+    /// Run an OCI bundle: DIR/config.json, whose root.path is relative to DIR.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["rootfs", "config"])]
+    pub bundle: Option<PathBuf>,
+    /// The session's settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
 /// `--policy` values.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PolicyArg {
@@ -118,6 +135,8 @@ pub enum Net {
 pub enum Command {
     /// Check what ovlrun needs on this machine, for this user, and print the fix for each gap.
     Doctor,
+    /// Run a session: the same flags as without a subcommand, plus --resume and --bundle.
+    Run(RunCommand),
     /// List kept and running sessions.
     Ls {
         /// Machine-readable output.
@@ -142,6 +161,14 @@ pub enum Command {
         /// Wait while other sessions run over the rootfs instead of failing.
         #[arg(long)]
         wait: bool,
+    },
+    /// Write a kept session's changes as an OCI image layer (tar with .wh. whiteouts).
+    Export {
+        /// The session id.
+        id: String,
+        /// The tar file to write ("-" for stdout).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
     },
     /// Remove a kept session and its changes.
     Discard {

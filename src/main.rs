@@ -48,11 +48,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Mount(args)) => mount(args),
+        Some(Command::Run(cmd)) => run_command(cmd),
         Some(Command::Doctor) => Ok(doctor()),
         Some(Command::Ls { json }) => sessions::ls(json),
         Some(Command::Diff { id, json }) => sessions::diff(&id, json),
         Some(Command::Commit { id, atomic, wait }) => sessions::commit(&id, atomic, wait),
         Some(Command::Discard { id }) => sessions::discard(&id),
+        Some(Command::Export { id, output }) => sessions::export(&id, &output),
         Some(Command::Recover { rootfs }) => sessions::recover(&rootfs),
         None => session(cli.run),
     }
@@ -69,10 +71,35 @@ fn doctor() -> ExitCode {
     }
 }
 
+/// `ovlrun run`: a session, possibly on a kept session's changes or from an OCI bundle.
+fn run_command(cmd: cli::RunCommand) -> anyhow::Result<ExitCode> {
+    let mut args = cmd.run;
+    if let Some(bundle) = cmd.bundle {
+        args.config = Some(bundle.join("config.json"));
+    }
+    if let Some(id) = &cmd.resume {
+        let state = config::state_root()?;
+        let (dirs, rec) = ovlrun::session::SessionDirs::open(&state, id)?;
+        args.rootfs = Some(rec.rootfs);
+        args.upper = Some(dirs.upper);
+    }
+    session_with(args, cmd.resume)
+}
+
 /// Runs a session; its exit status is the command's.
 fn session(args: RunArgs) -> anyhow::Result<ExitCode> {
+    session_with(args, None)
+}
+
+fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCode> {
+    // Resuming must never throw the kept work away unless asked to.
+    let default = if resume.is_some() {
+        PolicyArg::Preserve
+    } else {
+        PolicyArg::Discard
+    };
     let opts = RunOptions {
-        policy: match args.policy {
+        policy: match args.policy.unwrap_or(default) {
             PolicyArg::Preserve => Policy::Preserve,
             PolicyArg::Discard => Policy::Discard,
             PolicyArg::Commit => Policy::Commit,
@@ -81,6 +108,7 @@ fn session(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         upper: args.upper.clone(),
         wait: args.wait,
+        resume,
     };
     let plan = plan(args)?;
     let code = ovlrun::session::run::run(&plan, &opts)?;

@@ -144,3 +144,26 @@ pub fn recover(rootfs: &Path) -> anyhow::Result<ExitCode> {
     eprintln!("ovlrun: {}: no interrupted commit left", rootfs.display());
     Ok(ExitCode::SUCCESS)
 }
+
+/// `ovlrun export ID -o FILE`.
+pub fn export(id: &str, output: &Path) -> anyhow::Result<ExitCode> {
+    let (_, rec) = finished(id)?;
+    ovlrun::sandbox::enter_owner_namespace()?;
+    if output == Path::new("-") {
+        let mut out = ovlrun::policy::export::export(&rec.upper, std::io::stdout().lock())?;
+        std::io::Write::flush(&mut out)?;
+    } else {
+        // Written beside the target and renamed, so a failed export leaves no partial file.
+        let tmp = output.with_extension("ovlrun-partial");
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = ovlrun::policy::export::export(&rec.upper, std::io::BufWriter::new(file))?;
+        file.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, output)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

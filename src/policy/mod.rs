@@ -3,6 +3,7 @@
 //! its shared vocabulary ([`crate::layers::format`]).
 
 pub mod commit;
+pub mod export;
 pub mod plan;
 
 /// What to do with a session's changes when its command exits.

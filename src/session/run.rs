@@ -21,6 +21,8 @@ pub struct RunOptions {
     pub upper: Option<PathBuf>,
     /// Wait for the rootfs lock instead of failing.
     pub wait: bool,
+    /// Continue kept session ID (its upper and record) instead of starting a new one.
+    pub resume: Option<String>,
 }
 
 /// Takes `rootfs`'s lock in `mode`, first finishing or undoing an interrupted commit (which
@@ -65,8 +67,40 @@ pub fn lock_and_recover(
 /// [`SessionError`]; when it comes after the command ran, the session is kept and named.
 pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
     let shared = lock_and_recover(&plan.state_root, &plan.rootfs, Mode::Shared, opts.wait)?;
+    let (dirs, mut rec) = match &opts.resume {
+        Some(id) => resume(plan, id)?,
+        None => new_session(plan, opts)?,
+    };
+    rec.save(&dirs.root)?;
+    let code = match crate::sandbox::run(plan, &dirs) {
+        Ok(code) => code,
+        Err(e) => {
+            if opts.resume.is_some() {
+                // The kept changes are the user's work: keep them.
+                rec.status = Status::Preserved;
+                rec.save(&dirs.root)?;
+            } else {
+                // The command never ran; nothing but launcher scaffolding is in the upper.
+                let _ = dirs.discard();
+            }
+            return Err(e.into());
+        }
+    };
+    rec.status = Status::Preserved;
+    rec.ended = Some(now());
+    rec.exit_code = Some(code);
+    rec.save(&dirs.root)?;
+    drop(shared);
+    apply_policy(plan, opts, &dirs, &mut rec)?;
+    Ok(code)
+}
+
+fn new_session(
+    plan: &SessionPlan,
+    opts: &RunOptions,
+) -> Result<(SessionDirs, Record), SessionError> {
     let dirs = SessionDirs::create(&plan.state_root, opts.upper.as_deref())?;
-    let mut rec = Record {
+    let rec = Record {
         id: dirs.id.0.clone(),
         rootfs: plan.rootfs.clone(),
         upper: dirs.upper.clone(),
@@ -80,22 +114,23 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
         exit_code: None,
         owner: nix::unistd::getuid().as_raw(),
     };
-    rec.save(&dirs.root)?;
-    let code = match crate::sandbox::run(plan, &dirs) {
-        Ok(code) => code,
-        Err(e) => {
-            // The command never ran; nothing but launcher scaffolding is in the upper.
-            let _ = dirs.discard();
-            return Err(e.into());
-        }
-    };
-    rec.status = Status::Preserved;
-    rec.ended = Some(now());
-    rec.exit_code = Some(code);
-    rec.save(&dirs.root)?;
-    drop(shared);
-    apply_policy(plan, opts, &dirs, &mut rec)?;
-    Ok(code)
+    Ok((dirs, rec))
+}
+
+/// Reopens kept session `id` to run a new command on its changes.
+fn resume(plan: &SessionPlan, id: &str) -> Result<(SessionDirs, Record), SessionError> {
+    let (dirs, mut rec) = SessionDirs::open(&plan.state_root, id)?;
+    if rec.status == Status::Running && !rec.is_orphaned() {
+        return Err(SessionError::Running {
+            id: id.into(),
+            pid: rec.pid,
+        });
+    }
+    rec.status = Status::Running;
+    rec.pid = std::process::id();
+    rec.ended = None;
+    rec.exit_code = None;
+    Ok((dirs, rec))
 }
 
 fn apply_policy(

@@ -1,0 +1,165 @@
+//! `ovlrun export`: a session's upper as an OCI image layer (a tar with `.wh.<name>`
+//! whiteouts and `.wh..wh..opq` opaque markers), so the changes can be stacked on the
+//! rootfs by any image tool.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use tar::{Builder, EntryType, Header};
+
+use super::plan::{is_opaque, user_xattrs};
+use crate::layers::format;
+
+/// A layer that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot export {}", .path.display())]
+pub struct ExportError {
+    /// The path at fault (in the upper, or the output).
+    pub path: PathBuf,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `upper` as an OCI layer tar to `out`. Entries are sorted, so the same upper gives
+/// the same layer.
+///
+/// # Errors
+/// [`ExportError`] naming the path.
+pub fn export<W: Write>(upper: &Path, out: W) -> Result<W, ExportError> {
+    let mut tar = Builder::new(out);
+    tar.mode(tar::HeaderMode::Complete);
+    let mut links = HashMap::new();
+    walk(&mut tar, upper, Path::new(""), &mut links)?;
+    tar.into_inner().map_err(err(upper))
+}
+
+fn walk<W: Write>(
+    tar: &mut Builder<W>,
+    upper: &Path,
+    rel: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> Result<(), ExportError> {
+    let dir = upper.join(rel);
+    let mut names: Vec<OsString> = std::fs::read_dir(&dir)
+        .map_err(err(&dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(err(&dir))?;
+    names.sort();
+    if !rel.as_os_str().is_empty() && is_opaque(&dir) {
+        marker(tar, &rel.join(format::AUFS_OPAQUE), &dir)?;
+    }
+    for name in names {
+        let path = rel.join(&name);
+        let full = upper.join(&path);
+        let md = full.symlink_metadata().map_err(err(&full))?;
+        if format::is_aufs_name(&name) {
+            if format::aufs_whiteout_target(&name).is_some() {
+                marker(tar, &path, &full)?;
+            }
+            continue;
+        }
+        if md.file_type().is_char_device() && md.rdev() == 0 {
+            marker(tar, &rel.join(format::aufs_whiteout_name(&name)), &full)?;
+            continue;
+        }
+        entry(tar, &full, &path, &md, links)?;
+        if md.is_dir() {
+            walk(tar, upper, &path, links)?;
+        }
+    }
+    Ok(())
+}
+
+/// An empty regular file: a whiteout or an opaque marker.
+fn marker<W: Write>(tar: &mut Builder<W>, path: &Path, source: &Path) -> Result<(), ExportError> {
+    let mut h = Header::new_ustar();
+    h.set_entry_type(EntryType::Regular);
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    tar.append_data(&mut h, path, std::io::empty())
+        .map_err(err(source))
+}
+
+fn entry<W: Write>(
+    tar: &mut Builder<W>,
+    full: &Path,
+    path: &Path,
+    md: &std::fs::Metadata,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> Result<(), ExportError> {
+    let ft = md.file_type();
+    let xattrs = if ft.is_symlink() {
+        Vec::new()
+    } else {
+        user_xattrs(full).map_err(|e| ExportError {
+            path: e.path,
+            source: e.source,
+        })?
+    };
+    if !xattrs.is_empty() {
+        let records: Vec<(String, Vec<u8>)> = xattrs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    format!("SCHILY.xattr.{}", String::from_utf8_lossy(k)),
+                    v.clone(),
+                )
+            })
+            .collect();
+        tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(err(full))?;
+    }
+    let mut h = Header::new_ustar();
+    h.set_metadata_in_mode(md, tar::HeaderMode::Complete);
+    let key = (md.dev(), md.ino());
+    if !ft.is_dir() && md.nlink() > 1 {
+        if let Some(first) = links.get(&key) {
+            h.set_entry_type(EntryType::Link);
+            h.set_size(0);
+            return tar.append_link(&mut h, path, first).map_err(err(full));
+        }
+        links.insert(key, path.to_owned());
+    }
+    if ft.is_symlink() {
+        let target = std::fs::read_link(full).map_err(err(full))?;
+        h.set_size(0);
+        return tar.append_link(&mut h, path, &target).map_err(err(full));
+    }
+    if ft.is_file() {
+        let f = std::fs::File::open(full).map_err(err(full))?;
+        return tar.append_data(&mut h, path, f).map_err(err(full));
+    }
+    if ft.is_char_device() || ft.is_block_device() {
+        let (major, minor) = (
+            nix::sys::stat::major(md.rdev()),
+            nix::sys::stat::minor(md.rdev()),
+        );
+        h.set_device_major(u32::try_from(major).unwrap_or(0))
+            .map_err(err(full))?;
+        h.set_device_minor(u32::try_from(minor).unwrap_or(0))
+            .map_err(err(full))?;
+    }
+    h.set_size(0);
+    let name = if ft.is_dir() {
+        let mut n = path.as_os_str().to_owned();
+        n.push("/");
+        PathBuf::from(n)
+    } else {
+        path.to_owned()
+    };
+    tar.append_data(&mut h, &name, std::io::empty())
+        .map_err(err(full))
+}
