@@ -136,7 +136,7 @@ pub enum Command {
     /// Check what ovlrun needs on this machine, for this user, and print the fix for each gap.
     Doctor,
     /// Run a session: the same flags as without a subcommand, plus --resume and --bundle.
-    Run(RunCommand),
+    Run(Box<RunCommand>),
     /// List kept and running sessions.
     Ls {
         /// Machine-readable output.

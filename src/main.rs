@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Mount(args)) => mount(args),
-        Some(Command::Run(cmd)) => run_command(cmd),
+        Some(Command::Run(cmd)) => run_command(*cmd),
         Some(Command::Doctor) => Ok(doctor()),
         Some(Command::Ls { json }) => sessions::ls(json),
         Some(Command::Diff { id, json }) => sessions::diff(&id, json),
