@@ -45,12 +45,12 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<26} {:<10} {:>8} {:>10}  ROOTFS",
+        "{:<12}  {:<10} {:>5} {:>7}  ROOTFS",
         "ID", "STATUS", "AGE", "SIZE"
     );
     for (d, r) in &sessions {
         println!(
-            "{:<26} {:<10} {:>8} {:>10}  {}",
+            "{:<12}  {:<10} {:>5} {:>7}  {}",
             r.id,
             status(r),
             age(now.saturating_sub(r.created)),

@@ -7,21 +7,26 @@ pub mod run;
 
 use std::path::{Path, PathBuf};
 
-/// A session's id: time of creation plus random bits, sortable and unique per host.
+/// A session's id: 12 random hex digits, short enough to type (creation order lives in the
+/// record).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionId(pub String);
 
 impl SessionId {
     /// A fresh id.
     pub fn new() -> SessionId {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut rnd = [0u8; 4];
-        let _ = std::fs::File::open("/dev/urandom")
+        let mut rnd = [0u8; 6];
+        let read = std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut rnd));
-        let pid = std::process::id();
-        SessionId(format!("{secs:x}-{pid:x}-{}", hex(&rnd)))
+        if read.is_err() {
+            // No urandom (an odd chroot): time and pid still make it unique on this host.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let mixed = (t as u64) ^ (u64::from(std::process::id()) << 32);
+            rnd.copy_from_slice(&mixed.to_le_bytes()[..6]);
+        }
+        SessionId(hex(&rnd))
     }
 }
 
@@ -70,7 +75,10 @@ impl SessionDirs {
     /// # Errors
     /// [`StateError`] naming the directory.
     pub fn create(state_root: &Path, upper: Option<&Path>) -> Result<SessionDirs, StateError> {
-        let id = SessionId::new();
+        let mut id = SessionId::new();
+        while state_root.join("sessions").join(&id.0).exists() {
+            id = SessionId::new();
+        }
         let root = state_root.join("sessions").join(&id.0);
         let (upper, work) = match upper {
             Some(u) => (u.to_owned(), crate::layers::default_work(u)),
