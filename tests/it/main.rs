@@ -20,4 +20,5 @@ mod support;
 
 mod compat;
 mod differential;
+mod launcher;
 mod mount_ops;

@@ -1,0 +1,1768 @@
+//! The launcher as a process: `ovlrun [OPTIONS] --rootfs DIR -- CMD` over `examples/rootfs`
+//! (or a copy of it, where a test writes it or checks it afterwards), as root and as the
+//! unprivileged `ovlrun-test` user.
+//!
+//! Every test has its own [`TestDir`] and points `OVLRUN_STATE` into it. Every launch runs
+//! under a time limit, so a hung session fails its test instead of hanging the run. Nothing
+//! here mounts anything itself: the launcher's mounts live in its own mount namespace.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Gid, Pid, Uid, User};
+
+use crate::support::{self, EntryInfo, TestDir};
+
+/// How long one session may take before its test fails (a debug build on a busy CI machine
+/// starts a session in well under a second).
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// ovlrun's own failure, bad input included.
+const EXIT_OWN_ERROR: i32 = 125;
+
+/// The unprivileged user `scripts/setup.sh` creates for these tests.
+const TEST_USER: &str = "ovlrun-test";
+
+/// Skips (locally) or fails (under `CI`) a test that cannot launch sessions as root here.
+macro_rules! require_launcher {
+    () => {
+        require!(
+            example_rootfs().join("bin/busybox").is_file(),
+            "find examples/rootfs/bin/busybox (run scripts/mkrootfs.sh)"
+        );
+        require!(
+            support::can_mount_fuse(),
+            "launch sessions (needs root and /dev/fuse)"
+        );
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn example_rootfs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rootfs")
+}
+
+/// One test's directory, state root and rootfs.
+struct Fixture {
+    dir: TestDir,
+    state: PathBuf,
+    rootfs: PathBuf,
+}
+
+impl Fixture {
+    /// Over `examples/rootfs` itself: for tests that only read it.
+    fn shared() -> Fixture {
+        let dir = TestDir::new();
+        Fixture {
+            state: dir.join("state"),
+            rootfs: example_rootfs(),
+            dir,
+        }
+    }
+
+    /// Over a private `cp -a` of `examples/rootfs`: for tests that write it or check it.
+    fn copied() -> Fixture {
+        let dir = TestDir::new();
+        let rootfs = dir.join("rootfs");
+        copy_tree(&example_rootfs(), &rootfs);
+        Fixture {
+            state: dir.join("state"),
+            rootfs,
+            dir,
+        }
+    }
+
+    /// `ovlrun FLAGS.. --rootfs ROOTFS -- ARGV..` with `OVLRUN_STATE` in the test dir.
+    fn cmd(&self, flags: &[&str], argv: &[&str]) -> Command {
+        let mut cmd = Command::new(support::ovlrun_bin());
+        cmd.env("OVLRUN_STATE", &self.state)
+            .args(flags)
+            .arg("--rootfs")
+            .arg(&self.rootfs)
+            .arg("--")
+            .args(argv);
+        cmd
+    }
+
+    /// Runs `sh -c SCRIPT` in a session with `flags`.
+    fn sh(&self, flags: &[&str], script: &str) -> Out {
+        run(&mut self.cmd(flags, &["/bin/sh", "-c", script]))
+    }
+
+    fn sessions_dir(&self) -> PathBuf {
+        self.state.join("sessions")
+    }
+}
+
+/// `cp -a SRC DST`, keeping owners, modes, times and links.
+fn copy_tree(src: &Path, dst: &Path) {
+    let out = run(Command::new("cp").arg("-a").arg(src).arg(dst));
+    assert!(out.status.success(), "cp -a failed\n{}", out.context());
+}
+
+/// Entries under `dir/sessions` (none, or the directory missing, is clean).
+#[track_caller]
+fn assert_no_sessions_left(sessions: &Path, after: &str) {
+    let left = match fs::read_dir(sessions) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("read_dir {}: {e}", sessions.display()),
+    };
+    assert!(
+        left.is_empty(),
+        "{} holds {left:?} after {after}",
+        sessions.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running ovlrun
+
+/// What a finished `ovlrun` did.
+struct Out {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    /// The exit code, or 128+n when ovlrun itself died of signal n (shell style).
+    fn code(&self) -> i32 {
+        match (self.status.code(), self.status.signal()) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => -1,
+        }
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+            self.what, self.status, self.stdout, self.stderr
+        )
+    }
+
+    #[track_caller]
+    fn expect_code(&self, want: i32) -> &Out {
+        assert_eq!(
+            self.code(),
+            want,
+            "exit code: expected {want}, got {}\n{}",
+            self.code(),
+            self.context()
+        );
+        self
+    }
+
+    #[track_caller]
+    fn expect_ok(&self) -> &Out {
+        self.expect_code(0)
+    }
+
+    /// Asserts that stdout is exactly `want` (lines joined with `\n`, plus a final newline).
+    #[track_caller]
+    fn expect_stdout(&self, want: &[&str]) -> &Out {
+        let want = want.iter().map(|l| format!("{l}\n")).collect::<String>();
+        assert_eq!(self.stdout, want, "stdout differs\n{}", self.context());
+        self
+    }
+
+    /// The value of the first stdout line `KEY=VALUE` with this key.
+    #[track_caller]
+    fn value(&self, key: &str) -> &str {
+        let prefix = format!("{key}=");
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no line {key}=... on stdout\n{}", self.context()))
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        let a = a.to_string_lossy();
+        if a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '$') {
+            s.push_str(&format!("'{}'", a.replace('\'', r"'\''")));
+        } else {
+            s.push_str(&a);
+        }
+    }
+    s
+}
+
+fn drain(r: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = BufReader::new(r).read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+/// Runs `cmd` (stdin closed) to completion within [`RUN_TIMEOUT`]; SIGKILLs it and fails the
+/// test when it takes longer.
+#[track_caller]
+fn run(cmd: &mut Command) -> Out {
+    let what = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let status = wait_until(&mut child, Instant::now() + RUN_TIMEOUT);
+    let timed_out = status.is_none();
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        child.wait().unwrap()
+    });
+    let out = Out {
+        what,
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    assert!(
+        !timed_out,
+        "still running after {RUN_TIMEOUT:?}: killed\n{}",
+        out.context()
+    );
+    out
+}
+
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `ovlrun` whose stdout lines arrive one by one; SIGKILLed on drop if still alive.
+struct Running {
+    what: String,
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Running {
+    fn spawn(cmd: &mut Command) -> Running {
+        let what = describe(cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Some(drain(child.stderr.take().unwrap()));
+        Running {
+            what,
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    /// Waits until stdout has shown the line `want`.
+    #[track_caller]
+    fn wait_line(&mut self, want: &str) {
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        loop {
+            if self.seen.iter().any(|l| l == want) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => {
+                    let out = self.finish_now();
+                    panic!("no line {want:?} on stdout ({e:?})\n{}", out.context());
+                }
+            }
+        }
+    }
+
+    /// Waits (up to [`RUN_TIMEOUT`]) for ovlrun to exit.
+    #[track_caller]
+    fn wait(mut self) -> Out {
+        let mut child = self.child.take().unwrap();
+        let status = wait_until(&mut child, Instant::now() + RUN_TIMEOUT);
+        let timed_out = status.is_none();
+        let status = status.unwrap_or_else(|| {
+            let _ = child.kill();
+            child.wait().unwrap()
+        });
+        let out = self.collect(status);
+        assert!(
+            !timed_out,
+            "still running after {RUN_TIMEOUT:?}: killed\n{}",
+            out.context()
+        );
+        out
+    }
+
+    /// SIGKILLs ovlrun (if alive) and returns what it printed.
+    fn finish_now(&mut self) -> Out {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        self.collect(status)
+    }
+
+    fn collect(&mut self, status: ExitStatus) -> Out {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        Out {
+            what: self.what.clone(),
+            status,
+            stdout: self.seen.iter().map(|l| format!("{l}\n")).collect(),
+            stderr,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rootfs comparisons
+
+/// Everything `tree_snapshot` compares (type, mode, owner, size, links, content, symlink
+/// target, user xattrs), plus each entry's mtime and ctime: a rootfs that is never touched
+/// keeps both, so even a chmod-and-back or a rewrite with the same bytes shows.
+struct RootfsState {
+    tree: BTreeMap<PathBuf, EntryInfo>,
+    times: BTreeMap<PathBuf, (i64, i64, i64, i64)>,
+}
+
+impl RootfsState {
+    fn take(root: &Path) -> RootfsState {
+        let tree = support::tree_snapshot(root);
+        let times = tree
+            .keys()
+            .map(|rel| {
+                let md = support::lstat(root.join(rel));
+                (
+                    rel.clone(),
+                    (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()),
+                )
+            })
+            .collect();
+        RootfsState { tree, times }
+    }
+
+    /// Panics with the differing paths when `root` is no longer as it was.
+    #[track_caller]
+    fn assert_unchanged(&self, root: &Path, after: &str) {
+        let now = RootfsState::take(root);
+        if let Some(d) = support::tree_diff("before", &self.tree, "after", &now.tree) {
+            panic!("rootfs {} changed by {after}:\n{d}", root.display());
+        }
+        let moved: Vec<String> = self
+            .times
+            .iter()
+            .filter(|(k, v)| now.times.get(*k) != Some(v))
+            .map(|(k, v)| format!("  /{}: {v:?} -> {:?}", k.display(), now.times.get(k)))
+            .collect();
+        assert!(
+            moved.is_empty(),
+            "rootfs {} touched by {after} (mtime/ctime s,ns changed):\n{}",
+            root.display(),
+            moved.join("\n")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes and mounts left behind
+
+/// Pids (other than ours) whose command line or environment contains `marker`: `pgrep -f`,
+/// extended to the environment so that children with a plain argv (`sleep`) are found too.
+fn pids_with(marker: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let environ = fs::read(e.path().join("environ")).unwrap_or_default();
+        let has = |b: &[u8]| b.windows(marker.len()).any(|w| w == marker.as_bytes());
+        if has(&cmdline) || has(&environ) {
+            let argv = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push((pid, argv));
+        }
+    }
+    found
+}
+
+/// `fuse.ovlrun` mounts that belong to sessions under `state`, in any process's mount table
+/// (`/proc/*/mountinfo`): their mount point or source (`ovlrun:<upper>`) lies under `state`.
+fn session_mounts(state: &Path) -> Vec<String> {
+    let state = state.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in rd.flatten() {
+        if e.file_name()
+            .to_str()
+            .is_none_or(|s| s.parse::<u32>().is_err())
+        {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(e.path().join("mountinfo")) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut r = right.split(' ');
+            let (fstype, source) = (r.next().unwrap_or(""), r.next().unwrap_or(""));
+            let mount_point = left.split(' ').nth(4).unwrap_or("");
+            if fstype == "fuse.ovlrun" && (source.contains(&state) || mount_point.contains(&state))
+            {
+                found.push(format!("{}: {line}", e.path().display()));
+            }
+        }
+    }
+    found
+}
+
+/// A string no other process on the machine carries.
+fn unique_marker(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("ovlrun-test-{what}-{}-{nanos}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output and exit codes
+
+#[test]
+fn echo_prints_and_exits_zero() {
+    require_launcher!();
+    let f = Fixture::shared();
+    run(&mut f.cmd(&[], &["echo", "hello", "world"]))
+        .expect_ok()
+        .expect_stdout(&["hello world"]);
+    assert_no_sessions_left(&f.sessions_dir(), "a session that exited 0");
+}
+
+#[test]
+fn default_command_is_bin_sh() {
+    require_launcher!();
+    let f = Fixture::shared();
+    // No CMD: /bin/sh reads the script from stdin.
+    let mut cmd = Command::new(support::ovlrun_bin());
+    cmd.env("OVLRUN_STATE", &f.state)
+        .arg("--rootfs")
+        .arg(&f.rootfs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = describe(&cmd);
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"echo from-stdin $$\nexit 4\n").unwrap();
+    }
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let status = wait_until(&mut child, Instant::now() + RUN_TIMEOUT).unwrap_or_else(|| {
+        let _ = child.kill();
+        child.wait().unwrap()
+    });
+    let out = Out {
+        what,
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    out.expect_code(4).expect_stdout(&["from-stdin 2"]);
+}
+
+#[test]
+fn exit_status_is_the_commands() {
+    require_launcher!();
+    let f = Fixture::shared();
+    f.sh(&[], "exit 7").expect_code(7);
+    f.sh(&[], "exit 0").expect_code(0);
+    f.sh(&[], "exit 255").expect_code(255);
+    run(&mut f.cmd(&[], &["false"])).expect_code(1);
+    // Killed by a signal: 128 + n, like a shell reports it.
+    f.sh(&[], "kill -9 $$").expect_code(137);
+    f.sh(&[], "kill -TERM $$").expect_code(143);
+    f.sh(&[], "kill -INT $$").expect_code(130);
+    assert_no_sessions_left(&f.sessions_dir(), "sessions that exited non-zero");
+}
+
+#[test]
+fn command_not_found_is_127_and_named() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let out = run(&mut f.cmd(&[], &["/no/such-command-xyz"]));
+    out.expect_code(127);
+    assert!(
+        out.stderr.starts_with("ovlrun: ") && out.stderr.contains("/no/such-command-xyz"),
+        "stderr must start 'ovlrun: ' and name the command\n{}",
+        out.context()
+    );
+    // Found through PATH, or not.
+    let out = run(&mut f.cmd(&[], &["no-such-command-xyz"]));
+    out.expect_code(127);
+    assert!(
+        out.stderr.contains("no-such-command-xyz"),
+        "stderr must name the command\n{}",
+        out.context()
+    );
+    assert_no_sessions_left(&f.sessions_dir(), "a command that was not found");
+}
+
+#[test]
+fn non_executable_command_is_126() {
+    require_launcher!();
+    let f = Fixture::shared();
+    // A regular file without x bits, and a directory.
+    for path in ["/etc/motd", "/etc"] {
+        let out = run(&mut f.cmd(&[], &[path]));
+        out.expect_code(126);
+        assert!(
+            out.stderr.starts_with("ovlrun: ") && out.stderr.contains(path),
+            "stderr must start 'ovlrun: ' and name {path}\n{}",
+            out.context()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Namespaces
+
+#[test]
+fn pid_namespace_holds_only_the_session() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let out = f.sh(
+        &[],
+        r#"echo "pid=$$"
+           echo "ppid=$(grep '^PPid:' /proc/$$/status | tr -d ' \t' | cut -d: -f2)"
+           echo "comm1=$(cat /proc/1/comm)"
+           echo "cmd1=$(tr '\0' ' ' < /proc/1/cmdline)"
+           echo "nproc=$(ls /proc | grep -c '^[0-9][0-9]*$')"
+           echo "ps=$(ps -o pid | tail -n +2 | wc -l)"
+           for p in /proc/[0-9]*; do echo "proc ${p#/proc/}: $(tr '\0' ' ' < $p/cmdline)"; done"#,
+    );
+    out.expect_ok();
+    assert_eq!(out.value("pid"), "2", "$$\n{}", out.context());
+    assert_eq!(out.value("ppid"), "1", "parent of $$\n{}", out.context());
+    assert_eq!(
+        out.value("comm1"),
+        "ovlrun",
+        "pid 1's comm\n{}",
+        out.context()
+    );
+    assert!(
+        out.value("cmd1").contains(support::ovlrun_bin()),
+        "pid 1 must be ovlrun's init\n{}",
+        out.context()
+    );
+    for key in ["nproc", "ps"] {
+        let n: usize = out.value(key).trim().parse().unwrap();
+        assert!(
+            (2..10).contains(&n),
+            "{key}: expected only the session's processes (2..10), got {n}\n{}",
+            out.context()
+        );
+    }
+}
+
+#[test]
+fn uts_namespace_hostname_from_rootfs_and_flag() {
+    require_launcher!();
+    let f = Fixture::copied();
+    support::write(f.rootfs.join("etc/hostname"), "from-rootfs-7q\n");
+    let host_before = nix::unistd::gethostname().unwrap();
+    f.sh(&[], "hostname; cat /proc/sys/kernel/hostname")
+        .expect_ok()
+        .expect_stdout(&["from-rootfs-7q", "from-rootfs-7q"]);
+    f.sh(&["--hostname", "flag-host-3z"], "hostname; uname -n")
+        .expect_ok()
+        .expect_stdout(&["flag-host-3z", "flag-host-3z"]);
+    // Setting it inside (with the capability it needs) changes only the session's.
+    f.sh(
+        &["--cap-add", "SYS_ADMIN"],
+        "hostname inside-set && hostname",
+    )
+    .expect_ok()
+    .expect_stdout(&["inside-set"]);
+    assert_eq!(
+        nix::unistd::gethostname().unwrap(),
+        host_before,
+        "the host's hostname changed"
+    );
+}
+
+#[test]
+fn ipc_and_user_namespaces_are_new() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let out = f.sh(
+        &[],
+        "for n in ipc uts pid mnt user net; do echo \"$n=$(readlink /proc/self/ns/$n)\"; done",
+    );
+    out.expect_ok();
+    for (ns, new) in [
+        ("ipc", true),
+        ("uts", true),
+        ("pid", true),
+        ("mnt", true),
+        ("user", true),
+        ("net", false),
+    ] {
+        let host = fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let inside = out.value(ns);
+        assert_eq!(
+            inside != host.to_string_lossy(),
+            new,
+            "{ns} namespace: host {}, session {inside} (expected {})\n{}",
+            host.display(),
+            if new { "a new one" } else { "the host's" },
+            out.context()
+        );
+    }
+}
+
+#[test]
+fn session_sees_dev_proc_sys_tmp() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let out = f.sh(
+        &[],
+        r#"for d in null zero full random urandom tty; do [ -c /dev/$d ] && echo "dev $d"; done
+           [ -c /dev/pts/ptmx ] || [ -c /dev/ptmx ] && echo ptmx
+           [ -d /dev/shm ] && echo shm
+           [ "$(readlink /dev/fd)" = /proc/self/fd ] && echo fd
+           [ "$(readlink /dev/stdin)" = /proc/self/fd/0 ] && echo stdin
+           echo x > /dev/null && echo null-writable
+           [ "$(head -c 4 /dev/zero | od -An -tx1 | tr -d ' ')" = 00000000 ] && echo zero-reads
+           grep -q ' /proc proc ' /proc/mounts && echo proc
+           grep -q ' /tmp tmpfs ' /proc/mounts && echo tmp
+           grep ' /sys ' /proc/mounts | grep -q '[ ,]ro[ ,]' && echo sys-ro
+           echo t > /tmp/t && cat /tmp/t"#,
+    );
+    out.expect_ok().expect_stdout(&[
+        "dev null",
+        "dev zero",
+        "dev full",
+        "dev random",
+        "dev urandom",
+        "dev tty",
+        "ptmx",
+        "shm",
+        "fd",
+        "stdin",
+        "null-writable",
+        "zero-reads",
+        "proc",
+        "tmp",
+        "sys-ro",
+        "t",
+    ]);
+}
+
+/// The capability sets of `/proc/self/status` (hex), and `NoNewPrivs`, in a session.
+fn cap_status(f: &Fixture, flags: &[&str]) -> Out {
+    f.sh(
+        flags,
+        "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status | tr -d ' \\t' | tr : =",
+    )
+}
+
+#[test]
+fn capabilities_default_add_and_drop() {
+    require_launcher!();
+    let f = Fixture::shared();
+    // The default set container engines give root: CHOWN DAC_OVERRIDE FOWNER FSETID KILL
+    // SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    let default = 0xa80425fb_u64;
+    let hex = |out: &Out, key: &str| u64::from_str_radix(out.value(key), 16).unwrap();
+    let out = cap_status(&f, &[]);
+    out.expect_ok();
+    for key in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(hex(&out, key), default, "{key}\n{}", out.context());
+    }
+    assert_eq!(out.value("NoNewPrivs"), "1", "{}", out.context());
+
+    let out = cap_status(&f, &["--cap-add", "NET_ADMIN", "--cap-drop", "CAP_CHOWN"]);
+    out.expect_ok();
+    let want = (default | 1 << 12) & !1;
+    for key in ["CapEff", "CapBnd"] {
+        assert_eq!(hex(&out, key), want, "{key}\n{}", out.context());
+    }
+    let out = f.sh(
+        &["--cap-drop", "chown"],
+        "touch /tmp/f; chown 5 /tmp/f 2>/dev/null; echo \"chown=$?\"",
+    );
+    out.expect_ok();
+    assert_ne!(
+        out.value("chown"),
+        "0",
+        "chown without CAP_CHOWN\n{}",
+        out.context()
+    );
+
+    // A non-root command has no effective capabilities.
+    let out = cap_status(&f, &["--uid", "1000", "--gid", "1000"]);
+    out.expect_ok();
+    assert_eq!(hex(&out, "CapEff"), 0, "{}", out.context());
+    assert_eq!(hex(&out, "CapBnd"), default, "{}", out.context());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copy-on-write: writes stay in the session
+
+#[test]
+fn writes_are_visible_inside_and_absent_afterwards() {
+    require_launcher!();
+    let f = Fixture::copied();
+    let before = RootfsState::take(&f.rootfs);
+    let out = f.sh(
+        &[],
+        r#"set -e
+           echo hello > /etc/newfile
+           mkdir -p /newdir/sub && echo deep > /newdir/sub/f
+           echo appended >> /etc/motd
+           rm /etc/shells
+           chmod 600 /etc/hostname
+           chown 12:34 /etc/passwd
+           mv /etc/profile /etc/profile.moved
+           ln -s /etc/newfile /newlink
+           rm -r /home
+           dd if=/dev/urandom of=/big bs=65536 count=32 2>/dev/null
+           cat /etc/newfile /newdir/sub/f
+           tail -n 1 /etc/motd
+           [ ! -e /etc/shells ] && echo shells-gone
+           stat -c %a /etc/hostname
+           stat -c %u:%g /etc/passwd
+           [ -f /etc/profile.moved ] && [ ! -e /etc/profile ] && echo moved
+           readlink /newlink
+           [ ! -e /home ] && echo home-gone
+           wc -c < /big"#,
+    );
+    out.expect_ok().expect_stdout(&[
+        "hello",
+        "deep",
+        "appended",
+        "shells-gone",
+        "600",
+        "12:34",
+        "moved",
+        "/etc/newfile",
+        "home-gone",
+        "2097152",
+    ]);
+    before.assert_unchanged(&f.rootfs, "a session that wrote, removed and renamed");
+    assert_no_sessions_left(&f.sessions_dir(), "a session that wrote");
+    // A second session starts from the rootfs again: the first one's changes are gone.
+    f.sh(
+        &[],
+        "[ ! -e /etc/newfile ] && [ -e /etc/shells ] && [ -d /home ] && echo fresh",
+    )
+    .expect_ok()
+    .expect_stdout(&["fresh"]);
+}
+
+#[test]
+fn launcher_leaves_nothing_in_the_rootfs() {
+    require_launcher!();
+    let f = Fixture::copied();
+    let src_dir = f.dir.mkdir("bind-src");
+    support::write(src_dir.join("in"), "in\n");
+    let src_file = f.dir.join("bind-file");
+    support::write(&src_file, "file\n");
+    // Targets the rootfs lacks (the launcher must create them somewhere), nested.
+    let binds = [
+        format!("{}:/mnt/new/deep", src_dir.display()),
+        format!("{}:/opt/ro-dir:ro", src_dir.display()),
+        format!("{}:/etc/bound-file", src_file.display()),
+    ];
+    let before = RootfsState::take(&f.rootfs);
+    let mut flags: Vec<&str> = Vec::new();
+    for b in &binds {
+        flags.extend(["--bind", b.as_str()]);
+    }
+    flags.extend(["--tmpfs", "/scratch/t", "--tmpfs", "/var/cache/x"]);
+    let out = f.sh(
+        &flags,
+        "cat /mnt/new/deep/in /opt/ro-dir/in /etc/bound-file; [ -f /etc/resolv.conf ] && echo resolv",
+    );
+    out.expect_ok();
+    assert!(
+        out.stdout.starts_with("in\nin\nfile\n"),
+        "binds not visible\n{}",
+        out.context()
+    );
+    before.assert_unchanged(&f.rootfs, "a session with binds and tmpfs on new targets");
+    assert_no_sessions_left(&f.sessions_dir(), "a session with binds");
+    // And the scaffolding is not visible to the next session either.
+    f.sh(
+        &[],
+        "for p in /mnt/new /opt /etc/bound-file /scratch /var/cache/x; do [ -e $p ] && echo \"left $p\"; done; echo done",
+    )
+    .expect_ok()
+    .expect_stdout(&["done"]);
+}
+
+#[test]
+fn rootfs_without_mount_targets_works_and_stays_unchanged() {
+    require_launcher!();
+    let f = Fixture::copied();
+    // A bare tree: no /proc, /dev, /sys, /tmp for the launcher to mount on.
+    for d in ["proc", "dev", "sys", "tmp"] {
+        let p = f.rootfs.join(d);
+        if p.exists() {
+            fs::remove_dir_all(&p).unwrap();
+        }
+    }
+    let before = RootfsState::take(&f.rootfs);
+    f.sh(
+        &[],
+        "[ -c /dev/null ] && [ -r /proc/self/stat ] && [ -d /sys/kernel ] && echo x > /tmp/x && echo ok",
+    )
+    .expect_ok()
+    .expect_stdout(&["ok"]);
+    before.assert_unchanged(
+        &f.rootfs,
+        "a session over a rootfs without /proc /dev /sys /tmp",
+    );
+}
+
+#[test]
+fn two_sessions_at_once_over_one_rootfs() {
+    require_launcher!();
+    let f = Fixture::copied();
+    let sync = f.dir.mkdir("sync");
+    let bind = format!("{}:/sync", sync.display());
+    let before = RootfsState::take(&f.rootfs);
+    // Each writes, then waits until the other has written too, then reads: the writes overlap.
+    let script = |me: &str, other: &str| {
+        format!(
+            r#"echo {me}-content > /shared.txt
+               echo {me}-motd > /etc/motd
+               rm /etc/shells
+               touch /sync/{me}-ready
+               i=0
+               while [ ! -e /sync/{other}-ready ]; do
+                   usleep 20000; i=$((i+1)); [ $i -gt 1500 ] && exit 9
+               done
+               cat /shared.txt /etc/motd
+               [ -e /etc/shells ] || echo no-shells"#
+        )
+    };
+    let (sa, sb) = (script("a", "b"), script("b", "a"));
+    let a = Running::spawn(&mut f.cmd(&["--bind", &bind], &["/bin/sh", "-c", &sa]));
+    let b = Running::spawn(&mut f.cmd(&["--bind", &bind], &["/bin/sh", "-c", &sb]));
+    let (a, b) = (a.wait(), b.wait());
+    a.expect_ok()
+        .expect_stdout(&["a-content", "a-motd", "no-shells"]);
+    b.expect_ok()
+        .expect_stdout(&["b-content", "b-motd", "no-shells"]);
+    before.assert_unchanged(&f.rootfs, "two concurrent sessions");
+    assert_no_sessions_left(&f.sessions_dir(), "two concurrent sessions");
+}
+
+#[test]
+fn many_sessions_start_at_once_over_one_rootfs() {
+    require_launcher!();
+    let f = Fixture::shared();
+    // CI starts jobs over one rootfs at the same moment: none may be refused.
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let running: Vec<Running> = (0..8)
+            .map(|i| Running::spawn(&mut f.cmd(&[], &["echo", &format!("r{round}-s{i}")])))
+            .collect();
+        for (i, r) in running.into_iter().enumerate() {
+            let out = r.wait();
+            if out.code() != 0 || out.stdout != format!("r{round}-s{i}\n") {
+                failures.push(out.context());
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 80 sessions started together failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    assert_no_sessions_left(&f.sessions_dir(), "sessions started together");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags
+
+#[test]
+fn bind_read_write_reaches_the_host() {
+    require_launcher!();
+    let f = Fixture::copied();
+    let host = f.dir.mkdir("rw");
+    support::write(host.join("from-host"), "host-data\n");
+    let bind = format!("{}:/mnt/rw", host.display());
+    let before = RootfsState::take(&f.rootfs);
+    f.sh(
+        &["--bind", &bind],
+        "cat /mnt/rw/from-host && echo session-data > /mnt/rw/from-session && mkdir /mnt/rw/d",
+    )
+    .expect_ok()
+    .expect_stdout(&["host-data"]);
+    assert_eq!(
+        support::read_string(host.join("from-session")),
+        "session-data\n",
+        "a write through a rw bind must land on the host"
+    );
+    assert!(host.join("d").is_dir(), "mkdir through a rw bind");
+    before.assert_unchanged(&f.rootfs, "a session with a rw bind");
+}
+
+#[test]
+fn bind_read_only_gives_erofs() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let host = f.dir.mkdir("ro");
+    support::write(host.join("from-host"), "host-data\n");
+    let bind = format!("{}:/mnt/ro:ro", host.display());
+    let out = f.sh(
+        &["--bind", &bind],
+        r#"cat /mnt/ro/from-host
+           (echo x > /mnt/ro/new) 2>/tmp/err; echo "create=$?"
+           (echo x >> /mnt/ro/from-host) 2>>/tmp/err; echo "append=$?"
+           cat /tmp/err
+           grep ' /mnt/ro ' /proc/mounts | grep -q '[ ,]ro[ ,]' && echo mounted-ro"#,
+    );
+    out.expect_ok();
+    assert!(out.stdout.starts_with("host-data\n"), "{}", out.context());
+    assert_ne!(
+        out.value("create"),
+        "0",
+        "create on a ro bind\n{}",
+        out.context()
+    );
+    assert_ne!(
+        out.value("append"),
+        "0",
+        "append on a ro bind\n{}",
+        out.context()
+    );
+    assert_eq!(
+        out.stdout.matches("Read-only file system").count(),
+        2,
+        "both writes must fail with EROFS\n{}",
+        out.context()
+    );
+    assert!(out.stdout.contains("mounted-ro"), "{}", out.context());
+    assert!(
+        !host.join("new").exists(),
+        "a file appeared through a ro bind"
+    );
+    assert_eq!(support::read_string(host.join("from-host")), "host-data\n");
+}
+
+#[test]
+fn bind_of_a_file() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let file = f.dir.join("file");
+    support::write(&file, "one\n");
+    let bind = format!("{}:/etc/motd", file.display());
+    f.sh(&["--bind", &bind], "cat /etc/motd; echo two >> /etc/motd")
+        .expect_ok()
+        .expect_stdout(&["one"]);
+    assert_eq!(support::read_string(&file), "one\ntwo\n");
+}
+
+#[test]
+fn tmpfs_flag_mounts_an_empty_tmpfs() {
+    require_launcher!();
+    let f = Fixture::copied();
+    let before = RootfsState::take(&f.rootfs);
+    // Over a rootfs directory that has content (hidden), and on a new path.
+    f.sh(
+        &["--tmpfs", "/etc", "--tmpfs", "/new/scratch"],
+        r#"for d in /etc /new/scratch; do
+               grep -q " $d tmpfs " /proc/mounts && echo "$d tmpfs"
+               [ -z "$(ls -A $d)" ] && echo "$d empty"
+               echo data > $d/f && cat $d/f
+           done"#,
+    )
+    .expect_ok()
+    .expect_stdout(&[
+        "/etc tmpfs",
+        "/etc empty",
+        "data",
+        "/new/scratch tmpfs",
+        "/new/scratch empty",
+        "data",
+    ]);
+    before.assert_unchanged(&f.rootfs, "a session with --tmpfs");
+}
+
+#[test]
+fn env_flag_sets_and_overrides() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let mut cmd = f.cmd(
+        &["--env", "FOO=bar baz", "--env", "OVERRIDE=new", "--env", "EMPTY="],
+        &[
+            "/bin/sh",
+            "-c",
+            r#"echo "FOO=$FOO"; echo "OVERRIDE=$OVERRIDE"; echo "PASS=$PASS"; echo "EMPTY=${EMPTY-unset}""#,
+        ],
+    );
+    cmd.env("OVERRIDE", "old").env("PASS", "through");
+    run(&mut cmd).expect_ok().expect_stdout(&[
+        "FOO=bar baz",
+        "OVERRIDE=new",
+        "PASS=through",
+        "EMPTY=",
+    ]);
+}
+
+#[test]
+fn clear_env_keeps_only_defaults_and_flags() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let mut cmd = f.cmd(&["--clear-env", "--env", "KEPT=1"], &["env"]);
+    cmd.env("LEAK_ME", "secret");
+    let out = run(&mut cmd);
+    out.expect_ok();
+    let mut names: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    names.sort_unstable();
+    // `env` itself adds nothing; the shell is not involved.
+    assert_eq!(
+        names,
+        ["HOME", "KEPT", "PATH", "TERM"],
+        "environment after --clear-env\n{}",
+        out.context()
+    );
+    assert!(out.value("PATH").contains("/bin"), "{}", out.context());
+    assert_eq!(out.value("HOME"), "/root", "{}", out.context());
+}
+
+#[test]
+fn cwd_flag_sets_the_working_directory() {
+    require_launcher!();
+    let f = Fixture::shared();
+    run(&mut f.cmd(&["--cwd", "/etc"], &["pwd"]))
+        .expect_ok()
+        .expect_stdout(&["/etc"]);
+    f.sh(&["--cwd", "/usr/bin"], "pwd; ls id")
+        .expect_ok()
+        .expect_stdout(&["/usr/bin", "id"]);
+    // Default: /.
+    run(&mut f.cmd(&[], &["pwd"]))
+        .expect_ok()
+        .expect_stdout(&["/"]);
+}
+
+#[test]
+fn uid_and_gid_flags() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let out = f.sh(
+        &["--uid", "1000", "--gid", "1000"],
+        r#"echo "uid=$(id -u)"; echo "gid=$(id -g)"; echo "groups=$(id -G)"
+           touch /tmp/mine && echo "owner=$(stat -c %u:%g /tmp/mine)"
+           echo x > /etc/motd 2>/dev/null; echo "write-root-file=$?""#,
+    );
+    out.expect_ok();
+    assert_eq!(out.value("uid"), "1000", "{}", out.context());
+    assert_eq!(out.value("gid"), "1000", "{}", out.context());
+    assert_eq!(out.value("groups"), "1000", "{}", out.context());
+    assert_eq!(out.value("owner"), "1000:1000", "{}", out.context());
+    assert_ne!(
+        out.value("write-root-file"),
+        "0",
+        "uid 1000 wrote root's 0644 file\n{}",
+        out.context()
+    );
+}
+
+#[test]
+fn net_none_has_only_lo_and_it_is_up() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let out = f.sh(
+        &["--net", "none"],
+        r#"tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | sed 's/^/dev=/'
+           ip -o link show | sed 's/^[0-9]*: /link=/'
+           echo "net=$(readlink /proc/self/ns/net)""#,
+    );
+    out.expect_ok();
+    let devs: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("dev="))
+        .collect();
+    assert_eq!(devs, ["lo"], "/proc/net/dev interfaces\n{}", out.context());
+    let links: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("link="))
+        .collect();
+    assert_eq!(links.len(), 1, "ip link\n{}", out.context());
+    assert!(
+        links[0].starts_with("lo: <") && links[0].contains(",UP"),
+        "lo must be UP\n{}",
+        out.context()
+    );
+    let host = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(
+        out.value("net"),
+        host.to_string_lossy(),
+        "{}",
+        out.context()
+    );
+}
+
+#[test]
+fn net_none_sysfs_shows_only_lo() {
+    require_launcher!();
+    let f = Fixture::shared();
+    // /sys/class/net describes the network namespace of whoever mounted sysfs: with a new
+    // network namespace, the host's interfaces must not show there.
+    f.sh(&["--net", "none"], "ls /sys/class/net")
+        .expect_ok()
+        .expect_stdout(&["lo"]);
+}
+
+#[test]
+fn default_net_shares_the_host() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let out = f.sh(
+        &[],
+        r#"echo "net=$(readlink /proc/self/ns/net)"
+           echo "ndev=$(tail -n +3 /proc/net/dev | wc -l)"
+           echo ---resolv; cat /etc/resolv.conf 2>/dev/null; echo ---hosts; cat /etc/hosts"#,
+    );
+    out.expect_ok();
+    let host_ns = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(
+        out.value("net"),
+        host_ns.to_string_lossy(),
+        "{}",
+        out.context()
+    );
+    let host_ndev = support::read_string("/proc/net/dev").lines().count() - 2;
+    assert_eq!(
+        out.value("ndev"),
+        host_ndev.to_string(),
+        "interfaces differ from the host's\n{}",
+        out.context()
+    );
+    let (_, rest) = out.stdout.split_once("---resolv\n").unwrap();
+    let (resolv, hosts) = rest.split_once("---hosts\n").unwrap();
+    if let Ok(host_resolv) = fs::read_to_string("/etc/resolv.conf") {
+        assert_eq!(resolv, host_resolv, "/etc/resolv.conf\n{}", out.context());
+    }
+    if let Ok(host_hosts) = fs::read_to_string("/etc/hosts") {
+        assert_eq!(hosts, host_hosts, "/etc/hosts\n{}", out.context());
+    }
+    // They are bound read-only.
+    f.sh(
+        &[],
+        "echo x >> /etc/hosts 2>/dev/null && echo wrote || echo refused",
+    )
+    .expect_ok()
+    .expect_stdout(&["refused"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals and SIGKILL
+
+#[test]
+fn sigterm_to_the_launcher_reaches_the_command() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let mut r = Running::spawn(&mut f.cmd(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            r#"trap 'echo got-term; exit 3' TERM
+               echo ready
+               while :; do sleep 1 & wait $!; done"#,
+        ],
+    ));
+    r.wait_line("ready");
+    kill(r.pid(), Signal::SIGTERM).unwrap();
+    let out = r.wait();
+    out.expect_code(3).expect_stdout(&["ready", "got-term"]);
+    assert_no_sessions_left(&f.sessions_dir(), "a session ended by SIGTERM");
+}
+
+#[test]
+fn other_forwarded_signals_reach_the_command() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let signals = [
+        (Signal::SIGINT, "INT"),
+        (Signal::SIGHUP, "HUP"),
+        (Signal::SIGQUIT, "QUIT"),
+        (Signal::SIGUSR1, "USR1"),
+        (Signal::SIGUSR2, "USR2"),
+        (Signal::SIGWINCH, "WINCH"),
+    ];
+    for (i, (sig, name)) in signals.into_iter().enumerate() {
+        let code = 10 + i as i32;
+        let script = format!(
+            r#"trap 'echo got-{name}; exit {code}' {name}
+               echo ready
+               while :; do sleep 1 & wait $!; done"#
+        );
+        let mut r = Running::spawn(&mut f.cmd(&[], &["/bin/sh", "-c", &script]));
+        r.wait_line("ready");
+        kill(r.pid(), sig).unwrap();
+        r.wait()
+            .expect_code(code)
+            .expect_stdout(&["ready", &format!("got-{name}")]);
+    }
+}
+
+#[test]
+fn sigkill_of_the_launcher_leaves_no_process_and_no_mount() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let marker = unique_marker("sigkill");
+    let mut cmd = f.cmd(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("sleep 1000 & sleep 1000 & echo ready; wait # {marker}"),
+        ],
+    );
+    // In the environment too, so that the `sleep`s (whose argv lacks it) are found.
+    cmd.env("OVLRUN_TEST_MARKER", &marker);
+    let mut r = Running::spawn(&mut cmd);
+    r.wait_line("ready");
+    let running = pids_with(&marker);
+    assert!(
+        running.len() >= 4,
+        "expected launcher, init, sh and sleeps to carry the marker, found {running:?}"
+    );
+    assert!(
+        !session_mounts(&f.state).is_empty(),
+        "the session's mount should be visible in the launcher's mountinfo (check is blind?)"
+    );
+    kill(r.pid(), Signal::SIGKILL).unwrap();
+    let out = r.wait();
+    assert_eq!(out.status.signal(), Some(9), "{}", out.context());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let procs = pids_with(&marker);
+        let mounts = session_mounts(&f.state);
+        if procs.is_empty() && mounts.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            // Leave nothing behind for the next test, then fail.
+            for (pid, _) in &procs {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            panic!(
+                "2 s after SIGKILL of the launcher:\nprocesses still running: {procs:#?}\nfuse.ovlrun mounts: {mounts:#?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+/// Runs ovlrun with `args` and a fresh state root; returns what is wrong with its answer to
+/// bad input: not 125, stderr not one line starting `ovlrun: ` naming each of `names`,
+/// anything on stdout, or a session directory left behind.
+fn bad_input_problems(state: &Path, what: &str, args: &[&str], names: &[&str]) -> Option<String> {
+    let out = run(Command::new(support::ovlrun_bin())
+        .env("OVLRUN_STATE", state)
+        .args(args));
+    let mut problems = Vec::new();
+    if out.code() != EXIT_OWN_ERROR {
+        problems.push(format!(
+            "exit code {} (expected {EXIT_OWN_ERROR})",
+            out.code()
+        ));
+    }
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    if lines.len() != 1 || !lines[0].starts_with("ovlrun: ") {
+        problems.push("stderr is not one line starting 'ovlrun: '".to_owned());
+    }
+    for n in names {
+        if !out.stderr.contains(n) {
+            problems.push(format!("stderr does not name {n:?}"));
+        }
+    }
+    if !out.stdout.is_empty() {
+        problems.push("stdout is not empty".to_owned());
+    }
+    let sessions = state.join("sessions");
+    if fs::read_dir(&sessions).is_ok_and(|mut rd| rd.next().is_some()) {
+        problems.push(format!("{} is not empty", sessions.display()));
+    }
+    (!problems.is_empty()).then(|| format!("{what}: {}\n{}", problems.join("; "), out.context()))
+}
+
+#[test]
+fn bad_input_is_125_named_and_creates_nothing() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let missing = f.dir.join("no-such-rootfs").to_string_lossy().into_owned();
+    let file = f.dir.join("a-file");
+    support::write(&file, "not a dir\n");
+    let file = file.to_string_lossy().into_owned();
+    let good = example_rootfs().to_string_lossy().into_owned();
+    let missing_src = f
+        .dir
+        .join("no-such-bind-src")
+        .to_string_lossy()
+        .into_owned();
+    let missing_bind = format!("{missing_src}:/mnt");
+    let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "--rootfs missing",
+            vec!["--rootfs", &missing, "--", "true"],
+            vec!["--rootfs", &missing],
+        ),
+        (
+            "--rootfs a file",
+            vec!["--rootfs", &file, "--", "true"],
+            vec!["--rootfs", &file],
+        ),
+        (
+            "--bind without DST",
+            vec!["--rootfs", &good, "--bind", "nodest", "--", "true"],
+            vec!["--bind", "nodest"],
+        ),
+        (
+            "--bind with a bad option",
+            vec!["--rootfs", &good, "--bind", "/etc:/mnt:rx", "--", "true"],
+            vec!["--bind", "/etc:/mnt:rx"],
+        ),
+        (
+            "--bind with a relative DST",
+            vec!["--rootfs", &good, "--bind", "/etc:mnt", "--", "true"],
+            vec!["--bind", "/etc:mnt"],
+        ),
+        (
+            "--bind with a missing source",
+            vec!["--rootfs", &good, "--bind", &missing_bind, "--", "true"],
+            vec!["--bind", &missing_src],
+        ),
+        (
+            "relative --cwd",
+            vec!["--rootfs", &good, "--cwd", "etc", "--", "true"],
+            vec!["--cwd", "etc"],
+        ),
+        (
+            "relative --tmpfs",
+            vec!["--rootfs", &good, "--tmpfs", "scratch", "--", "true"],
+            vec!["--tmpfs", "scratch"],
+        ),
+        (
+            "--env without =",
+            vec!["--rootfs", &good, "--env", "NOEQUALS", "--", "true"],
+            vec!["--env", "NOEQUALS"],
+        ),
+        (
+            "unknown capability",
+            vec!["--rootfs", &good, "--cap-add", "CAP_NOPE", "--", "true"],
+            vec!["--cap-add", "CAP_NOPE"],
+        ),
+    ];
+    let failures: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (what, args, names))| {
+            bad_input_problems(&f.dir.join(format!("state-{i}")), what, args, names)
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad inputs answered wrongly:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// Flags clap rejects before ovlrun's own checks: the same contract (125, one line starting
+/// `ovlrun: ` that names the flag, nothing created).
+#[test]
+fn usage_errors_are_125_with_an_ovlrun_message() {
+    require_launcher!();
+    let f = Fixture::shared();
+    let good = example_rootfs().to_string_lossy().into_owned();
+    let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+        ("no --rootfs", vec!["--", "true"], vec!["--rootfs"]),
+        (
+            "unknown flag",
+            vec!["--rootfs", &good, "--no-such-flag", "--", "true"],
+            vec!["--no-such-flag"],
+        ),
+        (
+            "bad --net value",
+            vec!["--rootfs", &good, "--net", "bridge", "--", "true"],
+            vec!["--net", "bridge"],
+        ),
+        (
+            "non-numeric --uid",
+            vec!["--rootfs", &good, "--uid", "alice", "--", "true"],
+            vec!["--uid", "alice"],
+        ),
+    ];
+    let failures: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (what, args, names))| {
+            bad_input_problems(&f.dir.join(format!("state-{i}")), what, args, names)
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} usage errors answered wrongly:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// doctor
+
+#[test]
+fn doctor_reports_no_problems() {
+    require_launcher!();
+    let out = run(Command::new(support::ovlrun_bin()).arg("doctor"));
+    out.expect_ok();
+    assert!(
+        out.stdout.contains(" 0 problems"),
+        "doctor must count 0 problems\n{}",
+        out.context()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The unprivileged path: as `ovlrun-test`, with the id range /etc/subuid grants it.
+//
+// The variant without a subuid range (one-id map and a note on stderr) is not tested: it
+// would need /etc/subuid edited or a second user created on a shared machine.
+
+/// The test user and the first host uid of its subordinate range.
+struct Unprivileged {
+    user: User,
+    subuid_start: u32,
+}
+
+fn unprivileged_user() -> Option<Unprivileged> {
+    let user = User::from_name(TEST_USER).ok().flatten()?;
+    let subuid = fs::read_to_string("/etc/subuid").ok()?;
+    let subgid = fs::read_to_string("/etc/subgid").ok()?;
+    let range = |content: &str| -> Option<u32> {
+        content.lines().find_map(|l| {
+            let mut f = l.trim().split(':');
+            let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+            let mine = who == user.name || who == user.uid.to_string();
+            let count: u32 = count.parse().ok()?;
+            if mine && count > 0 {
+                start.parse().ok()
+            } else {
+                None
+            }
+        })
+    };
+    let subuid_start = range(&subuid)?;
+    range(&subgid)?;
+    Some(Unprivileged { user, subuid_start })
+}
+
+/// Whether every directory above `path` lets others search it (so another user reaches it).
+fn searchable_by_others(path: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .all(|d| fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0))
+}
+
+fn newuidmap_available() -> bool {
+    ["newuidmap", "newgidmap"].iter().all(|h| {
+        ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(h).is_file())
+    })
+}
+
+macro_rules! require_unprivileged {
+    () => {{
+        require_launcher!();
+        require!(
+            unprivileged_user().is_some(),
+            "find user ovlrun-test with a range in /etc/subuid and /etc/subgid (scripts/setup.sh)"
+        );
+        require!(
+            newuidmap_available(),
+            "find newuidmap/newgidmap (package uidmap)"
+        );
+        require!(
+            searchable_by_others(Path::new(support::ovlrun_bin()))
+                && searchable_by_others(
+                    Path::new(env!("CARGO_TARGET_TMPDIR")).join("it").as_path()
+                ),
+            "reach the binary and the test dirs as another user (a parent lacks o+x)"
+        );
+        unprivileged_user().unwrap()
+    }};
+}
+
+/// A copied rootfs (root's, read-only to the user) and a home the user owns, holding the
+/// state root.
+struct UserFixture {
+    f: Fixture,
+    who: Unprivileged,
+    home: PathBuf,
+}
+
+impl UserFixture {
+    fn new(who: Unprivileged) -> UserFixture {
+        let mut f = Fixture::copied();
+        let home = f.dir.mkdir("home");
+        nix::unistd::chown(&home, Some(who.user.uid), Some(who.user.gid)).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+        f.state = home.join("state");
+        UserFixture { f, who, home }
+    }
+
+    /// `ovlrun` as the user, with a clean environment of its own.
+    fn cmd(&self, flags: &[&str], argv: &[&str]) -> Command {
+        let mut cmd = self.f.cmd(flags, argv);
+        let (uid, gid): (Uid, Gid) = (self.who.user.uid, self.who.user.gid);
+        cmd.env_clear()
+            .env("HOME", &self.home)
+            .env("OVLRUN_STATE", &self.f.state)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("USER", &self.who.user.name)
+            .current_dir(&self.home)
+            .uid(uid.as_raw())
+            .gid(gid.as_raw());
+        cmd
+    }
+
+    fn sh(&self, flags: &[&str], script: &str) -> Out {
+        run(&mut self.cmd(flags, &["/bin/sh", "-c", script]))
+    }
+}
+
+#[test]
+fn unprivileged_exit_codes() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    run(&mut u.cmd(&[], &["echo", "hi"]))
+        .expect_ok()
+        .expect_stdout(&["hi"]);
+    u.sh(&[], "exit 7").expect_code(7);
+    u.sh(&[], "kill -9 $$").expect_code(137);
+    u.sh(&[], "kill -TERM $$").expect_code(143);
+    let out = run(&mut u.cmd(&[], &["/no/such-command-xyz"]));
+    out.expect_code(127);
+    assert!(
+        out.stderr.contains("/no/such-command-xyz"),
+        "{}",
+        out.context()
+    );
+    run(&mut u.cmd(&[], &["/etc/motd"])).expect_code(126);
+    assert_no_sessions_left(&u.f.sessions_dir(), "unprivileged sessions");
+}
+
+#[test]
+fn unprivileged_session_is_root_with_the_subuid_range() {
+    let who = require_unprivileged!();
+    let start = who.subuid_start;
+    let u = UserFixture::new(who);
+    let before = RootfsState::take(&u.f.rootfs);
+    let out = u.sh(
+        &[],
+        r#"echo "id=$(id -u):$(id -g)"
+           echo "pid=$$"
+           cat /proc/self/uid_map | sed 's/^ */uidmap=/' | tr -s ' '
+           touch /x && chown 1000:1000 /x && echo "x=$(stat -c %u:%g /x)"
+           mkdir /d && echo data > /d/f && chown -R 1000:1000 /d && chmod 700 /d && echo d-done
+           echo changed >> /etc/motd && tail -n 1 /etc/motd"#,
+    );
+    out.expect_ok();
+    let ctx = out.context();
+    assert_eq!(out.value("id"), "0:0", "id inside\n{ctx}");
+    assert_eq!(out.value("pid"), "2", "$$\n{ctx}");
+    let maps: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("uidmap="))
+        .collect();
+    let uid = u.who.user.uid.as_raw();
+    assert!(
+        maps.contains(&format!("0 {uid} 1").as_str()),
+        "uid_map must map 0 to {uid}\n{ctx}"
+    );
+    assert!(
+        maps.iter().any(|m| m.starts_with(&format!("1 {start} "))),
+        "uid_map must map 1.. to the subuid range starting {start}\n{ctx}"
+    );
+    assert_eq!(out.value("x"), "1000:1000", "chown inside\n{ctx}");
+    assert!(out.stdout.contains("d-done\nchanged\n"), "{ctx}");
+    before.assert_unchanged(&u.f.rootfs, "an unprivileged session");
+    // The launcher removes even what the session chowned to a subordinate id.
+    assert_no_sessions_left(&u.f.sessions_dir(), "an unprivileged session");
+}
+
+#[test]
+fn unprivileged_bind_and_net_none() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let shared = u.home.join("shared");
+    fs::create_dir(&shared).unwrap();
+    nix::unistd::chown(&shared, Some(u.who.user.uid), Some(u.who.user.gid)).unwrap();
+    let bind = format!("{}:/mnt/shared", shared.display());
+    u.sh(
+        &["--bind", &bind, "--net", "none"],
+        "echo from-session > /mnt/shared/f && tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    )
+    .expect_ok()
+    .expect_stdout(&["lo"]);
+    let f = shared.join("f");
+    assert_eq!(support::read_string(&f), "from-session\n");
+    assert_eq!(
+        support::lstat(&f).uid(),
+        u.who.user.uid.as_raw(),
+        "a file written as root inside belongs to the user on the host"
+    );
+}
+
+#[test]
+fn unprivileged_sigkill_leaves_no_process_and_no_mount() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let marker = unique_marker("user-sigkill");
+    let mut cmd = u.cmd(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("sleep 1000 & echo ready; wait # {marker}"),
+        ],
+    );
+    cmd.env("OVLRUN_TEST_MARKER", &marker);
+    let mut r = Running::spawn(&mut cmd);
+    r.wait_line("ready");
+    assert!(
+        !session_mounts(&u.f.state).is_empty(),
+        "the session's mount should be visible in the launcher's mountinfo"
+    );
+    kill(r.pid(), Signal::SIGKILL).unwrap();
+    let out = r.wait();
+    assert_eq!(out.status.signal(), Some(9), "{}", out.context());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (procs, mounts) = (pids_with(&marker), session_mounts(&u.f.state));
+        if procs.is_empty() && mounts.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for (pid, _) in &procs {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            panic!(
+                "2 s after SIGKILL of the launcher:\nprocesses: {procs:#?}\nmounts: {mounts:#?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn unprivileged_doctor_reports_no_problems() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let mut cmd = Command::new(support::ovlrun_bin());
+    cmd.arg("doctor")
+        .env_clear()
+        .env("HOME", &u.home)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(&u.home)
+        .uid(u.who.user.uid.as_raw())
+        .gid(u.who.user.gid.as_raw());
+    let out = run(&mut cmd);
+    out.expect_ok();
+    assert!(out.stdout.contains(" 0 problems"), "{}", out.context());
+}
