@@ -50,6 +50,11 @@ pub struct RunArgs {
     /// commit) instead of failing.
     #[arg(long)]
     pub wait: bool,
+    /// Which filesystem serves the overlay: the kernel overlayfs where it mounts, else
+    /// ovlrun's FUSE filesystem (auto); always the kernel's; always FUSE (for its
+    /// semantics: renaming lower directories, stable st_ino, hard links kept).
+    #[arg(long, value_enum, default_value_t = FsArg::Auto)]
+    pub fs: FsArg,
     /// Stay in the caller's user namespace (root only).
     #[arg(long)]
     pub no_userns: bool,
@@ -119,6 +124,17 @@ pub enum PolicyArg {
     CommitAtomic,
     /// Ask on the terminal.
     Ask,
+}
+
+/// `--fs` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FsArg {
+    /// The kernel overlayfs where it mounts, else FUSE.
+    Auto,
+    /// The kernel overlayfs.
+    Kernel,
+    /// ovlrun's FUSE filesystem.
+    Fuse,
 }
 
 /// `--net` values.

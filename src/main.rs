@@ -16,7 +16,7 @@ mod sessions;
 use cli::{Cli, Command, MountArgs, Net, PolicyArg, RunArgs, Whiteout};
 use ovlrun::config::{self, Network, SessionPlan, UserNs};
 use ovlrun::layers::WhiteoutFormat;
-use ovlrun::mount::OverlayBuilder;
+use ovlrun::mount::{Backend, OverlayBuilder};
 use ovlrun::policy::Policy;
 use ovlrun::session::run::RunOptions;
 
@@ -200,6 +200,11 @@ fn plan(args: RunArgs) -> anyhow::Result<SessionPlan> {
         cap_add,
         cap_drop,
         state_root: config::state_root()?,
+        fs: match args.fs {
+            cli::FsArg::Auto => Backend::Auto,
+            cli::FsArg::Kernel => Backend::Kernel,
+            cli::FsArg::Fuse => Backend::Fuse,
+        },
     })
 }
 

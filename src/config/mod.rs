@@ -67,6 +67,8 @@ pub struct SessionPlan {
     pub cap_drop: Vec<String>,
     /// Where session state lives (upper, work, mount point).
     pub state_root: PathBuf,
+    /// Which filesystem serves the overlay.
+    pub fs: crate::mount::Backend,
 }
 
 /// A plan that cannot be made. Each variant names the flag and the value.

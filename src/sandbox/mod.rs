@@ -34,7 +34,8 @@ use nix::fcntl::OFlag;
 
 use crate::config::{Network, SessionPlan, UserNs};
 use crate::layers::{NewNode, Overlay, OverlayConfig, Owner};
-use crate::mount::{MountError, OverlayBuilder};
+use crate::mount::kernel::KernelMount;
+use crate::mount::{Backend, MountError, MountHandle, OverlayBuilder, UnservedMount};
 use crate::session::SessionDirs;
 use crate::sys::process::{self, exit_now};
 use handshake::{End, HandshakeError, Msg};
@@ -76,14 +77,75 @@ fn ns(step: &'static str) -> impl FnOnce(nix::Error) -> SandboxError {
     move |source| SandboxError::Namespace { step, source }
 }
 
-/// Runs `plan` over an overlay with the upper and work of `dirs` and returns the command's
-/// exit status (128 + n when killed by signal n). The calling process stays in the new user
-/// namespace afterwards, so it can still handle files owned by the session's sub-ids.
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The command's exit status (128 + n when killed by signal n).
+    pub code: i32,
+    /// The filesystem that served the overlay.
+    pub fs: Backend,
+}
+
+/// Runs `plan` over an overlay with the upper and work of `dirs`. The calling process stays
+/// in the new user namespace afterwards, so it can still handle files owned by the
+/// session's sub-ids.
 ///
 /// # Errors
 /// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
-pub fn run(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
+pub fn run(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxError> {
     run_in(plan, dirs)
+}
+
+/// A mounted overlay, before and after its serving threads start.
+enum Mounted {
+    /// FUSE, not served yet.
+    Unserved(UnservedMount),
+    /// FUSE, served.
+    Fuse(MountHandle),
+    /// The kernel overlayfs: nothing to serve.
+    Kernel(KernelMount),
+}
+
+/// Step 3: mounts the overlay with the chosen backend, without starting any thread.
+fn mount_overlay(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Mounted, SandboxError> {
+    let kernel = || {
+        let work = dirs.work.join("kernel");
+        std::fs::create_dir_all(&work).map_err(|source| SandboxError::Scaffold {
+            path: work.clone(),
+            source,
+        })?;
+        KernelMount::mount(
+            std::slice::from_ref(&plan.rootfs),
+            &dirs.upper,
+            &work,
+            &dirs.mnt,
+        )
+        .map(Mounted::Kernel)
+        .map_err(|source| {
+            SandboxError::Mount(MountError::Kernel {
+                path: dirs.mnt.clone(),
+                source,
+            })
+        })
+    };
+    let fuse = || {
+        let mut builder = OverlayBuilder::new()
+            .lower(&plan.rootfs)
+            .upper(&dirs.upper)
+            .work(&dirs.work);
+        if let Some(n) = std::env::var("OVLRUN_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
+            builder = builder.threads(n);
+        }
+        Ok(Mounted::Unserved(builder.mount_unserved(&dirs.mnt)?))
+    };
+    match plan.fs {
+        Backend::Kernel => kernel(),
+        Backend::Fuse => fuse(),
+        Backend::Auto => kernel().or_else(|_| fuse()),
+    }
 }
 
 /// For a non-root caller: enters a user (and mount) namespace mapping the caller's
@@ -99,7 +161,7 @@ pub fn enter_owner_namespace() -> Result<(), SandboxError> {
     enter_namespaces(Some(&idmap::choose()))
 }
 
-fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
+fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxError> {
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // wait for the forwarding thread (a serving thread would otherwise die of them).
     let forwarded = forwarded_set();
@@ -114,24 +176,17 @@ fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
     }
     enter_namespaces(ids.as_ref())?;
 
-    let mut builder = OverlayBuilder::new()
-        .lower(&plan.rootfs)
-        .upper(&dirs.upper)
-        .work(&dirs.work);
-    if let Some(n) = std::env::var("OVLRUN_THREADS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-    {
-        builder = builder.threads(n);
-    }
-    let unserved = builder.mount_unserved(&dirs.mnt)?;
+    let mounted = mount_overlay(plan, dirs)?;
 
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
     let (mut parent_end, child_end) = handshake::channel().map_err(HandshakeError::from)?;
     let setgroups = ids.as_ref().is_none_or(IdMap::allows_setgroups);
     let child = start_child(plan, &dirs.mnt, child_end, tty, setgroups)?;
 
-    let mounted = unserved.serve()?;
+    let (mounted, fs) = match mounted {
+        Mounted::Unserved(m) => (Mounted::Fuse(m.serve()?), Backend::Fuse),
+        k => (k, Backend::Kernel),
+    };
     parent_end.send(Msg::Go, b"")?;
     let forwarder = forward_signals(forwarded, child);
     let status = waitpid(child, None).map_err(ns("wait for the session"))?;
@@ -139,9 +194,21 @@ fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<i32, SandboxError> {
     if tty {
         reclaim_terminal();
     }
-    mounted.unmount()?;
+    match mounted {
+        Mounted::Fuse(m) => m.unmount()?,
+        Mounted::Kernel(k) => k.unmount().map_err(|source| {
+            SandboxError::Mount(MountError::Kernel {
+                path: dirs.mnt.clone(),
+                source,
+            })
+        })?,
+        Mounted::Unserved(_) => {}
+    }
     remove_scaffold(plan, dirs, &scaffold);
-    Ok(init::exit_code(status).unwrap_or(125))
+    Ok(Outcome {
+        code: init::exit_code(status).unwrap_or(125),
+        fs,
+    })
 }
 
 /// Creates the mount targets the rootfs lacks, through the overlay's own rules (before it is

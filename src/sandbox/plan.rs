@@ -195,6 +195,7 @@ mod tests {
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             state_root: PathBuf::from("/s"),
+            fs: crate::mount::Backend::Fuse,
         }
     }
 

@@ -73,7 +73,10 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
     };
     rec.save(&dirs.root)?;
     let code = match crate::sandbox::run(plan, &dirs) {
-        Ok(code) => code,
+        Ok(outcome) => {
+            rec.fs = outcome.fs.name().into();
+            outcome.code
+        }
         Err(e) => {
             if opts.resume.is_some() {
                 // The kept changes are the user's work: keep them.
@@ -108,7 +111,7 @@ fn new_session(
         policy: opts.policy.name().into(),
         pid: std::process::id(),
         status: Status::Running,
-        fs: "fuse".into(),
+        fs: plan.fs.name().into(),
         created: now(),
         ended: None,
         exit_code: None,

@@ -11,6 +11,8 @@
 //! # Ok::<(), ovlrun::mount::MountError>(())
 //! ```
 
+pub mod kernel;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -24,6 +26,28 @@ use nix::mount::{MntFlags, MsFlags};
 
 use crate::fs::OverlayFs;
 use crate::layers::{LayerSetupError, Overlay, OverlayConfig, WhiteoutFormat};
+
+/// Which filesystem serves an overlay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The kernel overlayfs where it mounts, else FUSE.
+    Auto,
+    /// The kernel overlayfs (`userxattr`).
+    Kernel,
+    /// ovlrun's own FUSE filesystem.
+    Fuse,
+}
+
+impl Backend {
+    /// The name used in flags, records and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Kernel => "kernel",
+            Backend::Fuse => "fuse",
+        }
+    }
+}
 
 /// Why an overlay could not be mounted. Each variant names the path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +71,15 @@ pub enum MountError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// The kernel overlayfs refused the mount.
+    #[error("the kernel overlayfs refused to mount on {}", .path.display())]
+    Kernel {
+        /// The mountpoint.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Errno,
     },
     /// Unmounting failed.
     #[error("cannot unmount {}", .path.display())]
