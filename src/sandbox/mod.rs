@@ -99,7 +99,7 @@ pub fn run(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxErr
 /// A mounted overlay, before and after its serving threads start.
 enum Mounted {
     /// FUSE, not served yet.
-    Unserved(UnservedMount),
+    Unserved(Box<UnservedMount>),
     /// FUSE, served.
     Fuse(MountHandle),
     /// The kernel overlayfs: nothing to serve.
@@ -139,7 +139,7 @@ fn mount_overlay(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Mounted, Sand
         {
             builder = builder.threads(n);
         }
-        Ok(Mounted::Unserved(builder.mount_unserved(&dirs.mnt)?))
+        Ok(Mounted::Unserved(Box::new(builder.mount_unserved(&dirs.mnt)?)))
     };
     match plan.fs {
         Backend::Kernel => kernel(),
