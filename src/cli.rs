@@ -219,6 +219,10 @@ pub struct MountArgs {
     /// else aufs].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub whiteout: Option<Whiteout>,
+    /// Which filesystem: ovlrun's FUSE filesystem (served by this process), or the kernel
+    /// overlayfs over the same directories (ovlrun mounts it and waits).
+    #[arg(long, value_enum, default_value_t = FsArg::Fuse)]
+    pub fs: FsArg,
     /// Threads serving requests [default: CPU count, 2 to 8].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

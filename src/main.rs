@@ -209,13 +209,15 @@ fn plan(args: RunArgs) -> anyhow::Result<SessionPlan> {
 }
 
 fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
-    let mut builder = OverlayBuilder::new().upper(&args.upper);
-    for lower in args
+    let lowers: Vec<std::path::PathBuf> = args
         .lowers
         .iter()
         .flat_map(|l| l.split(':'))
         .filter(|l| !l.is_empty())
-    {
+        .map(Into::into)
+        .collect();
+    let mut builder = OverlayBuilder::new().upper(&args.upper);
+    for lower in &lowers {
         builder = builder.lower(lower);
     }
     if let Some(work) = &args.work {
@@ -242,6 +244,30 @@ fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         signals.add(s);
     }
     signals.thread_block().context("cannot block signals")?;
+    if matches!(args.fs, cli::FsArg::Kernel | cli::FsArg::Auto) {
+        let work = args
+            .work
+            .clone()
+            .unwrap_or_else(|| ovlrun::layers::default_work(&args.upper));
+        std::fs::create_dir_all(&work)
+            .with_context(|| format!("cannot create {}", work.display()))?;
+        let k = ovlrun::mount::kernel::KernelMount::mount(
+            &lowers,
+            &args.upper,
+            &work,
+            &args.mountpoint,
+        )
+        .with_context(|| {
+            format!(
+                "the kernel overlayfs refused to mount on {}",
+                args.mountpoint.display()
+            )
+        })?;
+        signals.wait().context("cannot wait for a signal")?;
+        k.unmount()
+            .with_context(|| format!("cannot unmount {}", args.mountpoint.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let handle = builder.mount(&args.mountpoint)?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
