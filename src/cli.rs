@@ -53,7 +53,7 @@ pub struct RunArgs {
     /// Which filesystem serves the overlay: the kernel overlayfs where it mounts, else
     /// ovlrun's FUSE filesystem (auto); always the kernel's; always FUSE (for its
     /// semantics: renaming lower directories, stable st_ino, hard links kept).
-    #[arg(long, value_enum, default_value_t = FsArg::Auto)]
+    #[arg(long, value_enum, default_value_t = FsArg::Auto, env = "OVLRUN_FS")]
     pub fs: FsArg,
     /// Stay in the caller's user namespace (root only).
     #[arg(long)]
