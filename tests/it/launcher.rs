@@ -452,8 +452,9 @@ fn pids_with(marker: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// `fuse.ovlrun` mounts that belong to sessions under `state`, in any process's mount table
-/// (`/proc/*/mountinfo`): their mount point or source (`ovlrun:<upper>`) lies under `state`.
+/// Session mounts under `state`, in any process's mount table (`/proc/*/mountinfo`): a
+/// `fuse.ovlrun` (source `ovlrun:<upper>`) or a kernel `overlay` (`upperdir=<upper>`), either
+/// backend (`--fs`), whose line names a path under `state`.
 fn session_mounts(state: &Path) -> Vec<String> {
     let state = state.to_string_lossy().into_owned();
     let mut found = Vec::new();
@@ -471,14 +472,11 @@ fn session_mounts(state: &Path) -> Vec<String> {
             continue;
         };
         for line in text.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
+            let Some((_, right)) = line.split_once(" - ") else {
                 continue;
             };
-            let mut r = right.split(' ');
-            let (fstype, source) = (r.next().unwrap_or(""), r.next().unwrap_or(""));
-            let mount_point = left.split(' ').nth(4).unwrap_or("");
-            if fstype == "fuse.ovlrun" && (source.contains(&state) || mount_point.contains(&state))
-            {
+            let fstype = right.split(' ').next().unwrap_or("");
+            if matches!(fstype, "fuse.ovlrun" | "overlay") && line.contains(&state) {
                 found.push(format!("{}: {line}", e.path().display()));
             }
         }
@@ -1334,7 +1332,7 @@ fn sigkill_of_the_launcher_leaves_no_process_and_no_mount() {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
             panic!(
-                "2 s after SIGKILL of the launcher:\nprocesses still running: {procs:#?}\nfuse.ovlrun mounts: {mounts:#?}"
+                "2 s after SIGKILL of the launcher:\nprocesses still running: {procs:#?}\nsession mounts: {mounts:#?}"
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -1617,6 +1615,10 @@ impl UserFixture {
             .current_dir(&self.home)
             .uid(uid.as_raw())
             .gid(gid.as_raw());
+        // scripts/test.sh runs these tests once per backend.
+        if let Some(fs) = std::env::var_os("OVLRUN_FS") {
+            cmd.env("OVLRUN_FS", fs);
+        }
         cmd
     }
 
@@ -1658,8 +1660,7 @@ fn unprivileged_session_is_root_with_the_subuid_range() {
            echo "pid=$$"
            cat /proc/self/uid_map | sed 's/^ */uidmap=/' | tr -s ' '
            touch /x && chown 1000:1000 /x && echo "x=$(stat -c %u:%g /x)"
-           mkdir /d && echo data > /d/f && chown -R 1000:1000 /d && chmod 700 /d && echo d-done
-           echo changed >> /etc/motd && tail -n 1 /etc/motd"#,
+           mkdir /d && echo data > /d/f && chown -R 1000:1000 /d && chmod 700 /d && echo d-done"#,
     );
     out.expect_ok();
     let ctx = out.context();
@@ -1680,9 +1681,34 @@ fn unprivileged_session_is_root_with_the_subuid_range() {
         "uid_map must map 1.. to the subuid range starting {start}\n{ctx}"
     );
     assert_eq!(out.value("x"), "1000:1000", "chown inside\n{ctx}");
-    assert!(out.stdout.contains("d-done\nchanged\n"), "{ctx}");
+    assert!(out.stdout.ends_with("d-done\n"), "{ctx}");
     before.assert_unchanged(&u.f.rootfs, "an unprivileged session");
     // The launcher removes even what the session chowned to a subordinate id.
+    assert_no_sessions_left(&u.f.sessions_dir(), "an unprivileged session");
+}
+
+/// The rootfs here belongs to host root, an id the user's namespace does not map (it shows as
+/// 65534): root in the session must still be able to change its files, as with any rootfs.
+#[test]
+fn unprivileged_session_modifies_root_owned_rootfs_files() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let before = RootfsState::take(&u.f.rootfs);
+    u.sh(
+        &[],
+        r#"set -e
+           echo changed >> /etc/motd
+           tail -n 1 /etc/motd
+           chmod 600 /etc/hostname && stat -c %a /etc/hostname
+           rm /etc/shells && [ ! -e /etc/shells ] && echo removed
+           mv /etc/profile /etc/profile.moved && echo renamed"#,
+    )
+    .expect_ok()
+    .expect_stdout(&["changed", "600", "removed", "renamed"]);
+    before.assert_unchanged(
+        &u.f.rootfs,
+        "an unprivileged session that changed rootfs files",
+    );
     assert_no_sessions_left(&u.f.sessions_dir(), "an unprivileged session");
 }
 
