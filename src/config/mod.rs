@@ -1,11 +1,13 @@
 //! What a session is to do, as validated plain data: the [`SessionPlan`].
 //!
-//! The command line (and, later, an OCI config) is turned into a plan here and nowhere else;
-//! everything after works from the plan and never re-reads flags. Validation names the flag
-//! and the value at fault, and creates nothing.
+//! The command line (and an OCI config, read by [`oci`]) is turned into a plan here and
+//! nowhere else; everything after works from the plan and never re-reads flags. Validation
+//! names the flag (or the config field) and the value at fault, and creates nothing.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+
+pub mod oci;
 
 /// How the session's network is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
