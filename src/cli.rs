@@ -52,21 +52,21 @@ pub struct RunArgs {
     pub wait: bool,
     /// Which filesystem serves the overlay: the kernel overlayfs where it mounts, else
     /// ovlrun's FUSE filesystem (auto); always the kernel's; always FUSE (for its
-    /// semantics: renaming lower directories, stable st_ino, hard links kept).
-    #[arg(long, value_enum, default_value_t = FsArg::Auto, env = "OVLRUN_FS")]
-    pub fs: FsArg,
+    /// semantics: renaming lower directories, stable st_ino, hard links kept) [default: auto].
+    #[arg(long, value_enum, env = "OVLRUN_FS")]
+    pub fs: Option<FsArg>,
     /// Stay in the caller's user namespace (root only).
     #[arg(long)]
     pub no_userns: bool,
-    /// uid of the command inside the session.
-    #[arg(long, default_value_t = 0)]
-    pub uid: u32,
-    /// gid of the command inside the session.
-    #[arg(long, default_value_t = 0)]
-    pub gid: u32,
-    /// Network: the host's (shared), or a new namespace with only `lo`.
-    #[arg(long, value_enum, default_value_t = Net::Host)]
-    pub net: Net,
+    /// uid of the command inside the session [default: 0].
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// gid of the command inside the session [default: 0].
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Network: the host's (shared), or a new namespace with only `lo` [default: host].
+    #[arg(long, value_enum)]
+    pub net: Option<Net>,
     /// Bind a host path into the session: SRC:DST[:ro] (repeatable).
     #[arg(long, value_name = "SRC:DST[:ro]")]
     pub bind: Vec<String>,
@@ -80,9 +80,9 @@ pub struct RunArgs {
     /// the caller's.
     #[arg(long)]
     pub clear_env: bool,
-    /// Working directory inside the session.
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    pub cwd: PathBuf,
+    /// Working directory inside the session [default: /].
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
     /// Hostname inside [default: the rootfs's /etc/hostname, else "ovlrun"].
     #[arg(long)]
     pub hostname: Option<String>,
@@ -196,6 +196,12 @@ pub enum Command {
     Recover {
         /// The rootfs.
         #[arg(long, value_name = "DIR")]
+        rootfs: PathBuf,
+    },
+    /// Print a starting OCI config.json for `--config FILE` or `run --bundle DIR`.
+    Spec {
+        /// The root.path to write (relative paths are relative to the config's directory).
+        #[arg(long, value_name = "PATH", default_value = "rootfs")]
         rootfs: PathBuf,
     },
     /// Serve an overlay filesystem on MOUNTPOINT until it is unmounted or ovlrun gets

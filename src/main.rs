@@ -14,6 +14,7 @@ use nix::sys::signal::{SigSet, Signal};
 mod sessions;
 
 use cli::{Cli, Command, MountArgs, Net, PolicyArg, RunArgs, Whiteout};
+use ovlrun::config::oci::OciSettings;
 use ovlrun::config::{self, Network, SessionPlan, UserNs};
 use ovlrun::layers::WhiteoutFormat;
 use ovlrun::mount::{Backend, OverlayBuilder};
@@ -56,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Discard { id }) => sessions::discard(&id),
         Some(Command::Export { id, output }) => sessions::export(&id, &output),
         Some(Command::Recover { rootfs }) => sessions::recover(&rootfs),
+        Some(Command::Spec { rootfs }) => spec(&rootfs),
         None => session(cli.run),
     }
 }
@@ -92,75 +94,93 @@ fn session(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCode> {
-    // Resuming must never throw the kept work away unless asked to.
-    let default = if resume.is_some() {
-        PolicyArg::Preserve
-    } else {
-        PolicyArg::Discard
+    // Read first: nothing is created before the config is valid.
+    let oci = match &args.config {
+        Some(path) => config::oci::load(path)?,
+        None => OciSettings::default(),
+    };
+    let policy = match (args.policy, &resume) {
+        (Some(p), _) => policy_of(p),
+        // Resuming must never throw the kept work away unless asked to on the command line.
+        (None, Some(_)) => Policy::Preserve,
+        (None, None) => oci.policy.unwrap_or(Policy::Discard),
     };
     let opts = RunOptions {
-        policy: match args.policy.unwrap_or(default) {
-            PolicyArg::Preserve => Policy::Preserve,
-            PolicyArg::Discard => Policy::Discard,
-            PolicyArg::Commit => Policy::Commit,
-            PolicyArg::CommitAtomic => Policy::CommitAtomic,
-            PolicyArg::Ask => Policy::Ask,
-        },
-        upper: args.upper.clone(),
+        policy,
+        upper: args.upper.clone().or_else(|| oci.upper.clone()),
         wait: args.wait,
         resume,
     };
-    let plan = plan(args)?;
+    let plan = plan(args, oci)?;
     let code = ovlrun::session::run::run(&plan, &opts)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_OWN_ERROR)))
 }
 
-/// Turns the flags into a validated plan (nothing is created before it is valid).
-fn plan(args: RunArgs) -> anyhow::Result<SessionPlan> {
-    let rootfs_arg = args.rootfs.context("--rootfs DIR is required")?;
+fn policy_of(p: PolicyArg) -> Policy {
+    match p {
+        PolicyArg::Preserve => Policy::Preserve,
+        PolicyArg::Discard => Policy::Discard,
+        PolicyArg::Commit => Policy::Commit,
+        PolicyArg::CommitAtomic => Policy::CommitAtomic,
+        PolicyArg::Ask => Policy::Ask,
+    }
+}
+
+/// Turns the flags, over the config file's settings `oci`, into a validated plan (nothing
+/// is created before it is valid). A flag given wins over the file; list flags (`--bind`,
+/// `--tmpfs`, `--env`, `--cap-add`, `--cap-drop`) add to it.
+fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
+    let rootfs_arg = args
+        .rootfs
+        .or(oci.rootfs)
+        .context("--rootfs DIR (or --config FILE with root.path) is required")?;
     let rootfs = config::check_rootfs(&rootfs_arg)?;
     let root = nix::unistd::geteuid().is_root();
     let userns = match (args.no_userns, root) {
-        (false, _) => UserNs::New,
+        (false, _) => oci.userns.unwrap_or(UserNs::New),
         (true, true) => UserNs::Host,
         (true, false) => return Err(config::PlanError::NoUsernsUnprivileged.into()),
     };
-    let binds = args
-        .bind
-        .iter()
-        .map(|b| config::parse_bind(b))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (flag, path) in
-        std::iter::once(("--cwd", &args.cwd)).chain(args.tmpfs.iter().map(|t| ("--tmpfs", t)))
-    {
-        if !path.is_absolute() {
-            return Err(config::PlanError::NotAbsolute {
-                flag,
-                value: path.display().to_string(),
-            }
-            .into());
-        }
+    let mut binds = oci.binds;
+    for b in &args.bind {
+        binds.push(config::parse_bind(b)?);
     }
-    let mut cap_add = Vec::new();
+    if let Some(cwd) = &args.cwd {
+        check_absolute("--cwd", cwd)?;
+    }
+    for t in &args.tmpfs {
+        check_absolute("--tmpfs", t)?;
+    }
+    let cwd = args.cwd.or(oci.cwd).unwrap_or_else(|| "/".into());
+    let mut tmpfs = oci.tmpfs;
+    tmpfs.extend(args.tmpfs);
+    // The file's set first, then the flags: a flag undoes the file's opposite choice.
+    let (mut cap_add, mut cap_drop) = (oci.cap_add, oci.cap_drop);
     for c in &args.cap_add {
-        cap_add.push(config::parse_capability("--cap-add", c)?);
+        let c = config::parse_capability("--cap-add", c)?;
+        cap_drop.retain(|d| *d != c);
+        cap_add.push(c);
     }
-    let mut cap_drop = Vec::new();
     for c in &args.cap_drop {
-        cap_drop.push(config::parse_capability("--cap-drop", c)?);
+        let c = config::parse_capability("--cap-drop", c)?;
+        cap_add.retain(|a| *a != c);
+        cap_drop.push(c);
     }
-    let home = if args.uid == 0 { "/root" } else { "/" };
-    let mut env: Vec<OsString> = if args.clear_env {
-        config::default_env(home)
-    } else {
-        std::env::vars_os()
+    let uid = args.uid.or(oci.uid).unwrap_or(0);
+    let gid = args.gid.or(oci.gid).unwrap_or(0);
+    let home = if uid == 0 { "/root" } else { "/" };
+    let mut env: Vec<OsString> = match oci.env {
+        // The file's environment is the whole environment, as for any OCI runtime.
+        Some(env) => env,
+        None if args.clear_env => config::default_env(home),
+        None => std::env::vars_os()
             .map(|(k, v)| {
                 let mut kv = k;
                 kv.push("=");
                 kv.push(v);
                 kv
             })
-            .collect()
+            .collect(),
     };
     for kv in &args.env {
         let Some((key, _)) = kv.split_once('=') else {
@@ -170,42 +190,64 @@ fn plan(args: RunArgs) -> anyhow::Result<SessionPlan> {
         env.retain(|e| !e.as_bytes().starts_with(prefix.as_bytes()));
         env.push(kv.into());
     }
-    let hostname = args.hostname.unwrap_or_else(|| {
+    let hostname = args.hostname.or(oci.hostname).unwrap_or_else(|| {
         std::fs::read_to_string(rootfs.join("etc/hostname"))
             .ok()
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "ovlrun".into())
     });
-    let argv = if args.cmd.is_empty() {
-        vec![OsString::from("/bin/sh")]
-    } else {
+    let argv = if !args.cmd.is_empty() {
         args.cmd
+    } else {
+        oci.args.unwrap_or_else(|| vec![OsString::from("/bin/sh")])
     };
     Ok(SessionPlan {
         rootfs,
         argv,
         env,
-        cwd: args.cwd,
+        cwd,
         hostname,
-        uid: args.uid,
-        gid: args.gid,
+        uid,
+        gid,
         userns,
         net: match args.net {
-            Net::Host => Network::Host,
-            Net::None => Network::None,
+            Some(Net::Host) => Network::Host,
+            Some(Net::None) => Network::None,
+            None => oci.net.unwrap_or(Network::Host),
         },
         binds,
-        tmpfs: args.tmpfs,
+        tmpfs,
         cap_add,
         cap_drop,
         state_root: config::state_root()?,
         fs: match args.fs {
-            cli::FsArg::Auto => Backend::Auto,
-            cli::FsArg::Kernel => Backend::Kernel,
-            cli::FsArg::Fuse => Backend::Fuse,
+            Some(cli::FsArg::Auto) => Backend::Auto,
+            Some(cli::FsArg::Kernel) => Backend::Kernel,
+            Some(cli::FsArg::Fuse) => Backend::Fuse,
+            None => oci.fs.unwrap_or(Backend::Auto),
         },
     })
+}
+
+fn check_absolute(flag: &'static str, path: &std::path::Path) -> Result<(), config::PlanError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(config::PlanError::NotAbsolute {
+            flag,
+            value: path.display().to_string(),
+        })
+    }
+}
+
+/// `ovlrun spec`: a starting config.json on stdout.
+fn spec(rootfs: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let rootfs = rootfs
+        .to_str()
+        .with_context(|| format!("--rootfs {}: not UTF-8", rootfs.display()))?;
+    println!("{}", config::oci::starting_config(rootfs));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
