@@ -74,6 +74,8 @@ impl KernelMount {
 fn unmount(mountpoint: &Path) -> Result<(), Errno> {
     nix::mount::umount2(mountpoint, MntFlags::empty()).or_else(|e| match e {
         Errno::EBUSY => nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH),
+        // Already unmounted from outside: the job is done.
+        Errno::EINVAL => Ok(()),
         e => Err(e),
     })
 }

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark (not a test): the same workloads on ovlrun's FUSE filesystem,
+# ovlrun's kernel backend, the kernel overlayfs mounted directly, fuse-overlayfs and the
+# plain directory, alternating backends over several rounds; prints medians and the ratios
+# to the kernel overlayfs and to fuse-overlayfs.
+#
+#   bash scripts/bench.sh [--rounds N] [--only WORKLOAD[,WORKLOAD...]] [--json FILE]
+#
+# Run as root on a quiet machine. Lowers are built once under /var/tmp/ovlrun-bench.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH=/var/tmp/ovlrun-bench
+ROUNDS=3
+ONLY=""
+JSON=""
+while (($#)); do
+    case "$1" in
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        --json) JSON="$2"; shift 2 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+# Everything runs in a private mount namespace: no mount outlives the script.
+if [[ -z "${OVLRUN_BENCH_NS:-}" ]]; then
+    [[ "$(id -u)" == 0 ]] || { echo "bench.sh: run as root" >&2; exit 1; }
+    exec env OVLRUN_BENCH_NS=1 unshare --mount --propagation private bash "$0" \
+        --rounds "$ROUNDS" ${ONLY:+--only "$ONLY"} ${JSON:+--json "$JSON"}
+fi
+
+OVLRUN="$REPO/target/release/ovlrun"
+BACKENDS=(ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain)
+RESULTS="$BENCH/results.tsv"   # workload backend round seconds cpu_s rss_kib
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+setup() {
+    bash "$REPO/scripts/setup.sh" >/dev/null
+    (cd "$REPO" && cargo build --release -q)
+    mkdir -p "$BENCH"
+    if [[ ! -e "$BENCH/share.ok" ]]; then
+        log "copying /usr/share into $BENCH/share (once)"
+        rm -rf "$BENCH/share" && cp -a /usr/share "$BENCH/share" && touch "$BENCH/share.ok"
+    fi
+    if [[ ! -e "$BENCH/big.ok" ]]; then
+        log "making the copy-up lower (1 GiB file, 1000 small files, a C project) (once)"
+        rm -rf "$BENCH/big" && mkdir -p "$BENCH/big/small" "$BENCH/big/cproj"
+        head -c 1G /dev/urandom >"$BENCH/big/big.bin"
+        for i in $(seq 1000); do echo "$i" >"$BENCH/big/small/f$i"; done
+        for i in $(seq 200); do
+            printf 'int f%d(int x) { int s = 0; for (int i = 0; i < x; i++) s += i * %d; return s; }\n' "$i" "$i" >"$BENCH/big/cproj/f$i.c"
+        done
+        printf 'int main(void) { return 0; }\n' >"$BENCH/big/cproj/main.c"
+        printf 'SRC := $(wildcard *.c)\nprog: $(SRC:.c=.o)\n\t$(CC) -o $@ $^\n%%.o: %%.c\n\t$(CC) -O2 -c -o $@ $<\n' >"$BENCH/big/cproj/Makefile"
+        touch "$BENCH/big.ok"
+    fi
+    if [[ ! -e "$BENCH/small.tar" ]]; then
+        log "making a tarball of 20,000 small files (once)"
+        rm -rf "$BENCH/tarsrc" && mkdir -p "$BENCH/tarsrc"
+        for d in $(seq 100); do
+            mkdir "$BENCH/tarsrc/d$d"
+            for f in $(seq 200); do echo "$d $f" >"$BENCH/tarsrc/d$d/f$f"; done
+        done
+        tar cf "$BENCH/small.tar" -C "$BENCH/tarsrc" . && rm -rf "$BENCH/tarsrc"
+    fi
+}
+
+wait_mounted() {
+    local mnt="$1" i
+    for i in $(seq 200); do
+        grep -q " $mnt " /proc/self/mountinfo && return 0
+        sleep 0.05
+    done
+    echo "bench: $mnt did not get mounted" >&2
+    return 1
+}
+
+SERVER_PID=""
+# mount_backend BACKEND LOWER -> sets MNT (where to work) and SERVER_PID (a FUSE server)
+mount_backend() {
+    local backend="$1" lower="$2" run="$BENCH/run"
+    umount_backend
+    rm -rf "$run" && mkdir -p "$run/upper" "$run/work" "$run/mnt"
+    MNT="$run/mnt"
+    SERVER_PID=""
+    case "$backend" in
+        ovlrun-fuse)
+            "$OVLRUN" mount --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
+            SERVER_PID=$!
+            wait_mounted "$MNT" ;;
+        ovlrun-kernel)
+            "$OVLRUN" mount --fs kernel --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
+            wait_mounted "$MNT" ;;
+        kernel)
+            mount -t overlay overlay -o "lowerdir=$lower,upperdir=$run/upper,workdir=$run/work,userxattr" "$MNT" ;;
+        fuse-overlayfs)
+            fuse-overlayfs -f -o "lowerdir=$lower,upperdir=$run/upper,workdir=$run/work" "$MNT" &
+            SERVER_PID=$!
+            wait_mounted "$MNT" ;;
+        plain)
+            # The plain directory: a private copy for workloads that write, the lower itself
+            # for those that only read.
+            if [[ "${WRITES:-0}" == 0 ]]; then
+                MNT="$lower"
+            elif [[ -d "$lower/cproj" ]]; then
+                cp -a "$lower/cproj" "$MNT/"
+            fi ;;
+    esac
+}
+
+SERVER_CPU=0
+SERVER_RSS=0
+umount_backend() {
+    SERVER_CPU=0 SERVER_RSS=0
+    if [[ -n "$SERVER_PID" && -d /proc/$SERVER_PID ]]; then
+        local ticks
+        ticks=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+        SERVER_CPU=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')
+        SERVER_RSS=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+    fi
+    if [[ -n "${MNT:-}" ]] && grep -q " $MNT " /proc/self/mountinfo; then
+        umount "$MNT" 2>/dev/null || umount -l "$MNT"
+    fi
+    pkill -f "ovlrun mount --fs kernel --lower" 2>/dev/null || true
+    [[ -n "$SERVER_PID" ]] && wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+now() { date +%s.%N; }
+
+# workload NAME: runs in $MNT, prints nothing; its wall time is measured by the caller.
+w_find_cold() { cold; find "$MNT" >/dev/null; }
+w_stat_all() { cold; find "$MNT" -printf '%s %m %u\n' >/dev/null; }
+w_read_all() { cold; find "$MNT" -type f -print0 | xargs -0 -n 500 cat >/dev/null; }
+w_seq_write() { fio --name=w --filename="$MNT/fio.dat" --rw=write --bs=1M --size=1G --end_fsync=1 >/dev/null; }
+w_seq_read() {
+    fio --name=w --filename="$MNT/fio.dat" --rw=write --bs=1M --size=1G --end_fsync=1 >/dev/null
+    cold
+    local t0; t0=$(now)
+    fio --name=r --filename="$MNT/fio.dat" --rw=read --bs=1M --size=1G >/dev/null
+    TIMED=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
+}
+w_rand_write() { fio --name=rw --filename="$MNT/rand.dat" --rw=randwrite --bs=4k --size=256M --end_fsync=1 >/dev/null; }
+w_untar_rm() { mkdir "$MNT/x" && tar xf "$BENCH/small.tar" -C "$MNT/x" && rm -rf "$MNT/x"; }
+w_copyup_1g() { echo >>"$MNT/big.bin" && sync; }
+w_chmod_1000() { chmod 600 "$MNT"/small/f*; }
+w_chmod_1g() { chmod 600 "$MNT/big.bin"; }
+w_cbuild() { make -s -C "$MNT/cproj" -j2 prog >/dev/null && rm -f "$MNT"/cproj/*.o "$MNT/cproj/prog"; }
+
+# name lower writes
+WORKLOADS=(
+    "find_cold share 0"
+    "stat_all share 0"
+    "read_all share 0"
+    "seq_write share 1"
+    "seq_read share 1"
+    "rand_write share 1"
+    "untar_rm share 1"
+    "copyup_1g big 1"
+    "chmod_1000 big 1"
+    "chmod_1g big 1"
+    "cbuild big 1"
+)
+
+run_all() {
+    : >"$RESULTS"
+    local round spec name lower writes backend t0
+    for round in $(seq "$ROUNDS"); do
+        for spec in "${WORKLOADS[@]}"; do
+            read -r name lower writes <<<"$spec"
+            [[ -n "$ONLY" && ",$ONLY," != *",$name,"* ]] && continue
+            for backend in "${BACKENDS[@]}"; do
+                if [[ "$backend" == plain && "$name" =~ ^(copyup_1g|chmod_1000|chmod_1g)$ ]]; then
+                    continue   # no copy-up without layers
+                fi
+                WRITES=$writes mount_backend "$backend" "$BENCH/$lower"
+                TIMED=""
+                t0=$(now)
+                "w_$name"
+                local secs
+                secs=${TIMED:-$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')}
+                umount_backend
+                printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$backend" "$round" "$secs" "$SERVER_CPU" "$SERVER_RSS" >>"$RESULTS"
+                log "round $round $name $backend ${secs}s"
+            done
+        done
+    done
+    rm -rf "$BENCH/run"
+}
+
+launcher_start() {
+    [[ -n "$ONLY" && ",$ONLY," != *",launcher,"* ]] && return 0
+    local i t0 fs
+    for fs in fuse kernel; do
+        for i in $(seq 30); do
+            t0=$(now)
+            OVLRUN_STATE="$BENCH/state" "$OVLRUN" --fs "$fs" --rootfs "$REPO/examples/rootfs" -- true
+            printf 'launcher_start\tovlrun-%s\t%s\t%s\t0\t0\n' "$fs" "$i" \
+                "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
+        done
+    done
+    for i in $(seq 30); do
+        t0=$(now)
+        unshare -Urm --fork --pid true
+        printf 'launcher_start\tunshare\t%s\t%s\t0\t0\n' "$i" \
+            "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
+    done
+}
+
+report() {
+    python3 - "$RESULTS" "$JSON" <<'EOF'
+import json, statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+data = {}
+for w, b, _round, secs, cpu, rss in rows:
+    d = data.setdefault(w, {}).setdefault(b, {"secs": [], "cpu": [], "rss": []})
+    d["secs"].append(float(secs)); d["cpu"].append(float(cpu)); d["rss"].append(int(rss))
+out = {}
+order = ["ovlrun-fuse", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare"]
+print(f"{'workload':<15}" + "".join(f"{b:>15}" for b in order) + f"{'fuse/kernel':>13}{'fuse-ovl/fuse':>15}")
+for w, bs in data.items():
+    med = {b: statistics.median(v["secs"]) for b, v in bs.items()}
+    line = f"{w:<15}" + "".join(f"{med[b]:>14.3f}s" if b in med else f"{'-':>15}" for b in order)
+    ref = med.get("kernel") or med.get("unshare")
+    f = med.get("ovlrun-fuse")
+    fo = med.get("fuse-overlayfs")
+    line += f"{f / ref:>12.2f}x" if f and ref else f"{'-':>13}"
+    line += f"{fo / f:>14.2f}x" if f and fo else f"{'-':>15}"
+    print(line)
+    out[w] = {b: {"median_s": med[b],
+                  "server_cpu_s": statistics.median(bs[b]["cpu"]),
+                  "server_peak_rss_kib": max(bs[b]["rss"])} for b in bs}
+    for b in bs:
+        if ref: out[w][b]["ratio_to_kernel"] = med[b] / ref
+        if fo: out[w][b]["ratio_to_fuse_overlayfs"] = med[b] / fo
+print("fuse/kernel: ovlrun's FUSE time over the kernel overlayfs's (lower is better);")
+print("fuse-ovl/fuse: fuse-overlayfs's time over ovlrun's FUSE time (above 1: ovlrun is faster).")
+for w, bs in data.items():
+    for b in ("ovlrun-fuse", "fuse-overlayfs"):
+        if b in bs and max(bs[b]["rss"]) > 0:
+            print(f"  {w}: {b} server cpu {statistics.median(bs[b]['cpu']):.2f}s, peak rss {max(bs[b]['rss']) // 1024} MiB")
+if sys.argv[2]:
+    json.dump(out, open(sys.argv[2], "w"), indent=2)
+EOF
+}
+
+trap umount_backend EXIT
+setup
+run_all
+launcher_start
+report
