@@ -22,3 +22,4 @@ mod compat;
 mod differential;
 mod launcher;
 mod mount_ops;
+mod realtree;

@@ -1,0 +1,839 @@
+//! Real distribution trees: apt, dpkg, useradd, su and a parallel C build in sessions over
+//! Debian bookworm, as root and as the unprivileged `ovlrun-test` user.
+//!
+//! The trees come from `scripts/mkdebian.sh`, run once per test process (a [`OnceLock`]) and
+//! cached under `target/debian/`: `bookworm` (minbase), `bookworm-build` (gcc, libc6-dev, make)
+//! and `bookworm-ovlrun-test` (minbase owned by that user's ids as seen from the host). The
+//! first build takes minutes and needs the Debian mirror of this machine's apt configuration;
+//! later runs find the trees in place. No test writes a cached tree: a test whose session
+//! commits works on its own `cp -a` of it, and the others use policies that leave it alone.
+//!
+//! Sessions use the default backend, so `OVLRUN_FS` picks it: `scripts/test.sh` runs this module
+//! with `--fs auto` (the kernel overlayfs here) and again with `OVLRUN_FS=fuse`. Each launch
+//! runs under a time limit, so a hung session fails its test instead of hanging the run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::unistd::User;
+
+use crate::support::{self, EntryInfo, TestDir};
+
+/// The unprivileged user `scripts/setup.sh` creates, with a range in /etc/subuid.
+const TEST_USER: &str = "ovlrun-test";
+
+/// A small package with one binary whose output is known.
+const PKG: &str = "hello";
+const PKG_BIN: &str = "/usr/bin/hello";
+const PKG_OUTPUT: &str = "Hello, world!";
+
+/// A session that downloads from the mirror (apt-get update fetches ~10 MB of lists).
+const APT_TIMEOUT: Duration = Duration::from_secs(300);
+/// A session that only works locally; also the limit for apt failing without a network.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first build of the trees (debootstrap, then apt-get install gcc in a copy).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+
+/// The environment of every session: a clean one, as a login on the tree would have.
+const SESSION_ENV: &[&str] = &[
+    "--clear-env",
+    "--env",
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "--env",
+    "DEBIAN_FRONTEND=noninteractive",
+    "--env",
+    "LC_ALL=C",
+];
+
+/// apt-get update, then install [`PKG`] and run it.
+fn apt_install_script() -> String {
+    format!(
+        "set -e; apt-get update -q; apt-get install -y -q --no-install-recommends {PKG}; \
+         echo RAN=$({PKG_BIN})"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trees
+
+struct Trees {
+    /// `debootstrap --variant=minbase bookworm`, owned by root.
+    minbase: PathBuf,
+    /// minbase + gcc, libc6-dev, make.
+    build: PathBuf,
+    /// minbase owned by [`TEST_USER`]'s ids (None when the user or its range is missing).
+    user: Option<PathBuf>,
+}
+
+/// The cached trees, made by `scripts/mkdebian.sh` on the first call of the process.
+fn trees() -> Result<&'static Trees, &'static str> {
+    static TREES: OnceLock<Result<Trees, String>> = OnceLock::new();
+    TREES
+        .get_or_init(make_trees)
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+fn make_trees() -> Result<Trees, String> {
+    if !support::is_root() {
+        return Err("scripts/mkdebian.sh needs root".into());
+    }
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .ok_or("CARGO_TARGET_TMPDIR has no parent")?;
+    let minbase = target.join("debian/bookworm");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mkdebian.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script);
+    let with_user = unprivileged_user().is_some();
+    if with_user {
+        cmd.args(["--user", TEST_USER]);
+    }
+    cmd.arg(&minbase);
+    let start = Instant::now();
+    let out = run_limited(&mut cmd, BUILD_TIMEOUT);
+    eprintln!(
+        "realtree: scripts/mkdebian.sh took {:.1} s: {}",
+        start.elapsed().as_secs_f64(),
+        out.stdout.trim().replace('\n', "; ")
+    );
+    if out.timed_out || !out.status.success() {
+        return Err(out.context());
+    }
+    let with_suffix = |s: &str| {
+        let mut p = minbase.clone().into_os_string();
+        p.push(s);
+        PathBuf::from(p)
+    };
+    Ok(Trees {
+        build: with_suffix("-build"),
+        user: with_user.then(|| with_suffix(&format!("-{TEST_USER}"))),
+        minbase,
+    })
+}
+
+/// Skips (locally) or fails (under `CI`) a test that cannot run sessions over the trees;
+/// evaluates to the trees.
+macro_rules! require_trees {
+    () => {{
+        require!(
+            support::can_mount_fuse(),
+            "launch sessions (needs root and /dev/fuse)"
+        );
+        if let Err(e) = trees() {
+            eprintln!("scripts/mkdebian.sh failed:\n{e}");
+        }
+        require!(
+            trees().is_ok(),
+            "build the Debian trees with scripts/mkdebian.sh (needs the Debian mirror)"
+        );
+        trees().unwrap()
+    }};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running processes
+
+/// What a finished process did.
+struct Out {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+    timed_out: bool,
+}
+
+impl Out {
+    /// The exit code, or 128+n when the process died of signal n.
+    fn code(&self) -> i32 {
+        match (self.status.code(), self.status.signal()) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => -1,
+        }
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "command: {}\nstatus: {} after {:.1} s{}\nstdout:\n{}\nstderr:\n{}",
+            self.what,
+            self.status,
+            self.elapsed.as_secs_f64(),
+            if self.timed_out {
+                " (timed out: killed)"
+            } else {
+                ""
+            },
+            tail(&self.stdout, 60),
+            tail(&self.stderr, 60)
+        )
+    }
+
+    #[track_caller]
+    fn expect_ok(&self) -> &Out {
+        assert_eq!(self.code(), 0, "expected exit code 0\n{}", self.context());
+        self
+    }
+
+    /// The value of the last stdout line `KEY=VALUE` with this key.
+    #[track_caller]
+    fn value(&self, key: &str) -> &str {
+        let prefix = format!("{key}=");
+        self.stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no line {key}=... on stdout\n{}", self.context()))
+    }
+
+    /// The session id from preserve's "ovlrun: session ID kept; its changes are in UPPER".
+    #[track_caller]
+    fn kept_session(&self) -> (String, PathBuf) {
+        self.stderr
+            .lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix("ovlrun: session ")?;
+                let (id, rest) = rest.split_once(" kept; its changes are in ")?;
+                Some((id.to_owned(), PathBuf::from(rest.trim())))
+            })
+            .unwrap_or_else(|| panic!("no 'session ID kept' line on stderr\n{}", self.context()))
+    }
+}
+
+/// The last `n` lines of `s` (apt and make are chatty).
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let mut t = String::new();
+    if skip > 0 {
+        let _ = writeln!(t, "[... {skip} lines ...]");
+    }
+    for l in &lines[skip..] {
+        let _ = writeln!(t, "{l}");
+    }
+    t
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        if a.contains(|c: char| c.is_whitespace() || "'$;&|()<>\"".contains(c)) {
+            let _ = write!(s, " '{}'", a.replace('\'', r"'\''"));
+        } else {
+            let _ = write!(s, " {a}");
+        }
+    }
+    s
+}
+
+fn drain(r: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = BufReader::new(r).read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` (stdin closed) for at most `limit`, then SIGKILLs it (ovlrun's session dies with
+/// it). The caller decides whether a time-out fails the test.
+fn run_limited(cmd: &mut Command, limit: Duration) -> Out {
+    let what = describe(cmd);
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let status = wait_until(&mut child, start + limit);
+    let timed_out = status.is_none();
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        child.wait().unwrap()
+    });
+    Out {
+        what,
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        elapsed: start.elapsed(),
+        timed_out,
+    }
+}
+
+/// [`run_limited`], failing the test on a time-out.
+#[track_caller]
+fn run(cmd: &mut Command, limit: Duration) -> Out {
+    let out = run_limited(cmd, limit);
+    assert!(
+        !out.timed_out,
+        "still running after {limit:?}\n{}",
+        out.context()
+    );
+    out
+}
+
+/// `chroot ROOT ARGV..` on the host, as root: looks at a tree after a session.
+#[track_caller]
+fn chroot(root: &Path, argv: &[&str]) -> Out {
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root)
+        .args(argv)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C");
+    run(&mut cmd, LOCAL_TIMEOUT)
+}
+
+/// `cp -a SRC DST`.
+fn copy_tree(src: &Path, dst: &Path) {
+    let out = run(
+        Command::new("cp").arg("-a").arg(src).arg(dst),
+        LOCAL_TIMEOUT,
+    );
+    out.expect_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+/// Who runs `ovlrun`: root, or [`TEST_USER`] with a home (holding the state root) it owns.
+enum Caller {
+    Root,
+    User { user: User, home: PathBuf },
+}
+
+/// One test's directory, state root, rootfs and caller.
+struct Fixture {
+    /// Removed when the test ends.
+    _dir: TestDir,
+    state: PathBuf,
+    rootfs: PathBuf,
+    caller: Caller,
+}
+
+impl Fixture {
+    /// As root over `rootfs` (a cached tree, or the test's own copy).
+    fn root(dir: TestDir, rootfs: &Path) -> Fixture {
+        Fixture {
+            state: dir.join("state"),
+            rootfs: rootfs.to_owned(),
+            _dir: dir,
+            caller: Caller::Root,
+        }
+    }
+
+    /// As root over a private `cp -a` of `tree`.
+    fn root_copy(tree: &Path) -> Fixture {
+        let dir = TestDir::new();
+        let rootfs = dir.join("rootfs");
+        copy_tree(tree, &rootfs);
+        Fixture::root(dir, &rootfs)
+    }
+
+    /// As [`TEST_USER`] over `rootfs`, with a 0700 home it owns holding the state root.
+    fn user(user: User, rootfs: &Path) -> Fixture {
+        let dir = TestDir::new();
+        let home = dir.mkdir("home");
+        nix::unistd::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+        Fixture {
+            state: home.join("state"),
+            rootfs: rootfs.to_owned(),
+            _dir: dir,
+            caller: Caller::User { user, home },
+        }
+    }
+
+    /// `ovlrun ARGS..` as the caller, with `OVLRUN_STATE` in the test dir.
+    fn ovlrun(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(support::ovlrun_bin());
+        cmd.args(args);
+        match &self.caller {
+            Caller::Root => {
+                cmd.env("OVLRUN_STATE", &self.state);
+            }
+            Caller::User { user, home } => {
+                cmd.env_clear()
+                    .env("HOME", home)
+                    .env("OVLRUN_STATE", &self.state)
+                    .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+                    .env("USER", &user.name)
+                    .envs(std::env::var_os("OVLRUN_FS").map(|v| ("OVLRUN_FS", v)))
+                    .current_dir(home)
+                    .uid(user.uid.as_raw())
+                    .gid(user.gid.as_raw());
+            }
+        }
+        cmd
+    }
+
+    /// `ovlrun <clean env> FLAGS.. --rootfs ROOTFS -- /bin/sh -c SCRIPT`.
+    fn session(&self, flags: &[&str], script: &str) -> Command {
+        let mut cmd = self.ovlrun(SESSION_ENV);
+        cmd.args(flags)
+            .arg("--rootfs")
+            .arg(&self.rootfs)
+            .args(["--", "/bin/sh", "-c", script]);
+        cmd
+    }
+
+    fn sessions_dir(&self) -> PathBuf {
+        self.state.join("sessions")
+    }
+
+    /// Entries left under the state root's `sessions/`.
+    fn sessions_left(&self) -> Vec<String> {
+        match fs::read_dir(self.sessions_dir()) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("read_dir {}: {e}", self.sessions_dir().display()),
+        }
+    }
+}
+
+fn unprivileged_user() -> Option<User> {
+    let user = User::from_name(TEST_USER).ok().flatten()?;
+    let has_range = |file: &str| {
+        fs::read_to_string(file).is_ok_and(|c| {
+            c.lines().any(|l| {
+                let f: Vec<&str> = l.trim().split(':').collect();
+                f.len() == 3
+                    && (f[0] == user.name || f[0] == user.uid.to_string())
+                    && f[2].parse::<u32>().is_ok_and(|n| n > 0)
+            })
+        })
+    };
+    (has_range("/etc/subuid") && has_range("/etc/subgid")).then_some(user)
+}
+
+/// The start of [`TEST_USER`]'s range in /etc/subuid.
+fn subuid_start(user: &User) -> u32 {
+    let c = fs::read_to_string("/etc/subuid").unwrap();
+    c.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.trim().split(':').collect();
+            (f.len() == 3 && (f[0] == user.name || f[0] == user.uid.to_string()))
+                .then(|| f[1].parse().unwrap())
+        })
+        .unwrap()
+}
+
+/// A user's uid in a tree's /etc/passwd.
+fn uid_in_tree(root: &Path, name: &str) -> u32 {
+    let passwd = support::read_string(root.join("etc/passwd"));
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f[0] == name).then(|| f[2].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {name} in {}/etc/passwd", root.display()))
+}
+
+/// Whether every directory above `path` lets others search it.
+fn searchable_by_others(path: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .all(|d| fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0))
+}
+
+/// The diff lines (`A /path`) of `ovlrun diff ID`.
+#[track_caller]
+fn diff_lines(f: &Fixture, id: &str) -> Vec<String> {
+    let out = run(&mut f.ovlrun(&["diff", id]), LOCAL_TIMEOUT);
+    out.expect_ok();
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+/// Paths the launcher makes for its own mounts, which must never show as changes.
+fn launcher_artifact(path: &str) -> bool {
+    ["/proc/", "/sys/", "/dev/", "/tmp/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+        || ["/etc/resolv.conf", "/etc/hosts"].contains(&path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// apt and dpkg as root
+
+#[test]
+fn apt_install_with_commit_lands_in_the_rootfs() {
+    let trees = require_trees!();
+    let f = Fixture::root_copy(&trees.minbase);
+    let out = run(
+        &mut f.session(&["--policy", "commit"], &apt_install_script()),
+        APT_TIMEOUT,
+    );
+    out.expect_ok();
+    assert_eq!(out.value("RAN"), PKG_OUTPUT, "{}", out.context());
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+
+    // The rootfs is now a Debian system with the package installed, as dpkg itself sees it.
+    let st = chroot(&f.rootfs, &["dpkg", "-s", PKG]);
+    st.expect_ok();
+    assert!(
+        st.stdout.contains("Status: install ok installed"),
+        "{}",
+        st.context()
+    );
+    let ran = chroot(&f.rootfs, &[PKG_BIN]);
+    ran.expect_ok();
+    assert_eq!(ran.stdout.trim(), PKG_OUTPUT, "{}", ran.context());
+    let audit = chroot(&f.rootfs, &["dpkg", "--audit"]);
+    audit.expect_ok();
+    assert_eq!(audit.stdout, "", "dpkg --audit\n{}", audit.context());
+    // Every file of every package has the md5sum dpkg recorded: the commit copied content
+    // right, and touched nothing else.
+    let verify = chroot(&f.rootfs, &["dpkg", "--verify"]);
+    assert_eq!(
+        (verify.code(), verify.stdout.as_str()),
+        (0, ""),
+        "dpkg --verify\n{}",
+        verify.context()
+    );
+    let internals = support::overlay_internals_visible(&f.rootfs);
+    assert!(
+        internals.is_empty(),
+        "overlay internals committed into the rootfs:\n{}",
+        internals.join("\n")
+    );
+}
+
+#[test]
+fn apt_session_diff_lists_the_package_files() {
+    let trees = require_trees!();
+    let f = Fixture::root(TestDir::new(), &trees.minbase);
+    let out = run(
+        &mut f.session(&["--policy", "preserve"], &apt_install_script()),
+        APT_TIMEOUT,
+    );
+    out.expect_ok();
+    assert_eq!(out.value("RAN"), PKG_OUTPUT, "{}", out.context());
+    let (id, upper) = out.kept_session();
+    let diff = diff_lines(&f, &id);
+    let has = |line: &str| diff.iter().any(|l| l == line);
+
+    assert!(
+        has(&format!("A {PKG_BIN}")),
+        "no 'A {PKG_BIN}' in diff:\n{}",
+        diff.join("\n")
+    );
+    assert!(
+        has("C /var/lib/dpkg/status"),
+        "no 'C /var/lib/dpkg/status' in diff:\n{}",
+        diff.join("\n")
+    );
+    // Every path dpkg lists for the package that the tree did not have is an addition.
+    let list = support::read_string(upper.join(format!("var/lib/dpkg/info/{PKG}.list")));
+    let missing: Vec<String> = list
+        .lines()
+        .filter(|p| *p != "/." && support::lstat_opt(trees.minbase.join(&p[1..])).is_none())
+        .map(|p| format!("A {p}"))
+        .filter(|l| !has(l))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "package paths missing from the diff: {missing:?}\ndiff:\n{}",
+        diff.join("\n")
+    );
+    let artifacts: Vec<&String> = diff
+        .iter()
+        .filter(|l| l.get(2..).is_some_and(launcher_artifact))
+        .collect();
+    assert!(
+        artifacts.is_empty(),
+        "launcher mount targets in the diff: {artifacts:?}"
+    );
+
+    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+}
+
+#[test]
+fn apt_update_without_network_fails_fast() {
+    let trees = require_trees!();
+    let f = Fixture::root(TestDir::new(), &trees.minbase);
+    // --error-on=any: without it, apt-get update reports fetch failures as warnings and
+    // exits 0 (apt >= 2.1.16).
+    let out = run_limited(
+        &mut f.session(&["--net", "none"], "apt-get -q --error-on=any update"),
+        LOCAL_TIMEOUT,
+    );
+    assert!(
+        !out.timed_out,
+        "apt-get update without a network hangs\n{}",
+        out.context()
+    );
+    assert_ne!(out.code(), 0, "{}", out.context());
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("Temporary failure resolving")
+            || all.contains("Could not resolve")
+            || all.contains("Network is unreachable")
+            || all.contains("Failed to fetch"),
+        "not apt's own network error\n{}",
+        out.context()
+    );
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users and groups other than root
+
+#[test]
+fn useradd_chown_and_su_work_inside() {
+    let trees = require_trees!();
+    let f = Fixture::root(TestDir::new(), &trees.minbase);
+    let script = r#"set -e
+        useradd -m -s /bin/sh testuser
+        echo U=$(id -u testuser):$(id -g testuser)
+        echo x > /home/testuser/x
+        chown testuser:testuser /home/testuser/x
+        echo X=$(stat -c %U:%G /home/testuser/x)
+        echo SU=$(su testuser -c 'id -un; echo mine > $HOME/y; stat -c %U:%G $HOME/y' | tr '\n' ' ')
+        echo SETPRIV=$(setpriv --reuid=testuser --regid=testuser --init-groups id -un)
+        if setpriv --reuid=testuser --regid=testuser --init-groups sh -c ': > /etc/forbidden' 2>/dev/null
+        then echo ETC=writable; else echo ETC=denied; fi
+        echo HOME=$(stat -c %U:%a /home/testuser)
+    "#;
+    let out = run(
+        &mut f.session(&["--policy", "preserve"], script),
+        LOCAL_TIMEOUT,
+    );
+    out.expect_ok();
+    let uid_gid = out.value("U").to_owned();
+    assert_eq!(out.value("X"), "testuser:testuser", "{}", out.context());
+    assert_eq!(
+        out.value("SU").trim(),
+        "testuser testuser:testuser",
+        "{}",
+        out.context()
+    );
+    assert_eq!(out.value("SETPRIV"), "testuser", "{}", out.context());
+    assert_eq!(out.value("ETC"), "denied", "{}", out.context());
+    assert!(
+        out.value("HOME").starts_with("testuser:"),
+        "{}",
+        out.context()
+    );
+
+    // Root's sessions map every id onto itself: the upper holds the new user's own ids.
+    let (id, upper) = out.kept_session();
+    let (uid, gid) = uid_gid.split_once(':').unwrap();
+    let md = support::lstat(upper.join("home/testuser/y"));
+    assert_eq!(
+        (md.uid().to_string(), md.gid().to_string()),
+        (uid.to_owned(), gid.to_owned()),
+        "owner of home/testuser/y in the upper"
+    );
+    let diff = diff_lines(&f, &id);
+    for want in ["A /home/testuser/x", "C /etc/passwd", "C /etc/group"] {
+        assert!(
+            diff.iter().any(|l| l == want),
+            "no '{want}' in diff:\n{}",
+            diff.join("\n")
+        );
+    }
+    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The unprivileged path: ovlrun-test over its own tree (owned by its ids as seen from the host)
+
+macro_rules! require_user_tree {
+    () => {{
+        let trees = require_trees!();
+        require!(
+            unprivileged_user().is_some() && trees.user.is_some(),
+            "find user ovlrun-test with a range in /etc/subuid and /etc/subgid (scripts/setup.sh)"
+        );
+        require!(
+            searchable_by_others(Path::new(support::ovlrun_bin()))
+                && searchable_by_others(&trees.minbase)
+                && searchable_by_others(
+                    Path::new(env!("CARGO_TARGET_TMPDIR")).join("it").as_path()
+                ),
+            "reach the binary, the trees and the test dirs as another user (a parent lacks o+x)"
+        );
+        (unprivileged_user().unwrap(), trees.user.as_deref().unwrap())
+    }};
+}
+
+#[test]
+fn unprivileged_apt_install_leaves_the_tree_unchanged() {
+    let (user, tree) = require_user_tree!();
+    let before: BTreeMap<PathBuf, EntryInfo> = support::tree_snapshot(tree);
+    let f = Fixture::user(user, tree);
+    let out = run(&mut f.session(&[], &apt_install_script()), APT_TIMEOUT);
+    out.expect_ok();
+    assert_eq!(out.value("RAN"), PKG_OUTPUT, "{}", out.context());
+    // apt fetches as _apt; it falls back to root (and says so) when _apt cannot write its
+    // partial directory, which is what a session without the id range would give.
+    assert!(
+        !out.stderr.contains("unsandboxed"),
+        "apt could not drop to _apt\n{}",
+        out.context()
+    );
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+    let after = support::tree_snapshot(tree);
+    support::assert_trees_eq("before", &before, "after", &after);
+}
+
+#[test]
+fn unprivileged_preserve_then_discard_of_files_owned_by_sub_ids() {
+    let (user, tree) = require_user_tree!();
+    let subuid = subuid_start(&user);
+    let apt_uid = uid_in_tree(tree, "_apt");
+    let f = Fixture::user(user, tree);
+    // Directories the caller cannot enter on the host (0700, owned by a sub-id), as apt's own
+    // lists/partial is; a new user with a home.
+    let script = "set -e
+        mkdir -p /var/cache/secret/deep
+        echo data > /var/cache/secret/deep/f
+        chown -R _apt:nogroup /var/cache/secret
+        chmod 700 /var/cache/secret /var/cache/secret/deep
+        useradd -m -s /bin/sh testuser
+        su testuser -c 'echo mine > $HOME/y'
+        echo OWNER=$(stat -c %U /var/cache/secret/deep/f)";
+    let out = run(
+        &mut f.session(&["--policy", "preserve"], script),
+        LOCAL_TIMEOUT,
+    );
+    out.expect_ok();
+    assert_eq!(out.value("OWNER"), "_apt", "{}", out.context());
+    let (id, upper) = out.kept_session();
+    let md = support::lstat(upper.join("var/cache/secret"));
+    assert_eq!(
+        md.uid(),
+        subuid + apt_uid - 1,
+        "host owner of var/cache/secret in the upper (_apt is {apt_uid} inside)"
+    );
+
+    let diff = diff_lines(&f, &id);
+    for want in ["A /var/cache/secret/deep/f", "A /home/testuser/y"] {
+        assert!(
+            diff.iter().any(|l| l == want),
+            "no '{want}' in diff:\n{}",
+            diff.join("\n")
+        );
+    }
+    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+    assert!(
+        support::lstat_opt(&upper).is_none(),
+        "{} still exists after discard",
+        upper.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A parallel C build
+
+/// Number of generated translation units besides main.c.
+const C_FILES: u32 = 200;
+
+/// Writes `C_FILES` functions, a header, main.c and a Makefile into `dir`; returns the line
+/// the program prints.
+fn write_c_project(dir: &Path) -> String {
+    let mut header = String::from("#ifndef FUNCS_H\n#define FUNCS_H\n");
+    let mut calls = String::new();
+    let mut sum: i64 = 0;
+    for i in 0..C_FILES {
+        let _ = writeln!(header, "long f{i}(long x);");
+        support::write(
+            dir.join(format!("f{i}.c")),
+            format!(
+                "#include \"funcs.h\"\n#include <string.h>\n\
+                 long f{i}(long x) {{ return x * {i} + (long)strlen(\"f{i}\"); }}\n"
+            ),
+        );
+        let _ = writeln!(calls, "    s += f{i}({});", i % 13);
+        sum += i64::from(i % 13) * i64::from(i) + format!("f{i}").len() as i64;
+    }
+    header.push_str("#endif\n");
+    support::write(dir.join("funcs.h"), header);
+    support::write(
+        dir.join("main.c"),
+        format!(
+            "#include <stdio.h>\n#include \"funcs.h\"\n\
+             int main(void) {{\n    long s = 0;\n{calls}    printf(\"sum=%ld\\n\", s);\n    return 0;\n}}\n"
+        ),
+    );
+    support::write(
+        dir.join("Makefile"),
+        "SRCS := $(wildcard *.c)\nOBJS := $(SRCS:.c=.o)\n\
+         prog: $(OBJS)\n\tgcc -o $@ $(OBJS)\n\
+         %.o: %.c funcs.h\n\tgcc -O1 -c -o $@ $<\n",
+    );
+    format!("sum={sum}")
+}
+
+#[test]
+fn c_build_with_make_j2() {
+    let trees = require_trees!();
+    let dir = TestDir::new();
+    let src = dir.mkdir("src");
+    let expected = write_c_project(&src);
+    let f = Fixture::root(dir, &trees.build);
+    let bind = format!("{}:/src:ro", src.display());
+    // Built in the overlay (a copy of /src under /root): gcc reads the tree's headers and
+    // libraries through the filesystem and writes objects into the upper. Then make must see
+    // the timestamps: nothing to do, and after a touch exactly one object and the link again.
+    let script = "set -e
+        cp -a /src /root/proj
+        cd /root/proj
+        make -j2 -s
+        echo OUT=$(./prog)
+        echo NOOP=$(make | tr '\n' ' ')
+        sleep 0.05
+        touch f7.c
+        echo REBUILT=$(make | grep -c gcc)
+        echo OUT2=$(./prog)";
+    let out = run(&mut f.session(&["--bind", &bind], script), APT_TIMEOUT);
+    out.expect_ok();
+    assert_eq!(out.value("OUT"), expected, "{}", out.context());
+    assert!(
+        out.value("NOOP").contains("is up to date"),
+        "a second make rebuilt something\n{}",
+        out.context()
+    );
+    assert_eq!(
+        out.value("REBUILT"),
+        "2",
+        "make after touching one source\n{}",
+        out.context()
+    );
+    assert_eq!(out.value("OUT2"), expected, "{}", out.context());
+    eprintln!("c build session took {:.1} s", out.elapsed.as_secs_f64());
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+}
