@@ -19,6 +19,7 @@
 mod support;
 
 mod compat;
+mod config;
 mod differential;
 mod launcher;
 mod mount_ops;
