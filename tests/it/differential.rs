@@ -77,7 +77,20 @@ enum Op {
     /// lstat + content + xattrs of one path, compared like any other result (stale caches).
     Check(String),
     /// Unmount and mount again over the same upper (state must live on disk, not in memory).
+    /// Held fds are closed first.
     Remount,
+    /// open(O_RDWR) of an existing path into fd slot 0 or 1 (replacing what the slot held).
+    /// Only read-write: a read-only fd opened before copy-up reads the stale lower file on the
+    /// kernel overlayfs, a known overlayfs wart that ovlrun need not copy.
+    OpenRw(usize, String),
+    /// pwrite through a held fd (EBADF when the slot is empty), after renames and unlinks of
+    /// its name.
+    WriteFd(usize, usize),
+    /// pread of up to 64 bytes at offset 0 through a held fd.
+    ReadFd(usize),
+    CloseFd(usize),
+    Chown(String, u32),
+    Mkfifo(String),
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -123,6 +136,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => path().prop_map(Op::RemoveXattr),
         2 => path().prop_map(Op::Check),
         1 => Just(Op::Remount),
+        2 => (0..2usize, path()).prop_map(|(s, p)| Op::OpenRw(s, p)),
+        2 => (0..2usize, 0..DATA.len()).prop_map(|(s, d)| Op::WriteFd(s, d)),
+        1 => (0..2usize).prop_map(Op::ReadFd),
+        1 => (0..2usize).prop_map(Op::CloseFd),
+        1 => (path(), prop::sample::select(vec![0u32, 1000])).prop_map(|(p, u)| Op::Chown(p, u)),
+        1 => path().prop_map(Op::Mkfifo),
     ]
 }
 
@@ -133,9 +152,38 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 }
 
 /// Applies `op` under `root`; `Ok` carries what the step observed (only `Check` observes).
-fn apply(root: &Path, op: &Op) -> Result<String, Errno> {
+/// Fds held across steps, per mount.
+type Fds = [Option<fs::File>; 2];
+
+fn apply(root: &Path, fds: &mut Fds, op: &Op) -> Result<String, Errno> {
     let p = |rel: &str| root.join(rel);
     match op {
+        Op::OpenRw(slot, rel) => {
+            fds[*slot] = None;
+            fds[*slot] = Some(errno(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(p(rel)),
+            )?);
+        }
+        Op::WriteFd(slot, d) => {
+            let f = fds[*slot].as_ref().ok_or(Errno::EBADF)?;
+            errno(std::os::unix::fs::FileExt::write_all_at(f, &data(*d), 0))?;
+        }
+        Op::ReadFd(slot) => {
+            let f = fds[*slot].as_ref().ok_or(Errno::EBADF)?;
+            let mut buf = [0u8; 64];
+            let n = errno(std::os::unix::fs::FileExt::read_at(f, &mut buf, 0))?;
+            return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        Op::CloseFd(slot) => {
+            fds[*slot].take().ok_or(Errno::EBADF)?;
+        }
+        Op::Chown(rel, uid) => std::os::unix::fs::chown(p(rel), Some(*uid), Some(*uid))
+            .map_err(|e| support::errno_of(&e))?,
+        Op::Mkfifo(rel) => nix::unistd::mkfifo(&p(rel), Mode::from_bits_truncate(0o644))?,
         Op::Write(rel, d) => {
             let mut f = errno(
                 OpenOptions::new()
@@ -143,12 +191,19 @@ fn apply(root: &Path, op: &Op) -> Result<String, Errno> {
                     .create(true)
                     .truncate(true)
                     .mode(0o644)
+                    // A FIFO without reader: ENXIO instead of blocking forever.
+                    .custom_flags(libc::O_NONBLOCK)
                     .open(p(rel)),
             )?;
             errno(f.write_all(&data(*d)))?;
         }
         Op::Append(rel, d) => {
-            let mut f = errno(OpenOptions::new().append(true).open(p(rel)))?;
+            let mut f = errno(
+                OpenOptions::new()
+                    .append(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(p(rel)),
+            )?;
             errno(f.write_all(&data(*d)))?;
         }
         Op::Truncate(rel, n) => nix::unistd::truncate(&p(rel), *n)?,
@@ -301,6 +356,7 @@ struct KernelRef {
     mnt: PathBuf,
     extra: &'static str,
     mount: Option<KernelOverlay>,
+    fds: Fds,
     trace: Trace,
 }
 
@@ -312,6 +368,7 @@ impl KernelRef {
             mnt: case.mkdir(format!("{sub}/m")),
             extra,
             mount: None,
+            fds: [None, None],
             trace: Trace {
                 name,
                 results: vec![],
@@ -353,13 +410,16 @@ fn run_case(
     let args =
         MountArgs::new(&lowers, &case.mkdir("o/u"), &case.mkdir("o/m")).work(&case.mkdir("o/w"));
     let mut ovl = OvlrunMount::start(&args);
+    let mut ovl_fds: Fds = [None, None];
     let mut got = Trace {
         name: "ovlrun",
         results: vec![],
     };
     for op in ops {
         if let Op::Remount = op {
+            ovl_fds = [None, None];
             for r in refs.iter_mut() {
+                r.fds = [None, None];
                 r.mount.take().expect("mounted").unmount();
                 r.mount(&lowers);
                 r.trace.results.push(Ok(String::new()));
@@ -375,13 +435,17 @@ fn run_case(
         }
         for r in refs.iter_mut() {
             let mnt = r.mount.as_ref().expect("mounted").path();
-            let mut res = apply(mnt, op);
+            let mut res = apply(mnt, &mut r.fds, op);
             if let (Err(Errno::EXDEV), Op::Rename(a, b, f)) = (&res, op) {
                 res = emulate_dir_rename(mnt, a, b, *f);
             }
             r.trace.results.push(res);
         }
-        got.results.push(apply(ovl.path(), op));
+        got.results.push(apply(ovl.path(), &mut ovl_fds, op));
+    }
+    drop(ovl_fds);
+    for r in refs.iter_mut() {
+        r.fds = [None, None];
     }
     let leaks = support::overlay_internals_visible(ovl.path());
     let got_tree = tree_snapshot(ovl.path());
