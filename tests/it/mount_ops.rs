@@ -2360,3 +2360,98 @@ fn hard_links_and_inodes_survive_remount() {
         .unwrap();
     assert_eq!(read_string(fx.m("g")), "data+");
 }
+
+#[test]
+fn rename_exchange_of_two_lower_directories() {
+    mount_test!();
+    let fx = Fx::new();
+    // Same child names with different types on both sides: a mix-up of origins shows.
+    mkdir_p(fx.l[1].join("p/c"));
+    write(fx.l[1].join("p/c/in_p"), "p");
+    write(fx.l[1].join("p/only_p"), "");
+    mkdir(fx.l[1].join("q"));
+    symlink("nowhere", fx.l[1].join("q/c"));
+    write(fx.l[1].join("q/only_q"), "");
+    mkdir_p(fx.l[2].join("top/inner/c"));
+    write(fx.l[2].join("top/inner/c/deep"), "deep");
+    let m = fx.mount();
+    renameat2(&fx.m("p"), &fx.m("q"), RenameFlags::RENAME_EXCHANGE)
+        .or_panic("exchange two lower dirs", fx.m("p"));
+    // A lower dir moved up a level, then exchanged with its old parent.
+    renameat2(&fx.m("top/inner"), &fx.m("inner"), RenameFlags::empty())
+        .or_panic("rename lower dir", fx.m("top/inner"));
+    renameat2(&fx.m("inner"), &fx.m("top"), RenameFlags::RENAME_EXCHANGE)
+        .or_panic("exchange", fx.m("top"));
+    let check = |when: &str| {
+        assert_eq!(
+            ls(fx.m("p")),
+            ["c", "only_q"],
+            "{when}: p holds q's entries"
+        );
+        assert_eq!(
+            ls(fx.m("q")),
+            ["c", "only_p"],
+            "{when}: q holds p's entries"
+        );
+        assert_eq!(
+            fs::read_link(fx.m("p/c")).ok(),
+            Some(PathBuf::from("nowhere")),
+            "{when}: p/c is q's symlink"
+        );
+        assert_eq!(read_string(fx.m("q/c/in_p")), "p", "{when}: q/c is p's dir");
+        assert_eq!(ls(fx.m("top")), ["c"], "{when}: top is the old top/inner");
+        assert_eq!(read_string(fx.m("top/c/deep")), "deep", "{when}");
+        assert_eq!(
+            ls(fx.m("inner")),
+            Vec::<String>::new(),
+            "{when}: inner is the old top, now empty"
+        );
+    };
+    check("after the renames");
+    assert!(m.unmount().success());
+    let _m = fx.mount();
+    check("after remount");
+}
+
+/// Found by the differential test: a lower dir renamed onto a whited-out lower file's name,
+/// then exchanged with its old parent; the parent's own child of the same name came back.
+#[test]
+fn lower_dir_moved_over_a_whiteout_then_exchanged_with_its_parent() {
+    mount_test!();
+    let fx = Fx::new();
+    write(fx.l[1].join("b"), "file b");
+    mkdir_p(fx.l[1].join("a/b/c"));
+    write(fx.l[1].join("a/b/c/x"), "hidden by opaque");
+    symlink("nowhere", fx.l[1].join("a/c"));
+    mkdir_p(fx.l[0].join("a/b/c"));
+    support::opaque_user(&fx.l[0].join("a/b/c"));
+    write(fx.l[0].join("a/b/c/y"), "y");
+    let m = fx.mount();
+    fs::remove_file(fx.m("b")).unwrap();
+    renameat2(&fx.m("a/b"), &fx.m("b"), RenameFlags::empty())
+        .or_panic("rename a/b -> b", fx.m("a/b"));
+    renameat2(&fx.m("b"), &fx.m("a"), RenameFlags::RENAME_EXCHANGE)
+        .or_panic("exchange b <-> a", fx.m("a"));
+    let check = |when: &str| {
+        assert_eq!(ls(fx.m("a")), ["c"], "{when}: a is the old a/b");
+        assert!(
+            lstat(fx.m("a/c")).is_dir(),
+            "{when}: a/c must be the opaque dir, not a's old symlink"
+        );
+        assert_eq!(ls(fx.m("a/c")), ["y"], "{when}: a/c stays opaque");
+        assert_eq!(
+            ls(fx.m("b")),
+            ["c"],
+            "{when}: b is the old a (its b moved out)"
+        );
+        assert_eq!(
+            fs::read_link(fx.m("b/c")).ok(),
+            Some(PathBuf::from("nowhere")),
+            "{when}: b/c is a's old symlink"
+        );
+    };
+    check("after the renames");
+    assert!(m.unmount().success());
+    let _m = fx.mount();
+    check("after remount");
+}
