@@ -2147,8 +2147,9 @@ fn walk_of_a_tree_bigger_than_the_fd_limit() {
     let fds = fs::read_dir(format!("/proc/{}/fd", m.pid()))
         .unwrap()
         .count();
+    // Half the entries walked: an fd per known inode would be near 30 000 (or EMFILE first).
     assert!(
-        fds < 10_000,
+        fds < DIRS * FILES / 2,
         "ovlrun holds {fds} fds after the walk: it must bound them"
     );
     // And the tree is still usable at the end.

@@ -449,7 +449,7 @@ impl OvlrunMount {
     #[track_caller]
     pub fn start(args: &MountArgs) -> OvlrunMount {
         assert!(
-            mount_at(&args.mount_point).map_or(true, |m| m.fstype != "fuse.ovlrun"),
+            mount_at(&args.mount_point).is_none_or(|m| m.fstype != "fuse.ovlrun"),
             "{} is already an ovlrun mount",
             args.mount_point.display()
         );
@@ -965,7 +965,7 @@ pub fn entry_info(path: &Path) -> EntryInfo {
         mode: md.mode() & 0o7777,
         uid: md.uid(),
         gid: md.gid(),
-        size: (kind != Kind::Dir).then(|| md.len()),
+        size: (kind != Kind::Dir).then_some(md.len()),
         nlink: (kind != Kind::Dir).then(|| md.nlink()),
         content,
         link_target,
