@@ -53,7 +53,7 @@ fn timespec(t: Option<SetTime>) -> TimeSpec {
 /// The real entry behind a merged object: its layer, its parent directory, its name.
 struct Real {
     layer: LayerIdx,
-    dir: OwnedFd,
+    dir: std::sync::Arc<OwnedFd>,
     name: OsString,
 }
 

@@ -11,6 +11,7 @@
 
 mod copy_up;
 mod create;
+mod dircache;
 pub mod format;
 mod index;
 mod ino;
@@ -136,6 +137,8 @@ pub struct Overlay {
     /// Whether the upper filesystem takes `user.*` xattrs (opaque markers, stable inos).
     upper_xattrs: bool,
     next_temp: AtomicU64,
+    /// Directory fds recently used (bounded).
+    dirs: dircache::DirCache,
     /// Copy-ups done so far; lets callers holding lower fds notice cheaply that one happened.
     copy_ups: AtomicU64,
 }

@@ -41,6 +41,7 @@ impl Overlay {
         if !self.is_empty_dir(&found.loc)? {
             return Err(Errno::ENOTEMPTY);
         }
+        let _changed = self.moving_upper_dirs();
         self.remove_entry(parent, name, true)
     }
 
@@ -104,6 +105,7 @@ impl Overlay {
         dir: BorrowedFd<'_>,
         name: &OsStr,
     ) -> Result<(), Errno> {
+        let _changed = self.moving_upper_dirs();
         let tmp = self.temp_name();
         let scratch = self.scratch();
         renameat2(dir, name, scratch, tmp.as_os_str(), RenameFlags::empty())?;

@@ -77,6 +77,7 @@ impl Overlay {
             _ => {}
         }
 
+        let _changed = self.moving_upper_dirs();
         self.bring_up(&src)?;
         match &dst {
             Some(d) if exchange => self.bring_up(d)?,

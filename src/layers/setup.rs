@@ -287,6 +287,7 @@ impl Overlay {
             format,
             upper_xattrs: probe.xattrs.is_ok(),
             next_temp: AtomicU64::new(0),
+            dirs: super::dircache::DirCache::default(),
             copy_ups: AtomicU64::new(0),
         })
     }

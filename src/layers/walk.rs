@@ -4,6 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
@@ -64,12 +65,24 @@ impl Overlay {
     ///
     /// # Errors
     /// `ENOENT`/`ENOTDIR` when the layer has no directory there.
-    pub(crate) fn dir_fd(&self, layer: LayerIdx, path: &Path) -> Result<OwnedFd, Errno> {
-        openat2(
+    pub(crate) fn dir_fd(&self, layer: LayerIdx, path: &Path) -> Result<Arc<OwnedFd>, Errno> {
+        if let Some(fd) = self.dirs.get(layer, path) {
+            return Ok(fd);
+        }
+        let generation = self.dirs.generation();
+        let fd = Arc::new(openat2(
             self.layer_root(layer),
             rel(path),
             resolve_how(OFlag::O_PATH | OFlag::O_DIRECTORY),
-        )
+        )?);
+        self.dirs.put(layer, path, fd.clone(), generation);
+        Ok(fd)
+    }
+
+    /// Returns a guard that, when dropped (after the change, on every path), makes cached
+    /// upper directory fds invalid: for operations that move or remove upper directories.
+    pub(crate) fn moving_upper_dirs(&self) -> UpperDirsChanged<'_> {
+        UpperDirsChanged(self)
     }
 
     /// Like [`Overlay::dir_fd`], but `None` when the layer has no directory there.
@@ -77,7 +90,7 @@ impl Overlay {
         &self,
         layer: LayerIdx,
         path: &Path,
-    ) -> Result<Option<OwnedFd>, Errno> {
+    ) -> Result<Option<Arc<OwnedFd>>, Errno> {
         match self.dir_fd(layer, path) {
             Ok(fd) => Ok(Some(fd)),
             Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(None),
@@ -171,4 +184,13 @@ pub(crate) fn list_names(fd: &OwnedFd) -> Result<Vec<OsString>, Errno> {
         }
     }
     Ok(out)
+}
+
+/// See [`Overlay::moving_upper_dirs`].
+pub(crate) struct UpperDirsChanged<'a>(&'a Overlay);
+
+impl Drop for UpperDirsChanged<'_> {
+    fn drop(&mut self) {
+        self.0.dirs.upper_changed();
+    }
 }
