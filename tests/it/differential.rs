@@ -349,6 +349,44 @@ struct Trace {
     results: Vec<Result<String, Errno>>,
 }
 
+/// st_ino and, for non-directories, the link count of every path.
+fn ino_map(root: &Path) -> BTreeMap<PathBuf, (u64, Option<u64>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let md = support::lstat(root.join(&rel));
+        out.insert(
+            rel.clone(),
+            (md.ino(), (!md.is_dir()).then_some(md.nlink())),
+        );
+        if md.is_dir() {
+            for e in fs::read_dir(root.join(&rel)).or_panic("opendir", root.join(&rel)) {
+                stack.push(rel.join(e.or_panic("readdir", root.join(&rel)).file_name()));
+            }
+        }
+    }
+    out
+}
+
+/// Paths that share an st_ino without being hard links of one file: a directory among them,
+/// or more names than the link count admits.
+fn ino_collisions(inos: &BTreeMap<PathBuf, (u64, Option<u64>)>) -> Option<String> {
+    let mut by_ino: BTreeMap<u64, Vec<(&PathBuf, Option<u64>)>> = BTreeMap::new();
+    for (p, (ino, nlink)) in inos {
+        by_ino.entry(*ino).or_default().push((p, *nlink));
+    }
+    let bad: Vec<String> = by_ino
+        .iter()
+        .filter(|(_, v)| {
+            v.len() > 1
+                && v.iter()
+                    .any(|(_, nlink)| nlink.is_none_or(|n| n < v.len() as u64))
+        })
+        .map(|(ino, v)| format!("{ino}: {:?}", v.iter().map(|(p, _)| p).collect::<Vec<_>>()))
+        .collect();
+    (!bad.is_empty()).then(|| format!("st_ino shared by paths that are not hard links: {bad:?}"))
+}
+
 /// A kernel overlayfs reference: its directories, options, mount and trace.
 struct KernelRef {
     upper: PathBuf,
@@ -493,7 +531,11 @@ fn run_case(
     }
     drop(refs);
 
-    // 2. The upper alone carries the state: ovlrun mounted again shows the same tree.
+    // 2. The upper alone carries the state: ovlrun mounted again shows the same tree, with
+    // the same st_ino for every path (DESIGN: st_ino is stable across remounts), and st_ino
+    // is shared only by hard links.
+    let inos_before = ino_map(ovl.path());
+    reports.extend(ino_collisions(&inos_before));
     let st = ovl.unmount();
     if !st.success() {
         reports.push(format!("ovlrun exited with {st} after umount"));
@@ -508,6 +550,15 @@ fn run_case(
         reports.push(format!(
             "ovlrun after remount over its own upper differs:\n{d}"
         ));
+    }
+    let inos_after = ino_map(again.path());
+    let moved: Vec<String> = inos_before
+        .iter()
+        .filter(|(p, (ino, _))| inos_after.get(*p).is_some_and(|(i, _)| i != ino))
+        .map(|(p, (ino, _))| format!("/{}: {ino} -> {}", p.display(), inos_after[p].0))
+        .collect();
+    if !moved.is_empty() {
+        reports.push(format!("st_ino changed across remount: {moved:?}"));
     }
     drop(again);
 
