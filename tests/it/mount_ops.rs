@@ -1220,16 +1220,16 @@ fn open_create_read_write_append_truncate() {
     n.write_all_at(b"XY", 2).unwrap();
     drop(n);
     assert_eq!(read_string(fx.m("new")), "abXYef");
-    // Read-only open of a lower file does not copy up; writing through an fd opened before
-    // anything else changed does.
-    let mut r = File::open(fx.m("f")).unwrap();
+    // Read-only open of a lower file does not copy up; a write while that fd is still open
+    // does. (What the old read-only fd reads afterwards is not asserted: the kernel overlayfs
+    // itself keeps serving the stale lower file there.)
+    let r = File::open(fx.m("f")).unwrap();
     assert!(lstat_opt(fx.u("f")).is_none(), "O_RDONLY must not copy up");
     let w = open(&fx.m("f"), OpenOptions::new().write(true));
     w.write_all_at(b"J", 0).unwrap();
     drop(w);
-    s.clear();
-    r.read_to_string(&mut s).unwrap();
     assert_eq!(read_string(fx.m("f")), "Jello world");
+    drop(r);
     open(&fx.m("f"), OpenOptions::new().append(true))
         .write_all(b"!")
         .unwrap();
