@@ -20,7 +20,9 @@ mod support;
 
 mod compat;
 mod config;
+mod crash;
 mod differential;
 mod launcher;
 mod mount_ops;
+mod policy;
 mod realtree;
