@@ -16,9 +16,10 @@ const SHARDS: usize = 16;
 pub enum Handle {
     /// An open file of one layer.
     File(OpenFile),
-    /// A directory listing snapshot, taken at open and again at each rewind (offset 0), so
-    /// offsets stay stable while entries are removed during the listing.
-    Dir(Mutex<Vec<DirEntry>>),
+    /// A directory listing snapshot, taken at the first read and again at each rewind
+    /// (offset 0 after a read), so offsets stay stable while entries are removed during the
+    /// listing.
+    Dir(Mutex<Option<Vec<DirEntry>>>),
 }
 
 /// Marks an [`OpenFile`] whose fd is already the upper copy.

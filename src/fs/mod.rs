@@ -165,18 +165,24 @@ impl OverlayFs {
     }
 
     /// The snapshot of an open directory, taken again when the listing restarts at 0.
+    /// The entries of open directory `fh` from `offset` on, as many as one reply can hold.
     fn snapshot(&self, node: INodeNo, fh: FileHandle, offset: u64) -> Result<Vec<DirEntry>, Errno> {
+        // A reply buffer holds far fewer entries than this; cloning the whole tail on
+        // every call would make listing a large directory quadratic.
+        const CHUNK: usize = 512;
         let handle = self.file(fh)?;
         let Handle::Dir(snap) = &*handle else {
             return Err(Errno::ENOTDIR);
         };
         let mut snap = snap.lock().unwrap_or_else(|p| p.into_inner());
-        if offset == 0 {
-            *snap = self.listing(&self.loc(node)?)?;
-        }
-        Ok(snap
+        let entries = match &mut *snap {
+            Some(entries) if offset != 0 => entries,
+            slot => slot.insert(self.listing(&self.loc(node)?)?),
+        };
+        Ok(entries
             .iter()
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(CHUNK)
             .cloned()
             .collect())
     }
@@ -540,11 +546,13 @@ impl Filesystem for OverlayFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.loc(ino).and_then(|loc| self.listing(&loc)) {
-            Ok(entries) => {
+        // The listing is taken at the first read: a directory opened only to be walked
+        // by fd (openat, fchdir) costs nothing.
+        match self.loc(ino).and_then(|loc| self.ovl.stat(&loc)) {
+            Ok(_) => {
                 let fh = self
                     .handles
-                    .insert(Handle::Dir(std::sync::Mutex::new(entries)));
+                    .insert(Handle::Dir(std::sync::Mutex::new(None)));
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(to_fuse(e)),

@@ -137,7 +137,12 @@ impl Overlay {
             name,
             RenameFlags::RENAME_NOREPLACE,
         ) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if super::is_dir(st) {
+                    self.upper_dir_created();
+                }
+                Ok(())
+            }
             // Another thread copied it up first; its copy is as good as ours.
             Err(Errno::EEXIST) => remove_tree(scratch, &tmp),
             Err(e) => {

@@ -138,6 +138,9 @@ impl Overlay {
             }
             fd
         };
+        if matches!(node, NewNode::Dir { .. }) {
+            self.upper_dir_created();
+        }
         let mut st = stat_at(dir, name)?.ok_or(Errno::ENOENT)?;
         let ino = self.ino_of(LayerIdx::UPPER, dir, name, &st)?;
         self.index_nlink(ino, &mut st)?;

@@ -3,8 +3,10 @@
 //!
 //! Lower layers never change while mounted, so their fds stay valid. An upper directory can
 //! be moved or removed through the overlay: every such change bumps a generation, and upper
-//! fds from an older generation are dropped. At most [`CAPACITY`] fds are held, whatever
-//! the size of the tree (DESIGN.md, "Bounded file descriptors").
+//! fds from an older generation are dropped. The cache also remembers where the upper has
+//! *no* directory (most of a lower tree, during a walk); any new upper directory bumps a
+//! second generation that drops those. At most [`CAPACITY`] entries are held, whatever the
+//! size of the tree (DESIGN.md, "Bounded file descriptors").
 
 use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
@@ -24,8 +26,20 @@ type Key = (LayerIdx, PathBuf);
 
 #[derive(Debug)]
 struct Cached {
-    fd: Arc<OwnedFd>,
+    /// `None`: the layer has no directory there.
+    fd: Option<Arc<OwnedFd>>,
     generation: u64,
+}
+
+/// What the cache knows of a directory.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Not cached.
+    Unknown,
+    /// The layer has no directory there.
+    Absent,
+    /// Its fd.
+    Present(Arc<OwnedFd>),
 }
 
 /// The cache; cheap to share between threads (sharded locks).
@@ -33,6 +47,8 @@ struct Cached {
 pub struct DirCache {
     shards: Vec<Mutex<LruCache<Key, Cached>>>,
     upper_generation: AtomicU64,
+    /// Bumped when an upper directory appears (invalidates cached absences).
+    absent_generation: AtomicU64,
 }
 
 impl Default for DirCache {
@@ -43,6 +59,7 @@ impl Default for DirCache {
                 .map(|_| Mutex::new(LruCache::new(per_shard)))
                 .collect(),
             upper_generation: AtomicU64::new(0),
+            absent_generation: AtomicU64::new(0),
         }
     }
 }
@@ -55,37 +72,58 @@ fn shard_of(layer: LayerIdx, path: &Path) -> usize {
 }
 
 impl DirCache {
-    /// The cached fd of directory `path` in `layer`, if still valid.
-    pub fn get(&self, layer: LayerIdx, path: &Path) -> Option<Arc<OwnedFd>> {
-        let current = self.upper_generation.load(Ordering::Acquire);
+    /// What the cache knows of directory `path` in `layer`.
+    pub fn get(&self, layer: LayerIdx, path: &Path) -> Lookup {
+        let current = self.generation_for(layer, false);
+        let absent_current = self.generation_for(layer, true);
         let mut shard = self.shards[shard_of(layer, path)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let key = (layer, path.to_owned());
-        let hit = shard.get(&key)?;
-        if layer == LayerIdx::UPPER && hit.generation != current {
-            shard.pop(&key);
-            return None;
+        let Some(hit) = shard.get(&key) else {
+            return Lookup::Unknown;
+        };
+        let valid = match &hit.fd {
+            Some(_) => hit.generation == current,
+            None => hit.generation == absent_current,
+        };
+        match (&hit.fd, valid) {
+            (Some(fd), true) => Lookup::Present(fd.clone()),
+            (None, true) => Lookup::Absent,
+            (_, false) => {
+                shard.pop(&key);
+                Lookup::Unknown
+            }
         }
-        Some(hit.fd.clone())
     }
 
-    /// Remembers `fd` as directory `path` of `layer`, opened at upper generation
-    /// `generation` (read before opening, so a change in between invalidates it).
-    pub fn put(&self, layer: LayerIdx, path: &Path, fd: Arc<OwnedFd>, generation: u64) {
+    /// Remembers directory `path` of `layer` (`None`: absent), as found at generation
+    /// `generation` (read before looking, so a change in between invalidates it).
+    pub fn put(&self, layer: LayerIdx, path: &Path, fd: Option<Arc<OwnedFd>>, generation: u64) {
         let mut shard = self.shards[shard_of(layer, path)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         shard.put((layer, path.to_owned()), Cached { fd, generation });
     }
 
-    /// The current upper generation.
-    pub fn generation(&self) -> u64 {
-        self.upper_generation.load(Ordering::Acquire)
+    /// The generation an entry of `layer` found now is stamped with (lowers never change).
+    pub fn generation_for(&self, layer: LayerIdx, absent: bool) -> u64 {
+        match (layer == LayerIdx::UPPER, absent) {
+            (false, _) => 0,
+            (true, false) => self.upper_generation.load(Ordering::Acquire),
+            (true, true) => self.absent_generation.load(Ordering::Acquire),
+        }
     }
 
-    /// An upper directory was moved or removed: no cached upper fd may be trusted.
+    /// An upper directory appeared: cached absences may be wrong.
+    pub fn upper_dir_created(&self) {
+        self.absent_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An upper directory was moved or removed: no cached upper fd may be trusted (and a
+    /// move makes a directory appear elsewhere).
     pub fn upper_changed(&self) {
         self.upper_generation.fetch_add(1, Ordering::AcqRel);
+        self.absent_generation.fetch_add(1, Ordering::AcqRel);
     }
 }

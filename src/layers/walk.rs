@@ -12,6 +12,7 @@ use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat, fstat, fstatat};
 use nix::unistd::UnlinkatFlags;
 
+use super::dircache::Lookup;
 use super::{LayerIdx, Overlay};
 
 /// Resolution rules for every path ovlrun opens inside a layer: stay beneath the layer root
@@ -66,17 +67,7 @@ impl Overlay {
     /// # Errors
     /// `ENOENT`/`ENOTDIR` when the layer has no directory there.
     pub(crate) fn dir_fd(&self, layer: LayerIdx, path: &Path) -> Result<Arc<OwnedFd>, Errno> {
-        if let Some(fd) = self.dirs.get(layer, path) {
-            return Ok(fd);
-        }
-        let generation = self.dirs.generation();
-        let fd = Arc::new(openat2(
-            self.layer_root(layer),
-            rel(path),
-            resolve_how(OFlag::O_PATH | OFlag::O_DIRECTORY),
-        )?);
-        self.dirs.put(layer, path, fd.clone(), generation);
-        Ok(fd)
+        self.dir_fd_opt(layer, path)?.ok_or(Errno::ENOENT)
     }
 
     /// Returns a guard that, when dropped (after the change, on every path), makes cached
@@ -91,11 +82,34 @@ impl Overlay {
         layer: LayerIdx,
         path: &Path,
     ) -> Result<Option<Arc<OwnedFd>>, Errno> {
-        match self.dir_fd(layer, path) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(None),
+        match self.dirs.get(layer, path) {
+            Lookup::Present(fd) => return Ok(Some(fd)),
+            Lookup::Absent => return Ok(None),
+            Lookup::Unknown => {}
+        }
+        let (present_gen, absent_gen) = (
+            self.dirs.generation_for(layer, false),
+            self.dirs.generation_for(layer, true),
+        );
+        let how = resolve_how(OFlag::O_PATH | OFlag::O_DIRECTORY);
+        match openat2(self.layer_root(layer), rel(path), how) {
+            Ok(fd) => {
+                let fd = Arc::new(fd);
+                self.dirs.put(layer, path, Some(fd.clone()), present_gen);
+                Ok(Some(fd))
+            }
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {
+                self.dirs.put(layer, path, None, absent_gen);
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// An upper directory was just made (copy-up, mkdir, rename into place): cached absences
+    /// may be wrong now.
+    pub(crate) fn upper_dir_created(&self) {
+        self.dirs.upper_dir_created();
     }
 
     /// Opens entry `path` of `layer` with `flags` (resolution rules of this module).

@@ -139,7 +139,9 @@ fn mount_overlay(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Mounted, Sand
         {
             builder = builder.threads(n);
         }
-        Ok(Mounted::Unserved(Box::new(builder.mount_unserved(&dirs.mnt)?)))
+        Ok(Mounted::Unserved(Box::new(
+            builder.mount_unserved(&dirs.mnt)?,
+        )))
     };
     match plan.fs {
         Backend::Kernel => kernel(),
