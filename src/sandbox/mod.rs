@@ -106,6 +106,17 @@ enum Mounted {
     Kernel(KernelMount),
 }
 
+/// True when the rootfs's top directory is owned by an id this (already entered) user
+/// namespace maps: unmapped owners read as the overflow uid.
+fn owner_is_mapped(rootfs: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(65534);
+    std::fs::metadata(rootfs).is_ok_and(|m| m.uid() != overflow)
+}
+
 /// Step 3: mounts the overlay with the chosen backend, without starting any thread.
 fn mount_overlay(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Mounted, SandboxError> {
     let kernel = || {
@@ -146,6 +157,10 @@ fn mount_overlay(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Mounted, Sand
     match plan.fs {
         Backend::Kernel => kernel(),
         Backend::Fuse => fuse(),
+        // The kernel shows the tree's real owners; where the session cannot map them (a
+        // user over a root-owned tree), nothing would be writable. FUSE shows such a tree
+        // as the session's own, so it serves there.
+        Backend::Auto if !owner_is_mapped(&plan.rootfs) => fuse(),
         Backend::Auto => kernel().or_else(|_| fuse()),
     }
 }

@@ -99,6 +99,31 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
                 Err(e) => Err(err("mount proc on", dest)(e)),
             }
         }
+        Step::Sysfs(dest) => {
+            let target = open_in_root(root, dest, OFlag::O_DIRECTORY).map_err(err("find", dest))?;
+            let flags =
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+            match mount(
+                Some("sysfs"),
+                &fd_path(&target),
+                Some("sysfs"),
+                flags,
+                None::<&str>,
+            ) {
+                Ok(()) => Ok(None),
+                Err(Errno::EPERM | Errno::EACCES) => {
+                    bind(Path::new("/sys"), &target)
+                        .map_err(err("bind the host /sys onto", dest))?;
+                    let mounted =
+                        open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
+                    remount_read_only(&mounted).map_err(err("make read-only", dest))?;
+                    Ok(Some(
+                        "a new /sys was refused; the host's is bound read-only instead".into(),
+                    ))
+                }
+                Err(e) => Err(err("mount sysfs on", dest)(e)),
+            }
+        }
         Step::Tmpfs { dest, mode } => {
             let target = open_in_root(root, dest, OFlag::O_DIRECTORY).map_err(err("find", dest))?;
             let data = format!("mode={mode:o}");

@@ -46,6 +46,8 @@ pub enum Step {
         /// Read-only.
         read_only: bool,
     },
+    /// A new read-only sysfs (for a session with its own network namespace).
+    Sysfs(PathBuf),
     /// A new devpts instance, with `/dev/ptmx` pointing into it.
     DevPts(PathBuf),
     /// A symlink `dest` -> `target`.
@@ -138,10 +140,15 @@ pub fn steps(plan: &SessionPlan) -> Vec<Step> {
             dest: Path::new("/dev").join(name),
         });
     }
-    s.push(Step::Bind {
-        source: p("/sys"),
-        dest: p("/sys"),
-        read_only: true,
+    s.push(match plan.net {
+        // A new network namespace owned by the session's user namespace may mount its own
+        // sysfs, which shows only its own interfaces.
+        Network::None => Step::Sysfs(p("/sys")),
+        Network::Host => Step::Bind {
+            source: p("/sys"),
+            dest: p("/sys"),
+            read_only: true,
+        },
     });
     s.push(Step::Tmpfs {
         dest: p("/tmp"),

@@ -5,7 +5,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use super::lock::{Mode, RootfsLock};
+use super::lock::{LockError, Mode, RootfsLock};
 use super::record::{Record, Status, now};
 use super::{SessionDirs, SessionError};
 use crate::config::SessionPlan;
@@ -36,28 +36,40 @@ pub fn lock_and_recover(
     mode: Mode,
     wait: bool,
 ) -> Result<RootfsLock, SessionError> {
-    if let Ok(lock) = RootfsLock::take(state, rootfs, Mode::Exclusive, false) {
-        match commit::recover(rootfs) {
-            Ok(Recovery::Nothing) => {}
-            Ok(r) => eprintln!(
-                "ovlrun: recovered an interrupted commit of {}: {}",
-                rootfs.display(),
-                match r {
-                    Recovery::RolledBack => "rolled back, the rootfs is as before it",
-                    _ => "completed",
-                }
-            ),
-            Err(source) => {
-                return Err(SessionError::Recover {
-                    rootfs: rootfs.to_owned(),
-                    source,
-                });
-            }
+    // Only an interrupted (or running) commit leaves a transaction directory, so sessions
+    // starting side by side never contend for the exclusive lock just to look.
+    if mode == Mode::Shared && !commit::txn_dir(rootfs).exists() {
+        return Ok(RootfsLock::take(state, rootfs, Mode::Shared, wait)?);
+    }
+    let lock = match RootfsLock::take(state, rootfs, Mode::Exclusive, wait) {
+        Ok(lock) => lock,
+        // A commit is running (it holds the lock and the transaction): wait for it or fail.
+        Err(LockError::Busy { .. }) if mode == Mode::Shared => {
+            return Ok(RootfsLock::take(state, rootfs, Mode::Shared, wait)?);
         }
-        if mode == Mode::Exclusive {
-            return Ok(lock);
+        Err(e) => return Err(e.into()),
+    };
+    match commit::recover(rootfs) {
+        Ok(Recovery::Nothing) => {}
+        Ok(r) => eprintln!(
+            "ovlrun: recovered an interrupted commit of {}: {}",
+            rootfs.display(),
+            match r {
+                Recovery::RolledBack => "rolled back, the rootfs is as before it",
+                _ => "completed",
+            }
+        ),
+        Err(source) => {
+            return Err(SessionError::Recover {
+                rootfs: rootfs.to_owned(),
+                source,
+            });
         }
     }
+    if mode == Mode::Exclusive {
+        return Ok(lock);
+    }
+    drop(lock);
     Ok(RootfsLock::take(state, rootfs, mode, wait)?)
 }
 
