@@ -62,6 +62,82 @@ fn apt_install_script() -> String {
     )
 }
 
+/// What dpkg does to a real system in one session: several packages in one run (dpkg
+/// extracts each into the same temporary directories), a file capability set by a maintainer
+/// script (iputils-ping's postinst runs setcap), an alternative (less provides pager),
+/// reinstalls of packages the tree already has (dpkg hard-links the old file as a backup,
+/// then renames the new one over it) and a purge (1300 paths of tzdata become whiteouts).
+const APT_WORKLOAD: &str = "set -e
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends hello iputils-ping less
+    apt-get install -y -q --reinstall sed gzip
+    apt-get purge -y -q tzdata
+    echo RAN=$(hello)
+    echo CAP=$(getcap /usr/bin/ping | cut -d' ' -f2)
+    echo PAGER=$(readlink -f /usr/bin/pager)
+    test -e /usr/share/zoneinfo || echo ZONEINFO=gone";
+
+/// Checks the `KEY=VALUE` lines [`APT_WORKLOAD`] prints.
+#[track_caller]
+fn check_workload_output(out: &Out) {
+    assert_eq!(out.value("RAN"), PKG_OUTPUT, "{}", out.context());
+    assert_eq!(out.value("CAP"), "cap_net_raw=ep", "{}", out.context());
+    assert_eq!(out.value("PAGER"), "/usr/bin/less", "{}", out.context());
+    assert_eq!(out.value("ZONEINFO"), "gone", "{}", out.context());
+}
+
+/// After [`APT_WORKLOAD`] was committed into `root`: dpkg itself finds a consistent system
+/// with the packages installed, every file with the md5sum dpkg recorded (the commit copied
+/// content right and touched nothing else), and no overlay internals.
+#[track_caller]
+fn check_workload_committed(root: &Path) {
+    for pkg in [PKG, "iputils-ping", "less"] {
+        assert_installed(root, pkg);
+    }
+    let ran = chroot(root, &[PKG_BIN]);
+    ran.expect_ok();
+    assert_eq!(ran.stdout.trim(), PKG_OUTPUT, "{}", ran.context());
+    let audit = chroot(root, &["dpkg", "--audit"]);
+    assert_eq!(
+        (audit.code(), audit.stdout.as_str()),
+        (0, ""),
+        "dpkg --audit\n{}",
+        audit.context()
+    );
+    let verify = chroot(root, &["dpkg", "--verify"]);
+    assert_eq!(
+        (verify.code(), verify.stdout.as_str()),
+        (0, ""),
+        "dpkg --verify\n{}",
+        verify.context()
+    );
+    let ping = root.join("usr/bin/ping");
+    assert!(
+        xattr::get(&ping, "security.capability")
+            .unwrap_or_else(|e| panic!("getxattr {}: {e}", ping.display()))
+            .is_some(),
+        "{} has no file capability after the commit",
+        ping.display()
+    );
+    let pager = root.join("etc/alternatives/pager");
+    assert_eq!(
+        fs::read_link(&pager).ok(),
+        Some(PathBuf::from("/usr/bin/less")),
+        "{}",
+        pager.display()
+    );
+    assert!(
+        support::lstat_opt(root.join("usr/share/zoneinfo")).is_none(),
+        "usr/share/zoneinfo is still in the rootfs after purging tzdata"
+    );
+    let internals = support::overlay_internals_visible(root);
+    assert!(
+        internals.is_empty(),
+        "overlay internals committed into the rootfs:\n{}",
+        internals.join("\n")
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The trees
 
@@ -332,7 +408,7 @@ enum Caller {
 /// One test's directory, state root, rootfs and caller.
 struct Fixture {
     /// Removed when the test ends.
-    _dir: TestDir,
+    dir: TestDir,
     state: PathBuf,
     rootfs: PathBuf,
     caller: Caller,
@@ -344,7 +420,7 @@ impl Fixture {
         Fixture {
             state: dir.join("state"),
             rootfs: rootfs.to_owned(),
-            _dir: dir,
+            dir,
             caller: Caller::Root,
         }
     }
@@ -366,7 +442,7 @@ impl Fixture {
         Fixture {
             state: home.join("state"),
             rootfs: rootfs.to_owned(),
-            _dir: dir,
+            dir,
             caller: Caller::User { user, home },
         }
     }
@@ -486,54 +562,40 @@ fn launcher_artifact(path: &str) -> bool {
 // apt and dpkg as root
 
 #[test]
-fn apt_install_with_commit_lands_in_the_rootfs() {
+fn apt_workload_with_commit_lands_in_the_rootfs() {
     let trees = require_trees!();
     let f = Fixture::root_copy(&trees.minbase);
     let out = run(
-        &mut f.session(&["--policy", "commit"], &apt_install_script()),
+        &mut f.session(&["--policy", "commit"], APT_WORKLOAD),
         APT_TIMEOUT,
     );
     out.expect_ok();
-    assert_eq!(out.value("RAN"), PKG_OUTPUT, "{}", out.context());
+    check_workload_output(&out);
     assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+    check_workload_committed(&f.rootfs);
+}
 
-    // The rootfs is now a Debian system with the package installed, as dpkg itself sees it.
-    let st = chroot(&f.rootfs, &["dpkg", "-s", PKG]);
-    st.expect_ok();
+/// `chroot ROOT dpkg -s PKG` says installed.
+#[track_caller]
+fn assert_installed(root: &Path, pkg: &str) {
+    let st = chroot(root, &["dpkg", "-s", pkg]);
     assert!(
-        st.stdout.contains("Status: install ok installed"),
-        "{}",
+        st.code() == 0 && st.stdout.contains("Status: install ok installed"),
+        "{pkg} is not installed in {}\n{}",
+        root.display(),
         st.context()
-    );
-    let ran = chroot(&f.rootfs, &[PKG_BIN]);
-    ran.expect_ok();
-    assert_eq!(ran.stdout.trim(), PKG_OUTPUT, "{}", ran.context());
-    let audit = chroot(&f.rootfs, &["dpkg", "--audit"]);
-    audit.expect_ok();
-    assert_eq!(audit.stdout, "", "dpkg --audit\n{}", audit.context());
-    // Every file of every package has the md5sum dpkg recorded: the commit copied content
-    // right, and touched nothing else.
-    let verify = chroot(&f.rootfs, &["dpkg", "--verify"]);
-    assert_eq!(
-        (verify.code(), verify.stdout.as_str()),
-        (0, ""),
-        "dpkg --verify\n{}",
-        verify.context()
-    );
-    let internals = support::overlay_internals_visible(&f.rootfs);
-    assert!(
-        internals.is_empty(),
-        "overlay internals committed into the rootfs:\n{}",
-        internals.join("\n")
     );
 }
 
+/// A kept apt session as a user keeps one: diff, export, a second command on it
+/// (`run --resume`), then `ovlrun commit --atomic ID` into the rootfs.
 #[test]
-fn apt_session_diff_lists_the_package_files() {
+fn apt_session_diff_export_resume_and_commit_atomic() {
     let trees = require_trees!();
-    let f = Fixture::root(TestDir::new(), &trees.minbase);
+    let f = Fixture::root_copy(&trees.minbase);
+    let script = format!("{}; apt-get purge -y -q tzdata", apt_install_script());
     let out = run(
-        &mut f.session(&["--policy", "preserve"], &apt_install_script()),
+        &mut f.session(&["--policy", "preserve"], &script),
         APT_TIMEOUT,
     );
     out.expect_ok();
@@ -541,22 +603,18 @@ fn apt_session_diff_lists_the_package_files() {
     let (id, upper) = out.kept_session();
     let diff = diff_lines(&f, &id);
     let has = |line: &str| diff.iter().any(|l| l == line);
-
-    assert!(
-        has(&format!("A {PKG_BIN}")),
-        "no 'A {PKG_BIN}' in diff:\n{}",
-        diff.join("\n")
-    );
-    assert!(
-        has("C /var/lib/dpkg/status"),
-        "no 'C /var/lib/dpkg/status' in diff:\n{}",
-        diff.join("\n")
-    );
+    for want in [
+        format!("A {PKG_BIN}"),
+        "C /var/lib/dpkg/status".into(),
+        "D /usr/share/zoneinfo".into(),
+    ] {
+        assert!(has(&want), "no '{want}' in diff:\n{}", diff.join("\n"));
+    }
     // Every path dpkg lists for the package that the tree did not have is an addition.
     let list = support::read_string(upper.join(format!("var/lib/dpkg/info/{PKG}.list")));
     let missing: Vec<String> = list
         .lines()
-        .filter(|p| *p != "/." && support::lstat_opt(trees.minbase.join(&p[1..])).is_none())
+        .filter(|p| *p != "/." && support::lstat_opt(f.rootfs.join(&p[1..])).is_none())
         .map(|p| format!("A {p}"))
         .filter(|l| !has(l))
         .collect();
@@ -574,8 +632,59 @@ fn apt_session_diff_lists_the_package_files() {
         "launcher mount targets in the diff: {artifacts:?}"
     );
 
-    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+    // The same changes as an OCI layer: files, and .wh. whiteouts for the purge.
+    let layer = f.dir.join("layer.tar");
+    let layer_arg = layer.to_str().unwrap();
+    run(
+        &mut f.ovlrun(&["export", &id, "-o", layer_arg]),
+        LOCAL_TIMEOUT,
+    )
+    .expect_ok();
+    let tar = run(Command::new("tar").arg("tf").arg(&layer), LOCAL_TIMEOUT);
+    tar.expect_ok();
+    for want in ["usr/bin/hello", "usr/share/.wh.zoneinfo"] {
+        assert!(
+            tar.stdout
+                .lines()
+                .any(|l| l.trim_start_matches("./") == want),
+            "no {want} in the exported layer\n{}",
+            tar.context()
+        );
+    }
+
+    // A second command on the kept changes: apt's lists are there, so no download of them.
+    let mut resume = f.ovlrun(&["run"]);
+    resume
+        .args(SESSION_ENV)
+        .args(["--resume", &id, "--", "/bin/sh", "-c"])
+        .arg("set -e; apt-get install -y -q --no-install-recommends less; echo RAN=$(hello)");
+    let out = run(&mut resume, APT_TIMEOUT);
+    out.expect_ok();
+    assert_eq!(out.value("RAN"), PKG_OUTPUT, "{}", out.context());
+
+    run(&mut f.ovlrun(&["commit", "--atomic", &id]), LOCAL_TIMEOUT).expect_ok();
     assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+    assert_installed(&f.rootfs, PKG);
+    assert_installed(&f.rootfs, "less");
+    for check in [&["dpkg", "--audit"][..], &["dpkg", "--verify"]] {
+        let out = chroot(&f.rootfs, check);
+        assert_eq!(
+            (out.code(), out.stdout.as_str()),
+            (0, ""),
+            "{}",
+            out.context()
+        );
+    }
+    assert!(
+        support::lstat_opt(f.rootfs.join("usr/share/zoneinfo")).is_none(),
+        "usr/share/zoneinfo is still in the rootfs after purging tzdata"
+    );
+    let internals = support::overlay_internals_visible(&f.rootfs);
+    assert!(
+        internals.is_empty(),
+        "overlay internals committed into the rootfs:\n{}",
+        internals.join("\n")
+    );
 }
 
 #[test]
@@ -690,13 +799,13 @@ macro_rules! require_user_tree {
 }
 
 #[test]
-fn unprivileged_apt_install_leaves_the_tree_unchanged() {
+fn unprivileged_apt_workload_leaves_the_tree_unchanged() {
     let (user, tree) = require_user_tree!();
     let before: BTreeMap<PathBuf, EntryInfo> = support::tree_snapshot(tree);
     let f = Fixture::user(user, tree);
-    let out = run(&mut f.session(&[], &apt_install_script()), APT_TIMEOUT);
+    let out = run(&mut f.session(&[], APT_WORKLOAD), APT_TIMEOUT);
     out.expect_ok();
-    assert_eq!(out.value("RAN"), PKG_OUTPUT, "{}", out.context());
+    check_workload_output(&out);
     // apt fetches as _apt; it falls back to root (and says so) when _apt cannot write its
     // partial directory, which is what a session without the id range would give.
     assert!(
@@ -707,6 +816,25 @@ fn unprivileged_apt_install_leaves_the_tree_unchanged() {
     assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
     let after = support::tree_snapshot(tree);
     support::assert_trees_eq("before", &before, "after", &after);
+}
+
+#[test]
+fn unprivileged_apt_workload_with_commit_into_its_own_tree() {
+    let (user, tree) = require_user_tree!();
+    // The user's copy of its tree, in a directory of root's (as /srv/trees/NAME would be):
+    // the user owns the tree, not the directory that holds it.
+    let f = Fixture::user(user, tree);
+    let rootfs = f.dir.join("rootfs");
+    copy_tree(tree, &rootfs);
+    let f = Fixture { rootfs, ..f };
+    let out = run(
+        &mut f.session(&["--policy", "commit"], APT_WORKLOAD),
+        APT_TIMEOUT,
+    );
+    out.expect_ok();
+    check_workload_output(&out);
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+    check_workload_committed(&f.rootfs);
 }
 
 #[test]
