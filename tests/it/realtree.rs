@@ -387,6 +387,12 @@ fn chroot(root: &Path, argv: &[&str]) -> Out {
     run(&mut cmd, LOCAL_TIMEOUT)
 }
 
+/// Writes `data` to `path` and returns the path.
+fn written(path: PathBuf, data: &str) -> PathBuf {
+    support::write(&path, data);
+    path
+}
+
 /// `cp -a SRC DST`.
 fn copy_tree(src: &Path, dst: &Path) {
     let out = run(
@@ -713,6 +719,59 @@ fn apt_update_without_network_fails_fast() {
         out.context()
     );
     assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The merged view of a real tree
+
+/// Lists every entry of the tree at / with type, mode, owner, and for non-directories size,
+/// link count and link target (directory sizes and link counts differ between filesystems),
+/// leaving out what the launcher mounts; then `dpkg --verify`, which reads every packaged
+/// file and compares its md5sum.
+const VIEW_SCRIPT: &str = r#"cd / && find / -xdev \( -path /proc -o -path /sys -o -path /dev \
+        -o -path /tmp -o -path /etc/resolv.conf -o -path /etc/hosts -o -path /.ovlrun-debian-ok \) \
+        -prune -o \( -type d -printf "%p d %m %U %G\n" \) -o -printf "%p %y %m %U %G %s %n %l\n" \
+        | LC_ALL=C sort
+    echo '== dpkg --verify'
+    dpkg --verify; echo "rc=$?""#;
+
+/// A session over a real tree shows exactly the tree, owners included (as the user: its sub-ids
+/// seen as the tree's own ids), and every packaged file reads back with dpkg's md5sum.
+#[test]
+fn merged_view_equals_the_tree_as_root_and_as_the_user() {
+    let trees = require_trees!();
+    let want = chroot(&trees.minbase, &["/bin/sh", "-c", VIEW_SCRIPT]);
+    want.expect_ok();
+    assert!(
+        want.stdout.ends_with("== dpkg --verify\nrc=0\n"),
+        "dpkg --verify of the tree itself\n{}",
+        want.context()
+    );
+    let mut fixtures = vec![("root", Fixture::root(TestDir::new(), &trees.minbase))];
+    if let (Some(user), Some(tree)) = (unprivileged_user(), trees.user.as_deref()) {
+        fixtures.push((TEST_USER, Fixture::user(user, tree)));
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have user {TEST_USER} with a subuid range"
+        );
+    }
+    for (who, f) in fixtures {
+        let got = run(&mut f.session(&[], VIEW_SCRIPT), LOCAL_TIMEOUT);
+        got.expect_ok();
+        if got.stdout != want.stdout {
+            let diff = run(
+                Command::new("diff")
+                    .arg(written(f.dir.join("want"), &want.stdout))
+                    .arg(written(f.dir.join("got"), &got.stdout)),
+                LOCAL_TIMEOUT,
+            );
+            panic!(
+                "the session's view (as {who}) differs from the tree (< tree, > session):\n{}",
+                tail(&diff.stdout, 80)
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
