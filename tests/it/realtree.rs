@@ -943,6 +943,62 @@ fn unprivileged_preserve_then_discard_of_files_owned_by_sub_ids() {
     );
 }
 
+/// A tree of root's (readable by all) under an unprivileged session: its files belong to ids
+/// outside the session's map, so root inside is not their owner and gets no override on them,
+/// as with the kernel overlayfs (which answers EACCES): it reads what others may read and
+/// changes nothing.
+#[test]
+fn unprivileged_session_over_a_root_owned_tree_cannot_write_it() {
+    let (user, _) = require_user_tree!();
+    let trees = trees().unwrap();
+    let f = Fixture::user(user, &trees.minbase);
+    let script = "
+        echo OWNER=$(stat -c %u /opt)
+        cat /etc/os-release >/dev/null && echo READ=ok
+        if mkdir /opt/x 2>/dev/null; then echo MKDIR=allowed; else echo MKDIR=denied; fi
+        if true >> /etc/motd 2>/dev/null; then echo APPEND=allowed; else echo APPEND=denied; fi
+        if chmod 777 /usr/bin 2>/dev/null; then echo CHMOD=allowed; else echo CHMOD=denied; fi";
+    let out = run(
+        &mut f.session(&["--policy", "preserve"], script),
+        LOCAL_TIMEOUT,
+    );
+    out.expect_ok();
+    assert_eq!(out.value("OWNER"), "65534", "{}", out.context());
+    assert_eq!(out.value("READ"), "ok", "{}", out.context());
+    for key in ["MKDIR", "APPEND", "CHMOD"] {
+        assert_eq!(
+            out.value(key),
+            "denied",
+            "{key}: root in the session wrote entries of ids it does not map\n{}",
+            out.context()
+        );
+    }
+    let (id, _) = out.kept_session();
+    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+}
+
+/// What the launcher makes for its own mounts (the targets of /etc/resolv.conf and
+/// /etc/hosts) never shows as a change, also where it cannot give a copied-up directory the
+/// owner of the tree's (an id outside the session's map).
+#[test]
+fn unprivileged_empty_session_over_a_root_owned_tree_has_no_changes() {
+    let (user, _) = require_user_tree!();
+    let trees = trees().unwrap();
+    let f = Fixture::user(user, &trees.minbase);
+    let out = run(
+        &mut f.session(&["--policy", "preserve"], "true"),
+        LOCAL_TIMEOUT,
+    );
+    out.expect_ok();
+    let (id, _) = out.kept_session();
+    let diff = diff_lines(&f, &id);
+    assert!(
+        diff.is_empty(),
+        "a session that changed nothing shows changes: {diff:?}"
+    );
+    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+}
+
 // ---------------------------------------------------------------------------------------------
 // A parallel C build
 
