@@ -349,6 +349,31 @@ struct Trace {
     results: Vec<Result<String, Errno>>,
 }
 
+/// Char 0:0 whiteouts and `user.overlay.opaque` xattrs under a raw upper directory.
+fn kernel_form_markers(upper: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![upper.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if support::is_whiteout_chardev(&p) {
+            found.push(format!("{}: char 0:0", p.display()));
+        }
+        let md = support::lstat(&p);
+        if md.is_dir() {
+            if xattr::get(&p, "user.overlay.opaque")
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                found.push(format!("{}: user.overlay.opaque", p.display()));
+            }
+            for e in fs::read_dir(&p).or_panic("opendir", &p) {
+                stack.push(e.or_panic("readdir", &p).path());
+            }
+        }
+    }
+    found
+}
+
 /// st_ino and, for non-directories, the link count of every path.
 fn ino_map(root: &Path) -> BTreeMap<PathBuf, (u64, Option<u64>)> {
     let mut out = BTreeMap::new();
@@ -432,6 +457,7 @@ fn run_case(
     ops: &[Op],
     stats: &RefCell<BTreeMap<String, usize>>,
     shrinking: &Cell<bool>,
+    whiteout: &'static str,
 ) -> Result<(), TestCaseError> {
     let case = TestDir::named(&format!(
         "{}-case",
@@ -445,8 +471,9 @@ fn run_case(
     for r in refs.iter_mut() {
         r.mount(&lowers);
     }
-    let args =
-        MountArgs::new(&lowers, &case.mkdir("o/u"), &case.mkdir("o/m")).work(&case.mkdir("o/w"));
+    let args = MountArgs::new(&lowers, &case.mkdir("o/u"), &case.mkdir("o/m"))
+        .work(&case.mkdir("o/w"))
+        .whiteout(whiteout);
     let mut ovl = OvlrunMount::start(&args);
     let mut ovl_fds: Fds = [None, None];
     let mut got = Trace {
@@ -562,6 +589,21 @@ fn run_case(
     }
     drop(again);
 
+    if whiteout == "aufs" {
+        // 3'. The AUFS form is what was asked for: no char-device whiteouts, no opaque xattrs.
+        let kernel_form = kernel_form_markers(&case.join("o/u"));
+        if !kernel_form.is_empty() {
+            reports.push(format!(
+                "--whiteout aufs wrote kernel-form markers: {kernel_form:?}"
+            ));
+        }
+        return if reports.is_empty() {
+            Ok(())
+        } else {
+            Err(TestCaseError::fail(reports.join("\n")))
+        };
+    }
+
     // 3. The upper is a kernel overlayfs upper: the kernel over it shows the same tree.
     // Link counts are left out here: for a lower hard link whose other name was copied up or
     // removed, the kernel without `index` still reports the lower's count, with `index` (and
@@ -611,13 +653,29 @@ fn random_sequences_match_kernel_overlayfs() {
         "mount the kernel overlayfs (userxattr)"
     );
     private_mount_ns();
+    run_random("kernel", 64);
+}
+
+/// The same with `--whiteout aufs`: the merged view must not depend on the upper's form.
+#[test]
+fn random_sequences_with_aufs_whiteouts_match_kernel_overlayfs() {
+    require!(support::can_mount_fuse(), "mount FUSE (/dev/fuse)");
+    require!(
+        support::can_mount_kernel_overlay(),
+        "mount the kernel overlayfs (userxattr)"
+    );
+    private_mount_ns();
+    run_random("aufs", 32);
+}
+
+fn run_random(whiteout: &'static str, default_cases: u32) {
     let base = TestDir::new();
     let (l0, l1) = build_lowers(&base);
 
     let cases = std::env::var("OVLRUN_DIFF_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(default_cases);
     let seed = std::env::var("OVLRUN_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -626,7 +684,7 @@ fn random_sequences_match_kernel_overlayfs() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
-    eprintln!("differential: {cases} cases, OVLRUN_DIFF_SEED={seed}");
+    eprintln!("differential (--whiteout {whiteout}): {cases} cases, OVLRUN_DIFF_SEED={seed}");
     let config = Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),
@@ -644,13 +702,13 @@ fn random_sequences_match_kernel_overlayfs() {
     let shrinking = Cell::new(false);
     let result = runner.run(&ops(), |ops| {
         runs.set(runs.get() + 1);
-        let r = run_case(&base, &l0, &l1, &ops, &stats, &shrinking);
+        let r = run_case(&base, &l0, &l1, &ops, &stats, &shrinking, whiteout);
         // Once a case failed, the rest are shrink steps: they do not count in the statistics.
         shrinking.set(shrinking.get() || r.is_err());
         r
     });
     eprintln!(
-        "differential: {} sequences run (cases plus shrinking), seed {seed}",
+        "differential (--whiteout {whiteout}): {} sequences run (cases plus shrinking), seed {seed}",
         runs.get()
     );
     // What the steps answered through ovlrun: a run that is mostly ENOENT tests little.
@@ -659,7 +717,9 @@ fn random_sequences_match_kernel_overlayfs() {
         stats.borrow()
     );
     if let Err(e) = result {
-        panic!("ovlrun differs from the kernel overlayfs (OVLRUN_DIFF_SEED={seed}):\n{e}");
+        panic!(
+            "ovlrun --whiteout {whiteout} differs from the kernel overlayfs (OVLRUN_DIFF_SEED={seed}):\n{e}"
+        );
     }
 }
 
@@ -698,7 +758,7 @@ fn known_sequences_match_kernel_overlayfs() {
     let stats = RefCell::new(BTreeMap::new());
     let mut failures = Vec::new();
     for (what, ops) in &sequences {
-        if let Err(e) = run_case(&base, &l0, &l1, ops, &stats, &Cell::new(false)) {
+        if let Err(e) = run_case(&base, &l0, &l1, ops, &stats, &Cell::new(false), "kernel") {
             failures.push(format!("{what}:\n{e}"));
         }
     }
