@@ -54,20 +54,26 @@ struct TxnPlan {
 /// The transaction directory of `rootfs`: beside it when on the same filesystem (renames
 /// must not cross filesystems), else inside it.
 pub fn txn_dir(rootfs: &Path) -> PathBuf {
+    let inside = rootfs.join(".ovlrun-txn");
+    if inside.exists() {
+        return inside; // an interrupted transaction of the fallback kind
+    }
     let name = rootfs
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if let Some(parent) = rootfs.parent() {
+        let beside = parent.join(format!(".{name}.ovlrun-txn"));
         let same_fs = match (std::fs::metadata(rootfs), std::fs::metadata(parent)) {
             (Ok(a), Ok(b)) => a.dev() == b.dev(),
             _ => false,
         };
-        if same_fs && !name.is_empty() {
-            return parent.join(format!(".{name}.ovlrun-txn"));
+        let writable = nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_ok();
+        if !name.is_empty() && (beside.exists() || (same_fs && writable)) {
+            return beside;
         }
     }
-    rootfs.join(".ovlrun-txn")
+    inside
 }
 
 struct Txn<'a> {
@@ -161,11 +167,7 @@ pub fn commit(rootfs: &Path, upper: &Path, plan: &Plan, atomic: bool) -> Result<
         let path = txn.dir.join("journal");
         txn.journal = Some(std::fs::File::create(&path).map_err(txn.err("create", &path))?);
     }
-    let replaces: Vec<bool> = plan
-        .ops
-        .iter()
-        .map(|op| rootfs.join(op.path()).symlink_metadata().is_ok())
-        .collect();
+    let replaces = replaced_entries(rootfs, &plan.ops);
     let txn_plan = TxnPlan {
         ops: plan.ops.clone(),
         replaces,
@@ -175,6 +177,7 @@ pub fn commit(rootfs: &Path, upper: &Path, plan: &Plan, atomic: bool) -> Result<
     match result {
         Ok(()) => {
             let _ = std::fs::remove_dir_all(&txn.dir);
+            restore_root_after_inside_txn(rootfs, &txn.dir, final_root_meta(&txn_plan));
             Ok(())
         }
         Err(e) if atomic => {
@@ -250,6 +253,39 @@ fn move_out(txn: &Txn<'_>, i: usize, target: &Path) -> Result<(), CommitError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(txn.err("move aside", target)(e)),
     }
+}
+
+/// The root's metadata a plan ends with, if it sets it.
+fn final_root_meta(plan: &TxnPlan) -> Option<&Meta> {
+    plan.ops.iter().rev().find_map(|op| match op {
+        Op::DirDone { path, meta } if path.as_os_str().is_empty() => Some(meta),
+        _ => None,
+    })
+}
+
+/// A transaction directory inside the rootfs (the fallback when beside it is not writable)
+/// changes the root's times when it goes: set them back to what the tree should show.
+fn restore_root_after_inside_txn(rootfs: &Path, dir: &Path, meta: Option<&Meta>) {
+    if let (true, Some(meta)) = (dir.parent() == Some(rootfs), meta) {
+        let _ = set_mode_times(rootfs, meta, false);
+    }
+}
+
+/// Per op: whether an entry is at its path when the op runs (what an undo puts back),
+/// following the earlier ops: a `Remove` empties a path that a later `Install` then fills.
+fn replaced_entries(rootfs: &Path, ops: &[Op]) -> Vec<bool> {
+    let mut present: std::collections::HashMap<&Path, bool> = std::collections::HashMap::new();
+    ops.iter()
+        .map(|op| {
+            let path = op.path();
+            let now = *present
+                .entry(path)
+                .or_insert_with(|| rootfs.join(path).symlink_metadata().is_ok());
+            let after = !matches!(op, Op::Remove(_));
+            present.insert(path, after);
+            now
+        })
+        .collect()
 }
 
 /// Existing rootfs directories a plan changes (parents of every op, and dirs it updates),
@@ -355,6 +391,9 @@ pub fn recover(rootfs: &Path) -> std::io::Result<Recovery> {
         return Ok(Recovery::Nothing);
     }
     let state = std::fs::read_to_string(dir.join("state")).unwrap_or_default();
+    let plan: Option<TxnPlan> = std::fs::read(dir.join("plan.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let outcome = if state.trim() == "committed" {
         Recovery::Completed
     } else {
@@ -362,6 +401,17 @@ pub fn recover(rootfs: &Path) -> std::io::Result<Recovery> {
         Recovery::RolledBack
     };
     std::fs::remove_dir_all(&dir)?;
+    if let Some(plan) = &plan {
+        let root_meta = match outcome {
+            Recovery::Completed => final_root_meta(plan),
+            _ => plan
+                .dirs
+                .iter()
+                .find(|(p, _)| p.as_os_str().is_empty())
+                .map(|(_, m)| m),
+        };
+        restore_root_after_inside_txn(rootfs, &dir, root_meta);
+    }
     Ok(outcome)
 }
 

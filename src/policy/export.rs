@@ -89,6 +89,8 @@ fn marker<W: Write>(tar: &mut Builder<W>, path: &Path, source: &Path) -> Result<
     h.set_size(0);
     h.set_mode(0o644);
     h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
     tar.append_data(&mut h, path, std::io::empty())
         .map_err(err(source))
 }

@@ -273,6 +273,21 @@ pub fn plan(rootfs: &Path, upper: &Path) -> Result<Plan, PlanError> {
         installed: HashMap::new(),
     };
     w.dir(Path::new(""), true)?;
+    // The root directory's own metadata, last, as for every other directory with changes.
+    let root_md = upper.symlink_metadata().map_err(io(upper))?;
+    let root_meta = meta_of(upper, &root_md)?;
+    let low_md = rootfs.symlink_metadata().map_err(io(rootfs))?;
+    let low_meta = meta_of(rootfs, &low_md)?;
+    let meta_changed = !same_dir_meta(&root_meta, &low_meta);
+    if meta_changed {
+        w.change(Change::Changed, Path::new(""));
+    }
+    if !w.plan.ops.is_empty() || meta_changed {
+        w.plan.ops.push(Op::DirDone {
+            path: PathBuf::new(),
+            meta: root_meta,
+        });
+    }
     w.plan.changes.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(w.plan)
 }

@@ -228,13 +228,38 @@ fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxErro
     })
 }
 
+/// What the launcher made in the upper for its own mounts: merged paths, deepest first.
+/// Each is removed after the session; so is each parent directory the making copied up, if
+/// the session left it as it was (empty, same mode and owner): a diff never shows them.
+#[derive(Debug, Default)]
+pub(crate) struct Scaffold {
+    /// (made entry, upper parent's (atime, mtime) before and mtime right after)
+    made: Vec<(PathBuf, Option<Times>)>,
+    /// Upper directories copied up to hold a made entry, with their (mode, uid, gid) then.
+    copied: Vec<(PathBuf, (u32, u32, u32))>,
+}
+
+type Times = ((i64, i64), (i64, i64), (i64, i64));
+
+fn times_of(path: &Path) -> Option<((i64, i64), (i64, i64))> {
+    use std::os::unix::fs::MetadataExt;
+    let m = path.symlink_metadata().ok()?;
+    Some(((m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec())))
+}
+
+fn owner_of(path: &Path) -> Option<(u32, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = path.symlink_metadata().ok()?;
+    Some((m.mode(), m.uid(), m.gid()))
+}
+
 /// Creates the mount targets the rootfs lacks, through the overlay's own rules (before it is
-/// mounted), so copied-up parents keep their metadata; returns the merged paths made,
-/// deepest first, for [`remove_scaffold`].
-fn scaffold_targets(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Vec<PathBuf>, SandboxError> {
+/// mounted), so copied-up parents keep their metadata; returns what it made for
+/// [`remove_scaffold`].
+fn scaffold_targets(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Scaffold, SandboxError> {
     let ovl = open_layers(plan, dirs)?;
     let owner = Owner { uid: 0, gid: 0 };
-    let mut made = Vec::new();
+    let mut scaffold = Scaffold::default();
     for (target, kind) in plan::targets(plan) {
         let mut loc = ovl.root_loc();
         let comps: Vec<_> = target
@@ -259,16 +284,35 @@ fn scaffold_targets(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Vec<PathBu
                     } else {
                         NewNode::Dir { mode: 0o755 }
                     };
+                    // Copy the parents up first (keeping their times), remembering which
+                    // ones did not exist in the upper before.
+                    let mut ancestors: Vec<PathBuf> =
+                        loc.path.ancestors().map(Path::to_path_buf).collect();
+                    ancestors.retain(|a| !a.as_os_str().is_empty() && !dirs.upper.join(a).exists());
+                    ovl.copy_up(&loc).map_err(err)?;
+                    for a in ancestors {
+                        if let Some(o) = owner_of(&dirs.upper.join(&a)) {
+                            scaffold.copied.push((a, o));
+                        }
+                    }
+                    let upper_parent = dirs.upper.join(&loc.path);
+                    let before = times_of(&upper_parent);
                     let (found, _) = ovl.create(&loc, name, &node, owner).map_err(err)?;
-                    made.push(found.loc.path.clone());
+                    let after = times_of(&upper_parent);
+                    let times = before.zip(after).map(|((a, m), (_, m2))| (a, m, m2));
+                    scaffold.made.push((found.loc.path.clone(), times));
                     found.loc
                 }
                 Err(e) => return Err(err(e)),
             };
         }
     }
-    made.reverse();
-    Ok(made)
+    scaffold.made.reverse();
+    // Deepest first: a copied parent can only go once its children have.
+    scaffold
+        .copied
+        .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    Ok(scaffold)
 }
 
 fn open_layers(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Overlay, SandboxError> {
@@ -282,12 +326,13 @@ fn open_layers(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Overlay, Sandbo
 }
 
 /// Removes what [`scaffold_targets`] made, where the session left it empty, so it never
-/// shows among the session's changes.
-fn remove_scaffold(plan: &SessionPlan, dirs: &SessionDirs, made: &[PathBuf]) {
+/// shows among the session's changes: where nothing else touched a parent, its times go
+/// back to what they were, and a parent copied up only for the launcher goes too.
+fn remove_scaffold(plan: &SessionPlan, dirs: &SessionDirs, scaffold: &Scaffold) {
     let Ok(ovl) = open_layers(plan, dirs) else {
         return;
     };
-    for path in made {
+    for (path, times) in &scaffold.made {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             continue;
         };
@@ -299,8 +344,33 @@ fn remove_scaffold(plan: &SessionPlan, dirs: &SessionDirs, made: &[PathBuf]) {
                 Err(_) => ok = false,
             }
         }
-        if ok && ovl.unlink(&loc, name).is_err() {
-            let _ = ovl.rmdir(&loc, name);
+        if !ok {
+            continue;
+        }
+        let upper_parent = dirs.upper.join(parent);
+        let untouched = match (times, times_of(&upper_parent)) {
+            (Some((_, _, after)), Some((_, now))) => *after == now,
+            _ => false,
+        };
+        let removed = ovl.unlink(&loc, name).is_ok() || ovl.rmdir(&loc, name).is_ok();
+        if let (true, true, Some((atime, mtime, _))) = (removed, untouched, times) {
+            let _ = nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &upper_parent,
+                &nix::sys::time::TimeSpec::new(atime.0, atime.1),
+                &nix::sys::time::TimeSpec::new(mtime.0, mtime.1),
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            );
+        }
+    }
+    for (path, owner) in &scaffold.copied {
+        let upper = dirs.upper.join(path);
+        let xattrs = |p: &Path| crate::policy::plan::user_xattrs(p).ok();
+        let is_plain_copy =
+            owner_of(&upper) == Some(*owner) && xattrs(&upper) == xattrs(&plan.rootfs.join(path));
+        if is_plain_copy {
+            // Fails, as it should, when the session put anything in it.
+            let _ = std::fs::remove_dir(&upper);
         }
     }
 }

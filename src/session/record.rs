@@ -138,6 +138,11 @@ impl Record {
         serde_json::from_slice(&bytes).map_err(|source| RecordError::Parse { path, source })
     }
 
+    /// True when the process that wrote the record is gone.
+    pub fn is_dead(&self) -> bool {
+        !Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
     /// True when the record says running but its launcher is gone (killed, crashed).
     pub fn is_orphaned(&self) -> bool {
         self.status == Status::Running && !Path::new(&format!("/proc/{}", self.pid)).exists()

@@ -51,14 +51,17 @@ pub fn lock_and_recover(
     };
     match commit::recover(rootfs) {
         Ok(Recovery::Nothing) => {}
-        Ok(r) => eprintln!(
-            "ovlrun: recovered an interrupted commit of {}: {}",
-            rootfs.display(),
-            match r {
-                Recovery::RolledBack => "rolled back, the rootfs is as before it",
-                _ => "completed",
-            }
-        ),
+        Ok(r) => {
+            settle_committing_sessions(state, rootfs, r);
+            eprintln!(
+                "ovlrun: recovered an interrupted commit of {}: {}",
+                rootfs.display(),
+                match r {
+                    Recovery::RolledBack => "rolled back, the rootfs is as before it",
+                    _ => "completed",
+                }
+            );
+        }
         Err(source) => {
             return Err(SessionError::Recover {
                 rootfs: rootfs.to_owned(),
@@ -71,6 +74,25 @@ pub fn lock_and_recover(
     }
     drop(lock);
     Ok(RootfsLock::take(state, rootfs, mode, wait)?)
+}
+
+/// After a recovery, the sessions whose commit it was: kept again when rolled back (their
+/// changes are still theirs), removed when the commit had completed.
+fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery) {
+    for (dirs, mut rec) in SessionDirs::list(state) {
+        if rec.status != Status::Committing || rec.rootfs != rootfs || !rec.is_dead() {
+            continue;
+        }
+        match outcome {
+            Recovery::Completed => {
+                let _ = dirs.discard();
+            }
+            _ => {
+                rec.status = Status::Preserved;
+                let _ = rec.save(&dirs.root);
+            }
+        }
+    }
 }
 
 /// Runs `plan` as a session and applies the policy; returns the command's exit status.
@@ -215,6 +237,7 @@ pub fn commit_session(
     };
     let plan = plan::plan(&rec.rootfs, &rec.upper)?;
     rec.status = Status::Committing;
+    rec.pid = std::process::id();
     rec.save(&dirs.root)?;
     let progress = std::io::stderr().is_terminal() && plan.ops.len() > 1000;
     if progress {
