@@ -415,6 +415,17 @@ pub fn recover(rootfs: &Path) -> std::io::Result<Recovery> {
     Ok(outcome)
 }
 
+/// Gives directory `dst` the mode, owner (where allowed), user xattrs and times of `src`.
+///
+/// # Errors
+/// Any I/O error.
+pub fn copy_dir_meta(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let md = src.symlink_metadata()?;
+    let meta = meta_of(src, &md).map_err(|e| std::io::Error::other(e.to_string()))?;
+    set_owner_xattrs(dst, &meta)?;
+    set_mode_times(dst, &meta, false)
+}
+
 /// Copies upper entry `src` to `dst` (a new name) with its metadata; symlinks as symlinks.
 fn copy_entry(src: &Path, dst: &Path) -> std::io::Result<()> {
     let md = src.symlink_metadata()?;

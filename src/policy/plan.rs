@@ -226,7 +226,7 @@ fn same_entry(up: &Path, upm: &Metadata, low: &Path, lowm: &Metadata) -> Result<
     );
     if !same_kind
         || upm.mode() != lowm.mode()
-        || (upm.uid(), upm.gid()) != (lowm.uid(), lowm.gid())
+        || !same_owner((upm.uid(), upm.gid()), (lowm.uid(), lowm.gid()))
         || upm.size() != lowm.size()
         || upm.rdev() != lowm.rdev()
     {
@@ -249,8 +249,23 @@ fn same_entry(up: &Path, upm: &Metadata, low: &Path, lowm: &Metadata) -> Result<
     Ok(true)
 }
 
+/// The id the kernel shows for owners the current user namespace does not map.
+fn overflow_id(kind: &str) -> u32 {
+    std::fs::read_to_string(format!("/proc/sys/kernel/overflow{kind}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65534)
+}
+
+/// Owners equal, or the rootfs's owner is one this namespace cannot map: a session (or a
+/// commit) running here can neither keep nor restore it, so it is no change.
+fn same_owner(up: (u32, u32), low: (u32, u32)) -> bool {
+    (up.0 == low.0 || low.0 == overflow_id("uid")) && (up.1 == low.1 || low.1 == overflow_id("gid"))
+}
+
 fn same_dir_meta(up: &Meta, low: &Meta) -> bool {
-    (up.mode, up.uid, up.gid, &up.xattrs) == (low.mode, low.uid, low.gid, &low.xattrs)
+    same_owner((up.uid, up.gid), (low.uid, low.gid))
+        && (up.mode, &up.xattrs) == (low.mode, &low.xattrs)
 }
 
 struct Walker<'a> {

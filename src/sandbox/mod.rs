@@ -183,7 +183,6 @@ fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxErro
     // wait for the forwarding thread (a serving thread would otherwise die of them).
     let forwarded = forwarded_set();
     forwarded.thread_block().map_err(ns("block signals"))?;
-    let scaffold = scaffold_targets(plan, dirs)?;
     let ids = match plan.userns {
         UserNs::New => Some(idmap::choose()),
         UserNs::Host => None,
@@ -192,6 +191,8 @@ fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxErro
         eprintln!("ovlrun: note: {note}");
     }
     enter_namespaces(ids.as_ref())?;
+    // Made inside the namespace, so it sees owners as the removal afterwards will.
+    let scaffold = scaffold_targets(plan, dirs)?;
 
     let mounted = mount_overlay(plan, dirs)?;
 

@@ -208,7 +208,13 @@ mod tests {
 
     #[test]
     fn every_step_target_exists_before_it_runs() {
-        let plan = plan(Network::Host);
+        for net in [Network::Host, Network::None] {
+            every_target_exists(&plan(net));
+        }
+    }
+
+    fn every_target_exists(plan: &SessionPlan) {
+        let plan = plan.clone();
         let mut exists: Vec<PathBuf> = targets(&plan).into_iter().map(|(p, _)| p).collect();
         for step in steps(&plan) {
             match step {
@@ -218,6 +224,7 @@ mod tests {
                     exists.push(dest);
                 }
                 Step::Proc(d)
+                | Step::Sysfs(d)
                 | Step::DevPts(d)
                 | Step::Tmpfs { dest: d, .. }
                 | Step::Bind { dest: d, .. } => {
@@ -225,6 +232,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn no_network_gets_its_own_sysfs() {
+        let sysfs = |net| {
+            steps(&plan(net))
+                .iter()
+                .any(|x| matches!(x, Step::Sysfs(_)))
+        };
+        assert!(sysfs(Network::None));
+        assert!(!sysfs(Network::Host));
     }
 
     #[test]

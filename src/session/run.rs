@@ -137,6 +137,11 @@ fn new_session(
     opts: &RunOptions,
 ) -> Result<(SessionDirs, Record), SessionError> {
     let dirs = SessionDirs::create(&plan.state_root, opts.upper.as_deref())?;
+    // The upper's root is the merged root's metadata (with both backends): start it as the
+    // rootfs's root, so an untouched root shows no change.
+    if std::fs::read_dir(&dirs.upper).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = crate::policy::commit::copy_dir_meta(&plan.rootfs, &dirs.upper);
+    }
     let rec = Record {
         id: dirs.id.0.clone(),
         rootfs: plan.rootfs.clone(),
