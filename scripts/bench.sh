@@ -211,6 +211,46 @@ launcher_start() {
     done
 }
 
+# Real-tree workloads (Debian, issue "Real distribution trees"): installing a package from
+# an already downloaded .deb, and a C build, in ovlrun sessions on both backends, beside a
+# chroot into a kernel overlayfs mount of the same tree.
+debian_workloads() {
+    [[ -n "$ONLY" && ",$ONLY," != *",deb_install,"* && ",$ONLY," != *",deb_cbuild,"* ]] && return 0
+    bash "$REPO/scripts/mkdebian.sh" >/dev/null
+    local built="$REPO/target/debian/bookworm-build" tree="$BENCH/debian"
+    [[ -d "$built" ]] || { log "no $built: skipping the Debian workloads"; return 0; }
+    if [[ ! -e "$BENCH/debian.ok" ]]; then
+        log "preparing the Debian bench tree (once): the build tree + a C project + hello's .deb"
+        rm -rf "$tree" && cp -a "$built" "$tree"
+        mkdir -p "$tree/src" && cp "$BENCH"/big/cproj/* "$tree/src/"
+        chroot "$tree" sh -c 'cd /tmp && apt-get download -q hello >/dev/null && mv hello_*.deb /hello.deb'
+        touch "$BENCH/debian.ok"
+    fi
+    local i backend t0 cmd
+    for i in $(seq "$ROUNDS"); do
+        for cmd in "deb_install:dpkg -i /hello.deb >/dev/null" "deb_cbuild:make -s -C /src -j2 prog >/dev/null"; do
+            local name="${cmd%%:*}" script="${cmd#*:}"
+            for backend in ovlrun-fuse ovlrun-kernel kernel; do
+                t0=$(now)
+                case "$backend" in
+                    ovlrun-*)
+                        OVLRUN_STATE="$BENCH/state" "$OVLRUN" --fs "${backend#ovlrun-}" --rootfs "$tree" -- sh -c "$script" ;;
+                    kernel)
+                        local run="$BENCH/run"
+                        rm -rf "$run" && mkdir -p "$run/upper" "$run/work" "$run/mnt"
+                        mount -t overlay overlay -o "lowerdir=$tree,upperdir=$run/upper,workdir=$run/work,userxattr" "$run/mnt"
+                        mount -t proc proc "$run/mnt/proc"
+                        chroot "$run/mnt" sh -c "$script"
+                        umount "$run/mnt/proc" "$run/mnt" ;;
+                esac
+                printf '%s\t%s\t%s\t%s\t0\t0\n' "$name" "$backend" "$i" \
+                    "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')" >>"$RESULTS"
+                log "round $i $name $backend"
+            done
+        done
+    done
+}
+
 report() {
     python3 - "$RESULTS" "$JSON" <<'EOF'
 import json, statistics, sys
@@ -252,4 +292,5 @@ trap umount_backend EXIT
 setup
 run_all
 launcher_start
+debian_workloads
 report

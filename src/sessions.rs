@@ -45,14 +45,15 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<12}  {:<10} {:>5} {:>7}  ROOTFS",
-        "ID", "STATUS", "AGE", "SIZE"
+        "{:<12}  {:<10} {:<6} {:>5} {:>7}  ROOTFS",
+        "ID", "STATUS", "FS", "AGE", "SIZE"
     );
     for (d, r) in &sessions {
         println!(
-            "{:<12}  {:<10} {:>5} {:>7}  {}",
+            "{:<12}  {:<10} {:<6} {:>5} {:>7}  {}",
             r.id,
             status(r),
+            r.fs,
             age(now.saturating_sub(r.created)),
             size(d.upper_size()),
             r.rootfs.display()
