@@ -83,6 +83,7 @@ struct Txn<'a> {
     journal: Option<std::fs::File>,
     records: u64,
     fault_after: Option<u64>,
+    step: &'a dyn Fn(),
 }
 
 impl Txn<'_> {
@@ -146,6 +147,32 @@ impl Txn<'_> {
 /// # Errors
 /// [`CommitError`] naming the step and path. An atomic commit that fails is rolled back.
 pub fn commit(rootfs: &Path, upper: &Path, plan: &Plan, atomic: bool) -> Result<(), CommitError> {
+    commit_with_progress(rootfs, upper, plan, atomic, &|| {})
+}
+
+/// The number of steps [`commit_with_progress`] reports for `plan`: one per staged item,
+/// one per operation.
+pub fn progress_steps(plan: &Plan) -> u64 {
+    let staged = plan
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::Install { .. }))
+        .count();
+    u64::try_from(staged + plan.ops.len()).unwrap_or(u64::MAX)
+}
+
+/// Like [`commit`], calling `step` after each of the [`progress_steps`] steps (for a
+/// progress bar).
+///
+/// # Errors
+/// As [`commit`].
+pub fn commit_with_progress(
+    rootfs: &Path,
+    upper: &Path,
+    plan: &Plan,
+    atomic: bool,
+    step: &dyn Fn(),
+) -> Result<(), CommitError> {
     let dir = txn_dir(rootfs);
     let fault_after = std::env::var("OVLRUN_FAULT_AFTER")
         .ok()
@@ -157,6 +184,7 @@ pub fn commit(rootfs: &Path, upper: &Path, plan: &Plan, atomic: bool) -> Result<
         journal: None,
         records: 0,
         fault_after,
+        step,
     };
     let _ = std::fs::remove_dir_all(&txn.dir);
     for sub in ["new", "old"] {
@@ -194,6 +222,7 @@ fn run(txn: &mut Txn<'_>, plan: &TxnPlan) -> Result<(), CommitError> {
         if let Op::Install { path } = op {
             let (src, dst) = (txn.upper.join(path), txn.new_item(i));
             copy_entry(&src, &dst).map_err(txn.err("stage", &src))?;
+            (txn.step)();
         }
     }
     if txn.journal.is_some() {
@@ -210,6 +239,7 @@ fn run(txn: &mut Txn<'_>, plan: &TxnPlan) -> Result<(), CommitError> {
     for (i, op) in plan.ops.iter().enumerate() {
         txn.log(&format!("begin {i}"))?;
         apply(txn, i, op)?;
+        (txn.step)();
     }
     txn.set_state("committed")
 }

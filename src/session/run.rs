@@ -244,15 +244,23 @@ pub fn commit_session(
     rec.status = Status::Committing;
     rec.pid = std::process::id();
     rec.save(&dirs.root)?;
-    let progress = std::io::stderr().is_terminal() && plan.ops.len() > 1000;
-    if progress {
-        eprintln!(
-            "ovlrun: committing {} changes into {}",
-            plan.changes.len(),
-            rec.rootfs.display()
-        );
-    }
-    match commit::commit(&rec.rootfs, &rec.upper, &plan, atomic) {
+    // A bar on a terminal for commits that take a while; nothing anywhere else.
+    let bar = if std::io::stderr().is_terminal() && plan.ops.len() > 100 {
+        indicatif::ProgressBar::new(commit::progress_steps(&plan))
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "ovlrun: committing {msg} [{bar:30}] {pos}/{len} steps",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} changes", plan.changes.len()));
+    let result =
+        commit::commit_with_progress(&rec.rootfs, &rec.upper, &plan, atomic, &|| bar.inc(1));
+    bar.finish_and_clear();
+    match result {
         Ok(()) => {
             if let Err(e) = dirs.discard() {
                 eprintln!(
