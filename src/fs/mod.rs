@@ -539,10 +539,7 @@ impl Filesystem for OverlayFs {
                 nix::unistd::fsync(fd)
             }
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(to_fuse(e)),
-        }
+        reply_empty(reply, res)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -678,13 +675,11 @@ impl Filesystem for OverlayFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self
-            .loc(ino)
-            .and_then(|loc| self.ovl.setxattr(&loc, name, value, flags))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(to_fuse(e)),
-        }
+        reply_empty(
+            reply,
+            self.loc(ino)
+                .and_then(|loc| self.ovl.setxattr(&loc, name, value, flags)),
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -710,13 +705,11 @@ impl Filesystem for OverlayFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .loc(ino)
-            .and_then(|loc| self.ovl.removexattr(&loc, name))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(to_fuse(e)),
-        }
+        reply_empty(
+            reply,
+            self.loc(ino)
+                .and_then(|loc| self.ovl.removexattr(&loc, name)),
+        )
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -730,10 +723,7 @@ impl Filesystem for OverlayFs {
                     Err(Errno::EACCES)
                 }
             });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(to_fuse(e)),
-        }
+        reply_empty(reply, res)
     }
 
     fn create(
@@ -778,10 +768,7 @@ impl Filesystem for OverlayFs {
             let len = i64::try_from(length).map_err(|_| Errno::EINVAL)?;
             nix::fcntl::fallocate(fd, flags, off, len)
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(to_fuse(e)),
-        }
+        reply_empty(reply, res)
     }
 
     fn lseek(
@@ -840,6 +827,14 @@ impl Filesystem for OverlayFs {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(to_fuse(e)),
         }
+    }
+}
+
+/// Replies to a request that returns no data.
+fn reply_empty(reply: ReplyEmpty, res: Result<(), Errno>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(to_fuse(e)),
     }
 }
 
