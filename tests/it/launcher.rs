@@ -1792,3 +1792,120 @@ fn unprivileged_doctor_reports_no_problems() {
     out.expect_ok();
     assert!(out.stdout.contains(" 0 problems"), "{}", out.context());
 }
+
+// ---------------------------------------------------------------------------------------------
+// A terminal
+
+/// On a terminal, the command owns the foreground (job control works in it), Ctrl-C reaches
+/// the command and not the launcher, and the foreground comes back to the caller afterwards.
+/// util-linux's `script` gives the whole run a real pty, as a user's terminal would.
+#[test]
+fn on_a_terminal_the_command_owns_the_foreground_and_gets_ctrl_c() {
+    require_launcher!();
+    require!(
+        Command::new("script").arg("--version").output().is_ok(),
+        "run util-linux's script (a pty for the test)"
+    );
+    let fx = Fixture::shared();
+    fs::create_dir_all(fx.dir.join("bin")).unwrap();
+    // Inside the session: are we the terminal's foreground group? Then wait for Ctrl-C.
+    let inner = fx.dir.join("bin/inner.sh");
+    fs::write(
+        &inner,
+        "read _ _ _ _ pg _ _ tpg _ < /proc/$$/stat\n\
+         echo \"INSIDE pgrp=$pg tpgid=$tpg\"\n\
+         trap 'echo GOT-INT; exit 9' INT\n\
+         echo READY\n\
+         i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+         echo NO-INT\n",
+    )
+    .unwrap();
+    // On the host, in script's pty: run the session, then look at the foreground again.
+    let outer = fx.dir.join("outer.sh");
+    fs::write(
+        &outer,
+        format!(
+            "OVLRUN_STATE={state} {bin} --rootfs {rootfs} --bind {bindir}:/t:ro -- /bin/sh /t/inner.sh\n\
+             echo \"EXIT=$?\"\n\
+             read _ _ _ _ pg _ _ tpg _ < /proc/$$/stat\n\
+             echo \"AFTER pgrp=$pg tpgid=$tpg\"\n",
+            state = fx.state.display(),
+            bin = support::ovlrun_bin(),
+            rootfs = fx.rootfs.display(),
+            bindir = fx.dir.join("bin").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("script")
+        .args(["-qfec", &format!("sh {}", outer.display()), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.trim_end_matches('\r').to_owned());
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    let mut sent = false;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                if line == "READY" && !sent {
+                    // ^C typed on the terminal: the line discipline signals the foreground.
+                    use std::io::Write;
+                    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+                    sent = true;
+                }
+                let done = line.starts_with("AFTER");
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let text = lines.join("\n");
+    let pair = |prefix: &str| -> (String, String) {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line in:\n{text}"));
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        (field("pgrp="), field("tpgid="))
+    };
+    let (pg, tpg) = pair("INSIDE");
+    assert_eq!(
+        pg, tpg,
+        "the command is not the terminal's foreground group:\n{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with("GOT-INT")),
+        "Ctrl-C did not reach the command:\n{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "EXIT=9"),
+        "the launcher did not exit with the command's status:\n{text}"
+    );
+    let (pg, tpg) = pair("AFTER");
+    assert_eq!(
+        pg, tpg,
+        "the terminal's foreground was not given back:\n{text}"
+    );
+    assert_no_sessions_left(&fx.sessions_dir(), "a terminal session");
+}
