@@ -49,9 +49,6 @@ pub struct OverlayFs {
     ovl: Overlay,
     nodes: NodeTable,
     handles: HandleTable,
-    /// The kernel caches writes (`FUSE_WRITEBACK_CACHE`): it may read through any open
-    /// file and keeps the file offset of appends itself.
-    writeback: bool,
 }
 
 impl OverlayFs {
@@ -61,7 +58,6 @@ impl OverlayFs {
             nodes: NodeTable::new(),
             ovl,
             handles: HandleTable::default(),
-            writeback: false,
         }
     }
 
@@ -74,19 +70,6 @@ impl OverlayFs {
 
     fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         self.handles.get(fh.0).ok_or(Errno::EBADF)
-    }
-
-    /// The flags to open a backing file with. With the writeback cache the kernel may read
-    /// pages of a file opened write-only, and it has already placed appends at the end.
-    fn backing_flags(&self, flags: OFlag) -> OFlag {
-        if !self.writeback {
-            return flags;
-        }
-        let mut f = flags & !OFlag::O_APPEND;
-        if f & OFlag::O_ACCMODE == OFlag::O_WRONLY {
-            f = (f & !OFlag::O_WRONLY) | OFlag::O_RDWR;
-        }
-        f
     }
 
     fn with_fd<T>(
@@ -228,11 +211,8 @@ impl Filesystem for OverlayFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_WRITEBACK_CACHE;
-        let granted = wanted & config.capabilities();
-        self.writeback = granted.contains(InitFlags::FUSE_WRITEBACK_CACHE);
-        let _ = config.add_capabilities(granted);
+            | InitFlags::FUSE_POSIX_ACL;
+        let _ = config.add_capabilities(wanted & config.capabilities());
         let _ = config.set_max_write(MAX_WRITE);
         Ok(())
     }
@@ -443,16 +423,8 @@ impl Filesystem for OverlayFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let seen = self.ovl.copy_ups();
-        let asked = oflags(flags.0);
-        let flags = self.backing_flags(asked);
-        let opened = self
-            .loc(ino)
-            .and_then(|loc| match self.ovl.open_top(&loc, flags) {
-                // Write-only by mode: the kernel's cache then reads nothing through this file.
-                Err(Errno::EACCES) if flags != asked => self.ovl.open_top(&loc, asked),
-                r => r,
-            });
-        match opened {
+        let flags = oflags(flags.0);
+        match self.loc(ino).and_then(|loc| self.ovl.open_top(&loc, flags)) {
             Ok((fd, layer)) => {
                 let fh = self.insert_file(ino.0, fd, flags, layer, seen);
                 reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
@@ -764,7 +736,7 @@ impl Filesystem for OverlayFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let flags = self.backing_flags(oflags(flags) & !OFlag::O_DIRECT);
+        let flags = oflags(flags) & !OFlag::O_DIRECT;
         let node = NewNode::File {
             mode: mode & !umask & 0o7777,
             flags,
