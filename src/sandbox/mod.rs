@@ -487,8 +487,10 @@ fn setup_child(plan: &SessionPlan, root: &Path) {
         Ok(notes) => notes.iter().for_each(|n| eprintln!("ovlrun: note: {n}")),
         Err(e) => fail(&format_chain(&e)),
     }
-    if let Err(e) = mounts::enter_root(root) {
-        fail(&format_chain(&e));
+    match mounts::enter_root(root) {
+        Ok(Some(note)) => eprintln!("ovlrun: note: {note}"),
+        Ok(None) => {}
+        Err(e) => fail(&format_chain(&e)),
     }
     if let Err(e) = nix::unistd::sethostname(&plan.hostname) {
         fail(&format!("--hostname {}: {e}", plan.hostname));

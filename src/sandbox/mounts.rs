@@ -248,12 +248,27 @@ fn remount_read_only(mounted: &OwnedFd) -> Result<(), Errno> {
 /// `pivot_root(".", ".")` stacks the old root under the new one, so it needs no directory
 /// for the old root (the trick runc and LXC use); the lazy unmount then removes it.
 ///
+/// Where pivot_root(2) is refused (a container whose root is not a mount point it may
+/// move, or an initramfs root), the new root is moved over `/` and entered with chroot(2),
+/// as runc's `--no-pivot` does; the returned note says so.
+///
 /// # Errors
 /// The failing step.
-pub fn enter_root(root: &Path) -> Result<(), SetupError> {
+pub fn enter_root(root: &Path) -> Result<Option<String>, SetupError> {
     nix::unistd::chdir(root).map_err(err("enter the new root", root))?;
-    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root into", root))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the old root from", root))?;
+    let note = match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the old root from", root))?;
+            None
+        }
+        Err(Errno::EINVAL | Errno::EPERM) => {
+            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+                .map_err(err("move the new root over / from", root))?;
+            nix::unistd::chroot(".").map_err(err("chroot into", root))?;
+            Some("pivot_root was refused; the root was moved over / and entered with chroot".into())
+        }
+        Err(e) => return Err(err("pivot_root into", root)(e)),
+    };
     nix::unistd::chdir("/").map_err(err("enter", Path::new("/")))?;
-    Ok(())
+    Ok(note)
 }
