@@ -119,7 +119,14 @@ impl Overlay {
         path: &Path,
         flags: OFlag,
     ) -> Result<OwnedFd, Errno> {
-        openat2(self.layer_root(layer), rel(path), resolve_how(flags))
+        match split(path) {
+            None => openat2(self.layer_root(layer), rel(path), resolve_how(flags)),
+            // From the (usually cached) parent: one component to resolve, not the path.
+            Some((parent, name)) => {
+                let dir = self.dir_fd_opt(layer, parent)?.ok_or(Errno::ENOENT)?;
+                openat2(dir.as_fd(), name, resolve_how(flags))
+            }
+        }
     }
 
     /// `stat` of entry `path` in `layer`, `None` when absent.
