@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use ovlrun::config;
 use ovlrun::policy::plan;
+use ovlrun::session::SessionDirs;
 use ovlrun::session::lock::Mode;
 use ovlrun::session::record::Status;
 use ovlrun::session::run::{commit_session, lock_and_recover};
-use ovlrun::session::{SessionDirs, SessionError};
 
 fn state() -> anyhow::Result<std::path::PathBuf> {
     Ok(config::state_root()?)
@@ -82,15 +82,7 @@ fn size(bytes: u64) -> String {
 
 /// Refuses sessions whose command still runs.
 fn finished(id: &str) -> anyhow::Result<(SessionDirs, ovlrun::session::record::Record)> {
-    let (dirs, rec) = SessionDirs::open(&state()?, id)?;
-    if rec.status == Status::Running && !rec.is_orphaned() {
-        return Err(SessionError::Running {
-            id: id.into(),
-            pid: rec.pid,
-        }
-        .into());
-    }
-    Ok((dirs, rec))
+    Ok(SessionDirs::open_finished(&state()?, id)?)
 }
 
 /// `ovlrun diff ID`.

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
 
 /// A kernel overlayfs mount; unmounted on drop.
 #[derive(Debug)]
@@ -72,12 +72,11 @@ impl KernelMount {
 }
 
 fn unmount(mountpoint: &Path) -> Result<(), Errno> {
-    nix::mount::umount2(mountpoint, MntFlags::empty()).or_else(|e| match e {
-        Errno::EBUSY => nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH),
+    match super::umount_or_detach(mountpoint) {
         // Already unmounted from outside: the job is done.
-        Errno::EINVAL => Ok(()),
-        e => Err(e),
-    })
+        Err(Errno::EINVAL) => Ok(()),
+        r => r,
+    }
 }
 
 impl Drop for KernelMount {

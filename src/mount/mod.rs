@@ -417,13 +417,7 @@ impl MountHandle {
     fn stop(&mut self) -> Result<(), MountError> {
         if self.serving.as_ref().is_some_and(|t| !t.is_finished()) {
             let res = match &mut self.unmounter {
-                Unmounter::Direct => nix::mount::umount2(&self.mountpoint, MntFlags::empty())
-                    .or_else(|e| match e {
-                        // Still in use: detach it, so it goes away once the last user does.
-                        Errno::EBUSY => nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH),
-                        e => Err(e),
-                    })
-                    .map_err(io::Error::from),
+                Unmounter::Direct => umount_or_detach(&self.mountpoint).map_err(io::Error::from),
                 Unmounter::Fusermount(u) => u.unmount(),
             };
             res.map_err(|source| MountError::Unmount {
@@ -433,6 +427,15 @@ impl MountHandle {
         }
         self.join()
     }
+}
+
+/// Unmounts `mountpoint`; still in use, it is detached instead, so it goes away once the
+/// last user does.
+pub(crate) fn umount_or_detach(mountpoint: &Path) -> Result<(), Errno> {
+    nix::mount::umount2(mountpoint, MntFlags::empty()).or_else(|e| match e {
+        Errno::EBUSY => nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH),
+        e => Err(e),
+    })
 }
 
 /// How a mount is undone, matching how it was made.

@@ -127,6 +127,25 @@ impl SessionDirs {
         Ok((dirs, rec))
     }
 
+    /// Like [`SessionDirs::open`], for acting on the session's changes: refused while its
+    /// command still runs.
+    ///
+    /// # Errors
+    /// [`SessionError::Running`], or as [`SessionDirs::open`].
+    pub fn open_finished(
+        state_root: &Path,
+        id: &str,
+    ) -> Result<(SessionDirs, record::Record), SessionError> {
+        let (dirs, rec) = SessionDirs::open(state_root, id)?;
+        if rec.status == record::Status::Running && !rec.is_dead() {
+            return Err(SessionError::Running {
+                id: id.to_owned(),
+                pid: rec.pid,
+            });
+        }
+        Ok((dirs, rec))
+    }
+
     /// Every session under `state_root` that has a readable record, oldest first.
     pub fn list(state_root: &Path) -> Vec<(SessionDirs, record::Record)> {
         let Ok(entries) = std::fs::read_dir(state_root.join("sessions")) else {

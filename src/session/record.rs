@@ -145,7 +145,7 @@ impl Record {
 
     /// True when the record says running but its launcher is gone (killed, crashed).
     pub fn is_orphaned(&self) -> bool {
-        self.status == Status::Running && !Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.status == Status::Running && self.is_dead()
     }
 }
 

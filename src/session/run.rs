@@ -161,13 +161,7 @@ fn new_session(
 
 /// Reopens kept session `id` to run a new command on its changes.
 fn resume(plan: &SessionPlan, id: &str) -> Result<(SessionDirs, Record), SessionError> {
-    let (dirs, mut rec) = SessionDirs::open(&plan.state_root, id)?;
-    if rec.status == Status::Running && !rec.is_orphaned() {
-        return Err(SessionError::Running {
-            id: id.into(),
-            pid: rec.pid,
-        });
-    }
+    let (dirs, mut rec) = SessionDirs::open_finished(&plan.state_root, id)?;
     rec.status = Status::Running;
     rec.pid = std::process::id();
     rec.ended = None;
