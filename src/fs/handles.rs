@@ -71,6 +71,11 @@ impl OpenFile {
         }
     }
 
+    /// True once the fd is the upper copy (changing it never touches a lower layer).
+    pub fn is_upper(&self) -> bool {
+        self.seen.load(Ordering::Acquire) == UPPER
+    }
+
     /// The fd to use now.
     pub fn fd(&self) -> RwLockReadGuard<'_, OwnedFd> {
         self.fd.read().unwrap_or_else(|p| p.into_inner())

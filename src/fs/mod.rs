@@ -49,6 +49,9 @@ pub struct OverlayFs {
     ovl: Overlay,
     nodes: NodeTable,
     handles: HandleTable,
+    /// The kernel caches writes (`FUSE_WRITEBACK_CACHE`): it may read through any open
+    /// file and keeps the file offset of appends itself.
+    writeback: bool,
 }
 
 impl OverlayFs {
@@ -58,6 +61,7 @@ impl OverlayFs {
             nodes: NodeTable::new(),
             ovl,
             handles: HandleTable::default(),
+            writeback: false,
         }
     }
 
@@ -70,6 +74,19 @@ impl OverlayFs {
 
     fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         self.handles.get(fh.0).ok_or(Errno::EBADF)
+    }
+
+    /// The flags to open a backing file with. With the writeback cache the kernel may read
+    /// pages of a file opened write-only, and it has already placed appends at the end.
+    fn backing_flags(&self, flags: OFlag) -> OFlag {
+        if !self.writeback {
+            return flags;
+        }
+        let mut f = flags & !OFlag::O_APPEND;
+        if f & OFlag::O_ACCMODE == OFlag::O_WRONLY {
+            f = (f & !OFlag::O_WRONLY) | OFlag::O_RDWR;
+        }
+        f
     }
 
     fn with_fd<T>(
@@ -91,6 +108,13 @@ impl OverlayFs {
             file.checked(upper, copy_ups);
         }
         f(file.fd().as_fd())
+    }
+
+    /// An open handle of a node whose names are all gone: the one the kernel named, else any.
+    /// Such a file is still there for fstat(2) and for the kernel's cached writes.
+    fn unlinked_file(&self, ino: INodeNo, fh: Option<FileHandle>) -> Option<Arc<Handle>> {
+        fh.and_then(|fh| self.handles.get(fh.0))
+            .or_else(|| self.handles.any_of_node(ino.0))
     }
 
     /// Stores an open fd as a handle; `layer` says whether it may go stale (see
@@ -211,8 +235,11 @@ impl Filesystem for OverlayFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_POSIX_ACL;
-        let _ = config.add_capabilities(wanted & config.capabilities());
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_WRITEBACK_CACHE;
+        let granted = wanted & config.capabilities();
+        self.writeback = granted.contains(InitFlags::FUSE_WRITEBACK_CACHE);
+        let _ = config.add_capabilities(granted);
         let _ = config.set_max_write(MAX_WRITE);
         Ok(())
     }
@@ -231,12 +258,7 @@ impl Filesystem for OverlayFs {
             .loc(ino)
             .and_then(|loc| self.ovl.stat(&loc))
             .or_else(|e| {
-                // An open file whose names are all gone is still there for fstat(2), which the
-                // kernel asks about without a handle.
-                let handle = fh
-                    .and_then(|fh| self.handles.get(fh.0))
-                    .or_else(|| self.handles.any_of_node(ino.0))
-                    .ok_or(e)?;
+                let handle = self.unlinked_file(ino, fh).ok_or(e)?;
                 let Handle::File(file) = &*handle else {
                     return Err(e);
                 };
@@ -283,10 +305,23 @@ impl Filesystem for OverlayFs {
             Some(Handle::File(file)) => Some(file.fd()),
             _ => None,
         };
-        let res = self.loc(ino).and_then(|loc| {
-            self.ovl
-                .setattr(&loc, &changes, fd.as_ref().map(|fd| fd.as_fd()))
-        });
+        let res = match self.loc(ino) {
+            Ok(loc) => self
+                .ovl
+                .setattr(&loc, &changes, fd.as_ref().map(|fd| fd.as_fd())),
+            // With the writeback cache the kernel sets the times of its cached writes to a
+            // file unlinked while open; failing that makes the writer's close(2) fail (EIO).
+            Err(e) => match self.unlinked_file(ino, fh).as_deref() {
+                Some(Handle::File(file)) if file.is_upper() => self
+                    .ovl
+                    .setattr_unlinked(file.fd().as_fd(), &changes)
+                    .map(|st| Attr {
+                        ino: crate::layers::Ino(ino.0),
+                        st,
+                    }),
+                _ => Err(e),
+            },
+        };
         match res {
             Ok(a) => reply.attr(&TTL, &self.attr_of(ino, &a)),
             Err(e) => reply.error(to_fuse(e)),
@@ -423,8 +458,16 @@ impl Filesystem for OverlayFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let seen = self.ovl.copy_ups();
-        let flags = oflags(flags.0);
-        match self.loc(ino).and_then(|loc| self.ovl.open_top(&loc, flags)) {
+        let asked = oflags(flags.0);
+        let flags = self.backing_flags(asked);
+        let opened = self
+            .loc(ino)
+            .and_then(|loc| match self.ovl.open_top(&loc, flags) {
+                // Write-only by mode: the kernel's cache then reads nothing through this file.
+                Err(Errno::EACCES) if flags != asked => self.ovl.open_top(&loc, asked),
+                r => r,
+            });
+        match opened {
             Ok((fd, layer)) => {
                 let fh = self.insert_file(ino.0, fd, flags, layer, seen);
                 reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
@@ -736,7 +779,7 @@ impl Filesystem for OverlayFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let flags = oflags(flags) & !OFlag::O_DIRECT;
+        let flags = self.backing_flags(oflags(flags) & !OFlag::O_DIRECT);
         let node = NewNode::File {
             mode: mode & !umask & 0o7777,
             flags,

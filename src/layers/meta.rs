@@ -186,6 +186,36 @@ impl Overlay {
         self.stat(loc)
     }
 
+    /// Applies `changes` to an open upper file whose names are all gone (unlinked while
+    /// open): the kernel still sets the times and size of its cached writes through it.
+    /// The caller guarantees `fd` is an upper copy; a lower file is never changed.
+    ///
+    /// # Errors
+    /// Any error of the underlying calls.
+    pub fn setattr_unlinked(
+        &self,
+        fd: BorrowedFd<'_>,
+        changes: &SetAttr,
+    ) -> Result<nix::sys::stat::FileStat, Errno> {
+        if changes.uid.is_some() || changes.gid.is_some() {
+            nix::unistd::fchown(
+                fd,
+                changes.uid.map(Uid::from_raw),
+                changes.gid.map(Gid::from_raw),
+            )?;
+        }
+        if let Some(mode) = changes.mode {
+            nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode & 0o7777))?;
+        }
+        if let Some(size) = changes.size {
+            ftruncate(fd, i64::try_from(size).map_err(|_| Errno::EFBIG)?)?;
+        }
+        if changes.atime.is_some() || changes.mtime.is_some() {
+            nix::sys::stat::futimens(fd, &timespec(changes.atime), &timespec(changes.mtime))?;
+        }
+        nix::sys::stat::fstat(fd)
+    }
+
     /// The target of the symlink at `loc`.
     ///
     /// # Errors

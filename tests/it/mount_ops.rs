@@ -2116,6 +2116,29 @@ fn unlinked_open_files_stay_usable() {
     assert_eq!(ls(&fx.mnt), Vec::<String>::new());
 }
 
+/// apt's close(2) failed with EIO: the kernel's writeback cache sets the mtime of its cached
+/// writes through the handle after the name is gone, and that setattr must not fail.
+#[test]
+fn closing_a_written_unlinked_file_succeeds() {
+    mount_test!();
+    let fx = Fx::new();
+    let _m = fx.mount();
+    let mut f = File::create(fx.m("tmp")).unwrap();
+    f.write_all(&[7u8; 100_000]).unwrap();
+    fs::remove_file(fx.m("tmp")).unwrap();
+    f.write_all(b"tail").unwrap();
+    f.sync_all()
+        .or_panic("fsync of an unlinked file", fx.m("tmp"));
+    f.write_all(b"more").unwrap();
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        100_008,
+        "fstat after the writes"
+    );
+    let closed = nix::unistd::close(std::os::fd::IntoRawFd::into_raw_fd(f));
+    assert_eq!(closed, Ok(()), "close(2) of a written, unlinked file");
+}
+
 #[test]
 fn walk_of_a_tree_bigger_than_the_fd_limit() {
     mount_test!();
