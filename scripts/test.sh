@@ -105,6 +105,10 @@ main() {
     # differ (README: "Where ovlrun differs from the kernel overlayfs").
     step "session tests on --fs fuse" \
         env OVLRUN_FS=fuse cargo test --test it -- launcher:: policy:: crash:: realtree:: config::
+    # As root, `ovlrun mount` lets the kernel read and write upper files itself (FUSE
+    # passthrough); the filesystem tests again with it off cover the server's own data path.
+    step "filesystem tests with --passthrough off" \
+        env OVLRUN_TEST_PASSTHROUGH=off cargo test --test it -- mount_ops:: differential:: compat::
     step "layering: src/layers and src/sys never use fuser" check_layering
     step "pjdfstest against ovlrun (scripts/pjdfstest.sh --fs ovlrun)" \
         bash scripts/pjdfstest.sh --fs ovlrun

@@ -137,6 +137,17 @@ pub enum FsArg {
     Fuse,
 }
 
+/// `--passthrough` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Passthrough {
+    /// None.
+    Off,
+    /// Files in the upper layer: everything written or copied up.
+    Upper,
+    /// Lower files opened for reading too.
+    All,
+}
+
 /// `--net` values.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Net {
@@ -232,6 +243,12 @@ pub struct MountArgs {
     /// Threads serving requests [default: CPU count, 2 to 8].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Which files the kernel reads and writes itself, without a request to ovlrun (FUSE
+    /// passthrough; needs root outside a user namespace, else everything goes through
+    /// ovlrun). `all` adds lower files opened for reading: faster, but opening such a file
+    /// for writing while it is open fails with ETXTBSY.
+    #[arg(long, value_enum, value_name = "FILES", default_value_t = Passthrough::Upper)]
+    pub passthrough: Passthrough,
     /// Where to mount the merged view.
     pub mountpoint: PathBuf,
 }

@@ -17,7 +17,7 @@ use cli::{Cli, Command, MountArgs, Net, PolicyArg, RunArgs, Whiteout};
 use ovlrun::config::oci::OciSettings;
 use ovlrun::config::{self, Network, SessionPlan, UserNs};
 use ovlrun::layers::WhiteoutFormat;
-use ovlrun::mount::{Backend, OverlayBuilder};
+use ovlrun::mount::{Backend, OverlayBuilder, PassthroughMode};
 use ovlrun::policy::Policy;
 use ovlrun::session::run::RunOptions;
 
@@ -285,6 +285,11 @@ fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.threads {
         builder = builder.threads(n);
     }
+    builder = builder.passthrough(match args.passthrough {
+        cli::Passthrough::Off => PassthroughMode::Off,
+        cli::Passthrough::Upper => PassthroughMode::Upper,
+        cli::Passthrough::All => PassthroughMode::All,
+    });
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // reach only the sigwait below.
     let mut signals = SigSet::empty();

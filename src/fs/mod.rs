@@ -7,6 +7,7 @@
 pub mod attr;
 pub mod handles;
 pub mod nodes;
+pub mod passthrough;
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -29,6 +30,7 @@ use crate::layers::{
 };
 use handles::{Handle, HandleTable, OpenFile};
 use nodes::{NodeTable, ROOT};
+use passthrough::{Backing, Io, Passthrough, PassthroughMode};
 
 /// How long the kernel may trust entries and attributes. Only this mount changes the upper
 /// and the lowers are read-only for its life, and every change passes through the kernel,
@@ -52,6 +54,8 @@ pub struct OverlayFs {
     /// The kernel caches writes (`FUSE_WRITEBACK_CACHE`): it may read through any open
     /// file and keeps the file offset of appends itself.
     writeback: bool,
+    /// Per-node I/O modes, when the kernel passes reads and writes through to our files.
+    passthrough: Passthrough,
 }
 
 impl OverlayFs {
@@ -62,7 +66,17 @@ impl OverlayFs {
             ovl,
             handles: HandleTable::default(),
             writeback: false,
+            passthrough: Passthrough::default(),
         }
+    }
+
+    /// Chooses which files the kernel may read and write itself, where it lets this process
+    /// register them (root in the initial user namespace); [`PassthroughMode::Upper`] by
+    /// default.
+    #[must_use]
+    pub fn with_passthrough(mut self, mode: PassthroughMode) -> OverlayFs {
+        self.passthrough = Passthrough::new(mode);
+        self
     }
 
     fn loc(&self, node: INodeNo) -> Result<Loc, Errno> {
@@ -235,10 +249,25 @@ impl Filesystem for OverlayFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_WRITEBACK_CACHE;
-        let granted = wanted & config.capabilities();
+            | InitFlags::FUSE_POSIX_ACL;
+        // The kernel grants passthrough only without the writeback cache; passthrough is
+        // the faster of the two where this process may register backing files.
+        let data_path = if self.passthrough.wanted()
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && passthrough::may_register_backing_files()
+        {
+            // Depth 1: the backing files are on plain filesystems, and the kernel
+            // overlayfs may still stack on this mount.
+            let _ = config.set_max_stack_depth(1);
+            InitFlags::FUSE_PASSTHROUGH
+        } else {
+            InitFlags::FUSE_WRITEBACK_CACHE
+        };
+        let granted = (wanted | data_path) & config.capabilities();
         self.writeback = granted.contains(InitFlags::FUSE_WRITEBACK_CACHE);
+        if granted.contains(InitFlags::FUSE_PASSTHROUGH) {
+            self.passthrough.enable();
+        }
         let _ = config.add_capabilities(granted);
         let _ = config.set_max_write(MAX_WRITE);
         Ok(())
@@ -305,6 +334,11 @@ impl Filesystem for OverlayFs {
             Some(Handle::File(file)) => Some(file.fd()),
             _ => None,
         };
+        if size.is_some()
+            && let Err(e) = self.passthrough.check_data_change(ino.0)
+        {
+            return reply.error(to_fuse(e));
+        }
         let res = match self.loc(ino) {
             Ok(loc) => self
                 .ovl
@@ -460,17 +494,37 @@ impl Filesystem for OverlayFs {
         let seen = self.ovl.copy_ups();
         let asked = oflags(flags.0);
         let flags = self.backing_flags(asked);
+        let writes = flags & OFlag::O_ACCMODE != OFlag::O_RDONLY || flags.contains(OFlag::O_TRUNC);
         let opened = self
             .loc(ino)
-            .and_then(|loc| match self.ovl.open_top(&loc, flags) {
-                // Write-only by mode: the kernel's cache then reads nothing through this file.
-                Err(Errno::EACCES) if flags != asked => self.ovl.open_top(&loc, asked),
-                r => r,
+            .and_then(|loc| {
+                if writes {
+                    self.passthrough.check_data_change(ino.0)?;
+                }
+                match self.ovl.open_top(&loc, flags) {
+                    // Write-only by mode: the kernel's cache then reads nothing through it.
+                    Err(Errno::EACCES) if flags != asked => self.ovl.open_top(&loc, asked),
+                    r => r,
+                }
+            })
+            .and_then(|(fd, layer)| {
+                let backing = if layer == LayerIdx::UPPER {
+                    Backing::Upper
+                } else {
+                    Backing::Lower
+                };
+                let io = self
+                    .passthrough
+                    .opened(ino.0, backing, writes, || reply.open_backing(&fd))?;
+                Ok((fd, layer, io))
             });
         match opened {
-            Ok((fd, layer)) => {
+            Ok((fd, layer, io)) => {
                 let fh = self.insert_file(ino.0, fd, flags, layer, seen);
-                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+                match io {
+                    Io::Cached => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
+                    Io::Passthrough(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+                }
             }
             Err(e) => reply.error(to_fuse(e)),
         }
@@ -558,7 +612,7 @@ impl Filesystem for OverlayFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -566,6 +620,7 @@ impl Filesystem for OverlayFs {
         reply: ReplyEmpty,
     ) {
         self.handles.remove(fh.0);
+        self.passthrough.released(ino.0);
         reply.ok();
     }
 
@@ -786,13 +841,34 @@ impl Filesystem for OverlayFs {
             mode: mode & !umask & 0o7777,
             flags,
         };
-        match self.create_node(req, parent, name, node) {
-            Ok((found, Some(fd))) => {
+        let created = self
+            .create_node(req, parent, name, node)
+            .and_then(|(found, fd)| {
+                let fd = fd.ok_or(Errno::EIO)?;
+                let io = self
+                    .passthrough
+                    .opened(found.attr.ino.0, Backing::Upper, true, || {
+                        reply.open_backing(&fd)
+                    })?;
+                Ok((found, fd, io))
+            });
+        match created {
+            Ok((found, fd, io)) => {
                 let fa = self.entry(parent, name, &found);
                 let fh = self.insert_file(fa.ino.0, fd, flags, LayerIdx::UPPER, 0);
-                reply.created(&TTL, &fa, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE);
+                let keep = FopenFlags::FOPEN_KEEP_CACHE;
+                match io {
+                    Io::Cached => reply.created(&TTL, &fa, Generation(0), fh, keep),
+                    Io::Passthrough(id) => reply.created_passthrough(
+                        &TTL,
+                        &fa,
+                        Generation(0),
+                        fh,
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                }
             }
-            Ok((_, None)) => reply.error(to_fuse(Errno::EIO)),
             Err(e) => reply.error(to_fuse(e)),
         }
     }

@@ -25,6 +25,7 @@ use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::fs::OverlayFs;
+pub use crate::fs::passthrough::PassthroughMode;
 use crate::layers::{LayerSetupError, Overlay, OverlayConfig, WhiteoutFormat};
 
 /// Which filesystem serves an overlay.
@@ -97,6 +98,7 @@ pub enum MountError {
 pub struct OverlayBuilder {
     config: OverlayConfig,
     threads: Option<usize>,
+    passthrough: PassthroughMode,
 }
 
 impl Default for OverlayBuilder {
@@ -116,6 +118,7 @@ impl OverlayBuilder {
                 whiteout: None,
             },
             threads: None,
+            passthrough: PassthroughMode::default(),
         }
     }
 
@@ -149,6 +152,13 @@ impl OverlayBuilder {
         self
     }
 
+    /// Chooses which files the kernel may read and write itself (FUSE passthrough, where this
+    /// process may register them); default [`PassthroughMode::Upper`].
+    pub fn passthrough(mut self, mode: PassthroughMode) -> Self {
+        self.passthrough = mode;
+        self
+    }
+
     /// Opens the layers and mounts the overlay on `mountpoint`, served by background threads.
     ///
     /// # Errors
@@ -168,7 +178,7 @@ impl OverlayBuilder {
         check_mountpoint(mountpoint, &self.config)?;
         raise_fd_limit();
         let overlay = Overlay::new(&self.config)?;
-        let fs = OverlayFs::new(overlay);
+        let fs = OverlayFs::new(overlay).with_passthrough(self.passthrough);
         let threads = self.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map_or(2, |n| n.get())

@@ -24,5 +24,6 @@ mod crash;
 mod differential;
 mod launcher;
 mod mount_ops;
+mod passthrough;
 mod policy;
 mod realtree;

@@ -358,6 +358,8 @@ pub struct MountArgs {
     pub work: Option<PathBuf>,
     /// `kernel` or `aufs`.
     pub whiteout: Option<&'static str>,
+    /// `off`, `upper` or `all`; unset: `$OVLRUN_TEST_PASSTHROUGH`, else ovlrun's default.
+    pub passthrough: Option<&'static str>,
     pub mount_point: PathBuf,
 }
 
@@ -368,6 +370,7 @@ impl MountArgs {
             upper: upper.to_path_buf(),
             work: None,
             whiteout: None,
+            passthrough: None,
             mount_point: mount_point.to_path_buf(),
         }
     }
@@ -379,6 +382,11 @@ impl MountArgs {
 
     pub fn whiteout(mut self, style: &'static str) -> MountArgs {
         self.whiteout = Some(style);
+        self
+    }
+
+    pub fn passthrough(mut self, files: &'static str) -> MountArgs {
+        self.passthrough = Some(files);
         self
     }
 
@@ -395,6 +403,17 @@ impl MountArgs {
         }
         if let Some(s) = self.whiteout {
             cmd.arg("--whiteout").arg(s);
+        }
+        // A second pass of the suite sets `off`, so the server's own read and write path is
+        // tested as root too (sessions in a user namespace never get passthrough).
+        match (self.passthrough, std::env::var("OVLRUN_TEST_PASSTHROUGH")) {
+            (Some(p), _) => {
+                cmd.arg("--passthrough").arg(p);
+            }
+            (None, Ok(p)) => {
+                cmd.arg("--passthrough").arg(p);
+            }
+            (None, Err(_)) => {}
         }
         cmd.arg(&self.mount_point);
         cmd
