@@ -85,10 +85,26 @@ fn finished(id: &str) -> anyhow::Result<(SessionDirs, ovlrun::session::record::R
     Ok(SessionDirs::open_finished(&state()?, id)?)
 }
 
+/// Gives the metadata-only copies a killed FUSE server left in a finished session's upper
+/// their data, before anything reads that upper as a plain directory.
+fn complete_metacopies(rec: &ovlrun::session::record::Record) -> anyhow::Result<()> {
+    ovlrun::layers::complete_metacopies(&ovlrun::layers::OverlayConfig {
+        lowers: vec![rec.rootfs.clone()],
+        upper: rec.upper.clone(),
+        work: Some(rec.work.clone()),
+        whiteout: None,
+    })?;
+    Ok(())
+}
+
 /// `ovlrun diff ID`.
 pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let (_, rec) = SessionDirs::open(&state()?, id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
+    // A running session's server owns its upper; it completes the copies at its end.
+    if rec.status != ovlrun::session::record::Status::Running {
+        complete_metacopies(&rec)?;
+    }
     let p = plan::plan(&rec.rootfs, &rec.upper)?;
     if json {
         let rows: Vec<serde_json::Value> = p
@@ -111,6 +127,7 @@ pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
 pub fn commit(id: &str, atomic: bool, wait: bool) -> anyhow::Result<ExitCode> {
     let (dirs, mut rec) = finished(id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
+    complete_metacopies(&rec)?;
     commit_session(&state()?, &dirs, &mut rec, atomic, wait)?;
     eprintln!(
         "ovlrun: session {id} committed into {}",
@@ -142,6 +159,7 @@ pub fn recover(rootfs: &Path) -> anyhow::Result<ExitCode> {
 pub fn export(id: &str, output: &Path) -> anyhow::Result<ExitCode> {
     let (_, rec) = finished(id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
+    complete_metacopies(&rec)?;
     if output == Path::new("-") {
         let mut out = ovlrun::policy::export::export(&rec.upper, std::io::stdout().lock())?;
         std::io::Write::flush(&mut out)?;

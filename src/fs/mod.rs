@@ -56,6 +56,9 @@ pub struct OverlayFs {
     writeback: bool,
     /// Per-node I/O modes, when the kernel passes reads and writes through to our files.
     passthrough: Passthrough,
+    /// Complete metadata-only copies when the filesystem is unmounted (not when the upper
+    /// is about to be thrown away).
+    complete_at_unmount: bool,
 }
 
 impl OverlayFs {
@@ -67,7 +70,16 @@ impl OverlayFs {
             handles: HandleTable::default(),
             writeback: false,
             passthrough: Passthrough::default(),
+            complete_at_unmount: true,
         }
+    }
+
+    /// Whether to complete metadata-only copies at unmount, so the upper left behind is one
+    /// the kernel overlayfs reads (default: yes). Skip it when the upper is discarded.
+    #[must_use]
+    pub fn complete_at_unmount(mut self, complete: bool) -> OverlayFs {
+        self.complete_at_unmount = complete;
+        self
     }
 
     /// Chooses which files the kernel may read and write itself, where it lets this process
@@ -271,6 +283,20 @@ impl Filesystem for OverlayFs {
         let _ = config.add_capabilities(granted);
         let _ = config.set_max_write(MAX_WRITE);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if !self.complete_at_unmount {
+            return;
+        }
+        // Unmounted: the upper leaves our hands, and the kernel overlayfs cannot read stubs.
+        // On failure they stay, whole with their lowers, for the next completion.
+        if let Err(e) = self.ovl.complete_metacopies() {
+            eprintln!(
+                "ovlrun: upper directory {}: cannot complete its metadata-only copies: {e}",
+                self.ovl.layer_path(LayerIdx::UPPER).display()
+            );
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -16,8 +16,9 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, Whence, fchownat, ftruncate, lseek, symlinkat};
 
-use super::format::{is_escaped_xattr, is_private_xattr, is_whiteout};
+use super::format::{METACOPY_XATTR, is_escaped_xattr, is_private_xattr, is_whiteout};
 use super::index::is_multi_link;
+use super::metacopy::marker;
 use super::walk::{proc_path, remove_tree, split};
 use super::{Ino, LayerIdx, Loc, Overlay, is_dir};
 use crate::sys;
@@ -32,7 +33,8 @@ impl Overlay {
             return if is_whiteout(&st) {
                 Err(Errno::ENOENT)
             } else {
-                Ok(())
+                // A metadata-only copy gets its data now.
+                self.complete_stub(&loc.path)
             };
         }
         let Some((parent, name)) = split(&loc.path) else {
@@ -40,7 +42,7 @@ impl Overlay {
         };
         self.ensure_upper_dir(parent)?;
         let layer = *loc.lowers.first().ok_or(Errno::ENOENT)?;
-        self.copy_from(layer, parent, name)
+        self.copy_from(layer, parent, name, true)
     }
 
     /// Makes sure merged directory `path` exists in the upper, copying each missing parent
@@ -60,14 +62,21 @@ impl Overlay {
                 .map(|i| LayerIdx(u16::try_from(i).unwrap_or(u16::MAX)))
                 .find(|l| matches!(self.stat_in(*l, &prefix), Ok(Some(st)) if is_dir(&st)))
                 .ok_or(Errno::ENOENT)?;
-            self.copy_from(source, &parent, name)?;
+            self.copy_from(source, &parent, name, true)?;
         }
         Ok(())
     }
 
     /// Copies entry `name` of directory `parent` from `layer` into the same place in the
-    /// upper, whose parent directory exists.
-    fn copy_from(&self, layer: LayerIdx, parent: &Path, name: &OsStr) -> Result<(), Errno> {
+    /// upper, whose parent directory exists; without `data`, a regular file becomes a stub
+    /// (see `metacopy.rs`).
+    pub(crate) fn copy_from(
+        &self,
+        layer: LayerIdx,
+        parent: &Path,
+        name: &OsStr,
+        data: bool,
+    ) -> Result<(), Errno> {
         let src_dir = self.dir_fd(layer, parent)?;
         let st = super::walk::stat_at(src_dir.as_fd(), name)?.ok_or(Errno::ENOENT)?;
         let ino = Ino::compose(self.fs_index(layer), st.st_ino);
@@ -76,7 +85,14 @@ impl Overlay {
         // Putting an entry into the upper parent changes its times; the merged view must not
         // see that (the kernel overlayfs restores them too).
         let parent_times = fstat(dst_dir.as_fd())?;
-        let res = self.copy_into(layer, &src_dir, &dst_dir, parent, name, &st, ino, linked);
+        let source = Source {
+            layer,
+            dir: &src_dir,
+            st: &st,
+            ino,
+            data,
+        };
+        let res = self.copy_into(&source, &dst_dir, parent, name, linked);
         utimensat(
             dst_dir.as_fd(),
             ".",
@@ -91,32 +107,27 @@ impl Overlay {
         res
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn copy_into(
         &self,
-        layer: LayerIdx,
-        src_dir: &OwnedFd,
+        src: &Source<'_>,
         dst_dir: &OwnedFd,
         parent: &Path,
         name: &OsStr,
-        st: &FileStat,
-        ino: Ino,
         linked: bool,
     ) -> Result<(), Errno> {
+        let (st, ino) = (src.st, src.ino);
         if linked && self.link_from_index(ino, dst_dir.as_fd(), name)? {
             return Ok(());
         }
         let tmp = self.temp_name();
         let scratch = self.scratch();
-        let built = self
-            .build_copy(layer, src_dir, parent, name, st, ino, &tmp)
-            .and_then(|()| {
-                if linked {
-                    self.add_to_index(&tmp, ino, st.st_nlink)
-                } else {
-                    Ok(true)
-                }
-            });
+        let built = self.build_copy(src, parent, name, &tmp).and_then(|()| {
+            if linked {
+                self.add_to_index(&tmp, ino, st.st_nlink)
+            } else {
+                Ok(true)
+            }
+        });
         match built {
             Ok(true) => {}
             // Another name of this object was copied up meanwhile: join that copy.
@@ -152,33 +163,42 @@ impl Overlay {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn build_copy(
         &self,
-        layer: LayerIdx,
-        src_dir: &OwnedFd,
+        src: &Source<'_>,
         parent: &Path,
         name: &OsStr,
-        st: &FileStat,
-        ino: Ino,
         tmp: &OsStr,
     ) -> Result<(), Errno> {
+        let (layer, src_dir, st, ino) = (src.layer, src.dir, src.st, src.ino);
         let scratch = self.scratch();
         let perm = Mode::from_bits_truncate(st.st_mode & 0o7777);
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
-                let src = self.open_in(layer, &parent.join(name), OFlag::O_RDONLY)?;
                 let dst = nix::fcntl::openat(
                     scratch,
                     tmp,
                     OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )?;
-                copy_data(&src, &dst, st.st_size)?;
+                if src.data {
+                    let data = self.open_in(layer, &parent.join(name), OFlag::O_RDONLY)?;
+                    copy_data(&data, &dst, st.st_size)?;
+                } else {
+                    ftruncate(dst.as_fd(), st.st_size)?;
+                }
                 set_owner(scratch, tmp, st)?;
                 fchmod(dst.as_fd(), perm)?;
                 copy_xattrs(src_dir.as_fd(), name, scratch, tmp)?;
                 self.mark_origin(scratch, tmp, ino)?;
+                if !src.data {
+                    sys::xattr::set(
+                        &proc_path(scratch, tmp),
+                        OsStr::new(METACOPY_XATTR),
+                        &marker(layer),
+                        0,
+                    )?;
+                }
                 set_times(scratch, tmp, st)?;
                 nix::unistd::fsync(dst.as_fd())?;
             }
@@ -216,9 +236,19 @@ impl Overlay {
     }
 }
 
+/// The lower object a copy-up copies.
+struct Source<'a> {
+    layer: LayerIdx,
+    dir: &'a OwnedFd,
+    st: &'a FileStat,
+    ino: Ino,
+    /// Copy a regular file's data (else make a stub).
+    data: bool,
+}
+
 /// Copies `size` bytes of `src` into the empty `dst`: shared blocks where the filesystem can,
 /// else the data ranges only, so holes stay holes.
-fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: i64) -> Result<(), Errno> {
+pub(crate) fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: i64) -> Result<(), Errno> {
     if size == 0 || sys::ficlone(dst, src).is_ok() {
         return Ok(());
     }
@@ -294,7 +324,7 @@ fn copy_range_rw(src: &OwnedFd, dst: &OwnedFd, mut offset: i64, len: i64) -> Res
 
 /// Gives the copy the original's owner. Where we may not (a rootless session whose id map
 /// lacks the owner), the copy stays ours: the kernel would refuse the copy-up instead.
-fn set_owner(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
+pub(crate) fn set_owner(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
     match fchownat(
         dir,
         name,
@@ -307,7 +337,7 @@ fn set_owner(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Err
     }
 }
 
-fn set_times(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
+pub(crate) fn set_times(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
     let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
     let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
     utimensat(dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)

@@ -41,6 +41,10 @@ pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
 /// names under its private prefix and never lists them.
 pub const INO_XATTR: &str = "user.overlay.ovlrun.ino";
 
+/// Marks an upper stub holding metadata only; the value names the lower layer with the data
+/// (see `metacopy.rs`).
+pub const METACOPY_XATTR: &str = "user.overlay.ovlrun.metacopy";
+
 /// True when `st` is a whiteout char device (0:0).
 pub fn is_whiteout(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0

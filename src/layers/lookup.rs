@@ -8,6 +8,7 @@ use nix::errno::Errno;
 use nix::sys::stat::FileStat;
 
 use super::format::{self, is_whiteout};
+use super::metacopy::may_be_stub;
 use super::walk::{split, stat_at};
 use super::{Attr, Found, Ino, LayerIdx, Loc, Lowers, Overlay, is_dir};
 
@@ -88,6 +89,10 @@ impl Overlay {
         }
         if in_upper {
             self.index_nlink(ino, &mut st)?;
+            if may_be_stub(&st) {
+                let dir = self.dir_fd(LayerIdx::UPPER, &parent.path)?;
+                self.stub_blocks(dir.as_fd(), name, &loc.path, &mut st)?;
+            }
         }
         if is_dir(&st) {
             merged_dir_nlink(&mut st, in_upper, dir_lowers.len());
@@ -123,6 +128,9 @@ impl Overlay {
         let ino = match split(&loc.path) {
             Some((parent, name)) => {
                 let dir = self.dir_fd(layer, parent)?;
+                if layer == LayerIdx::UPPER && may_be_stub(&st) {
+                    self.stub_blocks(dir.as_fd(), name, &loc.path, &mut st)?;
+                }
                 self.ino_of(layer, dir.as_fd(), name, &st)?
             }
             None => self.ino_of(layer, self.layer_root(layer), OsStr::new(""), &st)?,

@@ -55,6 +55,8 @@ struct Real {
     layer: LayerIdx,
     dir: std::sync::Arc<OwnedFd>,
     name: OsString,
+    /// The entry's stat when it is in the upper.
+    upper_st: Option<nix::sys::stat::FileStat>,
 }
 
 impl Real {
@@ -77,11 +79,12 @@ impl Overlay {
             };
             match st {
                 Some(st) if is_whiteout(&st) => return Err(Errno::ENOENT),
-                Some(_) => {
+                Some(st) => {
                     return Ok(Real {
                         layer: LayerIdx::UPPER,
                         dir,
                         name,
+                        upper_st: Some(st),
                     });
                 }
                 None => {}
@@ -94,11 +97,25 @@ impl Overlay {
                 return self.real(loc);
             }
         }
-        Ok(Real { layer, dir, name })
+        Ok(Real {
+            layer,
+            dir,
+            name,
+            upper_st: None,
+        })
     }
 
     fn real_upper(&self, loc: &Loc) -> Result<Real, Errno> {
         self.copy_up(loc)?;
+        let real = self.real(loc)?;
+        debug_assert_eq!(real.layer, LayerIdx::UPPER);
+        Ok(real)
+    }
+
+    /// Like [`Overlay::real_upper`] for a change of metadata only: a large lower file gets a
+    /// metadata-only copy (see `metacopy.rs`).
+    fn real_upper_meta(&self, loc: &Loc) -> Result<Real, Errno> {
+        self.copy_up_meta(loc)?;
         let real = self.real(loc)?;
         debug_assert_eq!(real.layer, LayerIdx::UPPER);
         Ok(real)
@@ -124,7 +141,14 @@ impl Overlay {
             self.copy_up(loc)?;
             LayerIdx::UPPER
         } else {
-            self.real(loc)?.layer
+            let real = self.real(loc)?;
+            match &real.upper_st {
+                // A metadata-only copy reads its lower's data.
+                Some(st) => self
+                    .stub_data_layer(real.dir.as_fd(), &real.name, st)?
+                    .unwrap_or(LayerIdx::UPPER),
+                None => real.layer,
+            }
         };
         Ok((self.open_in(layer, &loc.path, flags)?, layer))
     }
@@ -140,7 +164,11 @@ impl Overlay {
         changes: &SetAttr,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<Attr, Errno> {
-        let real = self.real_upper(loc)?;
+        let real = if changes.size.is_some() {
+            self.real_upper(loc)?
+        } else {
+            self.real_upper_meta(loc)?
+        };
         let (dir, name) = (real.dir.as_fd(), real.name.as_os_str());
         let name = if name.is_empty() {
             OsStr::new(".")
@@ -248,7 +276,7 @@ impl Overlay {
     /// Any error of the upper.
     pub fn setxattr(&self, loc: &Loc, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         sys::xattr::set(
-            &self.real_upper(loc)?.path(),
+            &self.real_upper_meta(loc)?.path(),
             &escape_xattr(name),
             value,
             flags,
@@ -263,7 +291,7 @@ impl Overlay {
         let real = escape_xattr(name);
         // Copying up just to learn the name is absent would change the upper for nothing.
         sys::xattr::get(&self.real(loc)?.path(), &real)?;
-        sys::xattr::remove(&self.real_upper(loc)?.path(), &real)
+        sys::xattr::remove(&self.real_upper_meta(loc)?.path(), &real)
     }
 
     /// Filesystem statistics: those of the upper, where new data goes.

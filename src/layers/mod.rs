@@ -17,6 +17,7 @@ mod index;
 mod ino;
 mod lookup;
 mod meta;
+mod metacopy;
 mod origin;
 mod readdir;
 mod remove;
@@ -38,6 +39,7 @@ pub use create::{NewNode, Owner};
 pub use format::WhiteoutFormat;
 pub use ino::Ino;
 pub use meta::{SetAttr, SetTime};
+pub use metacopy::{METACOPY_MIN_SIZE, complete_metacopies};
 pub use readdir::DirEntry;
 pub use rename::RenameOutcome;
 pub use setup::{LayerSetupError, OverlayConfig, default_work};
@@ -141,6 +143,8 @@ pub struct Overlay {
     dirs: dircache::DirCache,
     /// Copy-ups done so far; lets callers holding lower fds notice cheaply that one happened.
     copy_ups: AtomicU64,
+    /// Held while a metadata-only copy is completed (see `metacopy.rs`).
+    completing: std::sync::Mutex<()>,
 }
 
 pub(crate) fn is_dir(st: &FileStat) -> bool {

@@ -97,6 +97,15 @@ pub enum LayerSetupError {
         #[source]
         source: Errno,
     },
+    /// Metadata-only copies in the upper could not be completed (they stay as they were).
+    #[error("upper directory {}: cannot complete its metadata-only copies", .upper.display())]
+    Metacopy {
+        /// The upper directory.
+        upper: PathBuf,
+        /// The cause.
+        #[source]
+        source: Errno,
+    },
     /// A step on the work directory failed.
     #[error("work directory {}: cannot {step}", .path.display())]
     Work {
@@ -289,6 +298,7 @@ impl Overlay {
             next_temp: AtomicU64::new(0),
             dirs: super::dircache::DirCache::default(),
             copy_ups: AtomicU64::new(0),
+            completing: std::sync::Mutex::new(()),
         })
     }
 }

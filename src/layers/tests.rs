@@ -500,3 +500,140 @@ fn hard_links_in_a_lower_stay_linked_after_copy_up() {
         "lower untouched"
     );
 }
+
+/// Writes a lower file of `len` bytes with a recognisable pattern; returns the data.
+fn big_lower(f: &Fixture, rel: &str, len: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    fs::create_dir_all(f.p(rel).parent().unwrap()).unwrap();
+    fs::write(f.p(rel), &data).unwrap();
+    data
+}
+
+fn read_bytes(ovl: &Overlay, path: &str) -> Vec<u8> {
+    let fd = ovl.open(&at(ovl, path), OFlag::O_RDONLY).unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(fd), &mut out).unwrap();
+    out
+}
+
+fn is_stub(path: &Path) -> bool {
+    crate::sys::xattr::get(path, OsStr::new(format::METACOPY_XATTR)).is_ok()
+}
+
+#[test]
+fn chmod_of_a_large_lower_file_copies_metadata_only() {
+    let f = Fixture::new();
+    let size = usize::try_from(METACOPY_MIN_SIZE).unwrap() * 2;
+    let data = big_lower(&f, "l2/d/big", size);
+    f.write("l2/small", "tiny");
+    let ovl = f.overlay(None);
+    let before = ovl.stat(&at(&ovl, "d/big")).unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let attr = ovl.setattr(&at(&ovl, "d/big"), &chmod, None).unwrap();
+    assert_eq!(attr.st.st_mode & 0o7777, 0o600);
+    assert_eq!(attr.st.st_size, before.st.st_size);
+    assert_eq!(attr.ino, before.ino, "st_ino kept");
+    assert_eq!(attr.st.st_blocks, before.st.st_blocks, "blocks of the data");
+    let upper = fs::metadata(f.p("upper/d/big")).unwrap();
+    assert!(
+        upper.blocks() <= 8,
+        "the upper copy holds no data (an xattr block at most)"
+    );
+    assert!(is_stub(&f.p("upper/d/big")));
+    assert!(
+        read_bytes(&ovl, "d/big") == data,
+        "reads come from the lower"
+    );
+    // A small file is copied whole.
+    ovl.setattr(&at(&ovl, "small"), &chmod, None).unwrap();
+    assert!(!is_stub(&f.p("upper/small")));
+    assert_eq!(fs::read_to_string(f.p("upper/small")).unwrap(), "tiny");
+}
+
+#[test]
+fn writing_or_renaming_a_metadata_only_copy_completes_it() {
+    let f = Fixture::new();
+    let size = usize::try_from(METACOPY_MIN_SIZE).unwrap() + 7;
+    let data = big_lower(&f, "l2/a", size);
+    big_lower(&f, "l2/b", size);
+    let ovl = f.overlay(None);
+    let chown = SetAttr {
+        uid: Some(4321),
+        gid: Some(4321),
+        ..SetAttr::default()
+    };
+    for name in ["a", "b"] {
+        ovl.setattr(&at(&ovl, name), &chown, None).unwrap();
+        assert!(is_stub(&f.p(&format!("upper/{name}"))));
+    }
+    let ino_a = ovl.stat(&at(&ovl, "a")).unwrap().ino;
+    let fd = ovl.open(&at(&ovl, "a"), OFlag::O_WRONLY).unwrap();
+    nix::sys::uio::pwrite(&fd, b"XY", 0).unwrap();
+    drop(fd);
+    let upper_a = fs::metadata(f.p("upper/a")).unwrap();
+    assert!(
+        !is_stub(&f.p("upper/a")),
+        "complete after opening for writing"
+    );
+    assert_eq!(
+        (upper_a.uid(), upper_a.gid()),
+        (4321, 4321),
+        "the stub's owner kept"
+    );
+    assert_eq!(ovl.stat(&at(&ovl, "a")).unwrap().ino, ino_a, "st_ino kept");
+    let got = fs::read(f.p("upper/a")).unwrap();
+    assert!(
+        got[..2] == *b"XY" && got[2..] == data[2..],
+        "the lower's data, then the write"
+    );
+
+    ovl.rename(
+        &ovl.root_loc(),
+        OsStr::new("b"),
+        &ovl.root_loc(),
+        OsStr::new("c"),
+        RenameFlags::empty(),
+    )
+    .unwrap();
+    assert!(!is_stub(&f.p("upper/c")), "complete before a rename");
+    assert!(read_bytes(&ovl, "c") == data);
+    assert!(fs::read(f.p("l2/a")).unwrap() == data, "lower untouched");
+}
+
+#[test]
+fn complete_metacopies_leaves_an_upper_the_kernel_can_read() {
+    let f = Fixture::new();
+    let size = usize::try_from(METACOPY_MIN_SIZE).unwrap() * 3;
+    let data = big_lower(&f, "l1/x/y/big", size);
+    let ovl = f.overlay(None);
+    let utimes = SetAttr {
+        mtime: Some(SetTime::At(nix::sys::time::TimeSpec::new(1_000_000, 0))),
+        ..SetAttr::default()
+    };
+    ovl.setattr(&at(&ovl, "x/y/big"), &utimes, None).unwrap();
+    ovl.setxattr(&at(&ovl, "x/y/big"), OsStr::new("user.note"), b"kept", 0)
+        .unwrap();
+    assert!(is_stub(&f.p("upper/x/y/big")));
+    let dir_mtime = fs::metadata(f.p("upper/x/y")).unwrap().mtime();
+    assert_eq!(ovl.complete_metacopies().unwrap(), 1);
+    assert_eq!(ovl.complete_metacopies().unwrap(), 0, "nothing left");
+    let up = f.p("upper/x/y/big");
+    assert!(!is_stub(&up));
+    assert!(
+        fs::read(&up).unwrap() == data,
+        "the data is in the upper now"
+    );
+    assert_eq!(fs::metadata(&up).unwrap().mtime(), 1_000_000, "times kept");
+    assert_eq!(
+        crate::sys::xattr::get(&up, OsStr::new("user.note")).unwrap(),
+        b"kept"
+    );
+    assert_eq!(
+        fs::metadata(f.p("upper/x/y")).unwrap().mtime(),
+        dir_mtime,
+        "the parent's times kept"
+    );
+}

@@ -99,6 +99,7 @@ pub struct OverlayBuilder {
     config: OverlayConfig,
     threads: Option<usize>,
     passthrough: PassthroughMode,
+    complete_at_unmount: bool,
 }
 
 impl Default for OverlayBuilder {
@@ -119,6 +120,7 @@ impl OverlayBuilder {
             },
             threads: None,
             passthrough: PassthroughMode::default(),
+            complete_at_unmount: true,
         }
     }
 
@@ -159,6 +161,13 @@ impl OverlayBuilder {
         self
     }
 
+    /// Whether to give metadata-only copies their data at unmount, so the upper stays one
+    /// the kernel overlayfs can mount (default: yes; no for an upper about to be discarded).
+    pub fn complete_at_unmount(mut self, complete: bool) -> Self {
+        self.complete_at_unmount = complete;
+        self
+    }
+
     /// Opens the layers and mounts the overlay on `mountpoint`, served by background threads.
     ///
     /// # Errors
@@ -178,7 +187,9 @@ impl OverlayBuilder {
         check_mountpoint(mountpoint, &self.config)?;
         raise_fd_limit();
         let overlay = Overlay::new(&self.config)?;
-        let fs = OverlayFs::new(overlay).with_passthrough(self.passthrough);
+        let fs = OverlayFs::new(overlay)
+            .with_passthrough(self.passthrough)
+            .complete_at_unmount(self.complete_at_unmount);
         let threads = self.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map_or(2, |n| n.get())

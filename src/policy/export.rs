@@ -74,6 +74,10 @@ fn walk<W: Write>(
             marker(tar, &rel.join(format::aufs_whiteout_name(&name)), &full)?;
             continue;
         }
+        crate::policy::plan::refuse_stub(&full, &md).map_err(|e| ExportError {
+            path: e.path,
+            source: e.source,
+        })?;
         entry(tar, &full, &path, &md, links)?;
         if md.is_dir() {
             walk(tar, upper, &path, links)?;

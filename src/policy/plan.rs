@@ -307,6 +307,24 @@ pub fn plan(rootfs: &Path, upper: &Path) -> Result<Plan, PlanError> {
     Ok(w.plan)
 }
 
+/// A metadata-only copy still in the upper has no data of its own: committing or exporting
+/// it would write zeros. Sessions complete them first; this guards the rest.
+pub(crate) fn refuse_stub(up: &Path, upm: &Metadata) -> Result<(), PlanError> {
+    let sparse = upm.is_file()
+        && i64::try_from(upm.len()).unwrap_or(i64::MAX) >= crate::layers::METACOPY_MIN_SIZE
+        && upm.blocks().saturating_mul(512) < upm.len();
+    if sparse && sys::xattr::get(up, OsStr::new(format::METACOPY_XATTR)).is_ok() {
+        return Err(PlanError {
+            path: up.to_owned(),
+            source: std::io::Error::other(
+                "a metadata-only copy whose data is still in the lower; \
+                 `ovlrun commit` or `ovlrun diff` of the session completes it",
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn lstat_opt(path: &Path) -> Result<Option<Metadata>, PlanError> {
     match path.symlink_metadata() {
         Ok(m) => Ok(Some(m)),
@@ -463,6 +481,7 @@ impl Walker<'_> {
         low: &Path,
         lowm: Option<&Metadata>,
     ) -> Result<(), PlanError> {
+        refuse_stub(up, upm)?;
         if let Some(m) = lowm {
             if !m.is_dir() && same_entry(up, upm, low, m)? {
                 return Ok(());
@@ -497,5 +516,40 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stub a killed server left must never reach a commit or an export as zeros.
+    #[test]
+    fn plan_and_export_refuse_a_metadata_only_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rootfs, upper) = (tmp.path().join("rootfs"), tmp.path().join("upper"));
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        let size = u64::try_from(crate::layers::METACOPY_MIN_SIZE).unwrap();
+        std::fs::write(
+            rootfs.join("big"),
+            vec![7u8; usize::try_from(size).unwrap()],
+        )
+        .unwrap();
+        let stub = std::fs::File::create(upper.join("big")).unwrap();
+        stub.set_len(size).unwrap();
+        assert!(plan(&rootfs, &upper).is_ok(), "a sparse file alone is fine");
+        sys::xattr::set(
+            &upper.join("big"),
+            OsStr::new(format::METACOPY_XATTR),
+            b"1",
+            0,
+        )
+        .unwrap();
+        let err = plan(&rootfs, &upper).unwrap_err();
+        assert_eq!(err.path, upper.join("big"));
+        assert!(err.source.to_string().contains("metadata-only"), "{err:?}");
+        let err = crate::policy::export::export(&upper, Vec::new()).unwrap_err();
+        assert_eq!(err.path, upper.join("big"));
     }
 }

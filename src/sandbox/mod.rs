@@ -33,7 +33,7 @@ use nix::unistd::{ForkResult, Pid};
 use nix::fcntl::OFlag;
 
 use crate::config::{Network, SessionPlan, UserNs};
-use crate::layers::{NewNode, Overlay, OverlayConfig, Owner};
+use crate::layers::{LayerSetupError, NewNode, Overlay, OverlayConfig, Owner};
 use crate::mount::kernel::KernelMount;
 use crate::mount::{Backend, MountError, MountHandle, OverlayBuilder, UnservedMount};
 use crate::session::SessionDirs;
@@ -92,8 +92,22 @@ pub struct Outcome {
 ///
 /// # Errors
 /// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
-pub fn run(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxError> {
-    run_in(plan, dirs)
+pub fn run(
+    plan: &SessionPlan,
+    dirs: &SessionDirs,
+    upper: UpperAfter,
+) -> Result<Outcome, SandboxError> {
+    run_in(plan, dirs, upper)
+}
+
+/// What becomes of a session's upper once its command has exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpperAfter {
+    /// Kept (preserved, committed, or up to the user): it must be whole, readable by the
+    /// kernel overlayfs and by the policies.
+    Kept,
+    /// Thrown away: metadata-only copies need not get their data.
+    Discarded,
 }
 
 /// A mounted overlay, before and after its serving threads start.
@@ -118,7 +132,11 @@ fn owner_is_mapped(rootfs: &Path) -> bool {
 }
 
 /// Step 3: mounts the overlay with the chosen backend, without starting any thread.
-fn mount_overlay(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Mounted, SandboxError> {
+fn mount_overlay(
+    plan: &SessionPlan,
+    dirs: &SessionDirs,
+    upper: UpperAfter,
+) -> Result<Mounted, SandboxError> {
     let kernel = || {
         let work = dirs.work.join("kernel");
         std::fs::create_dir_all(&work).map_err(|source| SandboxError::Scaffold {
@@ -143,7 +161,8 @@ fn mount_overlay(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Mounted, Sand
         let mut builder = OverlayBuilder::new()
             .lower(&plan.rootfs)
             .upper(&dirs.upper)
-            .work(&dirs.work);
+            .work(&dirs.work)
+            .complete_at_unmount(upper == UpperAfter::Kept);
         if let Some(n) = std::env::var("OVLRUN_THREADS")
             .ok()
             .and_then(|n| n.parse().ok())
@@ -178,7 +197,11 @@ pub fn enter_owner_namespace() -> Result<(), SandboxError> {
     enter_namespaces(Some(&idmap::choose()))
 }
 
-fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxError> {
+fn run_in(
+    plan: &SessionPlan,
+    dirs: &SessionDirs,
+    upper: UpperAfter,
+) -> Result<Outcome, SandboxError> {
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // wait for the forwarding thread (a serving thread would otherwise die of them).
     let forwarded = forwarded_set();
@@ -194,7 +217,7 @@ fn run_in(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Outcome, SandboxErro
     // Made inside the namespace, so it sees owners as the removal afterwards will.
     let scaffold = scaffold_targets(plan, dirs)?;
 
-    let mounted = mount_overlay(plan, dirs)?;
+    let mounted = mount_overlay(plan, dirs, upper)?;
 
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
     let (mut parent_end, child_end) = handshake::channel().map_err(HandshakeError::from)?;
@@ -259,6 +282,14 @@ fn owner_of(path: &Path) -> Option<(u32, u32, u32)> {
 /// [`remove_scaffold`].
 fn scaffold_targets(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Scaffold, SandboxError> {
     let ovl = open_layers(plan, dirs)?;
+    // A resumed upper may hold metadata-only copies a killed server left; the kernel
+    // backend cannot read them.
+    ovl.complete_metacopies().map_err(|source| {
+        SandboxError::Mount(MountError::Layers(LayerSetupError::Metacopy {
+            upper: dirs.upper.clone(),
+            source,
+        }))
+    })?;
     let owner = Owner { uid: 0, gid: 0 };
     let mut scaffold = Scaffold::default();
     for (target, kind) in plan::targets(plan) {

@@ -106,7 +106,11 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
         None => new_session(plan, opts)?,
     };
     rec.save(&dirs.root)?;
-    let code = match crate::sandbox::run(plan, &dirs) {
+    let upper = match opts.policy {
+        Policy::Discard => crate::sandbox::UpperAfter::Discarded,
+        _ => crate::sandbox::UpperAfter::Kept,
+    };
+    let code = match crate::sandbox::run(plan, &dirs, upper) {
         Ok(outcome) => {
             rec.fs = outcome.fs.name().into();
             outcome.code

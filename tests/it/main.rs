@@ -23,6 +23,7 @@ mod config;
 mod crash;
 mod differential;
 mod launcher;
+mod metacopy;
 mod mount_ops;
 mod passthrough;
 mod policy;

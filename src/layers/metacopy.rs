@@ -1,0 +1,262 @@
+//! Metadata-only copy-up: chmod, chown, utimes and xattr changes to a large lower file copy
+//! its metadata into the upper, not its data (the kernel's `metacopy` idea).
+//!
+//! The upper copy is a stub: a sparse file of the lower's size, with owner, mode, times and
+//! xattrs of its own, marked with [`METACOPY_XATTR`] naming the lower layer that holds the
+//! data. Reads go to that layer. Whatever needs the data in the upper (opening for writing,
+//! truncation, rename, link) first completes the stub, atomically, like a copy-up.
+//!
+//! The kernel overlayfs cannot read such a stub (it refuses `metacopy` with `userxattr`), so
+//! stubs never outlive ovlrun's use of an upper: they are completed at unmount, and
+//! [`complete_metacopies`] completes the ones a killed server left behind before anything
+//! else reads the upper.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, renameat};
+use nix::sys::stat::{FileStat, Mode, fchmod, fstat};
+
+use super::copy_up::{copy_data, copy_xattrs, set_owner, set_times};
+use super::format::METACOPY_XATTR;
+use super::walk::{list_names, proc_path, remove_tree, split, stat_at};
+use super::{Ino, LayerIdx, Loc, Overlay, OverlayConfig, is_dir};
+use crate::sys;
+
+/// Smaller files are copied whole: a stub would save little and cost a completion later.
+pub const METACOPY_MIN_SIZE: i64 = 1 << 20;
+
+/// True when `st` may be a stub: a large regular file with fewer blocks than its size needs
+/// (an xattr block may count). Only such files are asked for the marker, so ordinary files
+/// cost no extra syscall.
+pub(crate) fn may_be_stub(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_size >= METACOPY_MIN_SIZE
+        && st.st_blocks.saturating_mul(512) < st.st_size
+}
+
+/// True when lower object `st` gets a stub rather than a full copy: a regular file with one
+/// name (hard links go through the copy-up index) and enough data to be worth it.
+pub(crate) fn wants_metacopy(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_nlink == 1
+        && st.st_size >= METACOPY_MIN_SIZE
+}
+
+/// The marker's value: the lower layer holding the data.
+pub(crate) fn marker(layer: LayerIdx) -> Vec<u8> {
+    layer.0.to_string().into_bytes()
+}
+
+impl Overlay {
+    /// The lower layer holding the data of upper entry `name` in `dir` (whose stat is `st`)
+    /// when it is a stub; `None` for a complete file.
+    ///
+    /// # Errors
+    /// `EIO` for a marker naming no lower layer; any error reading the marker.
+    pub(crate) fn stub_data_layer(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &FileStat,
+    ) -> Result<Option<LayerIdx>, Errno> {
+        if !may_be_stub(st) {
+            return Ok(None);
+        }
+        let value = match sys::xattr::get(&proc_path(dir, name), OsStr::new(METACOPY_XATTR)) {
+            Ok(v) => v,
+            Err(Errno::ENODATA | Errno::EOPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let layer = std::str::from_utf8(&value)
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|&l| l >= 1 && usize::from(l) < self.layers.len())
+            .ok_or(Errno::EIO)?;
+        Ok(Some(LayerIdx(layer)))
+    }
+
+    /// Makes sure the object at `loc` has an upper copy for a change of its metadata: a stub
+    /// for a large lower file (see the module doc), a full copy-up otherwise.
+    ///
+    /// # Errors
+    /// `ENOENT` when the object is gone; any error of the copy.
+    pub(crate) fn copy_up_meta(&self, loc: &Loc) -> Result<(), Errno> {
+        if let Some(st) = self.upper_stat(&loc.path)? {
+            return if super::format::is_whiteout(&st) {
+                Err(Errno::ENOENT)
+            } else {
+                Ok(()) // a stub or a full copy: either holds metadata
+            };
+        }
+        let (Some((parent, name)), Some(&layer)) = (split(&loc.path), loc.lowers.first()) else {
+            return self.copy_up(loc);
+        };
+        let wanted = self.upper_xattrs
+            && self
+                .stat_in(layer, &loc.path)?
+                .is_some_and(|st| wants_metacopy(&st));
+        if !wanted {
+            return self.copy_up(loc);
+        }
+        self.ensure_upper_dir(parent)?;
+        match self.copy_from(layer, parent, name, false) {
+            Ok(()) => Ok(()),
+            // The upper refused the marker after all: copy the data.
+            Err(Errno::EOPNOTSUPP | Errno::EPERM) => self.copy_up(loc),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the stub at upper `path`, if it still is one, by a complete copy: the data
+    /// of its lower, the stub's own metadata. Atomic like a copy-up; serialized, so two
+    /// completions never race and lose a write made through the first.
+    ///
+    /// # Errors
+    /// `EIO` when the lower no longer holds data of the stub's size; any error of the copy.
+    pub(crate) fn complete_stub(&self, path: &Path) -> Result<(), Errno> {
+        let _one_at_a_time = self.completing.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((parent, name)) = split(path) else {
+            return Ok(());
+        };
+        let dir = self.dir_fd(LayerIdx::UPPER, parent)?;
+        let Some(st) = stat_at(dir.as_fd(), name)? else {
+            return Ok(());
+        };
+        let Some(layer) = self.stub_data_layer(dir.as_fd(), name, &st)? else {
+            return Ok(()); // completed meanwhile
+        };
+        let src = self.open_in(layer, path, OFlag::O_RDONLY)?;
+        let src_st = fstat(src.as_fd())?;
+        if src_st.st_mode & libc::S_IFMT != libc::S_IFREG || src_st.st_size != st.st_size {
+            return Err(Errno::EIO);
+        }
+        let ino = Ino::compose(self.fs_index(layer), src_st.st_ino);
+        let (scratch, tmp) = (self.scratch(), self.temp_name());
+        let built = build_complete(self, &src, dir.as_fd(), name, &st, ino, &tmp);
+        if let Err(e) = built {
+            let _ = remove_tree(scratch, &tmp);
+            return Err(e);
+        }
+        // Replacing the entry moves the parent's times; the merged view must not see that.
+        let parent_st = fstat(dir.as_fd())?;
+        if let Err(e) = renameat(scratch, tmp.as_os_str(), dir.as_fd(), name) {
+            let _ = remove_tree(scratch, &tmp);
+            return Err(e);
+        }
+        set_times(dir.as_fd(), OsStr::new("."), &parent_st)?;
+        self.copy_ups
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Completes every stub in the upper (see the module doc); returns how many there were.
+    ///
+    /// # Errors
+    /// The first error of the walk or of a completion, naming nothing: callers add the upper.
+    pub fn complete_metacopies(&self) -> Result<usize, Errno> {
+        let mut stubs = Vec::new();
+        let root = nix::fcntl::openat(
+            self.layer_root(LayerIdx::UPPER),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        self.find_stubs(&root, PathBuf::new(), &mut stubs)?;
+        for path in &stubs {
+            self.complete_stub(path)?;
+        }
+        Ok(stubs.len())
+    }
+
+    /// Collects the stubs under upper directory `dir` (at `path`), depth first: one fd per
+    /// level.
+    fn find_stubs(
+        &self,
+        dir: &OwnedFd,
+        path: PathBuf,
+        out: &mut Vec<PathBuf>,
+    ) -> Result<(), Errno> {
+        for name in list_names(dir)? {
+            let Some(st) = stat_at(dir.as_fd(), &name)? else {
+                continue;
+            };
+            if is_dir(&st) {
+                let sub = nix::fcntl::openat(
+                    dir.as_fd(),
+                    name.as_os_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                self.find_stubs(&sub, path.join(&name), out)?;
+            } else if self.stub_data_layer(dir.as_fd(), &name, &st)?.is_some() {
+                out.push(path.join(&name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports data blocks of the lower for a stub (`du` sees the file's real size), as the
+    /// kernel's metacopy does.
+    ///
+    /// # Errors
+    /// Any error reading the marker or the lower.
+    pub(crate) fn stub_blocks(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        st: &mut FileStat,
+    ) -> Result<(), Errno> {
+        if let Some(layer) = self.stub_data_layer(dir, name, st)?
+            && let Some(lower) = self.stat_in(layer, path)?
+        {
+            st.st_blocks = lower.st_blocks;
+        }
+        Ok(())
+    }
+}
+
+/// Builds in the scratch dir, as `tmp`, the complete copy of stub `name` in `dir`: data from
+/// `src`, everything else from the stub.
+fn build_complete(
+    ovl: &Overlay,
+    src: &OwnedFd,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &FileStat,
+    ino: Ino,
+    tmp: &OsString,
+) -> Result<(), Errno> {
+    let scratch = ovl.scratch();
+    let dst = nix::fcntl::openat(
+        scratch,
+        tmp.as_os_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    copy_data(src, &dst, st.st_size)?;
+    set_owner(scratch, tmp, st)?;
+    fchmod(dst.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+    copy_xattrs(dir, name, scratch, tmp)?;
+    ovl.mark_origin(scratch, tmp, ino)?;
+    set_times(scratch, tmp, st)?;
+    nix::unistd::fsync(dst.as_fd())
+}
+
+/// Completes the stubs a killed server left in the upper of `config` (see the module doc);
+/// returns how many there were. Cheap when there are none: one walk of the upper.
+///
+/// # Errors
+/// The layers cannot be opened, or a completion failed (the stub and its lower stay as they
+/// were, nothing is lost).
+pub fn complete_metacopies(config: &OverlayConfig) -> Result<usize, super::LayerSetupError> {
+    let ovl = Overlay::new(config)?;
+    ovl.complete_metacopies()
+        .map_err(|source| super::LayerSetupError::Metacopy {
+            upper: config.upper.clone(),
+            source,
+        })
+}
