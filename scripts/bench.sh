@@ -4,7 +4,10 @@
 # plain directory, alternating backends over several rounds; prints medians and the ratios
 # to the kernel overlayfs and to fuse-overlayfs.
 #
-#   bash scripts/bench.sh [--rounds N] [--only WORKLOAD[,WORKLOAD...]] [--json FILE]
+#   bash scripts/bench.sh [--rounds N] [--only WORKLOAD[,...]] [--backends B[,...]] [--json FILE]
+#
+# Backends: ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain (the default set), and
+# ovlrun-fuse-all (`ovlrun mount --passthrough all`).
 #
 # Run as root on a quiet machine. Lowers are built once under /var/tmp/ovlrun-bench.
 set -euo pipefail
@@ -13,12 +16,14 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH=/var/tmp/ovlrun-bench
 ROUNDS=3
 ONLY=""
+BACKENDS_ARG=""
 JSON=""
 while (($#)); do
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
         --json) JSON="$2"; shift 2 ;;
+        --backends) BACKENDS_ARG="$2"; shift 2 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -27,11 +32,13 @@ done
 if [[ -z "${OVLRUN_BENCH_NS:-}" ]]; then
     [[ "$(id -u)" == 0 ]] || { echo "bench.sh: run as root" >&2; exit 1; }
     exec env OVLRUN_BENCH_NS=1 unshare --mount --propagation private bash "$0" \
-        --rounds "$ROUNDS" ${ONLY:+--only "$ONLY"} ${JSON:+--json "$JSON"}
+        --rounds "$ROUNDS" ${ONLY:+--only "$ONLY"} ${JSON:+--json "$JSON"} \
+        ${BACKENDS_ARG:+--backends "$BACKENDS_ARG"}
 fi
 
 OVLRUN="$REPO/target/release/ovlrun"
 BACKENDS=(ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain)
+[[ -n "$BACKENDS_ARG" ]] && IFS=, read -r -a BACKENDS <<<"$BACKENDS_ARG"
 RESULTS="$BENCH/results.tsv"   # workload backend round seconds cpu_s rss_kib
 
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -88,6 +95,10 @@ mount_backend() {
     case "$backend" in
         ovlrun-fuse)
             "$OVLRUN" mount --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
+            SERVER_PID=$!
+            wait_mounted "$MNT" ;;
+        ovlrun-fuse-all)
+            "$OVLRUN" mount --passthrough all --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
             SERVER_PID=$!
             wait_mounted "$MNT" ;;
         ovlrun-kernel)
@@ -271,7 +282,7 @@ for w, b, _round, secs, cpu, rss in rows:
     d = data.setdefault(w, {}).setdefault(b, {"secs": [], "cpu": [], "rss": []})
     d["secs"].append(float(secs)); d["cpu"].append(float(cpu)); d["rss"].append(int(rss))
 out = {}
-order = ["ovlrun-fuse", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare"]
+order = ["ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare"]
 print(f"{'workload':<15}" + "".join(f"{b:>15}" for b in order) + f"{'fuse/kernel':>13}{'fuse-ovl/fuse':>15}")
 for w, bs in data.items():
     med = {b: statistics.median(v["secs"]) for b, v in bs.items()}
@@ -291,7 +302,7 @@ for w, bs in data.items():
 print("fuse/kernel: ovlrun's FUSE time over the kernel overlayfs's (lower is better);")
 print("fuse-ovl/fuse: fuse-overlayfs's time over ovlrun's FUSE time (above 1: ovlrun is faster).")
 for w, bs in data.items():
-    for b in ("ovlrun-fuse", "fuse-overlayfs"):
+    for b in ("ovlrun-fuse", "ovlrun-fuse-all", "fuse-overlayfs"):
         if b in bs and max(bs[b]["rss"]) > 0:
             print(f"  {w}: {b} server cpu {statistics.median(bs[b]['cpu']):.2f}s, peak rss {max(bs[b]['rss']) // 1024} MiB")
 if sys.argv[2]:
