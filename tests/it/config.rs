@@ -6,35 +6,18 @@
 //! over `examples/rootfs` itself (no test here writes it) under a time limit.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{self, TestDir};
+use crate::support::{self, Out, TestDir, example_rootfs};
 
 /// How long one `ovlrun` may take before its test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// ovlrun's own failure, bad input included.
-const EXIT_OWN_ERROR: i32 = 125;
-
-/// Skips (locally) or fails (under `CI`) a test that cannot launch sessions here.
-macro_rules! require_launcher {
-    () => {
-        require!(
-            example_dir().join("rootfs/bin/busybox").is_file(),
-            "find examples/rootfs/bin/busybox (run scripts/mkrootfs.sh)"
-        );
-        require!(
-            support::can_mount_fuse(),
-            "launch sessions (needs root and /dev/fuse)"
-        );
-    };
-}
-
+/// `examples/`: the example bundle's config.json (its rootfs is [`example_rootfs`]).
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
@@ -54,7 +37,7 @@ impl Bundle {
     fn with_text(text: &str) -> Bundle {
         let dir = TestDir::new();
         let bundle = dir.mkdir("bundle");
-        support::symlink(example_dir().join("rootfs"), bundle.join("rootfs"));
+        support::symlink(example_rootfs(), bundle.join("rootfs"));
         support::write(bundle.join("config.json"), text);
         Bundle { dir }
     }
@@ -71,7 +54,7 @@ impl Bundle {
     fn ovlrun(&self, args: &[&str]) -> Out {
         let mut cmd = Command::new(support::ovlrun_bin());
         cmd.env("OVLRUN_STATE", self.state()).args(args);
-        run(&mut cmd)
+        support::run_within(&mut cmd, RUN_TIMEOUT)
     }
 
     /// `ovlrun run --bundle BUNDLE FLAGS.. -- sh -c SCRIPT`.
@@ -92,112 +75,30 @@ fn example_config(change: impl FnOnce(&mut Value)) -> Value {
     v
 }
 
-/// What a finished `ovlrun` did.
-struct Out {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    #[track_caller]
-    fn expect(&self, code: i32, stdout: &str) -> &Out {
-        assert!(
-            self.status.code() == Some(code) && self.stdout == stdout,
-            "expected exit {code} and stdout {stdout:?}\n{}",
-            self.context()
-        );
-        self
-    }
-
-    /// Asserts ovlrun's own failure whose message contains each of `parts`.
-    #[track_caller]
-    fn expect_own_error(&self, parts: &[&str]) -> &Out {
-        assert_eq!(
-            self.status.code(),
-            Some(EXIT_OWN_ERROR),
-            "{}",
-            self.context()
-        );
-        for p in parts {
-            assert!(
-                self.stderr.contains(p),
-                "stderr lacks {p:?}\n{}",
-                self.context()
-            );
-        }
-        self
-    }
-
-    fn context(&self) -> String {
-        format!(
-            "command: {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `cmd` (stdin closed) within [`RUN_TIMEOUT`]; kills it and fails the test when it
-/// takes longer.
-#[track_caller]
-fn run(cmd: &mut Command) -> Out {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {RUN_TIMEOUT:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Out {
-        what,
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
 #[test]
 fn example_bundle_runs_and_flags_override_it() {
     require_launcher!();
     let b = Bundle::with_text(&support::read_string(example_dir().join("config.json")));
     // The file's hostname, cwd and environment (the whole environment: not the caller's).
     b.sh(&[], "hostname; pwd; echo $TERM ${CALLER_ONLY-unset}")
-        .expect(0, "ovlrun\n/\nxterm unset\n");
+        .expect_ok()
+        .expect_stdout(&["ovlrun", "/", "xterm unset"]);
     b.sh(
         &["--hostname", "h2", "--cwd", "/tmp", "--env", "TERM=dumb"],
         "hostname; pwd; echo $TERM",
     )
-    .expect(0, "h2\n/tmp\ndumb\n");
-    b.sh(&[], "exit 7").expect(7, "");
+    .expect_ok()
+    .expect_stdout(&["h2", "/tmp", "dumb"]);
+    b.sh(&[], "exit 7").expect_code(7).expect_stdout(&[]);
     // A root caller with a "user" namespace in the file gets a new one: uid 0 is mapped.
     b.sh(&["--uid", "1000", "--gid", "1000"], "id -u; id -g")
-        .expect(0, "1000\n1000\n");
+        .expect_ok()
+        .expect_stdout(&["1000", "1000"]);
     // With the file's args: `sh`, reading the closed stdin, exits 0 at once.
     let bundle = b.path();
     b.ovlrun(&["run", "--bundle", bundle.to_str().unwrap()])
-        .expect(0, "");
+        .expect_ok()
+        .expect_stdout(&[]);
 }
 
 #[test]
@@ -224,10 +125,13 @@ fn config_namespaces_mounts_and_policy_reach_the_session() {
     let script = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; cat /mnt/note; \
                   touch /mnt/x 2>/dev/null || echo ro; grep ' /scratch ' /proc/mounts | cut -d' ' -f3";
     b.sh(&[], script)
-        .expect(0, "lo\nfrom the host\nro\ntmpfs\n");
+        .expect_ok()
+        .expect_stdout(&["lo", "from the host", "ro", "tmpfs"]);
     assert_eq!(count(), 1, "the file's policy (preserve) kept no session");
     // The flag wins over the annotation.
-    b.sh(&["--policy", "discard"], "true").expect(0, "");
+    b.sh(&["--policy", "discard"], "true")
+        .expect_ok()
+        .expect_stdout(&[]);
     assert_eq!(count(), 1, "--policy discard kept a session");
 }
 
@@ -273,12 +177,12 @@ fn a_config_ovlrun_cannot_honour_exits_125_naming_the_field() {
 fn spec_output_is_json_that_config_accepts() {
     let b = Bundle::with_text("{}");
     let out = b.ovlrun(&["spec"]);
-    out.expect(0, &out.stdout.clone());
+    out.expect_ok();
     let v: Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("ovlrun spec is not JSON: {e}\n{}", out.context()));
     assert_eq!(v["root"]["path"], "rootfs");
     assert_eq!(v["process"]["args"], json!(["sh"]));
-    let rootfs = example_dir().join("rootfs");
+    let rootfs = example_rootfs();
     let out = b.ovlrun(&["spec", "--rootfs", rootfs.to_str().unwrap()]);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["root"]["path"], rootfs.to_str().unwrap());
@@ -294,9 +198,12 @@ fn spec_output_is_json_that_config_accepts() {
         "-c",
         "hostname; pwd",
     ])
-    .expect(0, "ovlrun\n/\n");
+    .expect_ok()
+    .expect_stdout(&["ovlrun", "/"]);
     // And `ovlrun spec`'s default, as config.json of a bundle with a rootfs beside it.
     let plain = b.ovlrun(&["spec"]).stdout;
     support::write(b.path().join("config.json"), &plain);
-    b.sh(&[], "echo round trip").expect(0, "round trip\n");
+    b.sh(&[], "echo round trip")
+        .expect_ok()
+        .expect_stdout(&["round trip"]);
 }

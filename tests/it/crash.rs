@@ -19,8 +19,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::policy::{Bg, Fixture, Out, can_run_sessions, copy_tree, remove_all, run_cmd};
-use crate::support::{ls, lstat, lstat_opt, mkdir_p, set_xattr, symlink, write};
+use crate::policy::{Fixture, RUN_TIMEOUT, can_run_sessions, copy_tree, remove_all, run_cmd};
+use crate::support::{Bg, Out, ls, lstat, lstat_opt, mkdir_p, set_xattr, symlink, write};
 
 /// SIGKILL as an exit code (128 + 9).
 const KILLED: i32 = 137;
@@ -601,7 +601,7 @@ fn sigkill_at_random_times_then_recover_gives_old_or_new() {
         let delay = Duration::from_millis(rng.next() % (span + 1));
         let what = format!("round {round} (kill after {delay:?}, seed {seed})");
         c.restore();
-        let mut bg = Bg::spawn(&mut c.f.ovlrun(&["commit", &c.id, "--atomic"]));
+        let mut bg = Bg::spawn(&mut c.f.ovlrun(&["commit", &c.id, "--atomic"]), RUN_TIMEOUT);
         std::thread::sleep(delay);
         let out = match bg.try_status() {
             Some(_) => bg.wait(),

@@ -8,50 +8,28 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, User};
 
-use crate::support::{self, EntryInfo, TestDir};
+use crate::support::{self, Bg, EXIT_OWN_ERROR, EntryInfo, Out, TestDir, example_rootfs};
 
 /// How long one session may take before its test fails (a debug build on a busy CI machine
 /// starts a session in well under a second).
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// ovlrun's own failure, bad input included.
-const EXIT_OWN_ERROR: i32 = 125;
-
 /// The unprivileged user `scripts/setup.sh` creates for these tests.
 const TEST_USER: &str = "ovlrun-test";
 
-/// Skips (locally) or fails (under `CI`) a test that cannot launch sessions as root here.
-macro_rules! require_launcher {
-    () => {
-        require!(
-            example_rootfs().join("bin/busybox").is_file(),
-            "find examples/rootfs/bin/busybox (run scripts/mkrootfs.sh)"
-        );
-        require!(
-            support::can_mount_fuse(),
-            "launch sessions (needs root and /dev/fuse)"
-        );
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Fixtures
-
-fn example_rootfs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rootfs")
-}
 
 /// One test's directory, state root and rootfs.
 struct Fixture {
@@ -131,247 +109,11 @@ fn assert_no_sessions_left(sessions: &Path, after: &str) {
 // ---------------------------------------------------------------------------------------------
 // Running ovlrun
 
-/// What a finished `ovlrun` did.
-struct Out {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    /// The exit code, or 128+n when ovlrun itself died of signal n (shell style).
-    fn code(&self) -> i32 {
-        match (self.status.code(), self.status.signal()) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => -1,
-        }
-    }
-
-    fn context(&self) -> String {
-        format!(
-            "command: {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-
-    #[track_caller]
-    fn expect_code(&self, want: i32) -> &Out {
-        assert_eq!(
-            self.code(),
-            want,
-            "exit code: expected {want}, got {}\n{}",
-            self.code(),
-            self.context()
-        );
-        self
-    }
-
-    #[track_caller]
-    fn expect_ok(&self) -> &Out {
-        self.expect_code(0)
-    }
-
-    /// Asserts that stdout is exactly `want` (lines joined with `\n`, plus a final newline).
-    #[track_caller]
-    fn expect_stdout(&self, want: &[&str]) -> &Out {
-        let want = want.iter().map(|l| format!("{l}\n")).collect::<String>();
-        assert_eq!(self.stdout, want, "stdout differs\n{}", self.context());
-        self
-    }
-
-    /// The value of the first stdout line `KEY=VALUE` with this key.
-    #[track_caller]
-    fn value(&self, key: &str) -> &str {
-        let prefix = format!("{key}=");
-        self.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("no line {key}=... on stdout\n{}", self.context()))
-    }
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        let a = a.to_string_lossy();
-        if a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '$') {
-            s.push_str(&format!("'{}'", a.replace('\'', r"'\''")));
-        } else {
-            s.push_str(&a);
-        }
-    }
-    s
-}
-
-fn drain(r: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = BufReader::new(r).read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    })
-}
-
 /// Runs `cmd` (stdin closed) to completion within [`RUN_TIMEOUT`]; SIGKILLs it and fails the
 /// test when it takes longer.
 #[track_caller]
 fn run(cmd: &mut Command) -> Out {
-    let what = describe(cmd);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
-    let status = wait_until(&mut child, Instant::now() + RUN_TIMEOUT);
-    let timed_out = status.is_none();
-    let status = status.unwrap_or_else(|| {
-        let _ = child.kill();
-        child.wait().unwrap()
-    });
-    let out = Out {
-        what,
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    };
-    assert!(
-        !timed_out,
-        "still running after {RUN_TIMEOUT:?}: killed\n{}",
-        out.context()
-    );
-    out
-}
-
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A running `ovlrun` whose stdout lines arrive one by one; SIGKILLed on drop if still alive.
-struct Running {
-    what: String,
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Running {
-    fn spawn(cmd: &mut Command) -> Running {
-        let what = describe(cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Some(drain(child.stderr.take().unwrap()));
-        Running {
-            what,
-            child: Some(child),
-            lines,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
-    }
-
-    /// Waits until stdout has shown the line `want`.
-    #[track_caller]
-    fn wait_line(&mut self, want: &str) {
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        loop {
-            if self.seen.iter().any(|l| l == want) {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(e) => {
-                    let out = self.finish_now();
-                    panic!("no line {want:?} on stdout ({e:?})\n{}", out.context());
-                }
-            }
-        }
-    }
-
-    /// Waits (up to [`RUN_TIMEOUT`]) for ovlrun to exit.
-    #[track_caller]
-    fn wait(mut self) -> Out {
-        let mut child = self.child.take().unwrap();
-        let status = wait_until(&mut child, Instant::now() + RUN_TIMEOUT);
-        let timed_out = status.is_none();
-        let status = status.unwrap_or_else(|| {
-            let _ = child.kill();
-            child.wait().unwrap()
-        });
-        let out = self.collect(status);
-        assert!(
-            !timed_out,
-            "still running after {RUN_TIMEOUT:?}: killed\n{}",
-            out.context()
-        );
-        out
-    }
-
-    /// SIGKILLs ovlrun (if alive) and returns what it printed.
-    fn finish_now(&mut self) -> Out {
-        let mut child = self.child.take().unwrap();
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        self.collect(status)
-    }
-
-    fn collect(&mut self, status: ExitStatus) -> Out {
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap())
-            .unwrap_or_default();
-        Out {
-            what: self.what.clone(),
-            status,
-            stdout: self.seen.iter().map(|l| format!("{l}\n")).collect(),
-            stderr,
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    support::run_within(cmd, RUN_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -514,29 +256,8 @@ fn default_command_is_bin_sh() {
     let mut cmd = Command::new(support::ovlrun_bin());
     cmd.env("OVLRUN_STATE", &f.state)
         .arg("--rootfs")
-        .arg(&f.rootfs)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let what = describe(&cmd);
-    let mut child = cmd.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"echo from-stdin $$\nexit 4\n").unwrap();
-    }
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
-    let status = wait_until(&mut child, Instant::now() + RUN_TIMEOUT).unwrap_or_else(|| {
-        let _ = child.kill();
-        child.wait().unwrap()
-    });
-    let out = Out {
-        what,
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    };
+        .arg(&f.rootfs);
+    let out = support::run_with_input(&mut cmd, b"echo from-stdin $$\nexit 4\n", RUN_TIMEOUT);
     out.expect_code(4).expect_stdout(&["from-stdin 2"]);
 }
 
@@ -918,8 +639,14 @@ fn two_sessions_at_once_over_one_rootfs() {
         )
     };
     let (sa, sb) = (script("a", "b"), script("b", "a"));
-    let a = Running::spawn(&mut f.cmd(&["--bind", &bind], &["/bin/sh", "-c", &sa]));
-    let b = Running::spawn(&mut f.cmd(&["--bind", &bind], &["/bin/sh", "-c", &sb]));
+    let mut a = Bg::spawn(
+        &mut f.cmd(&["--bind", &bind], &["/bin/sh", "-c", &sa]),
+        RUN_TIMEOUT,
+    );
+    let mut b = Bg::spawn(
+        &mut f.cmd(&["--bind", &bind], &["/bin/sh", "-c", &sb]),
+        RUN_TIMEOUT,
+    );
     let (a, b) = (a.wait(), b.wait());
     a.expect_ok()
         .expect_stdout(&["a-content", "a-motd", "no-shells"]);
@@ -936,10 +663,15 @@ fn many_sessions_start_at_once_over_one_rootfs() {
     // CI starts jobs over one rootfs at the same moment: none may be refused.
     let mut failures = Vec::new();
     for round in 0..10 {
-        let running: Vec<Running> = (0..8)
-            .map(|i| Running::spawn(&mut f.cmd(&[], &["echo", &format!("r{round}-s{i}")])))
+        let running: Vec<Bg> = (0..8)
+            .map(|i| {
+                Bg::spawn(
+                    &mut f.cmd(&[], &["echo", &format!("r{round}-s{i}")]),
+                    RUN_TIMEOUT,
+                )
+            })
             .collect();
-        for (i, r) in running.into_iter().enumerate() {
+        for (i, mut r) in running.into_iter().enumerate() {
             let out = r.wait();
             if out.code() != 0 || out.stdout != format!("r{round}-s{i}\n") {
                 failures.push(out.context());
@@ -1245,16 +977,19 @@ fn default_net_shares_the_host() {
 fn sigterm_to_the_launcher_reaches_the_command() {
     require_launcher!();
     let f = Fixture::shared();
-    let mut r = Running::spawn(&mut f.cmd(
-        &[],
-        &[
-            "/bin/sh",
-            "-c",
-            r#"trap 'echo got-term; exit 3' TERM
+    let mut r = Bg::spawn(
+        &mut f.cmd(
+            &[],
+            &[
+                "/bin/sh",
+                "-c",
+                r#"trap 'echo got-term; exit 3' TERM
                echo ready
                while :; do sleep 1 & wait $!; done"#,
-        ],
-    ));
+            ],
+        ),
+        RUN_TIMEOUT,
+    );
     r.wait_line("ready");
     kill(r.pid(), Signal::SIGTERM).unwrap();
     let out = r.wait();
@@ -1281,7 +1016,7 @@ fn other_forwarded_signals_reach_the_command() {
                echo ready
                while :; do sleep 1 & wait $!; done"#
         );
-        let mut r = Running::spawn(&mut f.cmd(&[], &["/bin/sh", "-c", &script]));
+        let mut r = Bg::spawn(&mut f.cmd(&[], &["/bin/sh", "-c", &script]), RUN_TIMEOUT);
         r.wait_line("ready");
         kill(r.pid(), sig).unwrap();
         r.wait()
@@ -1305,7 +1040,7 @@ fn sigkill_of_the_launcher_leaves_no_process_and_no_mount() {
     );
     // In the environment too, so that the `sleep`s (whose argv lacks it) are found.
     cmd.env("OVLRUN_TEST_MARKER", &marker);
-    let mut r = Running::spawn(&mut cmd);
+    let mut r = Bg::spawn(&mut cmd, RUN_TIMEOUT);
     r.wait_line("ready");
     let running = pids_with(&marker);
     assert!(
@@ -1749,7 +1484,7 @@ fn unprivileged_sigkill_leaves_no_process_and_no_mount() {
         ],
     );
     cmd.env("OVLRUN_TEST_MARKER", &marker);
-    let mut r = Running::spawn(&mut cmd);
+    let mut r = Bg::spawn(&mut cmd, RUN_TIMEOUT);
     r.wait_line("ready");
     assert!(
         !session_mounts(&u.f.state).is_empty(),

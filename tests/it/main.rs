@@ -4,7 +4,8 @@
 //!
 //! Modules:
 //! - `support`: `TestDir`, `require!`, mount guards (`OvlrunMount`, `KernelOverlay`),
-//!   `tree_snapshot`, and fs helpers that panic with context.
+//!   `tree_snapshot`, fs helpers that panic with context, and processes under a time limit
+//!   (`Out`, `Bg`, `run_within`).
 //! - `mount_ops`: every filesystem operation through a real `ovlrun mount`.
 //! - `differential`: random operation sequences applied to ovlrun and to the kernel overlayfs
 //!   over the same lower; errno per step and the final merged tree must agree.

@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use crate::policy::{Bg, Fixture, can_run_sessions, run_cmd};
-use crate::support::{self, KernelOverlay, MountArgs, OrPanic, OvlrunMount, TestDir};
+use crate::policy::{Fixture, RUN_TIMEOUT, can_run_sessions, run_cmd};
+use crate::support::{self, Bg, KernelOverlay, MountArgs, OrPanic, OvlrunMount, TestDir};
 
 /// Large enough for a stub (ovlrun copies files under 1 MiB whole).
 const BIG: usize = 16 << 20;
@@ -115,10 +115,13 @@ fn stubs_a_killed_server_left_are_completed_before_a_commit() {
         "run sessions (root, /dev/fuse, busybox)"
     );
     let (f, data) = rootfs_with_big_file();
-    let mut session = Bg::spawn(&mut f.session_cmd(
-        &["--fs", "fuse", "--policy", "preserve"],
-        "chmod 600 /big && echo changed && sleep 30",
-    ));
+    let mut session = Bg::spawn(
+        &mut f.session_cmd(
+            &["--fs", "fuse", "--policy", "preserve"],
+            "chmod 600 /big && echo changed && sleep 30",
+        ),
+        RUN_TIMEOUT,
+    );
     session.wait_line("changed");
     let ids = f.session_ids();
     assert_eq!(ids.len(), 1, "{ids:?}");

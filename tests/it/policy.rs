@@ -10,25 +10,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::support::{
-    self, EntryInfo, TestDir, ls, lstat, lstat_opt, mkdir_p, read_string, set_xattr, write,
+    self, Bg, EXIT_OWN_ERROR, EntryInfo, Out, TestDir, example_rootfs, ls, lstat, lstat_opt,
+    mkdir_p, read_string, set_xattr, write,
 };
 
 /// How long one `ovlrun` may take before its test fails.
 pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// ovlrun's own failure, bad input included.
-pub(crate) const EXIT_OWN_ERROR: i32 = 125;
 
 /// Root, `/dev/fuse`, and the busybox tree of `examples/rootfs`: what a session needs.
 pub(crate) fn can_run_sessions() -> bool {
@@ -37,10 +32,6 @@ pub(crate) fn can_run_sessions() -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
-
-pub(crate) fn example_rootfs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rootfs")
-}
 
 /// `cp -a SRC DST`: owners, modes, times, xattrs, hard links and device nodes kept.
 #[track_caller]
@@ -189,211 +180,11 @@ impl Fixture {
 // ---------------------------------------------------------------------------------------------
 // Running ovlrun
 
-/// What a finished process did.
-pub(crate) struct Out {
-    pub(crate) what: String,
-    pub(crate) status: ExitStatus,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-}
-
-impl Out {
-    /// The exit code, or 128+n when the process died of signal n (shell style).
-    pub(crate) fn code(&self) -> i32 {
-        match (self.status.code(), self.status.signal()) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => -1,
-        }
-    }
-
-    pub(crate) fn context(&self) -> String {
-        format!(
-            "command: {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-
-    #[track_caller]
-    pub(crate) fn expect_code(&self, want: i32) -> &Out {
-        assert_eq!(
-            self.code(),
-            want,
-            "exit code: expected {want}, got {}\n{}",
-            self.code(),
-            self.context()
-        );
-        self
-    }
-
-    #[track_caller]
-    pub(crate) fn expect_ok(&self) -> &Out {
-        self.expect_code(0)
-    }
-}
-
-pub(crate) fn describe(cmd: &Command) -> String {
-    let mut s = String::new();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
-        }
-    }
-    s.push_str(&cmd.get_program().to_string_lossy());
-    for a in cmd.get_args() {
-        s.push(' ');
-        let a = a.to_string_lossy();
-        if a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '$' || c == ';') {
-            s.push_str(&format!("'{}'", a.replace('\'', r"'\''")));
-        } else {
-            s.push_str(&a);
-        }
-    }
-    s
-}
-
-fn drain(r: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = BufReader::new(r).read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    })
-}
-
 /// Runs `cmd` (stdin closed) to completion within [`RUN_TIMEOUT`]; SIGKILLs it and fails the
-/// test when it takes longer.
+/// test when it takes longer. Its stdout is the lines it printed, each with a newline.
 #[track_caller]
 pub(crate) fn run_cmd(cmd: &mut Command) -> Out {
-    let mut bg = Bg::spawn(cmd);
-    bg.wait()
-}
-
-/// A process running in the background whose stdout lines arrive one by one; SIGKILLed on
-/// drop if still alive.
-pub(crate) struct Bg {
-    what: String,
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Bg {
-    #[track_caller]
-    pub(crate) fn spawn(cmd: &mut Command) -> Bg {
-        let what = describe(cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Some(drain(child.stderr.take().unwrap()));
-        Bg {
-            what,
-            child: Some(child),
-            lines,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    /// Waits until stdout has shown the line `want`.
-    #[track_caller]
-    pub(crate) fn wait_line(&mut self, want: &str) {
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        loop {
-            if self.seen.iter().any(|l| l == want) {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(e) => {
-                    let out = self.kill_now();
-                    panic!("no line {want:?} on stdout ({e:?})\n{}", out.context());
-                }
-            }
-        }
-    }
-
-    /// The exit status if the process has ended (without waiting).
-    pub(crate) fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().unwrap().try_wait().unwrap()
-    }
-
-    /// Waits (up to [`RUN_TIMEOUT`]) for the process to exit.
-    #[track_caller]
-    pub(crate) fn wait(&mut self) -> Out {
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        let status = loop {
-            if let Some(st) = self.try_status() {
-                break Some(st);
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let timed_out = status.is_none();
-        let status = status.unwrap_or_else(|| {
-            let c = self.child.as_mut().unwrap();
-            let _ = c.kill();
-            c.wait().unwrap()
-        });
-        let out = self.collect(status);
-        assert!(
-            !timed_out,
-            "still running after {RUN_TIMEOUT:?}: killed\n{}",
-            out.context()
-        );
-        out
-    }
-
-    /// SIGKILLs the process (if alive) and returns what it did.
-    pub(crate) fn kill_now(&mut self) -> Out {
-        let c = self.child.as_mut().unwrap();
-        let _ = c.kill();
-        let status = c.wait().unwrap();
-        self.collect(status)
-    }
-
-    fn collect(&mut self, status: ExitStatus) -> Out {
-        self.child = None;
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap())
-            .unwrap_or_default();
-        Out {
-            what: self.what.clone(),
-            status,
-            stdout: self.seen.iter().map(|l| format!("{l}\n")).collect(),
-            stderr,
-        }
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    Bg::spawn(cmd, RUN_TIMEOUT).wait()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1196,8 +987,10 @@ fn start_sleeper(f: &Fixture, secs: u32, flags: &[&str]) -> Bg {
     if !flags.contains(&"--policy") {
         flags.extend(["--policy", "preserve"]);
     }
-    let mut bg =
-        Bg::spawn(&mut f.session_cmd(&flags, &format!("echo started; sleep {secs}; echo slept")));
+    let mut bg = Bg::spawn(
+        &mut f.session_cmd(&flags, &format!("echo started; sleep {secs}; echo slept")),
+        RUN_TIMEOUT,
+    );
     bg.wait_line("started");
     bg
 }
@@ -1235,7 +1028,7 @@ fn commit_while_a_session_runs_fails_or_waits() {
     }
 
     // With --wait: blocks while the session runs, then commits.
-    let mut waiting = Bg::spawn(&mut f.ovlrun(&["commit", &other, "--wait"]));
+    let mut waiting = Bg::spawn(&mut f.ovlrun(&["commit", &other, "--wait"]), RUN_TIMEOUT);
     std::thread::sleep(Duration::from_millis(500));
     if sleeper.try_status().is_none() {
         assert!(
@@ -1299,9 +1092,14 @@ fn two_sessions_at_once_over_one_rootfs_both_commit_with_wait() {
     let script = |name: &str, secs: u32| {
         format!("echo {name} > /etc/{name}; echo started; sleep {secs}; cat /etc/{name}")
     };
-    let mut a = Bg::spawn(&mut f.session_cmd(&["--policy", "commit", "--wait"], &script("a", 4)));
-    let mut b =
-        Bg::spawn(&mut f.session_cmd(&["--policy", "commit-atomic", "--wait"], &script("b", 3)));
+    let mut a = Bg::spawn(
+        &mut f.session_cmd(&["--policy", "commit", "--wait"], &script("a", 4)),
+        RUN_TIMEOUT,
+    );
+    let mut b = Bg::spawn(
+        &mut f.session_cmd(&["--policy", "commit-atomic", "--wait"], &script("b", 3)),
+        RUN_TIMEOUT,
+    );
     a.wait_line("started");
     b.wait_line("started");
     // Both run at once: each sees only its own change.

@@ -15,18 +15,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufReader, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::unistd::User;
 
-use crate::support::{self, EntryInfo, TestDir};
+use crate::support::{self, EntryInfo, Out, TestDir, run_limited, run_within, tail};
 
 /// The unprivileged user `scripts/setup.sh` creates, with a range in /etc/subuid.
 const TEST_USER: &str = "ovlrun-test";
@@ -220,161 +218,6 @@ macro_rules! require_trees {
 // ---------------------------------------------------------------------------------------------
 // Running processes
 
-/// What a finished process did.
-struct Out {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-    timed_out: bool,
-}
-
-impl Out {
-    /// The exit code, or 128+n when the process died of signal n.
-    fn code(&self) -> i32 {
-        match (self.status.code(), self.status.signal()) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => -1,
-        }
-    }
-
-    fn context(&self) -> String {
-        format!(
-            "command: {}\nstatus: {} after {:.1} s{}\nstdout:\n{}\nstderr:\n{}",
-            self.what,
-            self.status,
-            self.elapsed.as_secs_f64(),
-            if self.timed_out {
-                " (timed out: killed)"
-            } else {
-                ""
-            },
-            tail(&self.stdout, 60),
-            tail(&self.stderr, 60)
-        )
-    }
-
-    #[track_caller]
-    fn expect_ok(&self) -> &Out {
-        assert_eq!(self.code(), 0, "expected exit code 0\n{}", self.context());
-        self
-    }
-
-    /// The value of the last stdout line `KEY=VALUE` with this key.
-    #[track_caller]
-    fn value(&self, key: &str) -> &str {
-        let prefix = format!("{key}=");
-        self.stdout
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("no line {key}=... on stdout\n{}", self.context()))
-    }
-
-    /// The session id from preserve's "ovlrun: session ID kept; its changes are in UPPER".
-    #[track_caller]
-    fn kept_session(&self) -> (String, PathBuf) {
-        self.stderr
-            .lines()
-            .find_map(|l| {
-                let rest = l.strip_prefix("ovlrun: session ")?;
-                let (id, rest) = rest.split_once(" kept; its changes are in ")?;
-                Some((id.to_owned(), PathBuf::from(rest.trim())))
-            })
-            .unwrap_or_else(|| panic!("no 'session ID kept' line on stderr\n{}", self.context()))
-    }
-}
-
-/// The last `n` lines of `s` (apt and make are chatty).
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    let skip = lines.len().saturating_sub(n);
-    let mut t = String::new();
-    if skip > 0 {
-        let _ = writeln!(t, "[... {skip} lines ...]");
-    }
-    for l in &lines[skip..] {
-        let _ = writeln!(t, "{l}");
-    }
-    t
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        let a = a.to_string_lossy();
-        if a.contains(|c: char| c.is_whitespace() || "'$;&|()<>\"".contains(c)) {
-            let _ = write!(s, " '{}'", a.replace('\'', r"'\''"));
-        } else {
-            let _ = write!(s, " {a}");
-        }
-    }
-    s
-}
-
-fn drain(r: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = BufReader::new(r).read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    })
-}
-
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs `cmd` (stdin closed) for at most `limit`, then SIGKILLs it (ovlrun's session dies with
-/// it). The caller decides whether a time-out fails the test.
-fn run_limited(cmd: &mut Command, limit: Duration) -> Out {
-    let what = describe(cmd);
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
-    let status = wait_until(&mut child, start + limit);
-    let timed_out = status.is_none();
-    let status = status.unwrap_or_else(|| {
-        let _ = child.kill();
-        child.wait().unwrap()
-    });
-    Out {
-        what,
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        elapsed: start.elapsed(),
-        timed_out,
-    }
-}
-
-/// [`run_limited`], failing the test on a time-out.
-#[track_caller]
-fn run(cmd: &mut Command, limit: Duration) -> Out {
-    let out = run_limited(cmd, limit);
-    assert!(
-        !out.timed_out,
-        "still running after {limit:?}\n{}",
-        out.context()
-    );
-    out
-}
-
 /// `chroot ROOT ARGV..` on the host, as root: looks at a tree after a session.
 #[track_caller]
 fn chroot(root: &Path, argv: &[&str]) -> Out {
@@ -384,7 +227,7 @@ fn chroot(root: &Path, argv: &[&str]) -> Out {
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LC_ALL", "C");
-    run(&mut cmd, LOCAL_TIMEOUT)
+    run_within(&mut cmd, LOCAL_TIMEOUT)
 }
 
 /// Writes `data` to `path` and returns the path.
@@ -395,7 +238,7 @@ fn written(path: PathBuf, data: &str) -> PathBuf {
 
 /// `cp -a SRC DST`.
 fn copy_tree(src: &Path, dst: &Path) {
-    let out = run(
+    let out = run_within(
         Command::new("cp").arg("-a").arg(src).arg(dst),
         LOCAL_TIMEOUT,
     );
@@ -551,7 +394,7 @@ fn searchable_by_others(path: &Path) -> bool {
 /// The diff lines (`A /path`) of `ovlrun diff ID`.
 #[track_caller]
 fn diff_lines(f: &Fixture, id: &str) -> Vec<String> {
-    let out = run(&mut f.ovlrun(&["diff", id]), LOCAL_TIMEOUT);
+    let out = run_within(&mut f.ovlrun(&["diff", id]), LOCAL_TIMEOUT);
     out.expect_ok();
     out.stdout.lines().map(str::to_owned).collect()
 }
@@ -571,7 +414,7 @@ fn launcher_artifact(path: &str) -> bool {
 fn apt_workload_with_commit_lands_in_the_rootfs() {
     let trees = require_trees!();
     let f = Fixture::root_copy(&trees.minbase);
-    let out = run(
+    let out = run_within(
         &mut f.session(&["--policy", "commit"], APT_WORKLOAD),
         APT_TIMEOUT,
     );
@@ -600,7 +443,7 @@ fn apt_session_diff_export_resume_and_commit_atomic() {
     let trees = require_trees!();
     let f = Fixture::root_copy(&trees.minbase);
     let script = format!("{}; apt-get purge -y -q tzdata", apt_install_script());
-    let out = run(
+    let out = run_within(
         &mut f.session(&["--policy", "preserve"], &script),
         APT_TIMEOUT,
     );
@@ -641,12 +484,12 @@ fn apt_session_diff_export_resume_and_commit_atomic() {
     // The same changes as an OCI layer: files, and .wh. whiteouts for the purge.
     let layer = f.dir.join("layer.tar");
     let layer_arg = layer.to_str().unwrap();
-    run(
+    run_within(
         &mut f.ovlrun(&["export", &id, "-o", layer_arg]),
         LOCAL_TIMEOUT,
     )
     .expect_ok();
-    let tar = run(Command::new("tar").arg("tf").arg(&layer), LOCAL_TIMEOUT);
+    let tar = run_within(Command::new("tar").arg("tf").arg(&layer), LOCAL_TIMEOUT);
     tar.expect_ok();
     for want in ["usr/bin/hello", "usr/share/.wh.zoneinfo"] {
         assert!(
@@ -664,11 +507,11 @@ fn apt_session_diff_export_resume_and_commit_atomic() {
         .args(SESSION_ENV)
         .args(["--resume", &id, "--", "/bin/sh", "-c"])
         .arg("set -e; apt-get install -y -q --no-install-recommends less; echo RAN=$(hello)");
-    let out = run(&mut resume, APT_TIMEOUT);
+    let out = run_within(&mut resume, APT_TIMEOUT);
     out.expect_ok();
     assert_eq!(out.value("RAN"), PKG_OUTPUT, "{}", out.context());
 
-    run(&mut f.ovlrun(&["commit", "--atomic", &id]), LOCAL_TIMEOUT).expect_ok();
+    run_within(&mut f.ovlrun(&["commit", "--atomic", &id]), LOCAL_TIMEOUT).expect_ok();
     assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
     assert_installed(&f.rootfs, PKG);
     assert_installed(&f.rootfs, "less");
@@ -757,10 +600,10 @@ fn merged_view_equals_the_tree_as_root_and_as_the_user() {
         );
     }
     for (who, f) in fixtures {
-        let got = run(&mut f.session(&[], VIEW_SCRIPT), LOCAL_TIMEOUT);
+        let got = run_within(&mut f.session(&[], VIEW_SCRIPT), LOCAL_TIMEOUT);
         got.expect_ok();
         if got.stdout != want.stdout {
-            let diff = run(
+            let diff = run_within(
                 Command::new("diff")
                     .arg(written(f.dir.join("want"), &want.stdout))
                     .arg(written(f.dir.join("got"), &got.stdout)),
@@ -793,7 +636,7 @@ fn useradd_chown_and_su_work_inside() {
         then echo ETC=writable; else echo ETC=denied; fi
         echo HOME=$(stat -c %U:%a /home/testuser)
     "#;
-    let out = run(
+    let out = run_within(
         &mut f.session(&["--policy", "preserve"], script),
         LOCAL_TIMEOUT,
     );
@@ -831,7 +674,7 @@ fn useradd_chown_and_su_work_inside() {
             diff.join("\n")
         );
     }
-    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+    run_within(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
     assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
 }
 
@@ -862,7 +705,7 @@ fn unprivileged_apt_workload_leaves_the_tree_unchanged() {
     let (user, tree) = require_user_tree!();
     let before: BTreeMap<PathBuf, EntryInfo> = support::tree_snapshot(tree);
     let f = Fixture::user(user, tree);
-    let out = run(&mut f.session(&[], APT_WORKLOAD), APT_TIMEOUT);
+    let out = run_within(&mut f.session(&[], APT_WORKLOAD), APT_TIMEOUT);
     out.expect_ok();
     check_workload_output(&out);
     // apt fetches as _apt; it falls back to root (and says so) when _apt cannot write its
@@ -886,7 +729,7 @@ fn unprivileged_apt_workload_with_commit_into_its_own_tree() {
     let rootfs = f.dir.join("rootfs");
     copy_tree(tree, &rootfs);
     let f = Fixture { rootfs, ..f };
-    let out = run(
+    let out = run_within(
         &mut f.session(&["--policy", "commit"], APT_WORKLOAD),
         APT_TIMEOUT,
     );
@@ -912,7 +755,7 @@ fn unprivileged_preserve_then_discard_of_files_owned_by_sub_ids() {
         useradd -m -s /bin/sh testuser
         su testuser -c 'echo mine > $HOME/y'
         echo OWNER=$(stat -c %U /var/cache/secret/deep/f)";
-    let out = run(
+    let out = run_within(
         &mut f.session(&["--policy", "preserve"], script),
         LOCAL_TIMEOUT,
     );
@@ -934,7 +777,7 @@ fn unprivileged_preserve_then_discard_of_files_owned_by_sub_ids() {
             diff.join("\n")
         );
     }
-    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+    run_within(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
     assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
     assert!(
         support::lstat_opt(&upper).is_none(),
@@ -968,7 +811,7 @@ fn unprivileged_session_over_a_root_owned_tree_kernel_refuses_fuse_copies() {
         ("fuse", "allowed"),
         ("auto", "allowed"),
     ] {
-        let out = run(
+        let out = run_within(
             &mut f.session(&["--fs", fs, "--policy", "preserve"], script),
             LOCAL_TIMEOUT,
         );
@@ -984,7 +827,7 @@ fn unprivileged_session_over_a_root_owned_tree_kernel_refuses_fuse_copies() {
             );
         }
         let (id, _) = out.kept_session();
-        run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+        run_within(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
     }
     assert!(
         !trees.minbase.join("opt/x").exists(),
@@ -1000,7 +843,7 @@ fn unprivileged_empty_session_over_a_root_owned_tree_has_no_changes() {
     let (user, _) = require_user_tree!();
     let trees = trees().unwrap();
     let f = Fixture::user(user, &trees.minbase);
-    let out = run(
+    let out = run_within(
         &mut f.session(&["--policy", "preserve"], "true"),
         LOCAL_TIMEOUT,
     );
@@ -1011,7 +854,7 @@ fn unprivileged_empty_session_over_a_root_owned_tree_has_no_changes() {
         diff.is_empty(),
         "a session that changed nothing shows changes: {diff:?}"
     );
-    run(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
+    run_within(&mut f.ovlrun(&["discard", &id]), LOCAL_TIMEOUT).expect_ok();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1077,7 +920,7 @@ fn c_build_with_make_j2() {
         touch f7.c
         echo REBUILT=$(make | grep -c gcc)
         echo OUT2=$(./prog)";
-    let out = run(&mut f.session(&["--bind", &bind], script), APT_TIMEOUT);
+    let out = run_within(&mut f.session(&["--bind", &bind], script), APT_TIMEOUT);
     out.expect_ok();
     assert_eq!(out.value("OUT"), expected, "{}", out.context());
     assert!(

@@ -1,6 +1,7 @@
 //! Test support: a directory per test, `require!`, a private mount namespace per test thread,
 //! mount guards for `ovlrun mount` and the kernel overlayfs, tree snapshots for comparing merged
-//! views, and fs helpers that panic with the path, the operation and the errno.
+//! views, fs helpers that panic with the path, the operation and the errno, and (in `process`)
+//! processes run under a time limit: [`Out`], [`Bg`], [`run_within`].
 //!
 //! Mount hygiene, in two layers: every mounting test first calls [`private_mount_ns`], so its
 //! mounts live in a mount namespace owned by the test thread (and by the processes it spawns,
@@ -46,6 +47,27 @@ macro_rules! require {
         }
     };
 }
+
+/// Skips (locally) or fails (under `CI`) a test that cannot launch sessions over
+/// `examples/rootfs` as root here.
+macro_rules! require_launcher {
+    () => {
+        require!(
+            $crate::support::example_rootfs()
+                .join("bin/busybox")
+                .is_file(),
+            "find examples/rootfs/bin/busybox (run scripts/mkrootfs.sh)"
+        );
+        require!(
+            $crate::support::can_mount_fuse(),
+            "launch sessions (needs root and /dev/fuse)"
+        );
+    };
+}
+
+mod process;
+
+pub use process::{Bg, EXIT_OWN_ERROR, Out, run_limited, run_with_input, run_within, tail};
 
 /// How long a mount may take to appear, or an `ovlrun` to exit after SIGTERM / unmount.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -422,6 +444,11 @@ impl MountArgs {
 
 pub fn ovlrun_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ovlrun")
+}
+
+/// The busybox tree `scripts/mkrootfs.sh` makes: the rootfs of the launcher's tests.
+pub fn example_rootfs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rootfs")
 }
 
 /// Runs `cmd` to completion (stdin closed) and returns status, stdout, stderr.
