@@ -6,7 +6,6 @@
 //! under a time limit, so a hung session fails its test instead of hanging the run. Nothing
 //! here mounts anything itself: the launcher's mounts live in its own mount namespace.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, User};
 
-use crate::support::{self, Bg, EXIT_OWN_ERROR, EntryInfo, Out, TestDir, example_rootfs};
+use crate::support::{self, Bg, EXIT_OWN_ERROR, Frozen, Out, TestDir, example_rootfs};
 
 /// How long one session may take before its test fails (a debug build on a busy CI machine
 /// starts a session in well under a second).
@@ -114,55 +113,6 @@ fn assert_no_sessions_left(sessions: &Path, after: &str) {
 #[track_caller]
 fn run(cmd: &mut Command) -> Out {
     support::run_within(cmd, RUN_TIMEOUT)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Rootfs comparisons
-
-/// Everything `tree_snapshot` compares (type, mode, owner, size, links, content, symlink
-/// target, user xattrs), plus each entry's mtime and ctime: a rootfs that is never touched
-/// keeps both, so even a chmod-and-back or a rewrite with the same bytes shows.
-struct RootfsState {
-    tree: BTreeMap<PathBuf, EntryInfo>,
-    times: BTreeMap<PathBuf, (i64, i64, i64, i64)>,
-}
-
-impl RootfsState {
-    fn take(root: &Path) -> RootfsState {
-        let tree = support::tree_snapshot(root);
-        let times = tree
-            .keys()
-            .map(|rel| {
-                let md = support::lstat(root.join(rel));
-                (
-                    rel.clone(),
-                    (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()),
-                )
-            })
-            .collect();
-        RootfsState { tree, times }
-    }
-
-    /// Panics with the differing paths when `root` is no longer as it was.
-    #[track_caller]
-    fn assert_unchanged(&self, root: &Path, after: &str) {
-        let now = RootfsState::take(root);
-        if let Some(d) = support::tree_diff("before", &self.tree, "after", &now.tree) {
-            panic!("rootfs {} changed by {after}:\n{d}", root.display());
-        }
-        let moved: Vec<String> = self
-            .times
-            .iter()
-            .filter(|(k, v)| now.times.get(*k) != Some(v))
-            .map(|(k, v)| format!("  /{}: {v:?} -> {:?}", k.display(), now.times.get(k)))
-            .collect();
-        assert!(
-            moved.is_empty(),
-            "rootfs {} touched by {after} (mtime/ctime s,ns changed):\n{}",
-            root.display(),
-            moved.join("\n")
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,7 +454,7 @@ fn capabilities_default_add_and_drop() {
 fn writes_are_visible_inside_and_absent_afterwards() {
     require_launcher!();
     let f = Fixture::copied();
-    let before = RootfsState::take(&f.rootfs);
+    let before = Frozen::take(&f.rootfs);
     let out = f.sh(
         &[],
         r#"set -e
@@ -565,7 +515,7 @@ fn launcher_leaves_nothing_in_the_rootfs() {
         format!("{}:/opt/ro-dir:ro", src_dir.display()),
         format!("{}:/etc/bound-file", src_file.display()),
     ];
-    let before = RootfsState::take(&f.rootfs);
+    let before = Frozen::take(&f.rootfs);
     let mut flags: Vec<&str> = Vec::new();
     for b in &binds {
         flags.extend(["--bind", b.as_str()]);
@@ -603,7 +553,7 @@ fn rootfs_without_mount_targets_works_and_stays_unchanged() {
             fs::remove_dir_all(&p).unwrap();
         }
     }
-    let before = RootfsState::take(&f.rootfs);
+    let before = Frozen::take(&f.rootfs);
     f.sh(
         &[],
         "[ -c /dev/null ] && [ -r /proc/self/stat ] && [ -d /sys/kernel ] && echo x > /tmp/x && echo ok",
@@ -622,7 +572,7 @@ fn two_sessions_at_once_over_one_rootfs() {
     let f = Fixture::copied();
     let sync = f.dir.mkdir("sync");
     let bind = format!("{}:/sync", sync.display());
-    let before = RootfsState::take(&f.rootfs);
+    let before = Frozen::take(&f.rootfs);
     // Each writes, then waits until the other has written too, then reads: the writes overlap.
     let script = |me: &str, other: &str| {
         format!(
@@ -697,7 +647,7 @@ fn bind_read_write_reaches_the_host() {
     let host = f.dir.mkdir("rw");
     support::write(host.join("from-host"), "host-data\n");
     let bind = format!("{}:/mnt/rw", host.display());
-    let before = RootfsState::take(&f.rootfs);
+    let before = Frozen::take(&f.rootfs);
     f.sh(
         &["--bind", &bind],
         "cat /mnt/rw/from-host && echo session-data > /mnt/rw/from-session && mkdir /mnt/rw/d",
@@ -773,7 +723,7 @@ fn bind_of_a_file() {
 fn tmpfs_flag_mounts_an_empty_tmpfs() {
     require_launcher!();
     let f = Fixture::copied();
-    let before = RootfsState::take(&f.rootfs);
+    let before = Frozen::take(&f.rootfs);
     // Over a rootfs directory that has content (hidden), and on a new path.
     f.sh(
         &["--tmpfs", "/etc", "--tmpfs", "/new/scratch"],
@@ -1388,7 +1338,7 @@ fn unprivileged_session_is_root_with_the_subuid_range() {
     let who = require_unprivileged!();
     let start = who.subuid_start;
     let u = UserFixture::new(who);
-    let before = RootfsState::take(&u.f.rootfs);
+    let before = Frozen::take(&u.f.rootfs);
     let out = u.sh(
         &[],
         r#"echo "id=$(id -u):$(id -g)"
@@ -1428,7 +1378,7 @@ fn unprivileged_session_is_root_with_the_subuid_range() {
 fn unprivileged_session_modifies_root_owned_rootfs_files() {
     let who = require_unprivileged!();
     let u = UserFixture::new(who);
-    let before = RootfsState::take(&u.f.rootfs);
+    let before = Frozen::take(&u.f.rootfs);
     u.sh(
         &[],
         r#"set -e

@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    self, Bg, EXIT_OWN_ERROR, EntryInfo, Out, TestDir, example_rootfs, ls, lstat, lstat_opt,
-    mkdir_p, read_string, set_xattr, write,
+    self, Bg, EXIT_OWN_ERROR, Frozen, Out, TestDir, example_rootfs, ls, lstat, lstat_opt, mkdir_p,
+    read_string, set_xattr, write,
 };
 
 /// How long one `ovlrun` may take before its test fails.
@@ -189,57 +189,6 @@ pub(crate) fn run_cmd(cmd: &mut Command) -> Out {
 
 // ---------------------------------------------------------------------------------------------
 // Rootfs comparisons
-
-/// Everything `tree_snapshot` compares, plus each entry's inode number, mtime and ctime: a
-/// rootfs nobody wrote keeps all three, so even a rewrite with the same bytes shows.
-pub(crate) struct Frozen {
-    tree: BTreeMap<PathBuf, EntryInfo>,
-    stamps: BTreeMap<PathBuf, (u64, i64, i64, i64, i64)>,
-}
-
-impl Frozen {
-    pub(crate) fn take(root: &Path) -> Frozen {
-        let tree = support::tree_snapshot(root);
-        let stamps = tree
-            .keys()
-            .map(|rel| {
-                let md = lstat(root.join(rel));
-                (
-                    rel.clone(),
-                    (
-                        md.ino(),
-                        md.mtime(),
-                        md.mtime_nsec(),
-                        md.ctime(),
-                        md.ctime_nsec(),
-                    ),
-                )
-            })
-            .collect();
-        Frozen { tree, stamps }
-    }
-
-    /// Panics with the differing paths when `root` is no longer exactly as it was.
-    #[track_caller]
-    pub(crate) fn assert_unchanged(&self, root: &Path, after: &str) {
-        let now = Frozen::take(root);
-        if let Some(d) = support::tree_diff("before", &self.tree, "after", &now.tree) {
-            panic!("rootfs {} changed by {after}:\n{d}", root.display());
-        }
-        let moved: Vec<String> = self
-            .stamps
-            .iter()
-            .filter(|(k, v)| now.stamps.get(*k) != Some(v))
-            .map(|(k, v)| format!("  /{}: {v:?} -> {:?}", k.display(), now.stamps.get(k)))
-            .collect();
-        assert!(
-            moved.is_empty(),
-            "rootfs {} rewritten by {after} ((ino, mtime s, ns, ctime s, ns) changed):\n{}",
-            root.display(),
-            moved.join("\n")
-        );
-    }
-}
 
 /// `(mode, uid, gid, mtime s, mtime ns)` of every entry of an upper a commit installs (all
 /// but whiteouts and AUFS markers), keyed by path relative to the upper (`""`: its root).

@@ -1081,6 +1081,60 @@ pub fn assert_trees_eq(
     }
 }
 
+/// A rootfs as a session must leave it: everything [`tree_snapshot`] compares, plus each
+/// entry's inode number, mtime and ctime. A rootfs nobody wrote keeps all three, so even a
+/// chmod-and-back or a rewrite with the same bytes shows.
+pub struct Frozen {
+    /// The [`tree_snapshot`] of the rootfs.
+    pub tree: BTreeMap<PathBuf, EntryInfo>,
+    stamps: BTreeMap<PathBuf, (u64, i64, i64, i64, i64)>,
+}
+
+impl Frozen {
+    /// Snapshots the tree under `root`.
+    pub fn take(root: &Path) -> Frozen {
+        let tree = tree_snapshot(root);
+        let stamps = tree
+            .keys()
+            .map(|rel| {
+                let md = lstat(root.join(rel));
+                (
+                    rel.clone(),
+                    (
+                        md.ino(),
+                        md.mtime(),
+                        md.mtime_nsec(),
+                        md.ctime(),
+                        md.ctime_nsec(),
+                    ),
+                )
+            })
+            .collect();
+        Frozen { tree, stamps }
+    }
+
+    /// Panics with the differing paths when `root` is no longer exactly as it was.
+    #[track_caller]
+    pub fn assert_unchanged(&self, root: &Path, after: &str) {
+        let now = Frozen::take(root);
+        if let Some(d) = tree_diff("before", &self.tree, "after", &now.tree) {
+            panic!("rootfs {} changed by {after}:\n{d}", root.display());
+        }
+        let moved: Vec<String> = self
+            .stamps
+            .iter()
+            .filter(|(k, v)| now.stamps.get(*k) != Some(v))
+            .map(|(k, v)| format!("  /{}: {v:?} -> {:?}", k.display(), now.stamps.get(k)))
+            .collect();
+        assert!(
+            moved.is_empty(),
+            "rootfs {} rewritten by {after} ((ino, mtime s, ns, ctime s, ns) changed):\n{}",
+            root.display(),
+            moved.join("\n")
+        );
+    }
+}
+
 /// Paths under `root` (not following symlinks) that list an `*.overlay.*` xattr or whose name
 /// starts with `.wh.`: the merged view must never show either.
 pub fn overlay_internals_visible(root: &Path) -> Vec<String> {
