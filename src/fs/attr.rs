@@ -49,3 +49,25 @@ pub fn file_attr(node: u64, attr: &Attr) -> FileAttr {
         flags: 0,
     }
 }
+
+/// The reply to a lookup of an absent name: node id 0, which the kernel keeps as a negative
+/// entry for the entry TTL instead of asking again.
+pub fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}

@@ -300,8 +300,15 @@ impl Filesystem for OverlayFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let res = self.loc(parent).and_then(|dir| self.ovl.lookup(&dir, name));
-        self.reply_entry(parent, name, res, reply);
+        match self.loc(parent).and_then(|dir| self.ovl.lookup(&dir, name)) {
+            // Absent names stay absent until this mount makes them, and the kernel replaces
+            // its negative entry itself when it does (create, mkdir, link, rename): so it may
+            // remember the absence as long as any entry (compilers and ld.so probe many).
+            Err(Errno::ENOENT) => {
+                reply.entry(&TTL, &attr::negative_entry(), Generation(0));
+            }
+            res => self.reply_entry(parent, name, res, reply),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

@@ -2116,6 +2116,58 @@ fn unlinked_open_files_stay_usable() {
     assert_eq!(ls(&fx.mnt), Vec::<String>::new());
 }
 
+/// Read syscalls the server has made so far: one per FUSE request it took.
+fn server_reads(m: &OvlrunMount) -> u64 {
+    let path = format!("/proc/{}/io", m.pid());
+    let text = fs::read_to_string(&path).or_panic("read", &path);
+    text.lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no syscr in {path}: {text}"))
+}
+
+/// The kernel keeps absent names as negative entries: probing one again costs no request.
+/// Names this mount then makes replace them, whatever made them.
+#[test]
+fn absent_names_are_remembered_until_the_mount_makes_them() {
+    mount_test!();
+    let fx = Fx::new();
+    write(fx.l[1].join("file"), "lower");
+    let m = fx.mount();
+    let names = ["created", "dir", "renamed", "linked", "symlinked"];
+    for n in names {
+        assert!(lstat_opt(fx.m(n)).is_none(), "{n} exists before");
+    }
+    let before = server_reads(&m);
+    for _ in 0..200 {
+        for n in names {
+            assert!(lstat_opt(fx.m(n)).is_none());
+        }
+    }
+    let asked = server_reads(&m) - before;
+    assert!(
+        asked < 50,
+        "1000 lookups of absent names took {asked} requests"
+    );
+
+    write(fx.m("created"), "new");
+    fs::create_dir(fx.m("dir")).unwrap();
+    write(fx.m("src"), "moved");
+    fs::rename(fx.m("src"), fx.m("renamed")).unwrap();
+    fs::hard_link(fx.m("file"), fx.m("linked")).unwrap();
+    symlink("file", fx.m("symlinked"));
+    assert_eq!(read_string(fx.m("created")), "new");
+    assert!(lstat(fx.m("dir")).is_dir());
+    assert_eq!(read_string(fx.m("renamed")), "moved");
+    assert_eq!(read_string(fx.m("linked")), "lower");
+    assert_eq!(read_string(fx.m("symlinked")), "lower");
+    fs::remove_file(fx.m("created")).unwrap();
+    assert!(
+        lstat_opt(fx.m("created")).is_none(),
+        "gone again after unlink"
+    );
+}
+
 /// apt's close(2) failed with EIO: the kernel's writeback cache sets the mtime of its cached
 /// writes through the handle after the name is gone, and that setattr must not fail.
 #[test]
