@@ -143,6 +143,24 @@ impl OverlayFs {
             .or_else(|| self.handles.any_of_node(ino.0))
     }
 
+    /// Removes `name` from directory `parent` with `remove` (unlink or rmdir) and forgets the
+    /// name's node alias.
+    fn remove_name(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl FnOnce(&Overlay, &Loc, &OsStr) -> Result<(), Errno>,
+    ) {
+        let res = self
+            .loc(parent)
+            .and_then(|dir| remove(&self.ovl, &dir, name));
+        if res.is_ok() {
+            self.nodes.name_removed(parent.0, name);
+        }
+        reply_empty(reply, res);
+    }
+
     /// Stores an open fd as a handle; `layer` says whether it may go stale (see
     /// [`handles::OpenFile`]).
     fn insert_file(
@@ -446,23 +464,11 @@ impl Filesystem for OverlayFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.loc(parent).and_then(|dir| self.ovl.unlink(&dir, name)) {
-            Ok(()) => {
-                self.nodes.name_removed(parent.0, name);
-                reply.ok();
-            }
-            Err(e) => reply.error(to_fuse(e)),
-        }
+        self.remove_name(parent, name, reply, Overlay::unlink);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.loc(parent).and_then(|dir| self.ovl.rmdir(&dir, name)) {
-            Ok(()) => {
-                self.nodes.name_removed(parent.0, name);
-                reply.ok();
-            }
-            Err(e) => reply.error(to_fuse(e)),
-        }
+        self.remove_name(parent, name, reply, Overlay::rmdir);
     }
 
     fn symlink(
