@@ -11,6 +11,7 @@
 //! as for a running program.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -123,22 +124,41 @@ impl Passthrough {
             return Ok(Io::Cached);
         }
         let mut table = self.table();
-        if let Some(io) = table.get_mut(&node) {
-            let mode = match &io.backing {
-                None => Io::Cached,
-                Some((_, Backing::Lower)) if writes => return Err(Errno::ETXTBSY),
+        let io = match table.entry(node) {
+            Entry::Occupied(known) => {
+                let io = known.into_mut();
+                if writes && matches!(io.backing, Some((_, Backing::Lower))) {
+                    return Err(Errno::ETXTBSY);
+                }
                 // An open that found the upper copy while lower readers are passed through
                 // reads the same data: no write happened since they opened.
-                Some((id, _)) => Io::Passthrough(Arc::clone(id)),
-            };
-            io.opens += 1;
-            return Ok(mode);
+                io.opens += 1;
+                io
+            }
+            Entry::Vacant(new) => new.insert(NodeIo {
+                opens: 1,
+                backing: self.backing(layer, register),
+            }),
+        };
+        Ok(match &io.backing {
+            Some((id, _)) => Io::Passthrough(Arc::clone(id)),
+            None => Io::Cached,
+        })
+    }
+
+    /// The backing file for the first open of a node, whose fd is in `layer`; `None` keeps
+    /// the node cached.
+    fn backing(
+        &self,
+        layer: Backing,
+        register: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> Option<(Arc<BackingId>, Backing)> {
+        if layer == Backing::Lower && self.mode != PassthroughMode::All {
+            return None;
         }
-        let allowed = layer == Backing::Upper || self.mode == PassthroughMode::All;
-        let backing = match allowed.then(register) {
-            None => None,
-            Some(Ok(id)) => Some((Arc::new(id), layer)),
-            Some(Err(e)) => {
+        match register() {
+            Ok(id) => Some((Arc::new(id), layer)),
+            Err(e) => {
                 // Not privileged after all (CAP_SYS_ADMIN in the initial namespace): stop
                 // trying. Other refusals (a backing fs stacked too deep) are per file.
                 if e.raw_os_error() == Some(libc::EPERM) {
@@ -146,13 +166,7 @@ impl Passthrough {
                 }
                 None
             }
-        };
-        let mode = match &backing {
-            Some((id, _)) => Io::Passthrough(Arc::clone(id)),
-            None => Io::Cached,
-        };
-        table.insert(node, NodeIo { opens: 1, backing });
-        Ok(mode)
+        }
     }
 
     /// Records that one open of `node` was released; the last one frees the backing id.
