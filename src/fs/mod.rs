@@ -533,7 +533,7 @@ impl Filesystem for OverlayFs {
         let seen = self.ovl.copy_ups();
         let asked = oflags(flags.0);
         let flags = self.backing_flags(asked);
-        let writes = flags & OFlag::O_ACCMODE != OFlag::O_RDONLY || flags.contains(OFlag::O_TRUNC);
+        let writes = crate::layers::opens_for_writing(flags);
         let opened = self
             .loc(ino)
             .and_then(|loc| {

@@ -16,6 +16,11 @@ use super::walk::{proc_path, split};
 use super::{Attr, LayerIdx, Loc, Overlay};
 use crate::sys;
 
+/// True when an open with `flags` may change the file's data (so it needs the upper copy).
+pub fn opens_for_writing(flags: OFlag) -> bool {
+    flags.intersects(OFlag::O_WRONLY | OFlag::O_RDWR | OFlag::O_TRUNC)
+}
+
 /// A time to set.
 #[derive(Clone, Copy, Debug)]
 pub enum SetTime {
@@ -135,7 +140,7 @@ impl Overlay {
     /// # Errors
     /// Any error of copy-up or open.
     pub fn open_top(&self, loc: &Loc, flags: OFlag) -> Result<(OwnedFd, LayerIdx), Errno> {
-        let writes = flags.intersects(OFlag::O_WRONLY | OFlag::O_RDWR | OFlag::O_TRUNC);
+        let writes = opens_for_writing(flags);
         let flags = flags & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOCTTY | OFlag::O_DIRECT);
         let layer = if writes {
             self.copy_up(loc)?;

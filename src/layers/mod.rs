@@ -38,7 +38,7 @@ use nix::sys::stat::FileStat;
 pub use create::{NewNode, Owner};
 pub use format::WhiteoutFormat;
 pub use ino::Ino;
-pub use meta::{SetAttr, SetTime};
+pub use meta::{SetAttr, SetTime, opens_for_writing};
 pub use metacopy::{METACOPY_MIN_SIZE, complete_metacopies};
 pub use readdir::DirEntry;
 pub use rename::RenameOutcome;
