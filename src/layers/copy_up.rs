@@ -82,9 +82,6 @@ impl Overlay {
         let ino = Ino::compose(self.fs_index(layer), st.st_ino);
         let dst_dir = self.dir_fd(LayerIdx::UPPER, parent)?;
         let linked = is_multi_link(&st);
-        // Putting an entry into the upper parent changes its times; the merged view must not
-        // see that (the kernel overlayfs restores them too).
-        let parent_times = fstat(dst_dir.as_fd())?;
         let source = Source {
             layer,
             dir: &src_dir,
@@ -92,14 +89,9 @@ impl Overlay {
             ino,
             data,
         };
-        let res = self.copy_into(&source, &dst_dir, parent, name, linked);
-        utimensat(
-            dst_dir.as_fd(),
-            ".",
-            &TimeSpec::new(parent_times.st_atime, parent_times.st_atime_nsec),
-            &TimeSpec::new(parent_times.st_mtime, parent_times.st_mtime_nsec),
-            UtimensatFlags::FollowSymlink,
-        )?;
+        let res = keeping_times(dst_dir.as_fd(), || {
+            self.copy_into(&source, &dst_dir, parent, name, linked)
+        })?;
         if res.is_ok() {
             self.copy_ups
                 .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -163,7 +155,7 @@ impl Overlay {
         }
     }
 
-    fn build_copy(
+    pub(crate) fn build_copy(
         &self,
         src: &Source<'_>,
         parent: &Path,
@@ -236,19 +228,33 @@ impl Overlay {
     }
 }
 
-/// The lower object a copy-up copies.
-struct Source<'a> {
-    layer: LayerIdx,
-    dir: &'a OwnedFd,
-    st: &'a FileStat,
-    ino: Ino,
+/// The object a copy-up copies: its metadata and xattrs from `dir`/`st`, its data from
+/// `layer` at the same path.
+pub(crate) struct Source<'a> {
+    pub(crate) layer: LayerIdx,
+    pub(crate) dir: &'a OwnedFd,
+    pub(crate) st: &'a FileStat,
+    pub(crate) ino: Ino,
     /// Copy a regular file's data (else make a stub).
-    data: bool,
+    pub(crate) data: bool,
+}
+
+/// Runs `f`, which puts an entry into upper directory `dir`, then gives `dir` back the times
+/// it had: the merged view must not see that change (the kernel overlayfs restores them
+/// too). The times are restored whether `f` failed or not.
+pub(crate) fn keeping_times<T>(
+    dir: BorrowedFd<'_>,
+    f: impl FnOnce() -> Result<T, Errno>,
+) -> Result<Result<T, Errno>, Errno> {
+    let before = fstat(dir)?;
+    let res = f();
+    set_times(dir, OsStr::new("."), &before)?;
+    Ok(res)
 }
 
 /// Copies `size` bytes of `src` into the empty `dst`: shared blocks where the filesystem can,
 /// else the data ranges only, so holes stay holes.
-pub(crate) fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: i64) -> Result<(), Errno> {
+fn copy_data(src: &OwnedFd, dst: &OwnedFd, size: i64) -> Result<(), Errno> {
     if size == 0 || sys::ficlone(dst, src).is_ok() {
         return Ok(());
     }
@@ -324,7 +330,7 @@ fn copy_range_rw(src: &OwnedFd, dst: &OwnedFd, mut offset: i64, len: i64) -> Res
 
 /// Gives the copy the original's owner. Where we may not (a rootless session whose id map
 /// lacks the owner), the copy stays ours: the kernel would refuse the copy-up instead.
-pub(crate) fn set_owner(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
+fn set_owner(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
     match fchownat(
         dir,
         name,
@@ -337,7 +343,7 @@ pub(crate) fn set_owner(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Res
     }
 }
 
-pub(crate) fn set_times(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
+fn set_times(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> Result<(), Errno> {
     let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
     let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
     utimensat(dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)

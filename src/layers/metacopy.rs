@@ -11,15 +11,15 @@
 //! [`complete_metacopies`] completes the ones a killed server left behind before anything
 //! else reads the upper.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, renameat};
-use nix::sys::stat::{FileStat, Mode, fchmod, fstat};
+use nix::sys::stat::{FileStat, Mode};
 
-use super::copy_up::{copy_data, copy_xattrs, set_owner, set_times};
+use super::copy_up::{Source, keeping_times};
 use super::format::METACOPY_XATTR;
 use super::walk::{list_names, proc_path, remove_tree, split, stat_at};
 use super::{Ino, LayerIdx, Loc, Overlay, OverlayConfig, is_dir};
@@ -128,25 +128,29 @@ impl Overlay {
         let Some(layer) = self.stub_data_layer(dir.as_fd(), name, &st)? else {
             return Ok(()); // completed meanwhile
         };
-        let src = self.open_in(layer, path, OFlag::O_RDONLY)?;
-        let src_st = fstat(src.as_fd())?;
-        if src_st.st_mode & libc::S_IFMT != libc::S_IFREG || src_st.st_size != st.st_size {
-            return Err(Errno::EIO);
-        }
-        let ino = Ino::compose(self.fs_index(layer), src_st.st_ino);
+        let data = self
+            .stat_in(layer, path)?
+            .filter(|d| d.st_mode & libc::S_IFMT == libc::S_IFREG && d.st_size == st.st_size)
+            .ok_or(Errno::EIO)?;
+        let ino = Ino::compose(self.fs_index(layer), data.st_ino);
+        // A copy-up's own build: the data from the lower, everything else from the stub.
+        let source = Source {
+            layer,
+            dir: &dir,
+            st: &st,
+            ino,
+            data: true,
+        };
         let (scratch, tmp) = (self.scratch(), self.temp_name());
-        let built = build_complete(self, &src, dir.as_fd(), name, &st, ino, &tmp);
-        if let Err(e) = built {
+        let placed = self.build_copy(&source, parent, name, &tmp).and_then(|()| {
+            keeping_times(dir.as_fd(), || {
+                renameat(scratch, tmp.as_os_str(), dir.as_fd(), name)
+            })?
+        });
+        if let Err(e) = placed {
             let _ = remove_tree(scratch, &tmp);
             return Err(e);
         }
-        // Replacing the entry moves the parent's times; the merged view must not see that.
-        let parent_st = fstat(dir.as_fd())?;
-        if let Err(e) = renameat(scratch, tmp.as_os_str(), dir.as_fd(), name) {
-            let _ = remove_tree(scratch, &tmp);
-            return Err(e);
-        }
-        set_times(dir.as_fd(), OsStr::new("."), &parent_st)?;
         self.copy_ups
             .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -217,33 +221,6 @@ impl Overlay {
         }
         Ok(())
     }
-}
-
-/// Builds in the scratch dir, as `tmp`, the complete copy of stub `name` in `dir`: data from
-/// `src`, everything else from the stub.
-fn build_complete(
-    ovl: &Overlay,
-    src: &OwnedFd,
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    st: &FileStat,
-    ino: Ino,
-    tmp: &OsString,
-) -> Result<(), Errno> {
-    let scratch = ovl.scratch();
-    let dst = nix::fcntl::openat(
-        scratch,
-        tmp.as_os_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )?;
-    copy_data(src, &dst, st.st_size)?;
-    set_owner(scratch, tmp, st)?;
-    fchmod(dst.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
-    copy_xattrs(dir, name, scratch, tmp)?;
-    ovl.mark_origin(scratch, tmp, ino)?;
-    set_times(scratch, tmp, st)?;
-    nix::unistd::fsync(dst.as_fd())
 }
 
 /// Completes the stubs a killed server left in the upper of `config` (see the module doc);
