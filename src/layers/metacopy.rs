@@ -9,11 +9,14 @@
 //! The kernel overlayfs cannot read such a stub (it refuses `metacopy` with `userxattr`), so
 //! stubs never outlive ovlrun's use of an upper: they are completed at unmount, and
 //! [`complete_metacopies`] completes the ones a killed server left behind before anything
-//! else reads the upper.
+//! else reads the upper. A marker file in the work dir, made durable before the first stub
+//! and removed once all are complete, spares those completions a walk of an upper that
+//! holds none.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, renameat};
@@ -24,6 +27,9 @@ use super::format::METACOPY_XATTR;
 use super::walk::{list_names, proc_path, remove_tree, split, stat_at};
 use super::{Ino, LayerIdx, Loc, Overlay, OverlayConfig, is_dir};
 use crate::sys;
+
+/// The work dir's marker that the upper may hold stubs.
+const PENDING_MARKER: &str = "ovlrun-metacopy";
 
 /// Smaller files are copied whole: a stub would save little and cost a completion later.
 pub const METACOPY_MIN_SIZE: i64 = 1 << 20;
@@ -102,6 +108,7 @@ impl Overlay {
             return self.copy_up(loc);
         }
         self.ensure_upper_dir(parent)?;
+        self.mark_stubs_pending()?;
         match self.copy_from(layer, parent, name, false) {
             Ok(()) => Ok(()),
             // The upper refused the marker after all: copy the data.
@@ -156,11 +163,42 @@ impl Overlay {
         Ok(())
     }
 
+    /// Makes the work dir's marker durable before this overlay makes its first stub, so a
+    /// crash can never leave a stub without it.
+    fn mark_stubs_pending(&self) -> Result<(), Errno> {
+        if self.stubs_marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let marker = nix::fcntl::openat(
+            self.work.as_fd(),
+            PENDING_MARKER,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        nix::unistd::fsync(marker.as_fd())?;
+        let work = nix::fcntl::openat(
+            self.work.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        nix::unistd::fsync(work.as_fd())?;
+        self.stubs_marked.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Completes every stub in the upper (see the module doc); returns how many there were.
+    /// Without the work dir's marker there are none and nothing is read. Call it while the
+    /// overlay is not serving: before a mount, after the unmount, or offline.
     ///
     /// # Errors
     /// The first error of the walk or of a completion, naming nothing: callers add the upper.
     pub fn complete_metacopies(&self) -> Result<usize, Errno> {
+        if !self.stubs_marked.load(Ordering::Acquire)
+            && stat_at(self.work.as_fd(), OsStr::new(PENDING_MARKER))?.is_none()
+        {
+            return Ok(0);
+        }
         let mut stubs = Vec::new();
         let root = nix::fcntl::openat(
             self.layer_root(LayerIdx::UPPER),
@@ -172,6 +210,15 @@ impl Overlay {
         for path in &stubs {
             self.complete_stub(path)?;
         }
+        match nix::unistd::unlinkat(
+            self.work.as_fd(),
+            PENDING_MARKER,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        self.stubs_marked.store(false, Ordering::Release);
         Ok(stubs.len())
     }
 

@@ -127,6 +127,8 @@ struct Layer {
 pub struct Overlay {
     /// `layers[0]` is the upper; the rest are lowers, top first.
     layers: Vec<Layer>,
+    /// The work directory (`O_PATH`).
+    work: OwnedFd,
     /// ovlrun's scratch directory inside the work dir, on the upper's filesystem.
     scratch: OwnedFd,
     /// The hard-link index inside the work dir (see `index.rs`).
@@ -145,6 +147,8 @@ pub struct Overlay {
     copy_ups: AtomicU64,
     /// Held while a metadata-only copy is completed (see `metacopy.rs`).
     completing: std::sync::Mutex<()>,
+    /// This overlay has made the work dir's marker that stubs may exist (see `metacopy.rs`).
+    stubs_marked: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn is_dir(st: &FileStat) -> bool {

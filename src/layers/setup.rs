@@ -289,6 +289,7 @@ impl Overlay {
         })?;
         Ok(Overlay {
             layers,
+            work: work_fd,
             scratch,
             index,
             origins,
@@ -299,6 +300,7 @@ impl Overlay {
             dirs: super::dircache::DirCache::default(),
             copy_ups: AtomicU64::new(0),
             completing: std::sync::Mutex::new(()),
+            stubs_marked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

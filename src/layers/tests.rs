@@ -617,8 +617,11 @@ fn complete_metacopies_leaves_an_upper_the_kernel_can_read() {
     ovl.setxattr(&at(&ovl, "x/y/big"), OsStr::new("user.note"), b"kept", 0)
         .unwrap();
     assert!(is_stub(&f.p("upper/x/y/big")));
+    let marker = f.p("upper.work/ovlrun-metacopy");
+    assert!(marker.exists(), "no marker in the work dir for the stub");
     let dir_mtime = fs::metadata(f.p("upper/x/y")).unwrap().mtime();
     assert_eq!(ovl.complete_metacopies().unwrap(), 1);
+    assert!(!marker.exists(), "marker left after completing every stub");
     assert_eq!(ovl.complete_metacopies().unwrap(), 0, "nothing left");
     let up = f.p("upper/x/y/big");
     assert!(!is_stub(&up));
