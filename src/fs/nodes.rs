@@ -5,8 +5,11 @@
 //! That also makes hard links one kernel inode, as they should be. A node remembers its
 //! names (parent node, name), so its merged path is rebuilt from the parent chain, and the
 //! lowers behind it. The kernel holds a node until it forgets every lookup; so does the table.
+//!
+//! An index from (parent, name) to node mirrors every node's names, so unlink, rmdir and
+//! rename touch only the nodes they name, never the whole table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::RwLock;
@@ -44,10 +47,85 @@ struct Node {
     lookups: u64,
 }
 
+/// The nodes, and the index of their names.
+#[derive(Debug, Default)]
+struct Tables {
+    nodes: HashMap<u64, Node>,
+    /// parent → name → the node known by that name; holds exactly the nodes' aliases.
+    names: HashMap<u64, HashMap<OsString, u64>>,
+}
+
+impl Tables {
+    fn named(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.names.get(&parent)?.get(name).copied()
+    }
+
+    fn index(&mut self, parent: u64, name: &OsStr, id: u64) {
+        self.names
+            .entry(parent)
+            .or_default()
+            .insert(name.to_owned(), id);
+    }
+
+    /// Drops `name` of `parent` from the index only, returning who had it.
+    fn unindex(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+        let children = self.names.get_mut(&parent)?;
+        let id = children.remove(name);
+        if children.is_empty() {
+            self.names.remove(&parent);
+        }
+        id
+    }
+
+    /// Whoever is known as `name` in `parent` no longer is.
+    fn remove_name(&mut self, parent: u64, name: &OsStr) {
+        if let Some(id) = self.unindex(parent, name) {
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.names.retain(|a| !a.is(parent, name));
+            }
+        }
+    }
+
+    /// Node `id`'s name `from` becomes `to`, in place (so a first name stays first), and
+    /// loses its lowers: what moved lives in the upper only.
+    fn move_name(&mut self, id: u64, from: (u64, &OsStr), to: (u64, &OsStr)) {
+        if let Some(alias) = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.names.iter_mut().find(|a| a.is(from.0, from.1)))
+        {
+            (alias.parent, alias.name) = (to.0, to.1.to_owned());
+            alias.lowers = Lowers::from(Vec::new());
+            self.index(to.0, to.1, id);
+        }
+    }
+
+    /// Every name below the directories `tops` loses its lowers.
+    fn drop_lowers_below(&mut self, tops: &[u64]) {
+        let mut seen: HashSet<u64> = tops.iter().copied().collect();
+        let mut todo = tops.to_vec();
+        while let Some(dir) = todo.pop() {
+            let Some(children) = self.names.get(&dir) else {
+                continue;
+            };
+            for (name, &child) in children {
+                if let Some(node) = self.nodes.get_mut(&child) {
+                    for alias in node.names.iter_mut().filter(|a| a.is(dir, name)) {
+                        alias.lowers = Lowers::from(Vec::new());
+                    }
+                }
+                if seen.insert(child) {
+                    todo.push(child);
+                }
+            }
+        }
+    }
+}
+
 /// All nodes the kernel currently knows.
 #[derive(Debug)]
 pub struct NodeTable {
-    nodes: RwLock<HashMap<u64, Node>>,
+    tables: RwLock<Tables>,
 }
 
 impl Default for NodeTable {
@@ -59,8 +137,8 @@ impl Default for NodeTable {
 impl NodeTable {
     /// A table holding only the root.
     pub fn new() -> NodeTable {
-        let mut nodes = HashMap::new();
-        nodes.insert(
+        let mut tables = Tables::default();
+        tables.nodes.insert(
             ROOT,
             Node {
                 names: Vec::new(),
@@ -68,16 +146,16 @@ impl NodeTable {
             },
         );
         NodeTable {
-            nodes: RwLock::new(nodes),
+            tables: RwLock::new(tables),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Node>> {
-        self.nodes.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Node>> {
-        self.nodes.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where node `id` lives now (not for the root, whose `Loc` the overlay gives).
@@ -85,7 +163,8 @@ impl NodeTable {
     /// # Errors
     /// `ESTALE` for an unknown node, `ENOENT` for one whose every name was removed.
     pub fn loc(&self, id: u64) -> Result<Loc, Errno> {
-        let nodes = self.read();
+        let tables = self.read();
+        let nodes = &tables.nodes;
         let node = nodes.get(&id).ok_or(Errno::ESTALE)?;
         let lowers = node.names.first().ok_or(Errno::ENOENT)?.lowers.clone();
         let mut names: Vec<&OsStr> = Vec::new();
@@ -106,20 +185,26 @@ impl NodeTable {
     /// Records one kernel lookup of `found`, reached as `name` in `parent`; returns its id.
     pub fn remember(&self, parent: u64, name: &OsStr, found: &Found) -> u64 {
         let id = found.attr.ino.0;
-        let mut nodes = self.write();
-        let node = nodes.entry(id).or_insert_with(|| Node {
+        let mut tables = self.write();
+        let lowers = found.loc.lowers.clone();
+        if tables.named(parent, name) != Some(id) {
+            // The name now stands for this object; whoever had it before lost it.
+            tables.remove_name(parent, name);
+            tables.index(parent, name, id);
+        }
+        let node = tables.nodes.entry(id).or_insert_with(|| Node {
             names: Vec::new(),
             lookups: 0,
         });
         node.lookups += 1;
         match node.names.iter_mut().find(|a| a.is(parent, name)) {
-            Some(alias) => alias.lowers = found.loc.lowers.clone(),
+            Some(alias) => alias.lowers = lowers,
             None => node.names.insert(
                 0,
                 Alias {
                     parent,
                     name: name.to_owned(),
-                    lowers: found.loc.lowers.clone(),
+                    lowers,
                 },
             ),
         }
@@ -131,65 +216,59 @@ impl NodeTable {
         if id == ROOT {
             return;
         }
-        let mut nodes = self.write();
-        if let Some(node) = nodes.get_mut(&id) {
-            node.lookups = node.lookups.saturating_sub(n);
-            if node.lookups == 0 {
-                nodes.remove(&id);
+        let mut tables = self.write();
+        let Some(node) = tables.nodes.get_mut(&id) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups > 0 {
+            return;
+        }
+        if let Some(node) = tables.nodes.remove(&id) {
+            for alias in node.names {
+                if tables.named(alias.parent, &alias.name) == Some(id) {
+                    tables.unindex(alias.parent, &alias.name);
+                }
             }
         }
     }
 
     /// Name `name` of `parent` no longer exists (unlink, rmdir, replaced by a rename).
     pub fn name_removed(&self, parent: u64, name: &OsStr) {
-        let mut nodes = self.write();
-        for node in nodes.values_mut() {
-            node.names.retain(|a| !a.is(parent, name));
-        }
+        self.write().remove_name(parent, name);
     }
 
     /// The object known as `from` is now known as `to`, and (with `RENAME_EXCHANGE`) the one
     /// known as `to` is now `from`; a replaced `to` loses that name. What moved lives in the
     /// upper only now, and so does everything below it: their lowers are dropped.
     pub fn renamed(&self, from: (u64, &OsStr), to: (u64, &OsStr), exchange: bool) {
-        let mut nodes = self.write();
+        let mut tables = self.write();
+        let moving = tables.named(from.0, from.1);
+        let target = tables.named(to.0, to.1);
+        if moving.is_some() && moving == target {
+            // Two names of one object: rename(2) leaves both as they are.
+            return;
+        }
+        tables.unindex(from.0, from.1);
+        if !exchange {
+            tables.remove_name(to.0, to.1);
+        }
+        tables.unindex(to.0, to.1);
         let mut moved = Vec::new();
-        for (id, node) in nodes.iter_mut() {
-            let mut hit = false;
-            node.names.retain_mut(|a| {
-                if a.is(from.0, from.1) {
-                    (a.parent, a.name) = (to.0, to.1.to_owned());
-                } else if a.is(to.0, to.1) && exchange {
-                    (a.parent, a.name) = (from.0, from.1.to_owned());
-                } else {
-                    // A replaced target loses this name; every other name stays as it is.
-                    return !a.is(to.0, to.1);
-                }
-                a.lowers = Lowers::from(Vec::new());
-                hit = true;
-                true
-            });
-            if hit {
-                moved.push(*id);
-            }
+        if let Some(id) = moving {
+            tables.move_name(id, from, to);
+            moved.push(id);
         }
-        let inside: Vec<u64> = nodes
-            .keys()
-            .copied()
-            .filter(|id| !moved.contains(id) && moved.iter().any(|m| is_within(&nodes, *id, *m)))
-            .collect();
-        for id in inside {
-            if let Some(node) = nodes.get_mut(&id) {
-                for alias in &mut node.names {
-                    alias.lowers = Lowers::from(Vec::new());
-                }
-            }
+        if let Some(id) = target.filter(|_| exchange) {
+            tables.move_name(id, to, from);
+            moved.push(id);
         }
+        tables.drop_lowers_below(&moved);
     }
 
     /// Number of nodes held (for tests and statistics).
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().nodes.len()
     }
 
     /// True when only the root is held.
@@ -198,17 +277,116 @@ impl NodeTable {
     }
 }
 
-/// True when `id` is `ancestor` or lies below it.
-fn is_within(nodes: &HashMap<u64, Node>, id: u64, ancestor: u64) -> bool {
-    let mut cur = id;
-    for _ in 0..MAX_DEPTH {
-        if cur == ancestor {
-            return true;
-        }
-        match nodes.get(&cur).and_then(|n| n.names.first()) {
-            Some(alias) if cur != ROOT => cur = alias.parent,
-            _ => return false,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{Attr, Ino, LayerIdx};
+
+    fn found(ino: u64, lowers: &[u16]) -> Found {
+        let st = nix::sys::stat::stat("/").expect("stat /");
+        Found {
+            loc: Loc {
+                path: PathBuf::new(),
+                lowers: lowers.iter().map(|l| LayerIdx(*l)).collect(),
+            },
+            attr: Attr { ino: Ino(ino), st },
         }
     }
-    false
+
+    fn at(t: &NodeTable, id: u64) -> Result<(String, usize), Errno> {
+        t.loc(id)
+            .map(|l| (l.path.to_string_lossy().into_owned(), l.lowers.len()))
+    }
+
+    fn name(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[test]
+    fn a_removed_name_leaves_its_siblings_alone() {
+        let t = NodeTable::new();
+        for i in 0..100 {
+            t.remember(ROOT, name(&format!("f{i}")), &found(10 + i, &[1]));
+        }
+        t.name_removed(ROOT, name("f7"));
+        assert_eq!(at(&t, 17), Err(Errno::ENOENT));
+        assert_eq!(at(&t, 18), Ok(("f8".into(), 1)));
+        assert_eq!(t.len(), 101, "a removed name does not forget the node");
+    }
+
+    #[test]
+    fn a_renamed_directory_takes_its_subtree_into_the_upper() {
+        let t = NodeTable::new();
+        t.remember(ROOT, name("d"), &found(10, &[1]));
+        t.remember(10, name("sub"), &found(11, &[1]));
+        t.remember(11, name("f"), &found(12, &[1]));
+        t.remember(ROOT, name("other"), &found(13, &[1]));
+        t.renamed((ROOT, name("d")), (ROOT, name("e")), false);
+        assert_eq!(at(&t, 10), Ok(("e".into(), 0)));
+        assert_eq!(at(&t, 12), Ok(("e/sub/f".into(), 0)));
+        assert_eq!(at(&t, 13), Ok(("other".into(), 1)));
+    }
+
+    #[test]
+    fn a_replaced_target_loses_its_name_and_exchange_swaps_both() {
+        let t = NodeTable::new();
+        t.remember(ROOT, name("a"), &found(10, &[]));
+        t.remember(ROOT, name("b"), &found(11, &[]));
+        t.renamed((ROOT, name("a")), (ROOT, name("b")), true);
+        assert_eq!(at(&t, 10), Ok(("b".into(), 0)));
+        assert_eq!(at(&t, 11), Ok(("a".into(), 0)));
+        t.renamed((ROOT, name("a")), (ROOT, name("b")), false);
+        assert_eq!(at(&t, 11), Ok(("b".into(), 0)));
+        assert_eq!(at(&t, 10), Err(Errno::ENOENT));
+        // The freed name is nobody's: renaming it again moves nothing.
+        t.renamed((ROOT, name("a")), (ROOT, name("c")), false);
+        assert_eq!(at(&t, 11), Ok(("b".into(), 0)));
+    }
+
+    #[test]
+    fn a_hard_link_is_reached_by_its_remaining_name() {
+        let t = NodeTable::new();
+        t.remember(ROOT, name("d1"), &found(10, &[1]));
+        t.remember(ROOT, name("d2"), &found(11, &[1]));
+        t.remember(10, name("x"), &found(20, &[1]));
+        t.remember(11, name("y"), &found(20, &[2]));
+        assert_eq!(
+            at(&t, 20),
+            Ok(("d2/y".into(), 1)),
+            "the newest name comes first"
+        );
+        t.renamed((ROOT, name("d2")), (ROOT, name("d3")), false);
+        assert_eq!(at(&t, 20), Ok(("d3/y".into(), 0)));
+        t.name_removed(11, name("y"));
+        assert_eq!(at(&t, 20), Ok(("d1/x".into(), 1)));
+        // Renaming one name onto another of the same object changes nothing, as rename(2).
+        t.remember(10, name("z"), &found(20, &[1]));
+        t.renamed((10, name("x")), (10, name("z")), false);
+        assert_eq!(at(&t, 20), Ok(("d1/z".into(), 1)));
+        t.name_removed(10, name("z"));
+        assert_eq!(at(&t, 20), Ok(("d1/x".into(), 1)));
+    }
+
+    #[test]
+    fn forgetting_a_node_frees_its_names_and_a_reused_name_moves_on() {
+        let t = NodeTable::new();
+        t.remember(ROOT, name("a"), &found(10, &[]));
+        t.remember(ROOT, name("a"), &found(10, &[]));
+        t.forget(10, 1);
+        assert_eq!(at(&t, 10), Ok(("a".into(), 0)), "one lookup is still held");
+        t.forget(10, 1);
+        assert_eq!(at(&t, 10), Err(Errno::ESTALE));
+        assert!(
+            t.read().names.is_empty(),
+            "the index holds no name of a forgotten node"
+        );
+        t.remember(ROOT, name("b"), &found(11, &[]));
+        t.remember(ROOT, name("b"), &found(12, &[]));
+        assert_eq!(
+            at(&t, 11),
+            Err(Errno::ENOENT),
+            "the name now stands for another object"
+        );
+        assert_eq!(at(&t, 12), Ok(("b".into(), 0)));
+    }
 }
