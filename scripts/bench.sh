@@ -5,11 +5,18 @@
 # to the kernel overlayfs and to fuse-overlayfs.
 #
 #   bash scripts/bench.sh [--rounds N] [--only WORKLOAD[,...]] [--backends B[,...]] [--json FILE]
+#                         [--scratch image|root]
 #
 # Backends: ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain (the default set), and
 # ovlrun-fuse-all (`ovlrun mount --passthrough all`).
 #
 # Run as root on a quiet machine. Lowers are built once under /var/tmp/ovlrun-bench.
+# Uppers, work dirs and session state go on a scratch filesystem: by default a fresh
+# journaled ext4 made for this run in an image on a loop device (`--scratch image`). This
+# VM's root ext4 has no journal, and without one ext4's inode allocator skips every inode
+# freed in the last minutes (recently_deleted), so creates after a mass delete slow down
+# with the number deleted and untar_rm swung 0.6-5.2 s between rounds of one backend.
+# `--scratch root` keeps them on the root filesystem, as before.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,12 +25,14 @@ ROUNDS=3
 ONLY=""
 BACKENDS_ARG=""
 JSON=""
+SCRATCH_KIND=image
 while (($#)); do
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
         --json) JSON="$2"; shift 2 ;;
         --backends) BACKENDS_ARG="$2"; shift 2 ;;
+        --scratch) SCRATCH_KIND="$2"; shift 2 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -33,13 +42,16 @@ if [[ -z "${OVLRUN_BENCH_NS:-}" ]]; then
     [[ "$(id -u)" == 0 ]] || { echo "bench.sh: run as root" >&2; exit 1; }
     exec env OVLRUN_BENCH_NS=1 unshare --mount --propagation private bash "$0" \
         --rounds "$ROUNDS" ${ONLY:+--only "$ONLY"} ${JSON:+--json "$JSON"} \
-        ${BACKENDS_ARG:+--backends "$BACKENDS_ARG"}
+        ${BACKENDS_ARG:+--backends "$BACKENDS_ARG"} --scratch "$SCRATCH_KIND"
 fi
+[[ "$SCRATCH_KIND" =~ ^(image|root)$ ]] || { echo "bench.sh: --scratch takes image or root, not '$SCRATCH_KIND'" >&2; exit 2; }
 
 OVLRUN="$REPO/target/release/ovlrun"
 BACKENDS=(ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain)
 [[ -n "$BACKENDS_ARG" ]] && IFS=, read -r -a BACKENDS <<<"$BACKENDS_ARG"
 RESULTS="$BENCH/results.tsv"   # workload backend round seconds cpu_s rss_kib
+SCRATCH="$BENCH"               # where uppers and session state go (see --scratch)
+LOOP=""
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 
@@ -72,6 +84,25 @@ setup() {
         done
         tar cf "$BENCH/small.tar" -C "$BENCH/tarsrc" . && rm -rf "$BENCH/tarsrc"
     fi
+    if [[ "$SCRATCH_KIND" == image ]]; then
+        # A new filesystem each run: no backend inherits another run's deletions.
+        SCRATCH="$BENCH/scratch"
+        rm -f "$BENCH/scratch.img" && truncate -s 16G "$BENCH/scratch.img"
+        LOOP=$(losetup --find --show --direct-io=on "$BENCH/scratch.img")
+        mkfs.ext4 -q -F "$LOOP"
+        mkdir -p "$SCRATCH" && mount "$LOOP" "$SCRATCH"
+        log "scratch: fresh journaled ext4 on $LOOP (image $BENCH/scratch.img)"
+    fi
+}
+
+drop_scratch() {
+    umount_backend
+    if [[ -n "$LOOP" ]]; then
+        umount "$SCRATCH" 2>/dev/null || umount -l "$SCRATCH" || true
+        losetup -d "$LOOP" || true
+        rm -f "$BENCH/scratch.img"
+        LOOP=""
+    fi
 }
 
 wait_mounted() {
@@ -87,7 +118,7 @@ wait_mounted() {
 SERVER_PID=""
 # mount_backend BACKEND LOWER -> sets MNT (where to work) and SERVER_PID (a FUSE server)
 mount_backend() {
-    local backend="$1" lower="$2" run="$BENCH/run"
+    local backend="$1" lower="$2" run="$SCRATCH/run"
     umount_backend
     rm -rf "$run" && mkdir -p "$run/upper" "$run/work" "$run/mnt"
     MNT="$run/mnt"
@@ -205,7 +236,7 @@ run_all() {
             done
         done
     done
-    rm -rf "$BENCH/run"
+    rm -rf "$SCRATCH/run"
 }
 
 launcher_start() {
@@ -214,7 +245,7 @@ launcher_start() {
     for fs in fuse kernel; do
         for i in $(seq 30); do
             t0=$(now)
-            OVLRUN_STATE="$BENCH/state" "$OVLRUN" --fs "$fs" --rootfs "$REPO/examples/rootfs" -- true
+            OVLRUN_STATE="$SCRATCH/state" "$OVLRUN" --fs "$fs" --rootfs "$REPO/examples/rootfs" -- true
             printf 'launcher_start\tovlrun-%s\t%s\t%s\t0\t0\n' "$fs" "$i" \
                 "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
         done
@@ -256,9 +287,9 @@ debian_workloads() {
                 t0=$(now)
                 case "$backend" in
                     ovlrun-*)
-                        OVLRUN_STATE="$BENCH/state" "$OVLRUN" --fs "${backend#ovlrun-}" --rootfs "$tree" -- sh -c "$script" ;;
+                        OVLRUN_STATE="$SCRATCH/state" "$OVLRUN" --fs "${backend#ovlrun-}" --rootfs "$tree" -- sh -c "$script" ;;
                     kernel)
-                        local run="$BENCH/run"
+                        local run="$SCRATCH/run"
                         rm -rf "$run" && mkdir -p "$run/upper" "$run/work" "$run/mnt"
                         mount -t overlay overlay -o "lowerdir=$tree,upperdir=$run/upper,workdir=$run/work,userxattr" "$run/mnt"
                         mount -t proc proc "$run/mnt/proc"
@@ -310,7 +341,7 @@ if sys.argv[2]:
 EOF
 }
 
-trap umount_backend EXIT
+trap drop_scratch EXIT
 setup
 run_all
 launcher_start

@@ -17,11 +17,12 @@ set -euo pipefail
 #   libacl1-dev      pjdfstest links libacl when `cargo install` builds it
 #   build-essential pkg-config   compilers for crates with C parts (pjdfstest's deps)
 #   and the shellcheck linter for these scripts
-#   util-linux       unshare, mount, findmnt, mountpoint
+#   util-linux       unshare, mount, findmnt, mountpoint, losetup
+#   e2fsprogs        mkfs.ext4 for scripts/bench.sh's scratch filesystem
 #   passwd           useradd, groupadd
 APT_PACKAGES=(
     fuse3 fuse-overlayfs busybox-static uidmap attr acl fio libacl1-dev
-    build-essential pkg-config shellcheck util-linux passwd
+    build-essential pkg-config shellcheck util-linux passwd e2fsprogs
 )
 
 # The unprivileged user that launcher tests run ovlrun as.
