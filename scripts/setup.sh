@@ -19,10 +19,11 @@ set -euo pipefail
 #   and the shellcheck linter for these scripts
 #   util-linux       unshare, mount, findmnt, mountpoint, losetup
 #   e2fsprogs        mkfs.ext4 for scripts/bench.sh's scratch filesystem
+#   util-linux-extra fincore: the page-cache fill tests count cached bytes with it
 #   passwd           useradd, groupadd
 APT_PACKAGES=(
     fuse3 fuse-overlayfs busybox-static uidmap attr acl fio libacl1-dev
-    build-essential pkg-config shellcheck util-linux passwd e2fsprogs
+    build-essential pkg-config shellcheck util-linux passwd e2fsprogs util-linux-extra
 )
 
 # The unprivileged user that launcher tests run ovlrun as.

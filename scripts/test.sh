@@ -108,7 +108,7 @@ main() {
     # As root, `ovlrun mount` lets the kernel read and write upper files itself (FUSE
     # passthrough); the filesystem tests again with it off cover the server's own data path.
     step "filesystem tests with --passthrough off" \
-        env OVLRUN_TEST_PASSTHROUGH=off cargo test --test it -- mount_ops:: differential:: compat::
+        env OVLRUN_TEST_PASSTHROUGH=off cargo test --test it -- mount_ops:: differential:: compat:: prefill::
     step "layering: src/layers and src/sys never use fuser" check_layering
     step "pjdfstest against ovlrun (scripts/pjdfstest.sh --fs ovlrun)" \
         bash scripts/pjdfstest.sh --fs ovlrun

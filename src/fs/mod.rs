@@ -8,6 +8,7 @@ pub mod attr;
 pub mod handles;
 pub mod nodes;
 pub mod passthrough;
+pub mod prefill;
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -31,6 +32,7 @@ use crate::layers::{
 use handles::{Handle, HandleTable, OpenFile};
 use nodes::{NodeTable, ROOT};
 use passthrough::{Backing, Io, Passthrough, PassthroughMode};
+use prefill::Prefill;
 
 /// How long the kernel may trust entries and attributes. Only this mount changes the upper
 /// and the lowers are read-only for its life, and every change passes through the kernel,
@@ -59,6 +61,8 @@ pub struct OverlayFs {
     /// Complete metadata-only copies when the filesystem is unmounted (not when the upper
     /// is about to be thrown away).
     complete_at_unmount: bool,
+    /// Stores small lower files' data in the kernel's cache at their first open.
+    prefill: Arc<Prefill>,
 }
 
 impl OverlayFs {
@@ -71,6 +75,7 @@ impl OverlayFs {
             writeback: false,
             passthrough: Passthrough::default(),
             complete_at_unmount: true,
+            prefill: Arc::default(),
         }
     }
 
@@ -89,6 +94,11 @@ impl OverlayFs {
     pub fn with_passthrough(mut self, mode: PassthroughMode) -> OverlayFs {
         self.passthrough = Passthrough::new(mode);
         self
+    }
+
+    /// The page-cache filler; attach the session's notifier to it once the session exists.
+    pub fn prefill(&self) -> Arc<Prefill> {
+        Arc::clone(&self.prefill)
     }
 
     fn loc(&self, node: INodeNo) -> Result<Loc, Errno> {
@@ -159,6 +169,19 @@ impl OverlayFs {
             self.nodes.name_removed(parent.0, name);
         }
         reply_empty(reply, res);
+    }
+
+    /// Stores a small lower file's data in the kernel's cache at the node's first open
+    /// (see [`prefill`]); a failure only leaves the reads to READ requests.
+    fn fill_cache(&self, node: u64, fd: std::os::fd::BorrowedFd<'_>, flags: OFlag) {
+        if flags.contains(OFlag::O_DIRECT) {
+            return;
+        }
+        if let Ok(st) = nix::sys::stat::fstat(fd)
+            && self.prefill.wanted(st.st_size)
+        {
+            let _ = self.prefill.fill(node, fd, st.st_size);
+        }
     }
 
     /// Stores an open fd as a handle; `layer` says whether it may go stale (see
@@ -390,6 +413,7 @@ impl Filesystem for OverlayFs {
         {
             return reply.error(to_fuse(e));
         }
+
         let res = match self.loc(ino) {
             Ok(loc) => self
                 .ovl
@@ -407,6 +431,9 @@ impl Filesystem for OverlayFs {
                 _ => Err(e),
             },
         };
+        if size.is_some() && res.is_ok() {
+            self.prefill.wait_for_fills(ino.0);
+        }
         match res {
             Ok(a) => reply.attr(&TTL, &self.attr_of(ino, &a)),
             Err(e) => reply.error(to_fuse(e)),
@@ -534,6 +561,9 @@ impl Filesystem for OverlayFs {
         let asked = oflags(flags.0);
         let flags = self.backing_flags(asked);
         let writes = crate::layers::opens_for_writing(flags);
+        // A reader holds its node's data lock until answered, so its fill ends first.
+        let reading = (!writes).then(|| self.prefill.lock(ino.0));
+        let first = self.nodes.first_open(ino.0);
         let opened = self
             .loc(ino)
             .and_then(|loc| {
@@ -559,6 +589,16 @@ impl Filesystem for OverlayFs {
             });
         match opened {
             Ok((fd, layer, io)) => {
+                if writes {
+                    self.prefill.wait_for_fills(ino.0);
+                }
+                if first
+                    && reading.is_some()
+                    && matches!(io, Io::Cached)
+                    && layer != LayerIdx::UPPER
+                {
+                    self.fill_cache(ino.0, fd.as_fd(), flags);
+                }
                 let fh = self.insert_file(ino.0, fd, flags, layer, seen);
                 match io {
                     Io::Cached => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),

@@ -45,6 +45,8 @@ struct Node {
     names: Vec<Alias>,
     /// Lookups the kernel has not forgotten yet.
     lookups: u64,
+    /// Whether the kernel's inode for this node was opened yet.
+    opened: bool,
 }
 
 /// The nodes, and the index of their names.
@@ -143,6 +145,7 @@ impl NodeTable {
             Node {
                 names: Vec::new(),
                 lookups: 1,
+                opened: false,
             },
         );
         NodeTable {
@@ -195,6 +198,7 @@ impl NodeTable {
         let node = tables.nodes.entry(id).or_insert_with(|| Node {
             names: Vec::new(),
             lookups: 0,
+            opened: false,
         });
         node.lookups += 1;
         match node.names.iter_mut().find(|a| a.is(parent, name)) {
@@ -264,6 +268,15 @@ impl NodeTable {
             moved.push(id);
         }
         tables.drop_lowers_below(&moved);
+    }
+
+    /// True for the first open of `id` since the kernel looked it up (its inode has no
+    /// cached data from this server yet); false for every later one.
+    pub fn first_open(&self, id: u64) -> bool {
+        self.write()
+            .nodes
+            .get_mut(&id)
+            .is_some_and(|n| !std::mem::replace(&mut n.opened, true))
     }
 
     /// Number of nodes held (for tests and statistics).
@@ -388,5 +401,17 @@ mod tests {
             "the name now stands for another object"
         );
         assert_eq!(at(&t, 12), Ok(("b".into(), 0)));
+    }
+
+    #[test]
+    fn only_the_first_open_of_a_looked_up_node_is_first() {
+        let t = NodeTable::new();
+        t.remember(ROOT, name("a"), &found(10, &[1]));
+        assert!(t.first_open(10));
+        assert!(!t.first_open(10));
+        assert!(!t.first_open(99), "an unknown node is never filled");
+        t.forget(10, 1);
+        t.remember(ROOT, name("a"), &found(10, &[1]));
+        assert!(t.first_open(10), "a new kernel inode starts without data");
     }
 }

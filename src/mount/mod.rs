@@ -195,6 +195,7 @@ impl OverlayBuilder {
                 .map_or(2, |n| n.get())
                 .clamp(2, 8)
         });
+        let prefill = fs.prefill();
         let config = fuse_config(threads, &self.config.upper);
         let fuse_err = |source| MountError::Fuse {
             path: mountpoint.to_owned(),
@@ -213,6 +214,7 @@ impl OverlayBuilder {
             }
             Err(e) => return Err(fuse_err(e.into())),
         };
+        prefill.attach(session.notifier());
         Ok(UnservedMount {
             mountpoint: mountpoint.to_owned(),
             session,

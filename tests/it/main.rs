@@ -28,4 +28,5 @@ mod metacopy;
 mod mount_ops;
 mod passthrough;
 mod policy;
+mod prefill;
 mod realtree;

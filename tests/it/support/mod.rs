@@ -383,6 +383,8 @@ pub struct MountArgs {
     /// `off`, `upper` or `all`; unset: `$OVLRUN_TEST_PASSTHROUGH`, else ovlrun's default.
     pub passthrough: Option<&'static str>,
     pub mount_point: PathBuf,
+    /// Extra environment of the server (debug knobs).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl MountArgs {
@@ -394,6 +396,7 @@ impl MountArgs {
             whiteout: None,
             passthrough: None,
             mount_point: mount_point.to_path_buf(),
+            env: Vec::new(),
         }
     }
 
@@ -409,6 +412,11 @@ impl MountArgs {
 
     pub fn passthrough(mut self, files: &'static str) -> MountArgs {
         self.passthrough = Some(files);
+        self
+    }
+
+    pub fn env(mut self, key: &'static str, value: impl Into<String>) -> MountArgs {
+        self.env.push((key, value.into()));
         self
     }
 
@@ -438,6 +446,7 @@ impl MountArgs {
             (None, Err(_)) => {}
         }
         cmd.arg(&self.mount_point);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 }
