@@ -9,12 +9,13 @@
 //! An index from (parent, name) to node mirrors every node's names, so unlink, rmdir and
 //! rename touch only the nodes they name, never the whole table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::RwLock;
 
 use nix::errno::Errno;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::layers::{Found, Loc, Lowers};
 
