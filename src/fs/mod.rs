@@ -298,8 +298,11 @@ fn oflags(flags: i32) -> OFlag {
 
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Every listing chunk carries attributes (no READDIRPLUS_AUTO, which sends only the
+        // first chunk so): a stat, open or exec after a listing then needs no LOOKUP. Stat of
+        // every entry of a 100,000-entry tree: 4.0 s -> 0.5 s; a name-only walk of it: 0.43 s
+        // -> 0.89 s.
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_POSIX_ACL;
