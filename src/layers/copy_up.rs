@@ -294,10 +294,38 @@ pub(crate) fn copy_range(src: &OwnedFd, dst: &OwnedFd, offset: i64, len: i64) ->
         ) {
             Ok(0) => break,
             Ok(_) => {}
+            // Across filesystems (the usual rootfs and state dir) copy_file_range refuses.
             Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                return copy_range_rw(src, dst, off_in, end - off_in);
+                return copy_range_spliced(src, dst, off_in, end - off_in);
             }
             Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// [`copy_range`] where copy_file_range cannot: sendfile(2) moves the data inside the
+/// kernel (a splice, as the kernel overlayfs's own copy-up does), else read and write.
+fn copy_range_spliced(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    mut offset: i64,
+    len: i64,
+) -> Result<(), Errno> {
+    let end = offset + len;
+    // sendfile writes at the file offset of `dst`.
+    lseek(dst.as_fd(), offset, Whence::SeekSet)?;
+    while offset < end {
+        let want = usize::try_from(end - offset)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match nix::sys::sendfile::sendfile64(dst.as_fd(), src.as_fd(), Some(&mut offset), want) {
+            Ok(0) => break,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EINVAL | Errno::ENOSYS) => {
+                return copy_range_rw(src, dst, offset, end - offset);
+            }
             Err(e) => return Err(e),
         }
     }

@@ -605,6 +605,65 @@ fn copy_up_keeps_timestamps() {
     assert_eq!(read_string(fx.m("old")), "old data");
 }
 
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf) -> Tmpfs {
+        nix::mount::mount(
+            Some("tmpfs"),
+            &at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=512m"),
+        )
+        .or_panic("mount a tmpfs on", &at);
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The upper on another filesystem than the lower (the usual rootfs and state directory):
+/// copy_file_range refuses to cross them, and the copy-up falls back.
+#[test]
+fn copy_up_across_filesystems_keeps_data_and_holes() {
+    mount_test!();
+    let fx = Fx::new();
+    let tmp = Tmpfs::mount(fx.dir.mkdir("tmpfs"));
+    let (upper, work) = (tmp.0.join("upper"), tmp.0.join("work"));
+    mkdir(&upper);
+    mkdir(&work);
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let f = fx.l[0].join("sparse");
+    let file = File::create(&f).unwrap();
+    file.write_all_at(&data, 4096).unwrap();
+    file.write_all_at(&data[..1 << 20], 64 << 20).unwrap();
+    file.set_len(96 << 20).unwrap();
+    drop(file);
+    let m = OvlrunMount::start(&MountArgs::new(&[&fx.l[0]], &upper, &fx.mnt).work(&work));
+    open(&m.join("sparse"), OpenOptions::new().append(true))
+        .write_all(b"end")
+        .unwrap();
+    drop(m);
+    let mut want = fs::read(&f).unwrap();
+    want.extend_from_slice(b"end");
+    let got = fs::read(upper.join("sparse")).or_panic("read the copy in", &upper);
+    assert!(
+        got == want,
+        "the upper copy differs from the lower data plus the append"
+    );
+    let blocks = lstat(upper.join("sparse")).blocks();
+    assert!(
+        blocks < 2 * lstat(&f).blocks() + 64,
+        "the copy-up filled the holes: {blocks} blocks"
+    );
+}
+
 #[test]
 fn copy_up_keeps_holes_of_a_sparse_file() {
     mount_test!();
