@@ -89,7 +89,9 @@ setup() {
         SCRATCH="$BENCH/scratch"
         rm -f "$BENCH/scratch.img" && truncate -s 16G "$BENCH/scratch.img"
         LOOP=$(losetup --find --show --direct-io=on "$BENCH/scratch.img")
-        mkfs.ext4 -q -F "$LOOP"
+        # Initialized in full now: lazy init would zero inode tables in the background
+        # during the first workloads.
+        mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$LOOP"
         mkdir -p "$SCRATCH" && mount "$LOOP" "$SCRATCH"
         log "scratch: fresh journaled ext4 on $LOOP (image $BENCH/scratch.img)"
     fi
