@@ -42,6 +42,23 @@ const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
+/// Reads `len` bytes of `fd` at `offset`, fewer only at end of file: the kernel takes a
+/// short READ reply for end of file.
+pub(crate) fn read_at(fd: BorrowedFd<'_>, len: usize, offset: i64) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + i64::try_from(done).map_err(|_| Errno::EOVERFLOW)?;
+        let n = nix::sys::uio::pread(fd, &mut buf[done..], at)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
 /// The one nix → fuser errno conversion.
 fn to_fuse(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e as i32)
@@ -624,23 +641,8 @@ impl Filesystem for OverlayFs {
         reply: ReplyData,
     ) {
         let res = self.with_fd(ino, fh, |fd| {
-            let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
             let offset = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-            let mut done = 0;
-            // A short read before EOF would be taken as EOF by the kernel: fill the buffer.
-            while done < buf.len() {
-                let n = nix::sys::uio::pread(
-                    fd,
-                    &mut buf[done..],
-                    offset + i64::try_from(done).unwrap_or(0),
-                )?;
-                if n == 0 {
-                    break;
-                }
-                done += n;
-            }
-            buf.truncate(done);
-            Ok(buf)
+            read_at(fd, usize::try_from(size).unwrap_or(0), offset)
         });
         match res {
             Ok(data) => reply.data(&data),

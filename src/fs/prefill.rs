@@ -84,16 +84,7 @@ impl Prefill {
     /// kernel will ask with READ requests.
     pub fn fill(&self, node: u64, fd: BorrowedFd<'_>, size: i64) -> Result<(), Errno> {
         let notifier = self.notifier.get().ok_or(Errno::ENOTCONN)?;
-        let mut buf = vec![0u8; usize::try_from(size).map_err(|_| Errno::EINVAL)?];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = nix::sys::uio::pread(fd, &mut buf[done..], i64::try_from(done).unwrap_or(0))?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
+        let buf = super::read_at(fd, usize::try_from(size).map_err(|_| Errno::EINVAL)?, 0)?;
         debug_delay();
         notifier
             .store(INodeNo(node), 0, &buf)
