@@ -4,43 +4,17 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::PathBuf;
 
 use nix::errno::Errno;
 
-use crate::support::{self, MountArgs, OrPanic, OvlrunMount, TestDir, read_string, write};
+use crate::support::{self, OneLower, OrPanic, OvlrunMount, read_string, write};
 
 /// Size of the data each check moves: far above what the server's own requests add.
 const DATA: usize = 32 << 20;
 
-struct Fx {
-    _dir: TestDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-}
-
-impl Fx {
-    fn new() -> Fx {
-        let dir = TestDir::new();
-        let (lower, upper) = (dir.mkdir("lower"), dir.mkdir("upper"));
-        let (work, mnt) = (dir.mkdir("work"), dir.mkdir("mnt"));
-        Fx {
-            _dir: dir,
-            lower,
-            upper,
-            work,
-            mnt,
-        }
-    }
-
-    fn mount(&self, files: &'static str) -> OvlrunMount {
-        let args = MountArgs::new(&[&self.lower], &self.upper, &self.mnt)
-            .work(&self.work)
-            .passthrough(files);
-        OvlrunMount::start(&args)
-    }
+/// `ovlrun mount --passthrough files` of the fixture.
+fn mount(fx: &OneLower, files: &'static str) -> OvlrunMount {
+    OvlrunMount::start(&fx.args().passthrough(files))
 }
 
 /// Bytes the server process has read and written through syscalls so far (its requests from
@@ -57,7 +31,7 @@ fn server_io(m: &OvlrunMount) -> u64 {
 }
 
 /// Writes [`DATA`] bytes to a new file and reads them back; returns the server's I/O meanwhile.
-fn write_and_read_back(fx: &Fx, m: &OvlrunMount) -> u64 {
+fn write_and_read_back(fx: &OneLower, m: &OvlrunMount) -> u64 {
     let before = server_io(m);
     let path = fx.mnt.join("new");
     let data: Vec<u8> = (0..DATA).map(|i| (i % 251) as u8).collect();
@@ -88,14 +62,14 @@ macro_rules! root_mount_test {
 #[test]
 fn upper_files_bypass_the_server_and_off_keeps_them_in_it() {
     root_mount_test!();
-    let fx = Fx::new();
-    let through = write_and_read_back(&fx, &fx.mount("upper"));
+    let fx = OneLower::new();
+    let through = write_and_read_back(&fx, &mount(&fx, "upper"));
     assert!(
         through < (DATA / 4) as u64,
         "with --passthrough upper the server moved {through} bytes for {DATA} written and read"
     );
     fs::remove_file(fx.upper.join("new")).unwrap();
-    let served = write_and_read_back(&fx, &fx.mount("off"));
+    let served = write_and_read_back(&fx, &mount(&fx, "off"));
     assert!(
         served >= DATA as u64,
         "with --passthrough off the server moved only {served} bytes for {DATA} written"
@@ -105,9 +79,9 @@ fn upper_files_bypass_the_server_and_off_keeps_them_in_it() {
 #[test]
 fn upper_mode_reads_lower_files_in_the_server_and_lets_writers_in() {
     root_mount_test!();
-    let fx = Fx::new();
+    let fx = OneLower::new();
     write(fx.lower.join("f"), "lower");
-    let m = fx.mount("upper");
+    let m = mount(&fx, "upper");
     let path = fx.mnt.join("f");
     let mut reader = File::open(&path).or_panic("open", &path);
     let mut writer = OpenOptions::new()
@@ -126,11 +100,11 @@ fn upper_mode_reads_lower_files_in_the_server_and_lets_writers_in() {
 #[test]
 fn all_mode_passes_lower_reads_through_and_refuses_writers_meanwhile() {
     root_mount_test!();
-    let fx = Fx::new();
+    let fx = OneLower::new();
     let data: Vec<u8> = (0..DATA).map(|i| (i % 241) as u8).collect();
     write(fx.lower.join("big"), &data);
     write(fx.lower.join("f"), "lower");
-    let m = fx.mount("all");
+    let m = mount(&fx, "all");
 
     let before = server_io(&m);
     let back = fs::read(fx.mnt.join("big")).or_panic("read", fx.mnt.join("big"));

@@ -3,45 +3,18 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use crate::support::{self, MountArgs, OrPanic, OvlrunMount, TestDir, read_string, write};
+use crate::support::{self, OneLower, OrPanic, OvlrunMount, read_string, write};
 
 /// ovlrun's `PREFILL_MAX`: the largest file filled at open.
 const PREFILL_MAX: usize = 128 * 1024;
 
-struct Fx {
-    _dir: TestDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-}
-
-impl Fx {
-    fn new() -> Fx {
-        support::private_mount_ns();
-        let dir = TestDir::new();
-        let (lower, upper) = (dir.mkdir("lower"), dir.mkdir("upper"));
-        let (work, mnt) = (dir.mkdir("work"), dir.mkdir("mnt"));
-        Fx {
-            _dir: dir,
-            lower,
-            upper,
-            work,
-            mnt,
-        }
-    }
-
-    fn mount(&self) -> OvlrunMount {
-        OvlrunMount::start(&MountArgs::new(&[&self.lower], &self.upper, &self.mnt).work(&self.work))
-    }
-}
-
 macro_rules! fuse_test {
     () => {
         require!(support::can_mount_fuse(), "mount FUSE (/dev/fuse)");
+        support::private_mount_ns();
     };
 }
 
@@ -68,11 +41,11 @@ fn cached_bytes(path: &Path) -> u64 {
 #[test]
 fn a_small_lower_file_is_cached_by_its_first_open_and_a_large_one_is_not() {
     fuse_test!();
-    let fx = Fx::new();
+    let fx = OneLower::new();
     fs::write(fx.lower.join("small"), vec![7u8; 10_000]).unwrap();
     fs::write(fx.lower.join("large"), vec![7u8; PREFILL_MAX + 1]).unwrap();
     fs::write(fx.lower.join("empty"), b"").unwrap();
-    let m = fx.mount();
+    let m = OvlrunMount::start(&fx.args());
     let small = cached_bytes(&m.join("small"));
     assert!(
         small >= 10_000,
@@ -90,9 +63,9 @@ fn a_small_lower_file_is_cached_by_its_first_open_and_a_large_one_is_not() {
 #[test]
 fn truncates_and_writes_after_a_filled_open_are_what_every_reader_sees() {
     fuse_test!();
-    let fx = Fx::new();
+    let fx = OneLower::new();
     write(fx.lower.join("f"), "lower data");
-    let m = fx.mount();
+    let m = OvlrunMount::start(&fx.args());
     let path = m.join("f");
     let mut reader = File::open(&path).or_panic("open", &path);
     assert!(cached_bytes(&path) > 0, "the first open filled the cache");
@@ -127,11 +100,9 @@ fn a_fill_racing_a_rewrite_never_brings_the_old_data_back() {
         eprintln!("skipped: the server's fill delay exists in debug builds only");
         return;
     }
-    let fx = Fx::new();
+    let fx = OneLower::new();
     write(fx.lower.join("f"), "old ".repeat(1000));
-    let args = MountArgs::new(&[&fx.lower], &fx.upper, &fx.mnt)
-        .work(&fx.work)
-        .env("OVLRUN_DEBUG_FILL_DELAY_MS", "500");
+    let args = fx.args().env("OVLRUN_DEBUG_FILL_DELAY_MS", "500");
     let m = OvlrunMount::start(&args);
     let path = m.join("f");
     let started = std::time::Instant::now();

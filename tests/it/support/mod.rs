@@ -451,6 +451,35 @@ impl MountArgs {
     }
 }
 
+/// One lower, an upper, a work dir and a mount point in one test directory.
+pub struct OneLower {
+    pub _dir: TestDir,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl OneLower {
+    pub fn new() -> OneLower {
+        let dir = TestDir::new();
+        let (lower, upper) = (dir.mkdir("lower"), dir.mkdir("upper"));
+        let (work, mnt) = (dir.mkdir("work"), dir.mkdir("mnt"));
+        OneLower {
+            _dir: dir,
+            lower,
+            upper,
+            work,
+            mnt,
+        }
+    }
+
+    /// `ovlrun mount` of these directories.
+    pub fn args(&self) -> MountArgs {
+        MountArgs::new(&[&self.lower], &self.upper, &self.mnt).work(&self.work)
+    }
+}
+
 pub fn ovlrun_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ovlrun")
 }
