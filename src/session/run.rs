@@ -130,7 +130,10 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
     rec.status = Status::Preserved;
     rec.ended = Some(now());
     rec.exit_code = Some(code);
-    rec.save(&dirs.root)?;
+    // A session about to be discarded records its end only if it stays (two fsyncs less).
+    if opts.policy != Policy::Discard {
+        rec.save(&dirs.root)?;
+    }
     drop(shared);
     apply_policy(plan, opts, &dirs, &mut rec)?;
     Ok(code)
@@ -190,6 +193,8 @@ fn apply_policy(
                     "ovlrun: cannot discard session {}: {e}; it is kept",
                     dirs.id.0
                 );
+                // The record goes last in a discard, so it is still there to say so.
+                rec.save(&dirs.root)?;
             }
             Ok(())
         }

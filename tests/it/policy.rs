@@ -471,6 +471,62 @@ fn discard_leaves_rootfs_identical_and_no_session() {
     assert!(f.ls_row(&id).is_none(), "ls still lists {id}");
 }
 
+/// Makes a file immutable (chattr +i) until dropped, so nobody can unlink it.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: PathBuf) -> Immutable {
+        run_cmd(Command::new("chattr").arg("+i").arg(&path)).expect_ok();
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// A discarded session records nothing at its end (that would cost two fsyncs for a record
+/// about to go); one whose discard fails must still be kept with its end recorded.
+#[test]
+fn a_discard_that_fails_keeps_the_session_with_its_end_recorded() {
+    require!(
+        can_run_sessions() && support::is_root(),
+        "run sessions as root (chattr +i)"
+    );
+    let f = Fixture::new();
+    let mut bg = Bg::spawn(
+        &mut f.session_cmd(
+            &["--policy", "discard"],
+            "echo x > /kept && echo ready && sleep 1 && exit 3",
+        ),
+        RUN_TIMEOUT,
+    );
+    bg.wait_line("ready");
+    let ids = f.session_ids();
+    assert_eq!(ids.len(), 1, "one running session: {ids:?}");
+    let kept = f.upper_of(&ids[0]).join("kept");
+    let _pin = Immutable::set(kept.clone());
+    let out = bg.wait();
+    assert_eq!(out.status.code(), Some(3), "{}", out.context());
+    assert!(
+        out.stderr.contains("cannot discard session") && out.stderr.contains("it is kept"),
+        "{}",
+        out.context()
+    );
+    let row = f
+        .ls_row(&ids[0])
+        .unwrap_or_else(|| panic!("ls --json does not list {}: {:?}", ids[0], f.ls_json()));
+    assert_eq!(row["status"], "preserved", "{row}");
+    assert_eq!(row["exit_code"], 3, "{row}");
+    assert!(
+        row["ended"].is_number() || row["ended"].is_string(),
+        "{row}"
+    );
+    assert_eq!(read_string(&kept), "x\n");
+}
+
 #[test]
 fn preserve_keeps_and_lists_the_session_then_commit_applies_it() {
     require!(
