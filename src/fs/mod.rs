@@ -188,14 +188,15 @@ impl OverlayFs {
         reply_empty(reply, res);
     }
 
-    /// Stores a small lower file's data in the kernel's cache at the node's first open
-    /// (see [`prefill`]); a failure only leaves the reads to READ requests.
+    /// Stores a small lower file's data in the kernel's cache at the first reading open of
+    /// its node (see [`prefill`]); a failure only leaves the reads to READ requests.
     fn fill_cache(&self, node: u64, fd: std::os::fd::BorrowedFd<'_>, flags: OFlag) {
         if flags.contains(OFlag::O_DIRECT) {
             return;
         }
         if let Ok(st) = nix::sys::stat::fstat(fd)
             && self.prefill.wanted(st.st_size)
+            && self.nodes.first_open(node)
         {
             let _ = self.prefill.fill(node, fd, st.st_size);
         }
@@ -583,7 +584,6 @@ impl Filesystem for OverlayFs {
         let writes = crate::layers::opens_for_writing(flags);
         // A reader holds its node's data lock until answered, so its fill ends first.
         let reading = (!writes).then(|| self.prefill.lock(ino.0));
-        let first = self.nodes.first_open(ino.0);
         let opened = self
             .loc(ino)
             .and_then(|loc| {
@@ -612,11 +612,7 @@ impl Filesystem for OverlayFs {
                 if writes {
                     self.prefill.wait_for_fills(ino.0);
                 }
-                if first
-                    && reading.is_some()
-                    && matches!(io, Io::Cached)
-                    && layer != LayerIdx::UPPER
-                {
+                if reading.is_some() && matches!(io, Io::Cached) && layer != LayerIdx::UPPER {
                     self.fill_cache(ino.0, fd.as_fd(), flags);
                 }
                 let fh = self.insert_file(ino.0, fd, flags, layer, seen);

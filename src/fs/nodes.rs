@@ -271,8 +271,8 @@ impl NodeTable {
         tables.drop_lowers_below(&moved);
     }
 
-    /// True for the first open of `id` since the kernel looked it up (its inode has no
-    /// cached data from this server yet); false for every later one.
+    /// True the first time it is asked for `id` since the kernel looked it up (the first
+    /// open that may fill its inode's cache); false for every later call.
     pub fn first_open(&self, id: u64) -> bool {
         self.write()
             .nodes

@@ -6,8 +6,9 @@
 //! lower, so the data stored at its first open is what every READ would return, for as
 //! long as the kernel keeps the pages (`FOPEN_KEEP_CACHE`).
 //!
-//! Only the first open of a node since the kernel looked it up fills: later opens find the
-//! pages there, or read them as usual. Stored data must never land after a write or a
+//! Only the first reading open of such a file since the kernel looked it up fills: later
+//! opens find the pages there, or read them as usual (an open for writing copies the file
+//! up first, and upper files are never filled). Stored data must never land after a write or a
 //! truncate, which would put old data over new. So a reading open holds its node's lock
 //! until it is answered, and an open for writing (which copies up) or a truncate waits for
 //! that lock before it is answered: a fill that began before the copy-up has ended by then,
