@@ -190,7 +190,7 @@ impl OverlayFs {
 
     /// Stores a small lower file's data in the kernel's cache at the first reading open of
     /// its node (see [`prefill`]); a failure only leaves the reads to READ requests.
-    fn fill_cache(&self, node: u64, fd: std::os::fd::BorrowedFd<'_>, flags: OFlag) {
+    fn fill_cache(&self, node: u64, fd: BorrowedFd<'_>, flags: OFlag) {
         if flags.contains(OFlag::O_DIRECT) {
             return;
         }

@@ -255,10 +255,11 @@ impl NodeTable {
             return;
         }
         tables.unindex(from.0, from.1);
-        if !exchange {
+        if exchange {
+            tables.unindex(to.0, to.1);
+        } else {
             tables.remove_name(to.0, to.1);
         }
-        tables.unindex(to.0, to.1);
         let mut moved = Vec::new();
         if let Some(id) = moving {
             tables.move_name(id, from, to);
