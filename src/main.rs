@@ -238,6 +238,19 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
             Some(cli::FsArg::Fuse) => Backend::Fuse,
             None => oci.fs.unwrap_or(Backend::Auto),
         },
+        terminal: config::Terminal::Auto,
+        seccomp: config::Seccomp::Default,
+        preserve_fds: 0,
+        rlimits: Vec::new(),
+        masked_paths: config::default_masked_paths(),
+        readonly_paths: config::DEFAULT_READONLY_PATHS
+            .iter()
+            .map(std::path::PathBuf::from)
+            .collect(),
+        read_only_root: false,
+        no_new_privs: true,
+        sysctl: Vec::new(),
+        oom_score_adj: None,
     })
 }
 

@@ -38,6 +38,71 @@ pub enum UserNs {
     Host,
 }
 
+/// Whether the command gets a terminal of its own (a new pty the launcher relays).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Terminal {
+    /// A new pty when the caller's stdin is a terminal (the default).
+    #[default]
+    Auto,
+    /// Always a new pty (`-t/--tty`, `process.terminal: true`).
+    Always,
+    /// Never: the command gets the caller's stdio, in a session of its own (`--no-tty`).
+    Never,
+}
+
+/// The system-call filter the command runs under.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Seccomp {
+    /// ovlrun's default filter: the effect of the containers default profile, plus
+    /// TIOCSTI and TIOCLINUX refused.
+    #[default]
+    Default,
+    /// No filter (`--seccomp unconfined`).
+    Unconfined,
+    /// A filter in the OCI `linux.seccomp` format (`--seccomp FILE`, or a config's).
+    Profile(Box<oci_spec::runtime::LinuxSeccomp>),
+}
+
+/// One resource limit for the command (`--rlimit`, `process.rlimits`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    /// The resource.
+    pub resource: nix::sys::resource::Resource,
+    /// Its name as given (`RLIMIT_NOFILE`), for errors.
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// Paths under `/proc` and `/sys` hidden from every session (runc's default `maskedPaths`):
+/// a file gets `/dev/null` over it, a directory an empty read-only tmpfs.
+pub const DEFAULT_MASKED_PATHS: [&str; 10] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// More masked paths past runc's list: the host's power and thermal controls.
+pub const EXTRA_MASKED_PATHS: [&str; 1] = ["/sys/devices/virtual/powercap"];
+
+/// Paths under `/proc` read-only in every session (runc's default `readonlyPaths`).
+pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// A validated session: everything the launcher needs, and nothing it must re-check.
 #[derive(Clone, Debug)]
 pub struct SessionPlan {
@@ -71,6 +136,69 @@ pub struct SessionPlan {
     pub state_root: PathBuf,
     /// Which filesystem serves the overlay.
     pub fs: crate::mount::Backend,
+    /// Whether the command gets its own pty.
+    pub terminal: Terminal,
+    /// The system-call filter.
+    pub seccomp: Seccomp,
+    /// Inherited fds 3 .. 3+N passed to the command; every other fd above 2 is closed.
+    pub preserve_fds: u32,
+    /// Resource limits set before the command starts.
+    pub rlimits: Vec<Rlimit>,
+    /// Paths hidden inside (absolute): the defaults, the config's and `--mask`.
+    pub masked_paths: Vec<PathBuf>,
+    /// Paths read-only inside (absolute): the defaults, the config's and `--ro`.
+    pub readonly_paths: Vec<PathBuf>,
+    /// The whole root read-only (`--read-only`, `root.readonly`).
+    pub read_only_root: bool,
+    /// Set no_new_privs before exec (always from the command line).
+    pub no_new_privs: bool,
+    /// Namespaced sysctls to set inside (`linux.sysctl`), `(key, value)`.
+    pub sysctl: Vec<(String, String)>,
+    /// The command's `oom_score_adj`.
+    pub oom_score_adj: Option<i32>,
+}
+
+impl SessionPlan {
+    /// A plan with every hardening default for `argv` over `rootfs`, the rest as the
+    /// command line would leave it; for the library and tests.
+    pub fn new(rootfs: PathBuf, argv: Vec<OsString>, state_root: PathBuf) -> SessionPlan {
+        SessionPlan {
+            rootfs,
+            argv,
+            env: default_env("/root"),
+            cwd: PathBuf::from("/"),
+            hostname: "ovlrun".into(),
+            uid: 0,
+            gid: 0,
+            userns: UserNs::New,
+            net: Network::Host,
+            binds: Vec::new(),
+            tmpfs: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            state_root,
+            fs: crate::mount::Backend::Auto,
+            terminal: Terminal::Auto,
+            seccomp: Seccomp::Default,
+            preserve_fds: 0,
+            rlimits: Vec::new(),
+            masked_paths: default_masked_paths(),
+            readonly_paths: DEFAULT_READONLY_PATHS.iter().map(PathBuf::from).collect(),
+            read_only_root: false,
+            no_new_privs: true,
+            sysctl: Vec::new(),
+            oom_score_adj: None,
+        }
+    }
+}
+
+/// runc's masked paths and ours.
+pub fn default_masked_paths() -> Vec<PathBuf> {
+    DEFAULT_MASKED_PATHS
+        .iter()
+        .chain(EXTRA_MASKED_PATHS.iter())
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// A plan that cannot be made. Each variant names the flag and the value.

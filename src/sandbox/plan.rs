@@ -180,30 +180,21 @@ pub fn steps(plan: &SessionPlan) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Bind, UserNs};
+    use crate::config::Bind;
 
     fn plan(net: Network) -> SessionPlan {
-        SessionPlan {
-            rootfs: PathBuf::from("/r"),
-            argv: vec!["sh".into()],
-            env: Vec::new(),
-            cwd: PathBuf::from("/"),
-            hostname: "h".into(),
-            uid: 0,
-            gid: 0,
-            userns: UserNs::New,
-            net,
-            binds: vec![Bind {
-                source: PathBuf::from("/etc"),
-                dest: PathBuf::from("/host-etc"),
-                read_only: true,
-            }],
-            tmpfs: vec![PathBuf::from("/scratch")],
-            cap_add: Vec::new(),
-            cap_drop: Vec::new(),
-            state_root: PathBuf::from("/s"),
-            fs: crate::mount::Backend::Fuse,
-        }
+        let mut plan =
+            SessionPlan::new(PathBuf::from("/r"), vec!["sh".into()], PathBuf::from("/s"));
+        plan.hostname = "h".into();
+        plan.net = net;
+        plan.binds = vec![Bind {
+            source: PathBuf::from("/etc"),
+            dest: PathBuf::from("/host-etc"),
+            read_only: true,
+        }];
+        plan.tmpfs = vec![PathBuf::from("/scratch")];
+        plan.fs = crate::mount::Backend::Fuse;
+        plan
     }
 
     #[test]
