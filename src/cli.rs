@@ -92,6 +92,25 @@ pub struct RunArgs {
     /// Remove a capability from the default set (repeatable).
     #[arg(long, value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Pass the caller's fds 3 .. 3+N to the command (every other fd above 2 is closed).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Set a resource limit: NAME=SOFT[:HARD], e.g. nofile=1024:4096 (repeatable).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub rlimit: Vec<String>,
+    /// Make the whole root read-only (mounts such as /tmp, /dev and binds keep theirs).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Hide PATH inside: /dev/null over a file, an empty tmpfs over a directory (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub mask: Vec<PathBuf>,
+    /// Make PATH (and every mount below it) read-only inside (repeatable).
+    #[arg(long = "ro", value_name = "PATH")]
+    pub read_only_paths: Vec<PathBuf>,
+    /// Set a sysctl the kernel keeps per namespace: KEY=VALUE (net.* needs --net none;
+    /// repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub sysctl: Vec<String>,
     /// The command and its arguments [default: /bin/sh].
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,

@@ -165,20 +165,18 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
     let cwd = args.cwd.or(oci.cwd).unwrap_or_else(|| "/".into());
     let mut tmpfs = oci.tmpfs;
     tmpfs.extend(args.tmpfs);
-    // The file's set first, then the flags: a flag undoes the file's opposite choice.
-    let (mut cap_add, mut cap_drop) = (oci.cap_add, oci.cap_drop);
-    for c in &args.cap_add {
-        let c = config::parse_capability("--cap-add", c)?;
-        cap_drop.retain(|d| *d != c);
-        cap_add.push(c);
-    }
-    for c in &args.cap_drop {
-        let c = config::parse_capability("--cap-drop", c)?;
-        cap_add.retain(|a| *a != c);
-        cap_drop.push(c);
-    }
     let uid = args.uid.or(oci.uid).unwrap_or(0);
     let gid = args.gid.or(oci.gid).unwrap_or(0);
+    // The file's sets first, then the flags: a flag undoes the file's opposite choice.
+    let mut capabilities = oci
+        .capabilities
+        .unwrap_or_else(|| config::CapabilitySets::container_default(uid));
+    for c in &args.cap_add {
+        capabilities.add(&config::parse_capability("--cap-add", c)?, uid);
+    }
+    for c in &args.cap_drop {
+        capabilities.drop(&config::parse_capability("--cap-drop", c)?);
+    }
     let home = if uid == 0 { "/root" } else { "/" };
     let mut env: Vec<OsString> = match oci.env {
         // The file's environment is the whole environment, as for any OCI runtime.
@@ -208,6 +206,45 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "ovlrun".into())
     });
+    let net = match args.net {
+        Some(Net::Host) => Network::Host,
+        Some(Net::None) => Network::None,
+        None => oci.net.unwrap_or(Network::Host),
+    };
+    config::check_preserved_fds(args.preserve_fds)?;
+    let mut rlimits = oci.rlimits;
+    for value in &args.rlimit {
+        let r = config::parse_rlimit(value)?;
+        rlimits.retain(|old| old.resource != r.resource);
+        rlimits.push(r);
+    }
+    let mut sysctl = oci.sysctl;
+    for value in &args.sysctl {
+        let (key, val) = config::parse_sysctl(value, net)?;
+        sysctl.retain(|(k, _)| *k != key);
+        sysctl.push((key, val));
+    }
+    for p in args.mask.iter().chain(&args.read_only_paths) {
+        let flag = if args.mask.contains(p) {
+            "--mask"
+        } else {
+            "--ro"
+        };
+        check_absolute(flag, p)?;
+    }
+    let mut masked_paths = config::default_masked_paths();
+    masked_paths.extend(oci.masked_paths);
+    masked_paths.extend(args.mask);
+    let mut readonly_paths: Vec<std::path::PathBuf> = config::DEFAULT_READONLY_PATHS
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    readonly_paths.extend(oci.readonly_paths);
+    readonly_paths.extend(args.read_only_paths);
+    for list in [&mut masked_paths, &mut readonly_paths] {
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|p| seen.insert(p.clone()));
+    }
     let argv = if !args.cmd.is_empty() {
         args.cmd
     } else {
@@ -222,15 +259,10 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
         uid,
         gid,
         userns,
-        net: match args.net {
-            Some(Net::Host) => Network::Host,
-            Some(Net::None) => Network::None,
-            None => oci.net.unwrap_or(Network::Host),
-        },
+        net,
         binds,
         tmpfs,
-        cap_add,
-        cap_drop,
+        capabilities,
         state_root: config::state_root()?,
         fs: match args.fs {
             Some(cli::FsArg::Auto) => Backend::Auto,
@@ -240,17 +272,14 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
         },
         terminal: config::Terminal::Auto,
         seccomp: config::Seccomp::Default,
-        preserve_fds: 0,
-        rlimits: Vec::new(),
-        masked_paths: config::default_masked_paths(),
-        readonly_paths: config::DEFAULT_READONLY_PATHS
-            .iter()
-            .map(std::path::PathBuf::from)
-            .collect(),
-        read_only_root: false,
-        no_new_privs: true,
-        sysctl: Vec::new(),
-        oom_score_adj: None,
+        preserve_fds: args.preserve_fds,
+        rlimits,
+        masked_paths,
+        readonly_paths,
+        read_only_root: args.read_only || oci.read_only_root,
+        no_new_privs: oci.no_new_privs.unwrap_or(true),
+        sysctl,
+        oom_score_adj: oci.oom_score_adj,
     })
 }
 

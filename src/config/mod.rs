@@ -36,6 +36,9 @@ pub enum UserNs {
     New,
     /// Stay in the caller's user namespace (root only: `--no-userns`).
     Host,
+    /// A new user namespace mapping only the caller's own uid and gid, onto 0 (what
+    /// `runc spec --rootless` writes as `linux.uidMappings`).
+    OwnId,
 }
 
 /// Whether the command gets a terminal of its own (a new pty the launcher relays).
@@ -103,6 +106,73 @@ pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
+/// The five capability sets of the command (names upper case, `CAP_` prefixed), as
+/// `process.capabilities` gives them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CapabilitySets {
+    /// What the command and its children can ever have.
+    pub bounding: std::collections::BTreeSet<String>,
+    /// In force after exec.
+    pub effective: std::collections::BTreeSet<String>,
+    /// May be made effective.
+    pub permitted: std::collections::BTreeSet<String>,
+    /// Kept across exec of a program with file capabilities.
+    pub inheritable: std::collections::BTreeSet<String>,
+    /// Kept across exec of any program, also by a non-root uid.
+    pub ambient: std::collections::BTreeSet<String>,
+}
+
+impl CapabilitySets {
+    /// The container engines' default set for a command running as `uid`: bounding for
+    /// everyone, effective, permitted and inheritable for uid 0 only (a non-root command
+    /// starts with none, as with runc and podman).
+    pub fn container_default(uid: u32) -> CapabilitySets {
+        let set: std::collections::BTreeSet<String> = crate::sandbox::caps::DEFAULT
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let root = if uid == 0 {
+            set.clone()
+        } else {
+            Default::default()
+        };
+        CapabilitySets {
+            bounding: set,
+            effective: root.clone(),
+            permitted: root.clone(),
+            inheritable: root,
+            ambient: Default::default(),
+        }
+    }
+
+    /// `--cap-add`: into the bounding set, and into the others where the command is root.
+    pub fn add(&mut self, cap: &str, uid: u32) {
+        self.bounding.insert(cap.to_owned());
+        if uid == 0 {
+            for set in [
+                &mut self.effective,
+                &mut self.permitted,
+                &mut self.inheritable,
+            ] {
+                set.insert(cap.to_owned());
+            }
+        }
+    }
+
+    /// `--cap-drop`: out of every set.
+    pub fn drop(&mut self, cap: &str) {
+        for set in [
+            &mut self.bounding,
+            &mut self.effective,
+            &mut self.permitted,
+            &mut self.inheritable,
+            &mut self.ambient,
+        ] {
+            set.remove(cap);
+        }
+    }
+}
+
 /// A validated session: everything the launcher needs, and nothing it must re-check.
 #[derive(Clone, Debug)]
 pub struct SessionPlan {
@@ -128,10 +198,8 @@ pub struct SessionPlan {
     pub binds: Vec<Bind>,
     /// Extra tmpfs mounts (absolute paths inside).
     pub tmpfs: Vec<PathBuf>,
-    /// Capabilities added to the default set (upper case, `CAP_` prefixed).
-    pub cap_add: Vec<String>,
-    /// Capabilities removed from the default set.
-    pub cap_drop: Vec<String>,
+    /// The command's capability sets.
+    pub capabilities: CapabilitySets,
     /// Where session state lives (upper, work, mount point).
     pub state_root: PathBuf,
     /// Which filesystem serves the overlay.
@@ -174,8 +242,7 @@ impl SessionPlan {
             net: Network::Host,
             binds: Vec::new(),
             tmpfs: Vec::new(),
-            cap_add: Vec::new(),
-            cap_drop: Vec::new(),
+            capabilities: CapabilitySets::container_default(0),
             state_root,
             fs: crate::mount::Backend::Auto,
             terminal: Terminal::Auto,
@@ -245,6 +312,204 @@ pub enum PlanError {
     /// No state directory can be found.
     #[error("no state directory: set OVLRUN_STATE, XDG_STATE_HOME or HOME")]
     NoStateRoot,
+    /// A resource limit that cannot be set.
+    #[error("{flag} {value}: {problem}")]
+    Rlimit {
+        /// The flag or config field.
+        flag: String,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A sysctl that is malformed or not namespaced.
+    #[error("{flag} {key}: {problem}")]
+    Sysctl {
+        /// The flag or config field.
+        flag: String,
+        /// The key given.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// `--preserve-fds N` names an fd that is not open.
+    #[error("--preserve-fds {count}: fd {fd} is not open (fds 3 to {} must be)", 2 + .count)]
+    PreserveFds {
+        /// N.
+        count: u32,
+        /// The first missing fd.
+        fd: u32,
+    },
+}
+
+/// The resource names setrlimit(2) knows, as `RLIMIT_*`.
+const RLIMITS: [(&str, nix::sys::resource::Resource); 16] = {
+    use nix::sys::resource::Resource as R;
+    [
+        ("RLIMIT_AS", R::RLIMIT_AS),
+        ("RLIMIT_CORE", R::RLIMIT_CORE),
+        ("RLIMIT_CPU", R::RLIMIT_CPU),
+        ("RLIMIT_DATA", R::RLIMIT_DATA),
+        ("RLIMIT_FSIZE", R::RLIMIT_FSIZE),
+        ("RLIMIT_LOCKS", R::RLIMIT_LOCKS),
+        ("RLIMIT_MEMLOCK", R::RLIMIT_MEMLOCK),
+        ("RLIMIT_MSGQUEUE", R::RLIMIT_MSGQUEUE),
+        ("RLIMIT_NICE", R::RLIMIT_NICE),
+        ("RLIMIT_NOFILE", R::RLIMIT_NOFILE),
+        ("RLIMIT_NPROC", R::RLIMIT_NPROC),
+        ("RLIMIT_RSS", R::RLIMIT_RSS),
+        ("RLIMIT_RTPRIO", R::RLIMIT_RTPRIO),
+        ("RLIMIT_RTTIME", R::RLIMIT_RTTIME),
+        ("RLIMIT_SIGPENDING", R::RLIMIT_SIGPENDING),
+        ("RLIMIT_STACK", R::RLIMIT_STACK),
+    ]
+};
+
+/// A resource limit from its name (`nofile`, `RLIMIT_NOFILE`) and limits; `flag` names
+/// where it came from in errors.
+///
+/// # Errors
+/// [`PlanError::Rlimit`] for an unknown name or a soft limit above the hard one.
+pub fn rlimit(flag: &str, name: &str, soft: u64, hard: u64) -> Result<Rlimit, PlanError> {
+    let bad = |problem: String| PlanError::Rlimit {
+        flag: flag.to_owned(),
+        value: name.to_owned(),
+        problem,
+    };
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("RLIMIT_") {
+        upper
+    } else {
+        format!("RLIMIT_{upper}")
+    };
+    let Some((canon, resource)) = RLIMITS.iter().find(|(n, _)| *n == full) else {
+        let known: Vec<&str> = RLIMITS.iter().map(|(n, _)| &n[7..]).collect();
+        return Err(bad(format!(
+            "unknown resource (known: {})",
+            known.join(", ").to_lowercase()
+        )));
+    };
+    if soft > hard {
+        return Err(bad(format!(
+            "the soft limit {soft} is above the hard limit {hard}"
+        )));
+    }
+    Ok(Rlimit {
+        resource: *resource,
+        name: (*canon).to_owned(),
+        soft,
+        hard,
+    })
+}
+
+/// Parses `--rlimit NAME=SOFT[:HARD]` (`unlimited` allowed; HARD defaults to SOFT).
+///
+/// # Errors
+/// [`PlanError::Rlimit`] naming the value.
+pub fn parse_rlimit(value: &str) -> Result<Rlimit, PlanError> {
+    let bad = |problem: &str| PlanError::Rlimit {
+        flag: "--rlimit".into(),
+        value: value.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let (name, limits) = value
+        .split_once('=')
+        .ok_or_else(|| bad("expected NAME=SOFT[:HARD] (e.g. nofile=1024:4096)"))?;
+    let number = |n: &str| -> Result<u64, PlanError> {
+        if n == "unlimited" || n == "infinity" {
+            return Ok(u64::MAX);
+        }
+        n.parse()
+            .map_err(|_| bad(&format!("{n:?} is not a number or \"unlimited\"")))
+    };
+    let (soft, hard) = match limits.split_once(':') {
+        Some((s, h)) => (number(s)?, number(h)?),
+        None => {
+            let n = number(limits)?;
+            (n, n)
+        }
+    };
+    rlimit("--rlimit", name, soft, hard).map_err(|e| match e {
+        PlanError::Rlimit { problem, .. } => bad(&problem),
+        other => other,
+    })
+}
+
+/// Checks that sysctl `key` is one the kernel keeps per namespace, so setting it inside
+/// changes nothing of the host (runc's rule): IPC keys, `fs.mqueue.*`, the UTS names, and
+/// `net.*` with a network namespace of the session's own.
+///
+/// # Errors
+/// [`PlanError::Sysctl`] naming the key.
+pub fn check_sysctl(flag: &str, key: &str, net: Network) -> Result<(), PlanError> {
+    let bad = |problem: &str| PlanError::Sysctl {
+        flag: flag.to_owned(),
+        key: key.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let well_formed = !key.is_empty()
+        && key
+            .split('.')
+            .all(|c| !c.is_empty() && c != ".." && !c.contains('/') && !c.contains('\0'));
+    if !well_formed {
+        return Err(bad("not a sysctl name (dotted, like net.ipv4.ip_forward)"));
+    }
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&key)
+        || key.starts_with("fs.mqueue.")
+        || key == "kernel.hostname"
+        || key == "kernel.domainname"
+    {
+        return Ok(());
+    }
+    if key.starts_with("net.") {
+        return match net {
+            Network::None => Ok(()),
+            Network::Host => Err(bad(
+                "the session shares the host's network namespace; net.* needs --net none",
+            )),
+        };
+    }
+    Err(bad(
+        "not kept per namespace: setting it inside would change the host",
+    ))
+}
+
+/// Parses `--sysctl KEY=VALUE`.
+///
+/// # Errors
+/// [`PlanError::Sysctl`] naming the key.
+pub fn parse_sysctl(value: &str, net: Network) -> Result<(String, String), PlanError> {
+    let (key, val) = value.split_once('=').ok_or_else(|| PlanError::Sysctl {
+        flag: "--sysctl".into(),
+        key: value.to_owned(),
+        problem: "expected KEY=VALUE".into(),
+    })?;
+    check_sysctl("--sysctl", key, net)?;
+    Ok((key.to_owned(), val.to_owned()))
+}
+
+/// Checks that fds 3 .. 3+`count` are open in this process, so `--preserve-fds` passes
+/// exactly what the caller opened and never one of ovlrun's own.
+///
+/// # Errors
+/// [`PlanError::PreserveFds`] naming the first fd that is not open.
+pub fn check_preserved_fds(count: u32) -> Result<(), PlanError> {
+    for fd in 3..3u32.saturating_add(count) {
+        if std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_err() {
+            return Err(PlanError::PreserveFds { count, fd });
+        }
+    }
+    Ok(())
 }
 
 /// Parses `SRC:DST[:ro]`.
@@ -367,6 +632,43 @@ mod tests {
             let e = parse_bind(bad).unwrap_err().to_string();
             assert!(e.starts_with(&format!("--bind {bad}:")), "{e}");
         }
+    }
+
+    #[test]
+    fn rlimit_values() {
+        let r = parse_rlimit("nofile=64:128").unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.soft, r.hard),
+            ("RLIMIT_NOFILE", 64, 128)
+        );
+        let r = parse_rlimit("RLIMIT_CORE=unlimited").unwrap();
+        assert_eq!((r.soft, r.hard), (u64::MAX, u64::MAX));
+        assert_eq!(parse_rlimit("nproc=10").unwrap().hard, 10);
+        for bad in ["nofile", "flying=1", "nofile=x", "nofile=10:5"] {
+            let e = parse_rlimit(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--rlimit {bad}:")), "{e}");
+        }
+    }
+
+    #[test]
+    fn only_namespaced_sysctls() {
+        assert!(check_sysctl("--sysctl", "net.ipv4.ip_forward", Network::None).is_ok());
+        assert!(check_sysctl("--sysctl", "kernel.shmmax", Network::Host).is_ok());
+        assert!(check_sysctl("--sysctl", "fs.mqueue.msg_max", Network::Host).is_ok());
+        for (key, net) in [
+            ("net.ipv4.ip_forward", Network::Host),
+            ("kernel.core_pattern", Network::None),
+            ("vm.drop_caches", Network::None),
+            ("net..ipv4", Network::None),
+            ("net.ipv4/../../kernel/core_pattern", Network::None),
+        ] {
+            let e = check_sysctl("--sysctl", key, net).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--sysctl {key}:")), "{e}");
+        }
+        assert_eq!(
+            parse_sysctl("kernel.shmmni=100", Network::Host).unwrap(),
+            ("kernel.shmmni".into(), "100".into())
+        );
     }
 
     #[test]

@@ -49,6 +49,16 @@ pub struct Command<'a> {
 
 /// Runs as pid 1: starts the command and supervises until it ends. Never returns.
 pub fn run(cmd: &Command<'_>) -> ! {
+    // Nothing the caller or the launcher had open reaches the session: not the command, and
+    // not this process either, whose fds a process inside could open through /proc/1/fd.
+    let keep = 3 + cmd.plan.preserve_fds;
+    if let Err(e) = process::close_fds_from(keep, false) {
+        eprintln!("ovlrun: session init: cannot close inherited fds: {e}");
+        exit_now(125);
+    }
+    // Not dumpable: no process inside may ptrace pid 1 or open its /proc files without
+    // CAP_SYS_PTRACE, which the command does not get by default.
+    let _ = nix::sys::prctl::set_dumpable(false);
     let mut signals = SigSet::empty();
     for s in FORWARDED {
         signals.add(s);
@@ -73,6 +83,10 @@ pub fn run(cmd: &Command<'_>) -> ! {
             exit_now(125);
         }
     };
+    // The preserved fds are the command's alone.
+    if keep > 3 {
+        let _ = process::close_fds_from(3, false);
+    }
     // The command leads its own process group when it owns the terminal.
     let target = if cmd.tty {
         Pid::from_raw(-child.as_raw())
@@ -114,9 +128,22 @@ fn exec_command(cmd: &Command<'_>) -> ! {
             fail("cannot set supplementary groups", &e, 125);
         }
     }
-    let caps = super::caps::wanted(&plan.cap_add, &plan.cap_drop);
-    if let Err(e) = super::caps::apply(&caps, plan.uid == 0) {
-        fail("cannot set capabilities", &e, 125);
+    for r in &plan.rlimits {
+        if let Err(e) = nix::sys::resource::setrlimit(r.resource, r.soft, r.hard) {
+            fail(
+                &format!("cannot set {} to {}:{}", r.name, r.soft, r.hard),
+                &e,
+                125,
+            );
+        }
+    }
+    if let Some(adj) = plan.oom_score_adj {
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+            fail(&format!("cannot set oomScoreAdj {adj}"), &e, 125);
+        }
+    }
+    if let Err(e) = super::caps::apply_before_setuid(&plan.capabilities) {
+        fail("cannot set the bounding capabilities", &e, 125);
     }
     let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
     if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
@@ -125,8 +152,13 @@ fn exec_command(cmd: &Command<'_>) -> ! {
     if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
         fail(&format!("--uid {}", plan.uid), &e, 125);
     }
-    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-        fail("cannot set no_new_privs", &e, 125);
+    if let Err(e) = super::caps::apply_after_setuid(&plan.capabilities) {
+        fail("cannot set capabilities", &e, 125);
+    }
+    if plan.no_new_privs {
+        if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+            fail("cannot set no_new_privs", &e, 125);
+        }
     }
     if let Err(e) = nix::unistd::chdir(&plan.cwd) {
         fail(&format!("--cwd {}", plan.cwd.display()), &e, 125);
@@ -145,6 +177,10 @@ fn exec_command(cmd: &Command<'_>) -> ! {
     let Some(cpath) = cstring(path.as_os_str()) else {
         fail(&program.to_string_lossy(), &Errno::EINVAL, 126)
     };
+    // pid 1 closed every other fd; whatever this process opened since goes at exec.
+    if let Err(e) = process::close_fds_from(3 + plan.preserve_fds, true) {
+        fail("cannot close fds", &e, 125);
+    }
     let e = match nix::unistd::execve(&cpath, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},

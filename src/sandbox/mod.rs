@@ -209,8 +209,14 @@ fn run_in(
     let ids = match plan.userns {
         UserNs::New => Some(idmap::choose()),
         UserNs::Host => None,
+        UserNs::OwnId => Some(IdMap::Single {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }),
     };
-    if let Some(note) = ids.as_ref().and_then(IdMap::limitation) {
+    // A map the config asked for (`UserNs::OwnId`) is no limitation to point out.
+    let asked = plan.userns == UserNs::OwnId;
+    if let Some(note) = ids.as_ref().and_then(IdMap::limitation).filter(|_| !asked) {
         eprintln!("ovlrun: note: {note}");
     }
     enter_namespaces(ids.as_ref())?;
@@ -484,10 +490,12 @@ fn start_child(
     tty: bool,
     setgroups: bool,
 ) -> Result<Pid, SandboxError> {
+    // A cgroup namespace too, so the session's cgroup2 view starts at its own cgroup.
     let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
     if plan.net == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -514,9 +522,12 @@ fn setup_child(plan: &SessionPlan, root: &Path) {
         eprintln!("ovlrun: {e}");
         exit_now(125)
     };
-    match mounts::apply(root, &plan::steps(plan)) {
+    match mounts::apply(root, &plan::steps(plan, plan::CgroupLayout::of_host())) {
         Ok(notes) => notes.iter().for_each(|n| eprintln!("ovlrun: note: {n}")),
         Err(e) => fail(&format_chain(&e)),
+    }
+    if let Err(e) = mounts::seal_root(root, plan.read_only_root) {
+        fail(&format_chain(&e));
     }
     match mounts::enter_root(root) {
         Ok(Some(note)) => eprintln!("ovlrun: note: {note}"),

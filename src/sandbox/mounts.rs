@@ -11,7 +11,6 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
-use nix::sys::statvfs::{FsFlags, statvfs};
 
 use super::plan::{Kind, Step};
 
@@ -114,9 +113,7 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
                 Err(Errno::EPERM | Errno::EACCES) => {
                     bind(Path::new("/sys"), &target)
                         .map_err(err("bind the host /sys onto", dest))?;
-                    let mounted =
-                        open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
-                    remount_read_only(&mounted).map_err(err("make read-only", dest))?;
+                    make_read_only(root, dest)?;
                     Ok(Some(
                         "a new /sys was refused; the host's is bound read-only instead".into(),
                     ))
@@ -165,10 +162,7 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
             let what = format!("bind {} onto", source.display());
             bind(source, &target).map_err(err(what, dest))?;
             if *read_only {
-                // The fd still names what lies under the new mount; look the path up again.
-                let mounted =
-                    open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
-                remount_read_only(&mounted).map_err(err("make read-only", dest))?;
+                make_read_only(root, dest)?;
             }
             Ok(None)
         }
@@ -191,6 +185,52 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
                 },
             )
         }
+        Step::Mask(dest) => mask(root, dest).map(|()| None),
+        Step::ReadOnly(dest) => {
+            let target = match open_in_root(root, dest, OFlag::empty()) {
+                Ok(t) => t,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(err("find", dest)(e)),
+            };
+            // A path inside a mount (/proc/sys) becomes a mount of its own first; over a
+            // mount root the new bind is the same tree, one level up the stack.
+            bind(&fd_path(&target), &target).map_err(err("bind onto itself", dest))?;
+            make_read_only(root, dest)?;
+            Ok(None)
+        }
+        Step::ReadOnlyMount(dest) => make_read_only(root, dest).map(|()| None),
+        Step::Cgroup2(dest) => {
+            let target = open_in_root(root, dest, OFlag::O_DIRECTORY).map_err(err("find", dest))?;
+            let flags =
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+            match mount(
+                Some("cgroup2"),
+                &fd_path(&target),
+                Some("cgroup2"),
+                flags,
+                None::<&str>,
+            ) {
+                Ok(()) => Ok(None),
+                Err(e) => Ok(Some(format!(
+                    "no cgroup2 view at {} ({e}); the session's /sys/fs/cgroup is empty",
+                    dest.display()
+                ))),
+            }
+        }
+        Step::Sysctl { key, value } => {
+            let dest = sysctl_path(key);
+            let file = openat2(
+                root,
+                dest.strip_prefix("/").unwrap_or(&dest),
+                OpenHow::new()
+                    .flags(OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_CLOEXEC)
+                    .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS),
+            )
+            .map_err(err(format!("set sysctl {key} through"), &dest))?;
+            nix::unistd::write(&file, value.as_bytes())
+                .map_err(err(format!("set sysctl {key}={value} through"), &dest))?;
+            Ok(None)
+        }
         Step::Symlink { target, dest } => {
             let (parent, name) = split(dest)?;
             let dir =
@@ -200,6 +240,43 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
                 Err(e) => Err(err("create the symlink", dest)(e)),
             }
         }
+    }
+}
+
+/// The file under `/proc/sys` of a dotted sysctl key (already checked by the config).
+pub fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Hides `dest` as runc's `maskedPaths` does.
+fn mask(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
+    let target = match open_in_root(root, dest, OFlag::empty()) {
+        Ok(t) => t,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(err("find", dest)(e)),
+    };
+    let is_dir = nix::sys::stat::fstat(&target)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        .map_err(err("stat", dest))?;
+    if is_dir {
+        mount(
+            Some("tmpfs"),
+            &fd_path(&target),
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0,mode=555"),
+        )
+        .map_err(err("mask", dest))
+    } else {
+        let null = Path::new("/dev/null");
+        mount(
+            Some(null),
+            &fd_path(&target),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err("mask", dest))
     }
 }
 
@@ -222,25 +299,35 @@ fn bind(source: &Path, target: &OwnedFd) -> Result<(), Errno> {
     )
 }
 
-/// Makes the bind mount at `mounted` read-only, keeping the flags the kernel locks on a
-/// mount made in a user namespace (dropping one of them would be refused).
-fn remount_read_only(mounted: &OwnedFd) -> Result<(), Errno> {
-    let target = fd_path(mounted);
-    let locked = statvfs(&target)?.flags();
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    for (f, m) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if locked.contains(f) {
-            flags |= m;
-        }
+/// Makes the mount at `dest` and every mount below it read-only: a read-only bind of /sys
+/// must not leave its cgroup submounts writable.
+fn make_read_only(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
+    // A fd opened before the mount names what lies under it; look the path up again.
+    let mounted = open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
+    crate::sys::mount::set_mount_attrs(&mounted, crate::sys::mount::MOUNT_ATTR_RDONLY, true)
+        .map_err(err("make read-only", dest))
+}
+
+/// Sets the new root's own mount flags once everything is mounted on it: never device
+/// nodes (a `--no-userns` session keeps CAP_MKNOD, and a block device made in the overlay
+/// must not open the host's disk), and read-only with `read_only` (`--read-only`). The
+/// mounts on it (`/tmp`, `/dev`, binds) keep their own flags.
+///
+/// # Errors
+/// The failing step.
+pub fn seal_root(root: &Path, read_only: bool) -> Result<(), SetupError> {
+    use crate::sys::mount::{MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY, set_mount_attrs};
+    let fd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err("open the new root", root))?;
+    let mut attrs = MOUNT_ATTR_NODEV;
+    if read_only {
+        attrs |= MOUNT_ATTR_RDONLY;
     }
-    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+    set_mount_attrs(&fd, attrs, false).map_err(err("set nodev (and read-only) on", root))
 }
 
 /// Makes `root` the root of this mount namespace and drops the old one from view.

@@ -57,6 +57,53 @@ pub enum Step {
         /// Where.
         dest: PathBuf,
     },
+    /// Hides `dest`: `/dev/null` bound over a file, an empty read-only tmpfs over a
+    /// directory; nothing where it does not exist.
+    Mask(PathBuf),
+    /// Makes `dest` and every mount below it read-only (bound onto itself first, so a path
+    /// inside a mount, `/proc/sys`, becomes a mount of its own); nothing where it does not
+    /// exist.
+    ReadOnly(PathBuf),
+    /// Makes the mount at `dest` (a mount the setup made) and every mount below it read-only.
+    ReadOnlyMount(PathBuf),
+    /// A new cgroup2 mount, read-only, showing the session's own cgroup namespace.
+    Cgroup2(PathBuf),
+    /// A `name=value` sysctl, written under `/proc/sys` of the session's namespaces.
+    Sysctl {
+        /// The key, dotted (`net.ipv4.ip_forward`).
+        key: String,
+        /// The value.
+        value: String,
+    },
+}
+
+/// How the host lays out its cgroup hierarchies, which decides what the session's
+/// `/sys/fs/cgroup` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// cgroup2 at `/sys/fs/cgroup`.
+    Unified,
+    /// v1 controllers, with cgroup2 at `/sys/fs/cgroup/unified`.
+    Hybrid,
+    /// v1 controllers only.
+    Legacy,
+}
+
+impl CgroupLayout {
+    /// Reads the host's layout from the filesystem types at `/sys/fs/cgroup`.
+    pub fn of_host() -> CgroupLayout {
+        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+        let is_cgroup2 = |p: &str| {
+            nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+        };
+        if is_cgroup2("/sys/fs/cgroup") {
+            CgroupLayout::Unified
+        } else if is_cgroup2("/sys/fs/cgroup/unified") {
+            CgroupLayout::Hybrid
+        } else {
+            CgroupLayout::Legacy
+        }
+    }
 }
 
 /// What the setup needs from the merged root before it starts: mount targets that must exist
@@ -95,7 +142,7 @@ fn host_net_files(plan: &SessionPlan) -> Vec<&'static Path> {
 }
 
 /// The steps, in order: each one's target exists when it runs.
-pub fn steps(plan: &SessionPlan) -> Vec<Step> {
+pub fn steps(plan: &SessionPlan, cgroup: CgroupLayout) -> Vec<Step> {
     let p = PathBuf::from;
     let mut s = vec![
         Step::Proc(p("/proc")),
@@ -150,6 +197,15 @@ pub fn steps(plan: &SessionPlan) -> Vec<Step> {
             read_only: true,
         },
     });
+    s.extend(cgroup_view(cgroup));
+    s.extend(plan.sysctl.iter().map(|(key, value)| Step::Sysctl {
+        key: key.clone(),
+        value: value.clone(),
+    }));
+    s.extend(plan.masked_paths.iter().cloned().map(Step::Mask));
+    // Last of the kernel's own filesystems: /sys with every submount the host had.
+    s.push(Step::ReadOnlyMount(p("/sys")));
+    s.extend(plan.readonly_paths.iter().cloned().map(Step::ReadOnly));
     s.push(Step::Tmpfs {
         dest: p("/tmp"),
         mode: 0o1777,
@@ -173,6 +229,30 @@ pub fn steps(plan: &SessionPlan) -> Vec<Step> {
             dest: bind.dest.clone(),
             read_only: bind.read_only,
         });
+    }
+    s
+}
+
+/// `/sys/fs/cgroup` as the session sees it: an empty tmpfs over the host's hierarchies, with
+/// the session's own cgroup2 (in its cgroup namespace) where the host has one. A new cgroup
+/// namespace cannot mount v1 hierarchies from a user namespace, so those are not shown.
+fn cgroup_view(layout: CgroupLayout) -> Vec<Step> {
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let mut s = vec![Step::Tmpfs {
+        dest: root.clone(),
+        mode: 0o755,
+    }];
+    match layout {
+        CgroupLayout::Unified => s.push(Step::Cgroup2(root)),
+        CgroupLayout::Hybrid => {
+            let unified = root.join("unified");
+            s.push(Step::Create {
+                dest: unified.clone(),
+                kind: Kind::Dir,
+            });
+            s.push(Step::Cgroup2(unified));
+        }
+        CgroupLayout::Legacy => {}
     }
     s
 }
@@ -207,19 +287,26 @@ mod tests {
     fn every_target_exists(plan: &SessionPlan) {
         let plan = plan.clone();
         let mut exists: Vec<PathBuf> = targets(&plan).into_iter().map(|(p, _)| p).collect();
-        for step in steps(&plan) {
+        for step in steps(&plan, CgroupLayout::Hybrid) {
             match step {
                 Step::Create { dest, .. } | Step::Symlink { dest, .. } => {
                     let parent = dest.parent().unwrap().to_path_buf();
                     assert!(exists.contains(&parent), "parent of {dest:?} exists");
                     exists.push(dest);
                 }
+                Step::Mask(_) | Step::ReadOnly(_) | Step::Sysctl { .. } => {}
+                Step::ReadOnlyMount(d) => assert!(exists.contains(&d), "{d:?} exists"),
                 Step::Proc(d)
+                | Step::Cgroup2(d)
                 | Step::Sysfs(d)
                 | Step::DevPts(d)
                 | Step::Tmpfs { dest: d, .. }
                 | Step::Bind { dest: d, .. } => {
                     assert!(exists.contains(&d), "target {d:?} exists before its mount");
+                    // A sysfs, new or the host's, brings its own /sys/fs/cgroup.
+                    if d == Path::new("/sys") {
+                        exists.push(PathBuf::from("/sys/fs/cgroup"));
+                    }
                 }
             }
         }
@@ -228,7 +315,7 @@ mod tests {
     #[test]
     fn no_network_gets_its_own_sysfs() {
         let sysfs = |net| {
-            steps(&plan(net))
+            steps(&plan(net), CgroupLayout::Hybrid)
                 .iter()
                 .any(|x| matches!(x, Step::Sysfs(_)))
         };
@@ -238,7 +325,7 @@ mod tests {
 
     #[test]
     fn dev_comes_before_its_nodes_and_user_binds_come_last() {
-        let s = steps(&plan(Network::Host));
+        let s = steps(&plan(Network::Host), CgroupLayout::Hybrid);
         let dev = s
             .iter()
             .position(|x| matches!(x, Step::Tmpfs { dest, .. } if dest == Path::new("/dev")))
@@ -256,7 +343,7 @@ mod tests {
     #[test]
     fn no_network_means_no_host_resolver_files() {
         let binds_etc = |net| {
-            steps(&plan(net)).iter().any(
+            steps(&plan(net), CgroupLayout::Hybrid).iter().any(
                 |x| matches!(x, Step::Bind { dest, .. } if dest == Path::new("/etc/resolv.conf")),
             )
         };

@@ -28,5 +28,6 @@ pub fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
     Errno::result(res).map(drop)
 }
 
+pub mod mount;
 pub mod net;
 pub mod process;

@@ -115,3 +115,22 @@ pub fn exec_failure_status(e: Errno) -> i32 {
         _ => 126,
     }
 }
+
+/// Closes every fd from `first` up, or with `cloexec` marks them close-on-exec
+/// (`close_range(2)`): what the session's processes do so that no fd of the caller or of
+/// the launcher crosses into the command.
+///
+/// # Errors
+/// Any error of close_range(2).
+pub fn close_fds_from(first: u32, cloexec: bool) -> nix::Result<()> {
+    let flags = if cloexec {
+        libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: close_range only closes (or flags) descriptors of this process; the callers
+    // own no fd in that range that Rust code still uses (pid 1 and the command keep theirs
+    // below `first`).
+    let res = unsafe { libc::close_range(first, libc::c_uint::MAX, flags as libc::c_int) };
+    Errno::result(res).map(drop)
+}
