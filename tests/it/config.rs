@@ -143,8 +143,11 @@ fn a_config_ovlrun_cannot_honour_exits_125_naming_the_field() {
             vec!["config.json: linux.seccomp: "],
         ),
         (
-            example_config(|v| v["process"]["noNewPrivileges"] = json!(false)),
-            vec!["process.noNewPrivileges: ovlrun always sets noNewPrivileges"],
+            example_config(|v| v["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/x"})),
+            vec![
+                "linux.sysctl[\"kernel.core_pattern\"]: ",
+                "not kept per namespace",
+            ],
         ),
         (
             example_config(|v| {
