@@ -254,6 +254,13 @@ launcher_start() {
     done
     for i in $(seq 30); do
         t0=$(now)
+        bwrap --unshare-all --ro-bind "$REPO/examples/rootfs" / --proc /proc --dev /dev \
+            --tmpfs /tmp --new-session --die-with-parent true
+        printf 'launcher_start\tbwrap\t%s\t%s\t0\t0\n' "$i" \
+            "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
+    done
+    for i in $(seq 30); do
+        t0=$(now)
         unshare -Urm --fork --pid true
         printf 'launcher_start\tunshare\t%s\t%s\t0\t0\n' "$i" \
             "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
@@ -315,7 +322,7 @@ for w, b, _round, secs, cpu, rss in rows:
     d = data.setdefault(w, {}).setdefault(b, {"secs": [], "cpu": [], "rss": []})
     d["secs"].append(float(secs)); d["cpu"].append(float(cpu)); d["rss"].append(int(rss))
 out = {}
-order = ["ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare"]
+order = ["ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare", "bwrap"]
 print(f"{'workload':<15}" + "".join(f"{b:>15}" for b in order) + f"{'fuse/kernel':>13}{'fuse-ovl/fuse':>15}")
 for w, bs in data.items():
     med = {b: statistics.median(v["secs"]) for b, v in bs.items()}

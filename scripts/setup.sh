@@ -21,9 +21,11 @@ set -euo pipefail
 #   e2fsprogs        mkfs.ext4 for scripts/bench.sh's scratch filesystem
 #   util-linux-extra fincore: the page-cache fill tests count cached bytes with it
 #   passwd           useradd, groupadd
+#   bubblewrap       scripts/bench.sh times its start beside ovlrun's and unshare's
 APT_PACKAGES=(
     fuse3 fuse-overlayfs busybox-static uidmap attr acl fio libacl1-dev
     build-essential pkg-config shellcheck util-linux passwd e2fsprogs util-linux-extra
+    bubblewrap
 )
 
 # The unprivileged user that launcher tests run ovlrun as.
