@@ -11,6 +11,8 @@
 //!   over the same lower; errno per step and the final merged tree must agree.
 //! - `compat`: uppers written by ovlrun read by the kernel overlayfs and the reverse; AUFS
 //!   lowers read by ovlrun.
+//! - `escape`: a hostile session's attempts to get out (issue 13), as root and as the
+//!   unprivileged user; `support::session` holds its caller-parametric session fixture.
 
 // Test code: a failed unwrap is a failed test, which is what we want (clippy.toml means the
 // same, but does not reach helper functions outside `#[test]` items).
@@ -23,6 +25,7 @@ mod compat;
 mod config;
 mod crash;
 mod differential;
+mod escape;
 mod launcher;
 mod metacopy;
 mod mount_ops;

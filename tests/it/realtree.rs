@@ -139,17 +139,18 @@ fn check_workload_committed(root: &Path) {
 // ---------------------------------------------------------------------------------------------
 // The trees
 
-struct Trees {
+pub(crate) struct Trees {
     /// `debootstrap --variant=minbase bookworm`, owned by root.
-    minbase: PathBuf,
+    pub(crate) minbase: PathBuf,
     /// minbase + gcc, libc6-dev, make.
-    build: PathBuf,
+    pub(crate) build: PathBuf,
     /// minbase owned by [`TEST_USER`]'s ids (None when the user or its range is missing).
-    user: Option<PathBuf>,
+    pub(crate) user: Option<PathBuf>,
 }
 
-/// The cached trees, made by `scripts/mkdebian.sh` on the first call of the process.
-fn trees() -> Result<&'static Trees, &'static str> {
+/// The cached trees, made by `scripts/mkdebian.sh` on the first call of the process (also
+/// used by `escape.rs`, so that one process never builds them twice at once).
+pub(crate) fn trees() -> Result<&'static Trees, &'static str> {
     static TREES: OnceLock<Result<Trees, String>> = OnceLock::new();
     TREES
         .get_or_init(make_trees)
