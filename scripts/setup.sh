@@ -22,10 +22,11 @@ set -euo pipefail
 #   util-linux-extra fincore: the page-cache fill tests count cached bytes with it
 #   passwd           useradd, groupadd
 #   bubblewrap       scripts/bench.sh times its start beside ovlrun's and unshare's
+#   libseccomp-dev   the libseccomp crate links it to compile the sessions' system-call filter
 APT_PACKAGES=(
     fuse3 fuse-overlayfs busybox-static uidmap attr acl fio libacl1-dev
     build-essential pkg-config shellcheck util-linux passwd e2fsprogs util-linux-extra
-    bubblewrap
+    bubblewrap libseccomp-dev
 )
 
 # The unprivileged user that launcher tests run ovlrun as.
