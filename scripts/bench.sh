@@ -252,6 +252,19 @@ launcher_start() {
                 "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
         done
     done
+    # With a terminal: each under util-linux `script` (a pty), beside `script` running `true`,
+    # so the difference is what the session's own pty and its relay cost.
+    for i in $(seq 30); do
+        t0=$(now)
+        OVLRUN_STATE="$SCRATCH/state" script -qec \
+            "$OVLRUN --fs kernel --rootfs $REPO/examples/rootfs --tty -- true" /dev/null >/dev/null
+        printf 'launcher_start\tovlrun-kernel-tty\t%s\t%s\t0\t0\n' "$i" \
+            "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
+        t0=$(now)
+        script -qec true /dev/null >/dev/null
+        printf 'launcher_start\tscript-only\t%s\t%s\t0\t0\n' "$i" \
+            "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
+    done
     for i in $(seq 30); do
         t0=$(now)
         bwrap --unshare-all --ro-bind "$REPO/examples/rootfs" / --proc /proc --dev /dev \
