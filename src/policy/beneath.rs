@@ -2,7 +2,7 @@
 //!
 //! A plan path is checked lexically first ([`check`]: relative, plain names only, no `..`,
 //! no `.`, no root), then resolved by the kernel from an fd of the rootfs with
-//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` ([`crate::sys::beneath`]): no symlink in the tree
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (`sys::beneath`): no symlink in the tree
 //! (planted or not) and no `..` can make a commit or a recovery act outside it. The last
 //! component is then acted on with `*at` calls from its parent's fd, which do not follow it,
 //! or through an fd of it (`/proc/self/fd/N/.`) for metadata.
