@@ -104,7 +104,7 @@ main() {
     # The launcher, policy and real-tree tests again on the FUSE backend, whose semantics
     # differ (README: "Where ovlrun differs from the kernel overlayfs").
     step "session tests on --fs fuse" \
-        env OVLRUN_FS=fuse cargo test --test it -- launcher:: policy:: crash:: realtree:: config:: escape::
+        env OVLRUN_FS=fuse cargo test --test it -- launcher:: policy:: crash:: realtree:: config:: escape:: integrity::
     # As root, `ovlrun mount` lets the kernel read and write upper files itself (FUSE
     # passthrough); the filesystem tests again with it off cover the server's own data path.
     step "filesystem tests with --passthrough off" \

@@ -43,7 +43,8 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub policy: Option<PolicyArg>,
     /// Use this directory as the session's upper (kept by preserve; its work directory goes
-    /// beside it).
+    /// beside it). It must be new, empty or an upper ovlrun made, and must not be, hold or
+    /// sit inside the rootfs or the state root.
     #[arg(long, value_name = "DIR")]
     pub upper: Option<PathBuf>,
     /// Wait for the rootfs lock (a commit waits for running sessions, a session for a
@@ -191,7 +192,7 @@ pub enum Command {
     },
     /// Show every change of a session: A(dded), C(hanged), D(eleted) paths.
     Diff {
-        /// The session id.
+        /// The session id (or a unique start of one).
         id: String,
         /// Machine-readable output.
         #[arg(long)]
@@ -199,7 +200,7 @@ pub enum Command {
     },
     /// Merge a kept session's changes into its rootfs, then remove the session.
     Commit {
-        /// The session id.
+        /// The session id (or a unique start of one).
         id: String,
         /// Journaled: after a crash the rootfs is the old tree or the new one.
         #[arg(long)]
@@ -210,7 +211,7 @@ pub enum Command {
     },
     /// Write a kept session's changes as an OCI image layer (tar with .wh. whiteouts).
     Export {
-        /// The session id.
+        /// The session id (or a unique start of one).
         id: String,
         /// The tar file to write ("-" for stdout).
         #[arg(short, long, value_name = "FILE")]
@@ -218,7 +219,7 @@ pub enum Command {
     },
     /// Remove a kept session and its changes.
     Discard {
-        /// The session id.
+        /// The session id (or a unique start of one).
         id: String,
     },
     /// Finish or undo an interrupted commit of a rootfs (done by itself whenever ovlrun

@@ -165,8 +165,8 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
     let cwd = args.cwd.or(oci.cwd).unwrap_or_else(|| "/".into());
     let mut tmpfs = oci.tmpfs;
     tmpfs.extend(args.tmpfs);
-    let uid = args.uid.or(oci.uid).unwrap_or(0);
-    let gid = args.gid.or(oci.gid).unwrap_or(0);
+    let uid = config::check_id("--uid", args.uid.or(oci.uid).unwrap_or(0))?;
+    let gid = config::check_id("--gid", args.gid.or(oci.gid).unwrap_or(0))?;
     // The file's sets first, then the flags: a flag undoes the file's opposite choice.
     let mut capabilities = oci
         .capabilities

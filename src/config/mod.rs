@@ -332,6 +332,15 @@ pub enum PlanError {
         /// What is wrong.
         problem: String,
     },
+    /// A uid or gid that is no id: `4294967295` is `(uid_t)-1`, which setresuid(2) takes as
+    /// "leave unchanged" (the command would keep uid 0).
+    #[error("{flag} {value}: not a valid id (0 to {})", MAX_ID)]
+    Id {
+        /// The flag or config field.
+        flag: &'static str,
+        /// The value given.
+        value: u32,
+    },
     /// `--preserve-fds N` names an fd that is not open.
     #[error("--preserve-fds {count}: fd {fd} is not open (fds 3 to {} must be)", 2 + .count)]
     PreserveFds {
@@ -543,6 +552,21 @@ pub fn parse_bind(value: &str) -> Result<Bind, PlanError> {
         dest: PathBuf::from(dest),
         read_only,
     })
+}
+
+/// The largest uid or gid: one more is `(uid_t)-1`.
+pub const MAX_ID: u32 = u32::MAX - 1;
+
+/// Checks a uid or gid given as `flag`.
+///
+/// # Errors
+/// [`PlanError::Id`] for `(uid_t)-1`.
+pub fn check_id(flag: &'static str, value: u32) -> Result<u32, PlanError> {
+    if value <= MAX_ID {
+        Ok(value)
+    } else {
+        Err(PlanError::Id { flag, value })
+    }
 }
 
 /// Checks `--rootfs` and returns it absolute.

@@ -157,6 +157,12 @@ pub enum OciError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than any config (`/dev/zero`, a log given by mistake): not read on.
+    #[error("config {} is larger than {} MiB (a runtime-spec config is a few KiB); not read", .path.display(), MAX_CONFIG_BYTES >> 20)]
+    TooLarge {
+        /// The config file.
+        path: PathBuf,
+    },
     /// The file is not JSON, or not shaped like a runtime-spec config.
     #[error("{}:{line}:{column}: {message}", .path.display())]
     Parse {
@@ -187,12 +193,35 @@ pub enum OciError {
 /// [`OciError::Read`] naming the path, [`OciError::Parse`] with line and column, or
 /// [`OciError::Field`] naming the first field ovlrun cannot honour.
 pub fn load(path: &Path) -> Result<OciSettings, OciError> {
-    let text = std::fs::read_to_string(path).map_err(|source| OciError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read_bounded(path)?;
     let spec = parse(path, &text)?;
     settings(&spec, path, &Caller::current())
+}
+
+/// The most a config file may hold.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Reads `path` as text, at most [`MAX_CONFIG_BYTES`] of it.
+///
+/// # Errors
+/// [`OciError::TooLarge`], or [`OciError::Read`] (not UTF-8 included).
+fn read_bounded(path: &Path) -> Result<String, OciError> {
+    use std::io::Read;
+    let read_err = |source| OciError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(OciError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// Parses `text` (the content of `path`) as a runtime-spec config.
@@ -522,6 +551,17 @@ impl Ctx<'_> {
             return Ok(());
         };
         out.terminal = p.terminal();
+        for (field, id) in [
+            ("process.user.uid", p.user().uid()),
+            ("process.user.gid", p.user().gid()),
+        ] {
+            if id > super::MAX_ID {
+                return Err(self.bad(
+                    field,
+                    format!("{id}: not a valid id (0 to {})", super::MAX_ID),
+                ));
+            }
+        }
         out.uid = Some(p.user().uid());
         out.gid = Some(p.user().gid());
         out.args = p

@@ -8,6 +8,10 @@
 //! [`recover`] undoes a `prepared` transaction step by step in reverse (the rootfs is the old
 //! tree again) or finishes a `committed` one (the new tree): byte for byte one or the other.
 //!
+//! Nothing read back is trusted: the transaction lives where only the committing user can
+//! write and is checked before use ([`super::txn`]), and every path of a plan is resolved
+//! beneath the rootfs without following symlinks ([`super::beneath`]).
+//!
 //! `OVLRUN_FAULT_AFTER=N` kills the process with SIGKILL after N journal records, for the
 //! crash tests.
 
@@ -16,12 +20,16 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, renameat};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, fstatat, mkdirat, mknod, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, linkat, unlinkat};
 use serde::{Deserialize, Serialize};
 
+use super::beneath::{self, Beneath};
 use super::plan::{Meta, Op, Plan, meta_of};
+use super::txn::{self, Stage, TxnDir, TxnError};
 use crate::session::record::write_atomic;
 use crate::sys;
 
@@ -51,35 +59,11 @@ struct TxnPlan {
     dirs: Vec<(PathBuf, Meta)>,
 }
 
-/// The transaction directory of `rootfs`: beside it when on the same filesystem (renames
-/// must not cross filesystems), else inside it.
-pub fn txn_dir(rootfs: &Path) -> PathBuf {
-    let inside = rootfs.join(".ovlrun-txn");
-    if inside.exists() {
-        return inside; // an interrupted transaction of the fallback kind
-    }
-    let name = rootfs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if let Some(parent) = rootfs.parent() {
-        let beside = parent.join(format!(".{name}.ovlrun-txn"));
-        let same_fs = match (std::fs::metadata(rootfs), std::fs::metadata(parent)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev(),
-            _ => false,
-        };
-        let writable = nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_ok();
-        if !name.is_empty() && (beside.exists() || (same_fs && writable)) {
-            return beside;
-        }
-    }
-    inside
-}
-
 struct Txn<'a> {
-    rootfs: &'a Path,
+    root: &'a Beneath,
     upper: &'a Path,
-    dir: PathBuf,
+    anchor: TxnDir,
+    stage: Stage,
     journal: Option<std::fs::File>,
     records: u64,
     fault_after: Option<u64>,
@@ -94,31 +78,22 @@ impl Txn<'_> {
     ) -> impl FnOnce(std::io::Error) -> CommitError + '_ {
         let path = path.to_owned();
         move |source| CommitError {
-            rootfs: self.rootfs.to_owned(),
+            rootfs: self.root.path.clone(),
             step,
             path,
             source,
         }
     }
 
-    fn new_item(&self, i: usize) -> PathBuf {
-        self.dir.join("new").join(i.to_string())
-    }
-
-    fn old_item(&self, i: usize) -> PathBuf {
-        self.dir.join("old").join(i.to_string())
-    }
-
     /// Appends a journal record and makes it durable; the fault hook counts these.
     fn log(&mut self, line: &str) -> Result<(), CommitError> {
         if let Some(j) = &mut self.journal {
-            let path = self.dir.join("journal");
             j.write_all(format!("{line}\n").as_bytes())
                 .and_then(|()| j.sync_data())
                 .map_err(|source| CommitError {
-                    rootfs: self.rootfs.to_owned(),
+                    rootfs: self.root.path.clone(),
                     step: "write the journal",
-                    path,
+                    path: self.anchor.path.join("journal"),
                     source,
                 })?;
             self.records += 1;
@@ -136,18 +111,35 @@ impl Txn<'_> {
         if self.journal.is_none() {
             return Ok(());
         }
-        let path = self.dir.join("state");
-        write_atomic(&path, state.as_bytes()).map_err(self.err("write the state of", &path))?;
+        write_atomic(&self.anchor.via("state"), state.as_bytes())
+            .map_err(self.err("write the state of", &self.anchor.path.clone()))?;
         self.log(&format!("state {state}"))
     }
 }
 
-/// Merges `upper` into `rootfs` following `plan`; `atomic` selects `commit-atomic`.
+fn txn_err(rootfs: &Path) -> impl FnOnce(TxnError) -> CommitError + '_ {
+    move |e| CommitError {
+        rootfs: rootfs.to_owned(),
+        step: "prepare the transaction of",
+        path: rootfs.to_owned(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// Merges `upper` into `rootfs` following `plan`; `atomic` selects `commit-atomic`. `state`
+/// is the caller's state root, which holds the transaction when the caller cannot write
+/// beside the rootfs.
 ///
 /// # Errors
 /// [`CommitError`] naming the step and path. An atomic commit that fails is rolled back.
-pub fn commit(rootfs: &Path, upper: &Path, plan: &Plan, atomic: bool) -> Result<(), CommitError> {
-    commit_with_progress(rootfs, upper, plan, atomic, &|| {})
+pub fn commit(
+    rootfs: &Path,
+    upper: &Path,
+    state: &Path,
+    plan: &Plan,
+    atomic: bool,
+) -> Result<(), CommitError> {
+    commit_with_progress(rootfs, upper, state, plan, atomic, &|| {})
 }
 
 /// The number of steps [`commit_with_progress`] reports for `plan`: one per staged item,
@@ -169,47 +161,84 @@ pub fn progress_steps(plan: &Plan) -> u64 {
 pub fn commit_with_progress(
     rootfs: &Path,
     upper: &Path,
+    state: &Path,
     plan: &Plan,
     atomic: bool,
     step: &dyn Fn(),
 ) -> Result<(), CommitError> {
-    let dir = txn_dir(rootfs);
+    // Nothing is touched before every path of the plan is known to stay beneath the rootfs.
+    for op in &plan.ops {
+        let paths = match op {
+            Op::Link { path, target } => vec![path.as_path(), target.as_path()],
+            _ => vec![op.path()],
+        };
+        for p in paths {
+            beneath::check(p).map_err(|e| CommitError {
+                rootfs: rootfs.to_owned(),
+                step: "plan",
+                path: p.to_owned(),
+                source: std::io::Error::other(e),
+            })?;
+        }
+    }
+    let root = Beneath::open(rootfs).map_err(|source| CommitError {
+        rootfs: rootfs.to_owned(),
+        step: "open",
+        path: rootfs.to_owned(),
+        source,
+    })?;
+    // Before a stage inside the rootfs changes the root's times.
+    let txn_plan = TxnPlan {
+        ops: plan.ops.clone(),
+        replaces: replaced_entries(&root, &plan.ops),
+        dirs: touched_dirs(&root, &plan.ops),
+    };
+    let anchor = txn::create(rootfs, state).map_err(txn_err(rootfs))?;
+    let stage = match txn::create_stage(&anchor, root.fd(), rootfs) {
+        Ok(stage) => stage,
+        Err(e) => {
+            let _ = txn::remove(anchor, None, root.fd());
+            return Err(txn_err(rootfs)(e));
+        }
+    };
     let fault_after = std::env::var("OVLRUN_FAULT_AFTER")
         .ok()
         .and_then(|n| n.parse().ok());
     let mut txn = Txn {
-        rootfs,
+        root: &root,
         upper,
-        dir,
+        anchor,
+        stage,
         journal: None,
         records: 0,
         fault_after,
         step,
     };
-    let _ = std::fs::remove_dir_all(&txn.dir);
-    for sub in ["new", "old"] {
-        let d = txn.dir.join(sub);
-        std::fs::create_dir_all(&d).map_err(txn.err("create", &d))?;
-    }
     if atomic {
-        let path = txn.dir.join("journal");
-        txn.journal = Some(std::fs::File::create(&path).map_err(txn.err("create", &path))?);
+        let path = txn.anchor.via("journal");
+        let shown = txn.anchor.path.join("journal");
+        txn.journal = Some(std::fs::File::create(&path).map_err(txn.err("create", &shown))?);
     }
-    let replaces = replaced_entries(rootfs, &plan.ops);
-    let txn_plan = TxnPlan {
-        ops: plan.ops.clone(),
-        replaces,
-        dirs: touched_dirs(rootfs, &plan.ops),
-    };
     let result = run(&mut txn, &txn_plan);
+    let inside = txn.stage.inside.is_some();
     match result {
         Ok(()) => {
-            let _ = std::fs::remove_dir_all(&txn.dir);
-            restore_root_after_inside_txn(rootfs, &txn.dir, final_root_meta(&txn_plan));
+            let Txn { anchor, stage, .. } = txn;
+            let _ = txn::remove(anchor, Some(stage), root.fd());
+            if inside {
+                restore_root_meta(&root, final_root_meta(&txn_plan));
+            }
             Ok(())
         }
         Err(e) if atomic => {
-            let _ = rollback(rootfs, &txn.dir);
+            // Undone now; if the undo fails, the transaction stays for `recover`.
+            if rollback(&root, &txn.stage, &txn_plan, &read_begun(&txn.anchor)).is_ok() {
+                let Txn { anchor, stage, .. } = txn;
+                let _ = txn::remove(anchor, Some(stage), root.fd());
+                if inside {
+                    restore_root_meta(&root, first_root_meta(&txn_plan));
+                }
+            }
             Err(e)
         }
         Err(e) => Err(e),
@@ -220,20 +249,20 @@ fn run(txn: &mut Txn<'_>, plan: &TxnPlan) -> Result<(), CommitError> {
     // Stage everything first: nothing in the rootfs changes until all new data is on disk.
     for (i, op) in plan.ops.iter().enumerate() {
         if let Op::Install { path } = op {
-            let (src, dst) = (txn.upper.join(path), txn.new_item(i));
-            copy_entry(&src, &dst).map_err(txn.err("stage", &src))?;
+            let src = txn.upper.join(path);
+            copy_entry(&src, &txn.stage.new.via(i.to_string())).map_err(txn.err("stage", &src))?;
             (txn.step)();
         }
     }
     if txn.journal.is_some() {
-        let path = txn.dir.join("plan.json");
+        let shown = txn.anchor.path.join("plan.json");
         let json = serde_json::to_vec(plan)
             .map_err(|e| e.into())
-            .map_err(txn.err("write", &path))?;
-        write_atomic(&path, &json).map_err(txn.err("write", &path))?;
-        std::fs::File::open(&txn.dir)
+            .map_err(txn.err("write", &shown))?;
+        write_atomic(&txn.anchor.via("plan.json"), &json).map_err(txn.err("write", &shown))?;
+        std::fs::File::open(txn.anchor.via(""))
             .and_then(|d| d.sync_all())
-            .map_err(txn.err("sync", &txn.dir.clone()))?;
+            .map_err(txn.err("sync", &txn.anchor.path.clone()))?;
     }
     txn.set_state("prepared")?;
     for (i, op) in plan.ops.iter().enumerate() {
@@ -245,43 +274,77 @@ fn run(txn: &mut Txn<'_>, plan: &TxnPlan) -> Result<(), CommitError> {
 }
 
 fn apply(txn: &mut Txn<'_>, i: usize, op: &Op) -> Result<(), CommitError> {
-    let target = txn.rootfs.join(op.path());
+    let rel = op.path();
+    let shown = txn.root.show(rel);
+    let item = i.to_string();
     match op {
-        Op::Remove(_) => move_out(txn, i, &target),
+        Op::Remove(_) => move_out(txn, i, rel),
         Op::MakeDir {
             meta,
             existed: false,
             ..
         } => {
-            std::fs::create_dir(&target).map_err(txn.err("create directory", &target))?;
-            set_owner_xattrs(&target, meta).map_err(txn.err("set metadata of", &target))
+            let (parent, name) = txn
+                .root
+                .parent(rel)
+                .map_err(txn.err("create directory", &shown))?;
+            mkdirat(&parent, name, Mode::from_bits_truncate(0o777))
+                .map_err(|e| txn.err("create directory", &shown)(e.into()))?;
+            let dir = txn
+                .root
+                .dir(rel)
+                .map_err(txn.err("set metadata of", &shown))?;
+            set_owner_xattrs(&beneath::fd_path(&dir), meta)
+                .map_err(txn.err("set metadata of", &shown))
         }
         Op::MakeDir { existed: true, .. } => Ok(()),
         Op::Install { .. } => {
-            move_out(txn, i, &target)?;
-            let new = txn.new_item(i);
-            std::fs::rename(&new, &target).map_err(txn.err("install", &target))
+            move_out(txn, i, rel)?;
+            let (parent, name) = txn.root.parent(rel).map_err(txn.err("install", &shown))?;
+            renameat(txn.stage.new.fd(), item.as_str(), &parent, name)
+                .map_err(|e| txn.err("install", &shown)(e.into()))
         }
         Op::Link { target: first, .. } => {
-            let new = txn.new_item(i);
-            let first = txn.rootfs.join(first);
-            std::fs::hard_link(&first, &new).map_err(txn.err("link", &first))?;
-            move_out(txn, i, &target)?;
-            std::fs::rename(&new, &target).map_err(txn.err("install", &target))
+            let first_shown = txn.root.show(first);
+            let (first_parent, first_name) = txn
+                .root
+                .parent(first)
+                .map_err(txn.err("link", &first_shown))?;
+            linkat(
+                &first_parent,
+                first_name,
+                txn.stage.new.fd(),
+                item.as_str(),
+                AtFlags::empty(),
+            )
+            .map_err(|e| txn.err("link", &first_shown)(e.into()))?;
+            move_out(txn, i, rel)?;
+            let (parent, name) = txn.root.parent(rel).map_err(txn.err("install", &shown))?;
+            renameat(txn.stage.new.fd(), item.as_str(), &parent, name)
+                .map_err(|e| txn.err("install", &shown)(e.into()))
         }
         Op::DirDone { meta, .. } => {
-            set_owner_xattrs(&target, meta).map_err(txn.err("set metadata of", &target))?;
-            set_mode_times(&target, meta, false).map_err(txn.err("set metadata of", &target))
+            let dir = txn
+                .root
+                .dir(rel)
+                .map_err(txn.err("set metadata of", &shown))?;
+            let via = beneath::fd_path(&dir);
+            set_owner_xattrs(&via, meta).map_err(txn.err("set metadata of", &shown))?;
+            set_mode_times(&via, meta, false).map_err(txn.err("set metadata of", &shown))
         }
     }
 }
 
-/// Moves the rootfs entry at `target` (if any) into the backups.
-fn move_out(txn: &Txn<'_>, i: usize, target: &Path) -> Result<(), CommitError> {
-    match std::fs::rename(target, txn.old_item(i)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(txn.err("move aside", target)(e)),
+/// Moves the rootfs entry at `rel` (if any) into the backups.
+fn move_out(txn: &Txn<'_>, i: usize, rel: &Path) -> Result<(), CommitError> {
+    let shown = txn.root.show(rel);
+    let (parent, name) = txn
+        .root
+        .parent(rel)
+        .map_err(txn.err("move aside", &shown))?;
+    match renameat(&parent, name, txn.stage.old.fd(), i.to_string().as_str()) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(txn.err("move aside", &shown)(e.into())),
     }
 }
 
@@ -293,24 +356,32 @@ fn final_root_meta(plan: &TxnPlan) -> Option<&Meta> {
     })
 }
 
-/// A transaction directory inside the rootfs (the fallback when beside it is not writable)
-/// changes the root's times when it goes: set them back to what the tree should show.
-fn restore_root_after_inside_txn(rootfs: &Path, dir: &Path, meta: Option<&Meta>) {
-    if let (true, Some(meta)) = (dir.parent() == Some(rootfs), meta) {
-        let _ = set_mode_times(rootfs, meta, false);
+/// The root's metadata before a plan.
+fn first_root_meta(plan: &TxnPlan) -> Option<&Meta> {
+    plan.dirs
+        .iter()
+        .find(|(p, _)| p.as_os_str().is_empty())
+        .map(|(_, m)| m)
+}
+
+/// A stage inside the rootfs changes the root's times when it goes: set them back to what
+/// the tree should show.
+fn restore_root_meta(root: &Beneath, meta: Option<&Meta>) {
+    if let (Some(meta), Ok(dir)) = (meta, root.dir(Path::new(""))) {
+        let _ = set_mode_times(&beneath::fd_path(&dir), meta, false);
     }
 }
 
 /// Per op: whether an entry is at its path when the op runs (what an undo puts back),
 /// following the earlier ops: a `Remove` empties a path that a later `Install` then fills.
-fn replaced_entries(rootfs: &Path, ops: &[Op]) -> Vec<bool> {
+fn replaced_entries(root: &Beneath, ops: &[Op]) -> Vec<bool> {
     let mut present: std::collections::HashMap<&Path, bool> = std::collections::HashMap::new();
     ops.iter()
         .map(|op| {
             let path = op.path();
             let now = *present
                 .entry(path)
-                .or_insert_with(|| rootfs.join(path).symlink_metadata().is_ok());
+                .or_insert_with(|| root.lstat(path).is_some());
             let after = !matches!(op, Op::Remove(_));
             present.insert(path, after);
             now
@@ -320,7 +391,7 @@ fn replaced_entries(rootfs: &Path, ops: &[Op]) -> Vec<bool> {
 
 /// Existing rootfs directories a plan changes (parents of every op, and dirs it updates),
 /// with their metadata now, so an undo can give them back their times.
-fn touched_dirs(rootfs: &Path, ops: &[Op]) -> Vec<(PathBuf, Meta)> {
+fn touched_dirs(root: &Beneath, ops: &[Op]) -> Vec<(PathBuf, Meta)> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for op in ops {
         let p = op.path();
@@ -335,67 +406,120 @@ fn touched_dirs(rootfs: &Path, ops: &[Op]) -> Vec<(PathBuf, Meta)> {
     }
     dirs.into_iter()
         .filter_map(|d| {
-            let full = rootfs.join(&d);
-            let md = full.symlink_metadata().ok().filter(|m| m.is_dir())?;
-            meta_of(&full, &md).ok().map(|m| (d, m))
+            let fd = root.dir(&d).ok()?;
+            let via = beneath::fd_path(&fd);
+            let md = via.symlink_metadata().ok()?;
+            meta_of(&via, &md).ok().map(|m| (d, m))
         })
         .collect()
 }
 
-/// Undoes a `prepared` transaction of `rootfs` whose directory is `dir`.
-fn rollback(rootfs: &Path, dir: &Path) -> std::io::Result<()> {
-    let plan: TxnPlan = match std::fs::read(dir.join("plan.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes)?,
-        // Crashed while staging: nothing in the rootfs was touched.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let journal = std::fs::read_to_string(dir.join("journal")).unwrap_or_default();
-    let begun: Vec<usize> = journal
+/// The ops a journal says were begun.
+fn read_begun(anchor: &TxnDir) -> Vec<usize> {
+    std::fs::read_to_string(anchor.via("journal"))
+        .unwrap_or_default()
         .lines()
         .filter_map(|l| l.strip_prefix("begin ")?.parse().ok())
-        .collect();
+        .collect()
+}
+
+/// A recovery that could not run, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The transaction directory is not the caller's (or names a stage that is not one).
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+    /// The plan holds a path that is not plain and relative: nothing was done.
+    #[error("transaction {}: {source}; nothing was done", .txn.display())]
+    UnsafePath {
+        /// The transaction's anchor.
+        txn: PathBuf,
+        /// The path.
+        #[source]
+        source: beneath::UnsafePath,
+    },
+    /// A step of the undo failed; the transaction is kept for a retry.
+    #[error("cannot {step} {}", .path.display())]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn rec_err(step: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> RecoverError {
+    move |source| RecoverError::Io { step, path, source }
+}
+
+/// Undoes the `begun` ops of a `prepared` transaction whose items are in `stage`.
+fn rollback(
+    root: &Beneath,
+    stage: &Stage,
+    plan: &TxnPlan,
+    begun: &[usize],
+) -> Result<(), RecoverError> {
     for &i in begun.iter().rev() {
         let Some(op) = plan.ops.get(i) else { continue };
-        let target = rootfs.join(op.path());
-        let (new, old) = (
-            dir.join("new").join(i.to_string()),
-            dir.join("old").join(i.to_string()),
-        );
+        let rel = op.path();
+        let shown = root.show(rel);
+        let item = i.to_string();
+        let in_stage =
+            |dir: &TxnDir| fstatat(dir.fd(), item.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
         let replaced = plan.replaces.get(i).copied().unwrap_or(false);
         match op {
-            Op::MakeDir { existed: false, .. } => remove_any(&target)?,
+            Op::MakeDir { existed: false, .. } => {
+                remove_beneath(root, rel).map_err(rec_err("remove", shown))?;
+            }
             Op::Remove(_) | Op::Install { .. } | Op::Link { .. } => {
                 let ours_in_place = match op {
                     Op::Remove(_) => false,
                     // Installed when the staged item has left `new` and the original (if
                     // any) has left the rootfs.
-                    _ => !new.exists() && (!replaced || old.symlink_metadata().is_ok()),
+                    _ => !in_stage(&stage.new) && (!replaced || in_stage(&stage.old)),
                 };
                 if ours_in_place {
-                    remove_any(&target)?;
+                    remove_beneath(root, rel).map_err(rec_err("remove", shown.clone()))?;
                 }
-                if old.symlink_metadata().is_ok() {
-                    std::fs::rename(&old, &target)?;
+                if in_stage(&stage.old) {
+                    let (parent, name) = root
+                        .parent(rel)
+                        .map_err(rec_err("restore", shown.clone()))?;
+                    renameat(stage.old.fd(), item.as_str(), &parent, name)
+                        .map_err(|e| rec_err("restore", shown)(e.into()))?;
                 }
             }
             Op::MakeDir { existed: true, .. } | Op::DirDone { .. } => {}
         }
     }
     for (path, meta) in &plan.dirs {
-        let full = rootfs.join(path);
-        set_owner_xattrs(&full, meta)?;
-        set_mode_times(&full, meta, false)?;
+        let shown = root.show(path);
+        let dir = root
+            .dir(path)
+            .map_err(rec_err("restore metadata of", shown.clone()))?;
+        let via = beneath::fd_path(&dir);
+        set_owner_xattrs(&via, meta).map_err(rec_err("restore metadata of", shown.clone()))?;
+        set_mode_times(&via, meta, false).map_err(rec_err("restore metadata of", shown))?;
     }
     Ok(())
 }
 
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match path.symlink_metadata() {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+/// Removes `rel` beneath the rootfs, whatever it is (a whole tree for a directory).
+fn remove_beneath(root: &Beneath, rel: &Path) -> std::io::Result<()> {
+    let (parent, name) = root.parent(rel)?;
+    let st = match fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        // Reached through the parent's fd; std's remove_dir_all never follows a symlink below.
+        std::fs::remove_dir_all(beneath::entry_path(&parent, name))
+    } else {
+        unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir).map_err(Into::into)
     }
 }
 
@@ -410,39 +534,80 @@ pub enum Recovery {
     Completed,
 }
 
-/// Finishes or undoes an interrupted commit of `rootfs`. Call with the rootfs locked
-/// exclusively.
+/// Whether anything sits where a transaction of `rootfs` would be (trusted or not): a cheap
+/// look before taking the lock exclusively to [`recover`].
+pub fn pending(rootfs: &Path, state: &Path) -> bool {
+    txn::present(rootfs, state)
+}
+
+/// Finishes or undoes an interrupted commit of `rootfs` (whose transaction may be in the
+/// state root `state`). Call with the rootfs locked exclusively.
+///
+/// Only a transaction directory the caller made is used ([`txn`]), and every path of its
+/// plan is checked before anything is done and resolved beneath the rootfs.
 ///
 /// # Errors
-/// Any I/O error of the undo; the transaction directory is then kept for a retry.
-pub fn recover(rootfs: &Path) -> std::io::Result<Recovery> {
-    let dir = txn_dir(rootfs);
-    if !dir.exists() {
+/// [`RecoverError::Txn`] for a transaction that is not the caller's,
+/// [`RecoverError::UnsafePath`] for a plan that leaves the rootfs (nothing is done for
+/// either), [`RecoverError::Io`] when the undo fails (the transaction is then kept for a
+/// retry).
+pub fn recover(rootfs: &Path, state: &Path) -> Result<Recovery, RecoverError> {
+    let Some(anchor) = txn::find(rootfs, state)? else {
         return Ok(Recovery::Nothing);
+    };
+    let root = Beneath::open(rootfs).map_err(rec_err("open", rootfs.to_owned()))?;
+    let stage = txn::open_stage(&anchor, root.fd(), rootfs)?;
+    let state_text = std::fs::read_to_string(anchor.via("state")).unwrap_or_default();
+    let plan: Option<TxnPlan> = match std::fs::read(anchor.via("plan.json")) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+            rec_err("read", anchor.path.join("plan.json"))(std::io::Error::other(e))
+        })?),
+        // Crashed while staging: nothing in the rootfs was touched.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(rec_err("read", anchor.path.join("plan.json"))(e)),
+    };
+    if let Some(plan) = &plan {
+        plan.check().map_err(|source| RecoverError::UnsafePath {
+            txn: anchor.path.clone(),
+            source,
+        })?;
     }
-    let state = std::fs::read_to_string(dir.join("state")).unwrap_or_default();
-    let plan: Option<TxnPlan> = std::fs::read(dir.join("plan.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let outcome = if state.trim() == "committed" {
+    let outcome = if state_text.trim() == "committed" {
         Recovery::Completed
     } else {
-        rollback(rootfs, &dir)?;
+        if let (Some(plan), Some(stage)) = (&plan, &stage) {
+            rollback(&root, stage, plan, &read_begun(&anchor))?;
+        }
         Recovery::RolledBack
     };
-    std::fs::remove_dir_all(&dir)?;
-    if let Some(plan) = &plan {
-        let root_meta = match outcome {
-            Recovery::Completed => final_root_meta(plan),
-            _ => plan
-                .dirs
-                .iter()
-                .find(|(p, _)| p.as_os_str().is_empty())
-                .map(|(_, m)| m),
-        };
-        restore_root_after_inside_txn(rootfs, &dir, root_meta);
+    let inside = stage.as_ref().is_some_and(|s| s.inside.is_some());
+    txn::remove(anchor, stage, root.fd())?;
+    if let (true, Some(plan)) = (inside, &plan) {
+        restore_root_meta(
+            &root,
+            match outcome {
+                Recovery::Completed => final_root_meta(plan),
+                _ => first_root_meta(plan),
+            },
+        );
     }
     Ok(outcome)
+}
+
+impl TxnPlan {
+    /// Every path is plain and relative.
+    fn check(&self) -> Result<(), beneath::UnsafePath> {
+        for op in &self.ops {
+            beneath::check(op.path())?;
+            if let Op::Link { target, .. } = op {
+                beneath::check(target)?;
+            }
+        }
+        for (p, _) in &self.dirs {
+            beneath::check(p)?;
+        }
+        Ok(())
+    }
 }
 
 /// Gives directory `dst` the mode, owner (where allowed), user xattrs and times of `src`.

@@ -2,9 +2,11 @@
 //! rootfs (plain or crash-safe). Reads uppers in the format [`crate::layers`] writes, through
 //! its shared vocabulary ([`crate::layers::format`]).
 
+pub mod beneath;
 pub mod commit;
 pub mod export;
 pub mod plan;
+pub mod txn;
 
 /// What to do with a session's changes when its command exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

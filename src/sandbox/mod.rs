@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod idmap;
 pub mod init;
 pub mod mounts;
+pub mod netfiles;
 pub mod plan;
 
 use std::path::{Path, PathBuf};
@@ -221,14 +222,14 @@ fn run_in(
     }
     enter_namespaces(ids.as_ref())?;
     // Made inside the namespace, so it sees owners as the removal afterwards will.
-    let scaffold = scaffold_targets(plan, dirs)?;
+    let (scaffold, net) = scaffold_targets(plan, dirs)?;
 
     let mounted = mount_overlay(plan, dirs, upper)?;
 
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
     let (mut parent_end, child_end) = handshake::channel().map_err(HandshakeError::from)?;
     let setgroups = ids.as_ref().is_none_or(IdMap::allows_setgroups);
-    let child = start_child(plan, &dirs.mnt, child_end, tty, setgroups)?;
+    let child = start_child(plan, &net, &dirs.mnt, child_end, tty, setgroups)?;
 
     let (mounted, fs) = match mounted {
         Mounted::Unserved(m) => (Mounted::Fuse(m.serve()?), Backend::Fuse),
@@ -285,8 +286,11 @@ fn owner_of(path: &Path) -> Option<(u32, u32, u32)> {
 
 /// Creates the mount targets the rootfs lacks, through the overlay's own rules (before it is
 /// mounted), so copied-up parents keep their metadata; returns what it made for
-/// [`remove_scaffold`].
-fn scaffold_targets(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Scaffold, SandboxError> {
+/// [`remove_scaffold`], and where the host's resolver files go.
+fn scaffold_targets(
+    plan: &SessionPlan,
+    dirs: &SessionDirs,
+) -> Result<(Scaffold, Vec<plan::NetFile>), SandboxError> {
     let ovl = open_layers(plan, dirs)?;
     // A resumed upper may hold metadata-only copies a killed server left; the kernel
     // backend cannot read them.
@@ -296,9 +300,13 @@ fn scaffold_targets(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Scaffold, 
             source,
         }))
     })?;
+    let (net, notes) = netfiles::resolve(plan, &ovl);
+    for n in notes {
+        eprintln!("ovlrun: note: {n}");
+    }
     let owner = Owner { uid: 0, gid: 0 };
     let mut scaffold = Scaffold::default();
-    for (target, kind) in plan::targets(plan) {
+    for (target, kind) in plan::targets(plan, &net) {
         let mut loc = ovl.root_loc();
         let comps: Vec<_> = target
             .strip_prefix("/")
@@ -350,7 +358,7 @@ fn scaffold_targets(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Scaffold, 
     scaffold
         .copied
         .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    Ok(scaffold)
+    Ok((scaffold, net))
 }
 
 fn open_layers(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Overlay, SandboxError> {
@@ -485,6 +493,7 @@ fn spawn_idmap_helper(ids: &IdMap) -> Result<(End, Pid), SandboxError> {
 /// Step 4: the child, pid 1 of new namespaces, waiting for the go.
 fn start_child(
     plan: &SessionPlan,
+    net: &[plan::NetFile],
     root: &Path,
     mut end: End,
     tty: bool,
@@ -505,7 +514,7 @@ fn start_child(
         if end.wait_go().is_err() {
             exit_now(125);
         }
-        setup_child(plan, root);
+        setup_child(plan, net, root);
         init::run(&init::Command {
             plan,
             tty,
@@ -517,12 +526,12 @@ fn start_child(
 }
 
 /// In the child: mounts, root, hostname, loopback. Exits 125 with a message on failure.
-fn setup_child(plan: &SessionPlan, root: &Path) {
+fn setup_child(plan: &SessionPlan, net: &[plan::NetFile], root: &Path) {
     let fail = |e: &dyn std::fmt::Display| -> ! {
         eprintln!("ovlrun: {e}");
         exit_now(125)
     };
-    match mounts::apply(root, &plan::steps(plan, plan::CgroupLayout::of_host())) {
+    match mounts::apply(root, &plan::steps(plan, plan::CgroupLayout::of_host(), net)) {
         Ok(notes) => notes.iter().for_each(|n| eprintln!("ovlrun: note: {n}")),
         Err(e) => fail(&format_chain(&e)),
     }

@@ -106,16 +106,26 @@ impl CgroupLayout {
     }
 }
 
+/// A host file bound into a shared-network session (resolv.conf, hosts), and where: its own
+/// path, or the target of the rootfs's symlink there ([`super::netfiles`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetFile {
+    /// The host file.
+    pub source: PathBuf,
+    /// Where it goes inside (absolute, no symlink on the way).
+    pub dest: PathBuf,
+}
+
 /// What the setup needs from the merged root before it starts: mount targets that must exist
 /// there. Those the launcher has to create are removed again before the session's changes
 /// are looked at, so they never show in the upper.
-pub fn targets(plan: &SessionPlan) -> Vec<(PathBuf, Kind)> {
+pub fn targets(plan: &SessionPlan, net: &[NetFile]) -> Vec<(PathBuf, Kind)> {
     let mut t: Vec<(PathBuf, Kind)> = ["/proc", "/dev", "/sys", "/tmp"]
         .iter()
         .map(|p| (PathBuf::from(p), Kind::Dir))
         .collect();
-    for file in host_net_files(plan) {
-        t.push((file.to_path_buf(), Kind::File));
+    for file in net {
+        t.push((file.dest.clone(), Kind::File));
     }
     for bind in &plan.binds {
         let kind = if bind.source.is_dir() {
@@ -129,20 +139,9 @@ pub fn targets(plan: &SessionPlan) -> Vec<(PathBuf, Kind)> {
     t
 }
 
-/// The host files that give a shared-network session its name resolution.
-fn host_net_files(plan: &SessionPlan) -> Vec<&'static Path> {
-    match plan.net {
-        Network::Host => ["/etc/resolv.conf", "/etc/hosts"]
-            .into_iter()
-            .map(Path::new)
-            .filter(|p| p.exists())
-            .collect(),
-        Network::None => Vec::new(),
-    }
-}
-
-/// The steps, in order: each one's target exists when it runs.
-pub fn steps(plan: &SessionPlan, cgroup: CgroupLayout) -> Vec<Step> {
+/// The steps, in order: each one's target exists when it runs; `net`: the host files a
+/// shared-network session gets.
+pub fn steps(plan: &SessionPlan, cgroup: CgroupLayout, net: &[NetFile]) -> Vec<Step> {
     let p = PathBuf::from;
     let mut s = vec![
         Step::Proc(p("/proc")),
@@ -210,10 +209,10 @@ pub fn steps(plan: &SessionPlan, cgroup: CgroupLayout) -> Vec<Step> {
         dest: p("/tmp"),
         mode: 0o1777,
     });
-    for file in host_net_files(plan) {
+    for file in net {
         s.push(Step::Bind {
-            source: file.to_path_buf(),
-            dest: file.to_path_buf(),
+            source: file.source.clone(),
+            dest: file.dest.clone(),
             read_only: true,
         });
     }
@@ -262,6 +261,22 @@ mod tests {
     use super::*;
     use crate::config::Bind;
 
+    /// The host's resolver files at their own paths, as over a rootfs without links there.
+    fn net_files(plan: &SessionPlan) -> Vec<NetFile> {
+        if plan.net == Network::None {
+            return Vec::new();
+        }
+        ["/etc/resolv.conf", "/etc/hosts"]
+            .map(PathBuf::from)
+            .into_iter()
+            .filter(|p| p.exists())
+            .map(|p| NetFile {
+                source: p.clone(),
+                dest: p,
+            })
+            .collect()
+    }
+
     fn plan(net: Network) -> SessionPlan {
         let mut plan =
             SessionPlan::new(PathBuf::from("/r"), vec!["sh".into()], PathBuf::from("/s"));
@@ -286,8 +301,9 @@ mod tests {
 
     fn every_target_exists(plan: &SessionPlan) {
         let plan = plan.clone();
-        let mut exists: Vec<PathBuf> = targets(&plan).into_iter().map(|(p, _)| p).collect();
-        for step in steps(&plan, CgroupLayout::Hybrid) {
+        let net = net_files(&plan);
+        let mut exists: Vec<PathBuf> = targets(&plan, &net).into_iter().map(|(p, _)| p).collect();
+        for step in steps(&plan, CgroupLayout::Hybrid, &net) {
             match step {
                 Step::Create { dest, .. } | Step::Symlink { dest, .. } => {
                     let parent = dest.parent().unwrap().to_path_buf();
@@ -315,7 +331,8 @@ mod tests {
     #[test]
     fn no_network_gets_its_own_sysfs() {
         let sysfs = |net| {
-            steps(&plan(net), CgroupLayout::Hybrid)
+            let p = plan(net);
+            steps(&p, CgroupLayout::Hybrid, &net_files(&p))
                 .iter()
                 .any(|x| matches!(x, Step::Sysfs(_)))
         };
@@ -325,7 +342,8 @@ mod tests {
 
     #[test]
     fn dev_comes_before_its_nodes_and_user_binds_come_last() {
-        let s = steps(&plan(Network::Host), CgroupLayout::Hybrid);
+        let p = plan(Network::Host);
+        let s = steps(&p, CgroupLayout::Hybrid, &net_files(&p));
         let dev = s
             .iter()
             .position(|x| matches!(x, Step::Tmpfs { dest, .. } if dest == Path::new("/dev")))
@@ -343,7 +361,8 @@ mod tests {
     #[test]
     fn no_network_means_no_host_resolver_files() {
         let binds_etc = |net| {
-            steps(&plan(net), CgroupLayout::Hybrid).iter().any(
+            let p = plan(net);
+            steps(&p, CgroupLayout::Hybrid, &net_files(&p)).iter().any(
                 |x| matches!(x, Step::Bind { dest, .. } if dest == Path::new("/etc/resolv.conf")),
             )
         };

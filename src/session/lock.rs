@@ -1,12 +1,16 @@
-//! The rootfs lock: running sessions hold it shared, a commit holds it exclusively. It is a
-//! file in the state root named after the rootfs's device and inode (never inside the
-//! rootfs), so every path to the same tree finds the same lock.
+//! The rootfs lock: running sessions hold it shared, a commit (or a recovery) holds it
+//! exclusively. It is a `flock(2)` on the rootfs directory itself, so it belongs to the tree,
+//! not to a state root or a user: every ovlrun that uses the tree, under any `OVLRUN_STATE`,
+//! as any user, through any path to it, meets the same lock, and the kernel drops it when its
+//! holder dies. Nothing is created for it anywhere.
+//!
+//! Sessions never meet it: they see the overlay's directory, a different inode.
 
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::stat::Mode as FileMode;
 
 /// How the lock is wanted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,55 +24,41 @@ pub enum Mode {
 /// A held rootfs lock; released on drop.
 #[derive(Debug)]
 pub struct RootfsLock {
-    _lock: Flock<File>,
-    /// The lock file.
-    pub path: PathBuf,
+    _lock: Flock<OwnedFd>,
+    /// The locked rootfs.
+    pub rootfs: PathBuf,
 }
 
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    /// Other sessions hold it.
+    /// Someone else holds it.
     #[error(
-        "rootfs {} is in use by running sessions (see `ovlrun ls`); retry when they end, or pass --wait",
+        "rootfs {} is in use (running sessions, or a commit under way; see `ovlrun ls` of each state root); retry when they end, or pass --wait",
         .rootfs.display()
     )]
     Busy {
         /// The rootfs.
         rootfs: PathBuf,
     },
-    /// The lock file could not be opened.
-    #[error("cannot open lock file {}", .path.display())]
+    /// The rootfs could not be opened.
+    #[error("cannot open rootfs {} to lock it", .rootfs.display())]
     Open {
-        /// The lock file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// flock failed.
-    #[error("cannot lock {}", .path.display())]
-    Flock {
-        /// The lock file.
-        path: PathBuf,
+        /// The rootfs.
+        rootfs: PathBuf,
         /// The cause.
         #[source]
         source: nix::Error,
     },
-}
-
-/// The lock file of `rootfs` under `state_root`.
-///
-/// # Errors
-/// [`LockError::Open`] when the rootfs cannot be stat'ed.
-pub fn lock_path(state_root: &Path, rootfs: &Path) -> Result<PathBuf, LockError> {
-    let md = std::fs::metadata(rootfs).map_err(|source| LockError::Open {
-        path: rootfs.to_owned(),
-        source,
-    })?;
-    Ok(state_root
-        .join("locks")
-        .join(format!("{:x}-{:x}.lock", md.dev(), md.ino())))
+    /// flock failed.
+    #[error("cannot lock rootfs {}", .rootfs.display())]
+    Flock {
+        /// The rootfs.
+        rootfs: PathBuf,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
 }
 
 impl RootfsLock {
@@ -76,38 +66,36 @@ impl RootfsLock {
     ///
     /// # Errors
     /// [`LockError::Busy`] when held and not waiting.
-    pub fn take(
-        state_root: &Path,
-        rootfs: &Path,
-        mode: Mode,
-        wait: bool,
-    ) -> Result<RootfsLock, LockError> {
-        let path = lock_path(state_root, rootfs)?;
-        let open_err = |source| LockError::Open {
-            path: path.clone(),
+    pub fn take(rootfs: &Path, mode: Mode, wait: bool) -> Result<RootfsLock, LockError> {
+        // flock(2) needs an fd opened for reading (not O_PATH); O_CLOEXEC keeps it from the
+        // session's command.
+        let fd = nix::fcntl::open(
+            rootfs,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            FileMode::empty(),
+        )
+        .map_err(|source| LockError::Open {
+            rootfs: rootfs.to_owned(),
             source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(open_err)?;
-        }
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(open_err)?;
+        })?;
         let arg = match (mode, wait) {
             (Mode::Shared, true) => FlockArg::LockShared,
             (Mode::Shared, false) => FlockArg::LockSharedNonblock,
             (Mode::Exclusive, true) => FlockArg::LockExclusive,
             (Mode::Exclusive, false) => FlockArg::LockExclusiveNonblock,
         };
-        match Flock::lock(file, arg) {
-            Ok(lock) => Ok(RootfsLock { _lock: lock, path }),
+        match Flock::lock(fd, arg) {
+            Ok(lock) => Ok(RootfsLock {
+                _lock: lock,
+                rootfs: rootfs.to_owned(),
+            }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Busy {
                 rootfs: rootfs.to_owned(),
             }),
-            Err((_, source)) => Err(LockError::Flock { path, source }),
+            Err((_, source)) => Err(LockError::Flock {
+                rootfs: rootfs.to_owned(),
+                source,
+            }),
         }
     }
 }
@@ -117,15 +105,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shared_holders_block_an_exclusive_one() {
-        let state = tempfile::tempdir().unwrap();
-        let rootfs = tempfile::tempdir().unwrap();
-        let a = RootfsLock::take(state.path(), rootfs.path(), Mode::Shared, false).unwrap();
-        let _b = RootfsLock::take(state.path(), rootfs.path(), Mode::Shared, false).unwrap();
-        let e = RootfsLock::take(state.path(), rootfs.path(), Mode::Exclusive, false).unwrap_err();
+    fn shared_holders_block_an_exclusive_one_through_any_path() {
+        let top = tempfile::tempdir().unwrap();
+        let rootfs = top.path().join("rootfs");
+        std::fs::create_dir(&rootfs).unwrap();
+        let link = top.path().join("link");
+        std::os::unix::fs::symlink(&rootfs, &link).unwrap();
+        let a = RootfsLock::take(&rootfs, Mode::Shared, false).unwrap();
+        let b = RootfsLock::take(&link, Mode::Shared, false).unwrap();
+        let e = RootfsLock::take(&link, Mode::Exclusive, false).unwrap_err();
         assert!(matches!(e, LockError::Busy { .. }), "{e}");
         drop(a);
-        drop(_b);
-        RootfsLock::take(state.path(), rootfs.path(), Mode::Exclusive, false).unwrap();
+        drop(b);
+        let x = RootfsLock::take(&rootfs, Mode::Exclusive, false).unwrap();
+        let e = RootfsLock::take(&link, Mode::Shared, false).unwrap_err();
+        assert!(matches!(e, LockError::Busy { .. }), "{e}");
+        drop(x);
+        assert_eq!(
+            std::fs::read_dir(top.path()).unwrap().count(),
+            2,
+            "no lock file"
+        );
     }
 }

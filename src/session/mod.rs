@@ -4,6 +4,7 @@
 pub mod lock;
 pub mod record;
 pub mod run;
+pub mod upper;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,24 @@ impl SessionId {
             rnd.copy_from_slice(&mixed.to_le_bytes()[..6]);
         }
         SessionId(hex(&rnd))
+    }
+}
+
+impl SessionId {
+    /// The number of hex digits of an id.
+    pub const LEN: usize = 12;
+
+    /// Whether `s` has an id's shape, or (`prefix`) is a non-empty start of one: lowercase
+    /// hex digits only, so it can never name anything but an entry of the sessions dir.
+    pub fn is_id(s: &str, prefix: bool) -> bool {
+        let len_ok = if prefix {
+            (1..=Self::LEN).contains(&s.len())
+        } else {
+            s.len() == Self::LEN
+        };
+        len_ok
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }
 }
 
@@ -69,36 +88,105 @@ pub struct SessionDirs {
 }
 
 impl SessionDirs {
-    /// Creates a new session's directories under `state_root`; `upper` chooses the upper
-    /// directory (its work directory goes beside it).
+    /// Creates a new session's directories under `state_root`; `upper`, a user-given upper
+    /// already checked ([`upper::check`]), replaces the upper and work directories there.
+    /// Every path is absolute and canonical.
     ///
     /// # Errors
-    /// [`StateError`] naming the directory.
-    pub fn create(state_root: &Path, upper: Option<&Path>) -> Result<SessionDirs, StateError> {
+    /// [`SessionError::State`] naming the directory, [`SessionError::Upper`].
+    pub fn create(
+        state_root: &Path,
+        upper: Option<&upper::Checked>,
+    ) -> Result<SessionDirs, SessionError> {
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StateError {
+                what: "create the session directory",
+                path,
+                source,
+            }
+        };
+        let sessions = state_root.join("sessions");
+        std::fs::create_dir_all(&sessions).map_err(err(&sessions))?;
+        let sessions = sessions.canonicalize().map_err(err(&sessions))?;
         let mut id = SessionId::new();
-        while state_root.join("sessions").join(&id.0).exists() {
+        while sessions.join(&id.0).exists() {
             id = SessionId::new();
         }
-        let root = state_root.join("sessions").join(&id.0);
-        let (upper, work) = match upper {
-            Some(u) => (u.to_owned(), crate::layers::default_work(u)),
+        let root = sessions.join(&id.0);
+        let (upper_dir, work) = match upper {
+            Some(u) => (u.upper.clone(), u.work.clone()),
             None => (root.join("upper"), root.join("work")),
         };
         let dirs = SessionDirs {
-            upper,
+            upper: upper_dir,
             work,
             mnt: root.join("mnt"),
             root,
             id,
         };
-        for d in [&dirs.upper, &dirs.work, &dirs.mnt] {
-            std::fs::create_dir_all(d).map_err(|source| StateError {
-                what: "create the session directory",
-                path: d.clone(),
-                source,
-            })?;
+        for d in [&dirs.root, &dirs.mnt] {
+            std::fs::create_dir_all(d).map_err(err(d))?;
+        }
+        match upper {
+            Some(u) => {
+                u.create()?;
+            }
+            None => {
+                for d in [&dirs.upper, &dirs.work] {
+                    std::fs::create_dir(d).map_err(err(d))?;
+                }
+            }
         }
         Ok(dirs)
+    }
+
+    /// Whether the upper and work directories are the state root's own (`<root>/upper`,
+    /// `<root>/work`), which need no mark.
+    fn in_state(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let same = |a: &Path, b: &Path| {
+            a == b
+                || matches!((a.symlink_metadata(), b.symlink_metadata()),
+                    (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino()))
+        };
+        same(&self.upper, &self.root.join("upper")) && same(&self.work, &self.root.join("work"))
+    }
+
+    /// The session id `given` stands for: an id, or a unique prefix of one, of a session
+    /// under `state_root`.
+    ///
+    /// # Errors
+    /// [`SessionError::BadId`], [`SessionError::Unknown`], [`SessionError::Ambiguous`].
+    pub fn resolve_id(state_root: &Path, given: &str) -> Result<String, SessionError> {
+        if !SessionId::is_id(given, true) {
+            return Err(SessionError::BadId {
+                given: given.to_owned(),
+            });
+        }
+        let unknown = || SessionError::Unknown {
+            id: given.to_owned(),
+            state: state_root.to_owned(),
+        };
+        let sessions = state_root.join("sessions");
+        if SessionId::is_id(given, false) && sessions.join(given).is_dir() {
+            return Ok(given.to_owned());
+        }
+        let mut found: Vec<String> = std::fs::read_dir(&sessions)
+            .map_err(|_| unknown())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| SessionId::is_id(n, false) && n.starts_with(given))
+            .collect();
+        found.sort();
+        match found.len() {
+            0 => Err(unknown()),
+            1 => Ok(found.remove(0)),
+            _ => Err(SessionError::Ambiguous {
+                given: given.to_owned(),
+                matches: found,
+            }),
+        }
     }
 
     /// The directories of the kept session `id`, from its record.
@@ -109,14 +197,19 @@ impl SessionDirs {
         state_root: &Path,
         id: &str,
     ) -> Result<(SessionDirs, record::Record), SessionError> {
+        let id = Self::resolve_id(state_root, id)?;
+        Self::open_exact(state_root, &id)
+    }
+
+    /// Opens session `id` (a whole id, checked) and checks its record.
+    fn open_exact(
+        state_root: &Path,
+        id: &str,
+    ) -> Result<(SessionDirs, record::Record), SessionError> {
         let root = state_root.join("sessions").join(id);
-        if id.is_empty() || id.contains('/') || !root.is_dir() {
-            return Err(SessionError::Unknown {
-                id: id.to_owned(),
-                state: state_root.to_owned(),
-            });
-        }
+        let root = root.canonicalize().unwrap_or(root);
         let rec = record::Record::load(&root)?;
+        rec.check_paths(&root)?;
         let dirs = SessionDirs {
             id: SessionId(id.to_owned()),
             upper: rec.upper.clone(),
@@ -139,7 +232,7 @@ impl SessionDirs {
         let (dirs, rec) = SessionDirs::open(state_root, id)?;
         if rec.status == record::Status::Running && !rec.is_dead() {
             return Err(SessionError::Running {
-                id: id.to_owned(),
+                id: dirs.id.0.clone(),
                 pid: rec.pid,
             });
         }
@@ -153,31 +246,63 @@ impl SessionDirs {
         };
         let mut out: Vec<_> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| SessionDirs::open(state_root, &e.file_name().to_string_lossy()).ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| SessionId::is_id(name, false))
+            .filter_map(|name| SessionDirs::open_exact(state_root, &name).ok())
             .collect();
         out.sort_by_key(|(_, r)| (r.created, r.id.clone()));
         out
     }
 
-    /// Removes the session: its upper and work directories, then its own directory.
+    /// Removes the session: its upper and work directories, then its own directory. An
+    /// upper outside the state root goes only when its work directory carries ovlrun's mark
+    /// for it ([`upper::marker`]), and only as far as ovlrun made it: a directory the user
+    /// gave empty is emptied, not removed.
     ///
     /// # Errors
-    /// [`StateError`] naming the directory; what could not be removed stays.
+    /// [`StateError`] naming the directory; what could not be removed stays, and nothing is
+    /// removed when the upper carries no mark.
     pub fn discard(&self) -> Result<(), StateError> {
-        for d in [&self.upper, &self.work, &self.root] {
-            match std::fs::remove_dir_all(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StateError {
-                        what: "remove",
-                        path: d.clone(),
-                        source,
-                    });
-                }
+        let fail = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| StateError { what, path, source }
+        };
+        if self.in_state() {
+            for d in [&self.upper, &self.work] {
+                upper::remove_or_empty(d, true).map_err(fail("remove", d))?;
             }
+        } else {
+            let Some(mark) = upper::marker(&self.upper, &self.work) else {
+                return Err(StateError {
+                    what: "remove",
+                    path: self.upper.clone(),
+                    source: std::io::Error::other(format!(
+                        "ovlrun did not make it (no mark for it in {}); remove the session's \
+                         record {} by hand if it is stale",
+                        self.work.display(),
+                        self.root.display()
+                    )),
+                });
+            };
+            upper::remove_or_empty(&self.upper, mark.made_upper)
+                .map_err(fail("remove", &self.upper))?;
+            upper::remove_or_empty(&self.work, mark.made_work)
+                .map_err(fail("remove", &self.work))?;
         }
-        Ok(())
+        upper::remove_or_empty(&self.root, true).map_err(fail("remove", &self.root))
+    }
+
+    /// Removes only the session's own directory (its record), leaving its upper: for a
+    /// session that never ran over an upper holding earlier work.
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn forget(&self) -> Result<(), StateError> {
+        upper::remove_or_empty(&self.root, true).map_err(|source| StateError {
+            what: "remove",
+            path: self.root.clone(),
+            source,
+        })
     }
 
     /// Bytes used by the upper (apparent sizes of its files).
@@ -208,6 +333,26 @@ pub enum SessionError {
         /// The state root searched.
         state: PathBuf,
     },
+    /// Not an id nor the start of one.
+    #[error(
+        "{given:?} is not a session id ({} hex digits, or a unique start of them; see `ovlrun ls`)",
+        SessionId::LEN
+    )]
+    BadId {
+        /// What was given.
+        given: String,
+    },
+    /// A prefix that more than one session id starts with.
+    #[error("session id {given} is ambiguous: {}", .matches.join(", "))]
+    Ambiguous {
+        /// What was given.
+        given: String,
+        /// The ids it starts.
+        matches: Vec<String>,
+    },
+    /// A `--upper` that cannot be used.
+    #[error(transparent)]
+    Upper(#[from] upper::UpperError),
     /// The session's command is still running.
     #[error("session {id} is still running (pid {pid})")]
     Running {
@@ -247,6 +392,6 @@ pub enum SessionError {
         rootfs: PathBuf,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: crate::policy::commit::RecoverError,
     },
 }

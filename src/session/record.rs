@@ -68,6 +68,17 @@ pub enum RecordError {
         #[source]
         source: std::io::Error,
     },
+    /// A path in the record is not absolute and plain: acting on it would depend on the
+    /// directory ovlrun runs in.
+    #[error("session record {} holds {field} {value:?}, not an absolute path; nothing was done", .path.display())]
+    NotAbsolute {
+        /// The record file.
+        path: PathBuf,
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: PathBuf,
+    },
     /// The file is not a record.
     #[error("session record {} is malformed", .path.display())]
     Parse {
@@ -138,6 +149,30 @@ impl Record {
         serde_json::from_slice(&bytes).map_err(|source| RecordError::Parse { path, source })
     }
 
+    /// Checks that the rootfs, upper and work paths are absolute, with no `.` or `..`.
+    ///
+    /// # Errors
+    /// [`RecordError::NotAbsolute`] naming the field.
+    pub fn check_paths(&self, session_dir: &Path) -> Result<(), RecordError> {
+        for (field, value) in [
+            ("rootfs", &self.rootfs),
+            ("upper", &self.upper),
+            ("work", &self.work),
+        ] {
+            let mut comps = value.components();
+            let plain = comps.next() == Some(std::path::Component::RootDir)
+                && comps.all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(RecordError::NotAbsolute {
+                    path: Self::path_in(session_dir),
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// True when the process that wrote the record is gone.
     pub fn is_dead(&self) -> bool {
         !Path::new(&format!("/proc/{}", self.pid)).exists()
@@ -173,6 +208,12 @@ mod tests {
         rec.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()).unwrap(), rec);
         assert!(rec.is_orphaned(), "no process has that pid");
+        rec.check_paths(dir.path()).unwrap();
+        let relative = Record {
+            upper: ".".into(),
+            ..rec.clone()
+        };
+        assert!(relative.check_paths(dir.path()).is_err());
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temp file left");
         std::fs::write(Record::path_in(dir.path()), b"{").unwrap();

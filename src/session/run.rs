@@ -5,7 +5,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use super::lock::{LockError, Mode, RootfsLock};
+use super::lock::{Mode, RootfsLock};
 use super::record::{Record, Status, now};
 use super::{SessionDirs, SessionError};
 use crate::config::SessionPlan;
@@ -26,31 +26,46 @@ pub struct RunOptions {
 }
 
 /// Takes `rootfs`'s lock in `mode`, first finishing or undoing an interrupted commit (which
-/// needs it exclusively, for a moment).
+/// needs it exclusively, for a moment). The lock is the rootfs's own, whatever the state
+/// root: a commit running from another state root is waited for (or reported busy), never
+/// "recovered".
 ///
 /// # Errors
-/// [`SessionError::Lock`] when busy, [`SessionError::Recover`] when recovery fails.
+/// [`SessionError::Lock`] when busy, [`SessionError::Recover`] when recovery fails or the
+/// transaction found is not the caller's.
 pub fn lock_and_recover(
     state: &Path,
     rootfs: &Path,
     mode: Mode,
     wait: bool,
 ) -> Result<RootfsLock, SessionError> {
-    // Only an interrupted (or running) commit leaves a transaction directory, so sessions
-    // starting side by side never contend for the exclusive lock just to look.
-    if mode == Mode::Shared && !commit::txn_dir(rootfs).exists() {
-        return Ok(RootfsLock::take(state, rootfs, Mode::Shared, wait)?);
-    }
-    let lock = match RootfsLock::take(state, rootfs, Mode::Exclusive, wait) {
-        Ok(lock) => lock,
-        // A commit is running (it holds the lock and the transaction): wait for it or fail.
-        Err(LockError::Busy { .. }) if mode == Mode::Shared => {
-            return Ok(RootfsLock::take(state, rootfs, Mode::Shared, wait)?);
+    loop {
+        let lock = RootfsLock::take(rootfs, mode, wait)?;
+        // Only an interrupted commit leaves a transaction behind (a running one holds the
+        // lock), so sessions starting side by side never contend for the exclusive lock just
+        // to look.
+        if mode == Mode::Shared && !commit::pending(rootfs, state) {
+            return Ok(lock);
         }
-        Err(e) => return Err(e.into()),
-    };
-    match commit::recover(rootfs) {
-        Ok(Recovery::Nothing) => {}
+        let exclusive = match mode {
+            Mode::Exclusive => lock,
+            Mode::Shared => {
+                drop(lock);
+                RootfsLock::take(rootfs, Mode::Exclusive, wait)?
+            }
+        };
+        recover_locked(state, rootfs)?;
+        if mode == Mode::Exclusive {
+            return Ok(exclusive);
+        }
+        // Look again under the shared lock: another commit may have crashed meanwhile.
+    }
+}
+
+/// Recovery, with the rootfs locked exclusively; says what it did.
+fn recover_locked(state: &Path, rootfs: &Path) -> Result<(), SessionError> {
+    match commit::recover(rootfs, state) {
+        Ok(Recovery::Nothing) => Ok(()),
         Ok(r) => {
             settle_committing_sessions(state, rootfs, r);
             eprintln!(
@@ -61,19 +76,13 @@ pub fn lock_and_recover(
                     _ => "completed",
                 }
             );
+            Ok(())
         }
-        Err(source) => {
-            return Err(SessionError::Recover {
-                rootfs: rootfs.to_owned(),
-                source,
-            });
-        }
+        Err(source) => Err(SessionError::Recover {
+            rootfs: rootfs.to_owned(),
+            source,
+        }),
     }
-    if mode == Mode::Exclusive {
-        return Ok(lock);
-    }
-    drop(lock);
-    Ok(RootfsLock::take(state, rootfs, mode, wait)?)
 }
 
 /// After a recovery, the sessions whose commit it was: kept again when rolled back (their
@@ -100,11 +109,19 @@ fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery) {
 /// # Errors
 /// [`SessionError`]; when it comes after the command ran, the session is kept and named.
 pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
+    // A user-given upper is checked before anything is locked, created or changed.
+    let checked = match (&opts.resume, &opts.upper) {
+        (None, Some(u)) => Some(super::upper::check(u, &plan.rootfs, &plan.state_root)?),
+        _ => None,
+    };
     let shared = lock_and_recover(&plan.state_root, &plan.rootfs, Mode::Shared, opts.wait)?;
     let (dirs, mut rec) = match &opts.resume {
         Some(id) => resume(plan, id)?,
-        None => new_session(plan, opts)?,
+        None => new_session(plan, opts, checked.as_ref())?,
     };
+    // An upper used again holds earlier work, which a failed launch must not take away.
+    let earlier_work =
+        opts.resume.is_some() || checked.as_ref().is_some_and(|c| c.reused.is_some());
     rec.save(&dirs.root)?;
     let upper = match opts.policy {
         Policy::Discard => crate::sandbox::UpperAfter::Discarded,
@@ -120,6 +137,8 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
                 // The kept changes are the user's work: keep them.
                 rec.status = Status::Preserved;
                 rec.save(&dirs.root)?;
+            } else if earlier_work {
+                let _ = dirs.forget();
             } else {
                 // The command never ran; nothing but launcher scaffolding is in the upper.
                 let _ = dirs.discard();
@@ -142,8 +161,9 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
 fn new_session(
     plan: &SessionPlan,
     opts: &RunOptions,
+    upper: Option<&super::upper::Checked>,
 ) -> Result<(SessionDirs, Record), SessionError> {
-    let dirs = SessionDirs::create(&plan.state_root, opts.upper.as_deref())?;
+    let dirs = SessionDirs::create(&plan.state_root, upper)?;
     // The upper's root is the merged root's metadata (with both backends): start it as the
     // rootfs's root, so an untouched root shows no change.
     if std::fs::read_dir(&dirs.upper).is_ok_and(|mut d| d.next().is_none()) {
@@ -261,7 +281,9 @@ pub fn commit_session(
     );
     bar.set_message(format!("{} changes", plan.changes.len()));
     let result =
-        commit::commit_with_progress(&rec.rootfs, &rec.upper, &plan, atomic, &|| bar.inc(1));
+        commit::commit_with_progress(&rec.rootfs, &rec.upper, state, &plan, atomic, &|| {
+            bar.inc(1)
+        });
     bar.finish_and_clear();
     match result {
         Ok(()) => {

@@ -28,6 +28,7 @@ pub fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
     Errno::result(res).map(drop)
 }
 
+pub mod beneath;
 pub mod mount;
 pub mod net;
 pub mod process;

@@ -152,7 +152,7 @@ fn tree_diff(a_name: &str, a: &Tree, b_name: &str, b: &Tree, max: usize) -> Stri
 }
 
 /// `[p1, p2, ..] (N paths)`: where two trees differ, briefly.
-fn differing_paths(a: &Tree, b: &Tree) -> String {
+pub(crate) fn differing_paths(a: &Tree, b: &Tree) -> String {
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let diff: Vec<&String> = keys
         .into_iter()
@@ -667,4 +667,85 @@ fn tree_state_sees_directory_mtimes_and_hard_links() {
     write(root.join("b"), "x");
     let t2 = tree_state(&root);
     assert_ne!(t1.get("/b"), t2.get("/b"), "a broken hard link is not seen");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two state roots, one rootfs (issue 14, item 3)
+
+/// How many files session A's commit installs: enough for the commit to take a while.
+const RACE_FILES: usize = 3000;
+
+/// `commit --atomic` of session A (3,000 files, state root 1) while session B's commit and a
+/// new session start from state root 2: the rootfs lock belongs to the rootfs, so both are
+/// refused with a named error while A commits (neither "recovers" A's running commit), and
+/// with `--wait` B's commit waits for A's. No file of A or of B is lost.
+#[test]
+fn a_commit_racing_a_commit_from_another_state_root_loses_nothing() {
+    require_sessions!();
+    let f = Fixture::new();
+    let state2 = f.dir.join("state2");
+    let in_state2 = |args: &[&str]| {
+        let mut cmd = f.ovlrun(args);
+        cmd.env("OVLRUN_STATE", &state2);
+        cmd
+    };
+    let a = f.preserved(&format!(
+        "set -e; mkdir /a; i=0; while [ $i -lt {RACE_FILES} ]; do echo $i > /a/f$i; i=$((i+1)); done"
+    ));
+    let mut cmd = in_state2(&["--policy", "preserve", "--rootfs"]);
+    cmd.arg(&f.rootfs).args([
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir /b && echo b > /b/one && echo b2 > /b/two",
+    ]);
+    let out = run_cmd(&mut cmd);
+    out.expect_ok();
+    let (b, _) = out.kept_session();
+    let txn = f.dir.join(".rootfs.ovlrun-txn");
+
+    let mut commit_a = Bg::spawn(&mut f.ovlrun(&["commit", &a, "--atomic"]), RUN_TIMEOUT);
+    // Until A's transaction exists, A holds the lock only if it already started: wait for it.
+    let start = Instant::now();
+    while lstat_opt(&txn).is_none() {
+        assert!(
+            commit_a.try_status().is_none(),
+            "commit A ended before its transaction was seen"
+        );
+        assert!(start.elapsed() < RUN_TIMEOUT, "no transaction directory");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let busy = run_cmd(&mut in_state2(&["commit", &b]));
+    let mut session = in_state2(&["--rootfs"]);
+    session.arg(&f.rootfs).args(["--", "/bin/true"]);
+    let during = run_cmd(&mut session);
+    let mut waiting = Bg::spawn(&mut in_state2(&["commit", &b, "--wait"]), RUN_TIMEOUT);
+    let a_out = commit_a.wait();
+    let b_out = waiting.wait();
+
+    a_out.expect_ok();
+    for (what, out) in [("commit B", &busy), ("a session", &during)] {
+        out.expect_own_error(&["in use"]);
+        assert!(
+            !out.stderr.contains("recovered"),
+            "{what} under another state root recovered the running commit\n{}",
+            out.context()
+        );
+    }
+    b_out.expect_ok();
+    let missing: Vec<usize> = (0..RACE_FILES)
+        .filter(|i| {
+            fs::read_to_string(f.rootfs.join(format!("a/f{i}"))).ok() != Some(format!("{i}\n"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of A's {RACE_FILES} files missing or wrong after the race (first: {:?})\nA: {}\nB: {}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        a_out.context(),
+        b_out.context()
+    );
+    assert_eq!(ls(f.rootfs.join("b")), vec!["one", "two"]);
+    assert!(lstat_opt(&txn).is_none(), "transaction directory left");
 }

@@ -26,6 +26,7 @@ mod config;
 mod crash;
 mod differential;
 mod escape;
+mod integrity;
 mod launcher;
 mod metacopy;
 mod mount_ops;

@@ -718,14 +718,15 @@ fn diff_json_matches_the_text_diff_and_unknown_ids_fail() {
         &json.context(),
     );
 
+    // An id no session has (ids are 12 hex digits; `integrity` tries the malformed ones).
     for args in [
-        &["diff", "no-such-id"][..],
-        &["diff", "no-such-id", "--json"],
+        &["diff", "fffffffff000"][..],
+        &["diff", "fffffffff000", "--json"],
     ] {
         let out = run_cmd(&mut f.ovlrun(args));
         out.expect_code(EXIT_OWN_ERROR);
         assert!(
-            out.stderr.contains("no-such-id") && out.stderr.contains("no session"),
+            out.stderr.contains("fffffffff000") && out.stderr.contains("no session"),
             "the error does not name the unknown session\n{}",
             out.context()
         );

@@ -1,0 +1,164 @@
+//! A commit's paths, resolved strictly beneath the rootfs.
+//!
+//! A plan path is checked lexically first ([`check`]: relative, plain names only, no `..`,
+//! no `.`, no root), then resolved by the kernel from an fd of the rootfs with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (`sys::beneath`): no symlink in the tree
+//! (planted or not) and no `..` can make a commit or a recovery act outside it. The last
+//! component is then acted on with `*at` calls from its parent's fd, which do not follow it,
+//! or through an fd of it (`/proc/self/fd/N/.`) for metadata.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, fstatat};
+
+use crate::sys::beneath::open_beneath;
+
+/// A plan path that is not a plain relative path.
+#[derive(Debug, thiserror::Error)]
+#[error("plan path {path:?} is not a plain relative path beneath the rootfs")]
+pub struct UnsafePath {
+    /// The path.
+    pub path: PathBuf,
+}
+
+/// Checks that `path` is relative and made of plain names only (`""` is the rootfs itself).
+///
+/// # Errors
+/// [`UnsafePath`].
+pub fn check(path: &Path) -> Result<(), UnsafePath> {
+    // `components()` drops inner `.` and repeated `/`; compare bytes to catch them too.
+    let plain = path.components().all(|c| matches!(c, Component::Normal(_)))
+        && path
+            .components()
+            .map(|c| c.as_os_str().len() + 1)
+            .sum::<usize>()
+            == path.as_os_str().len() + usize::from(!path.as_os_str().is_empty());
+    if plain {
+        Ok(())
+    } else {
+        Err(UnsafePath {
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// The path through which the kernel reaches what `fd` is (for path-based metadata calls).
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd()))
+}
+
+/// The path through which the kernel reaches entry `name` of directory `parent` (the
+/// last component is then not followed by the calls that do not follow one).
+pub fn entry_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name)
+}
+
+/// An open rootfs that plan paths are resolved beneath.
+#[derive(Debug)]
+pub struct Beneath {
+    fd: OwnedFd,
+    /// The rootfs, for messages.
+    pub path: PathBuf,
+}
+
+fn errno_io(e: Errno) -> std::io::Error {
+    e.into()
+}
+
+impl Beneath {
+    /// Opens the rootfs.
+    ///
+    /// # Errors
+    /// Any error of open(2).
+    pub fn open(rootfs: &Path) -> std::io::Result<Beneath> {
+        let fd = nix::fcntl::open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Beneath {
+            fd,
+            path: rootfs.to_owned(),
+        })
+    }
+
+    /// The rootfs's fd.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// The rootfs path of `rel`, for messages.
+    pub fn show(&self, rel: &Path) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// The directory that holds `rel`'s last component (an `O_PATH` fd), and that component.
+    ///
+    /// # Errors
+    /// `EINVAL` for an unsafe path or the rootfs itself; `EXDEV`/`ELOOP` when resolving would
+    /// leave the rootfs or meet a symlink; any error of openat2(2).
+    pub fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
+        check(rel).map_err(|_| errno_io(Errno::EINVAL))?;
+        let name = rel.file_name().ok_or_else(|| errno_io(Errno::EINVAL))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let fd =
+            open_beneath(&self.fd, parent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(errno_io)?;
+        Ok((fd, name))
+    }
+
+    /// `rel` itself as a directory (an `O_PATH` fd), with no symlink anywhere on the way.
+    ///
+    /// # Errors
+    /// As [`Beneath::parent`]; `ENOTDIR` when it is not a directory.
+    pub fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        check(rel).map_err(|_| errno_io(Errno::EINVAL))?;
+        open_beneath(&self.fd, rel, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(errno_io)
+    }
+
+    /// The status of `rel` (not following it), `None` when absent or unreachable beneath.
+    pub fn lstat(&self, rel: &Path) -> Option<FileStat> {
+        if rel.as_os_str().is_empty() {
+            return nix::sys::stat::fstat(&self.fd).ok();
+        }
+        let (parent, name) = self.parent(rel).ok()?;
+        fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_relative_paths_pass() {
+        for good in ["", "a", "a/b", "etc/.wh.x", "..x/y", "a/...", "a b/c"] {
+            assert!(check(Path::new(good)).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "/", "/etc", "..", "a/..", "../a", "a/../b", ".", "./a", "a/.", "a//b", "a/",
+        ] {
+            assert!(check(Path::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parents_are_found_beneath_and_symlinks_refused() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::os::unix::fs::symlink(top.path(), root.join("out")).unwrap();
+        let b = Beneath::open(&root).unwrap();
+        let (_, name) = b.parent(Path::new("a/b/c")).unwrap();
+        assert_eq!(name, "c");
+        assert!(b.parent(Path::new("out/x")).is_err());
+        assert!(b.parent(Path::new("../x")).is_err());
+        assert!(b.dir(Path::new("out")).is_err());
+        assert!(b.dir(Path::new("a/b")).is_ok());
+        assert!(b.lstat(Path::new("out")).is_some(), "the link itself");
+        assert!(b.lstat(Path::new("out/root")).is_none());
+    }
+}
