@@ -31,3 +31,4 @@ pub fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
 pub mod mount;
 pub mod net;
 pub mod process;
+pub mod seccomp;
