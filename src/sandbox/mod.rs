@@ -206,10 +206,12 @@ fn run_in(
     dirs: &SessionDirs,
     upper: UpperAfter,
 ) -> Result<Outcome, SandboxError> {
-    // Compiled first: a profile libseccomp refuses fails before anything is mounted, and the
-    // child only installs what it is handed.
-    let filter =
-        seccomp::compile(&plan.seccomp, &plan.capabilities).map_err(SandboxError::Seccomp)?;
+    // Compiled first (or read from the state's cache, as the caller, before any namespace):
+    // a profile libseccomp refuses fails before anything is mounted, and the child only
+    // installs what it is handed.
+    let cache = plan.state_root.join("cache");
+    let filter = seccomp::compile(&plan.seccomp, &plan.capabilities, Some(&cache))
+        .map_err(SandboxError::Seccomp)?;
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // wait for the forwarding thread (a serving thread would otherwise die of them).
     let forwarded = forwarded_set();

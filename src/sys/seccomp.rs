@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn the_default_filter_answers_as_its_tables_say() {
         let caps = CapabilitySets::container_default(0);
-        let filter = compile(&Seccomp::Default, &caps).unwrap().unwrap();
+        let filter = compile(&Seccomp::Default, &caps, None).unwrap().unwrap();
         let null = std::fs::File::open("/dev/null").unwrap();
         let tiocsti = libc::TIOCSTI as u64;
         let cases = [

@@ -11,9 +11,11 @@
 //! conditions on distinct arguments must all hold while several on one argument are each a
 //! rule of their own.
 
+pub mod cache;
 pub mod default;
 
 use std::io::{Read, Seek};
+use std::path::Path;
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
@@ -80,18 +82,34 @@ impl Filter {
 
 /// Compiles the session's filter: `None` for `--seccomp unconfined`. The default profile
 /// depends on `caps.bounding` (what it allows to a capability the session may never hold
-/// would be refused by the kernel anyway).
+/// would be refused by the kernel anyway). With `cache` (a directory), programs compiled
+/// before are read from there, and new ones kept there ([`cache`]).
 ///
 /// # Errors
 /// [`ProfileError`] naming the field of the profile libseccomp refused.
-pub fn compile(choice: &Seccomp, caps: &CapabilitySets) -> Result<Option<Filter>, ProfileError> {
+pub fn compile(
+    choice: &Seccomp,
+    caps: &CapabilitySets,
+    cache: Option<&Path>,
+) -> Result<Option<Filter>, ProfileError> {
+    let one = |profile: &LinuxSeccomp| -> Result<Program, ProfileError> {
+        let Some(path) = cache.and_then(|dir| cache::path(dir, profile)) else {
+            return compile_profile(profile);
+        };
+        if let Some(program) = cache::read(&path) {
+            return Ok(program);
+        }
+        let program = compile_profile(profile)?;
+        cache::write(&path, &program);
+        Ok(program)
+    };
     let programs = match choice {
         Seccomp::Unconfined => return Ok(None),
         Seccomp::Default => vec![
-            compile_profile(&default::profile(&caps.bounding)?)?,
-            compile_profile(&default::refinements(&caps.bounding)?)?,
+            one(&default::profile(&caps.bounding)?)?,
+            one(&default::refinements(&caps.bounding)?)?,
         ],
-        Seccomp::Profile(p) => vec![compile_profile(p)?],
+        Seccomp::Profile(p) => vec![one(p)?],
     };
     Ok(Some(Filter { programs }))
 }
@@ -466,9 +484,13 @@ mod tests {
     #[test]
     fn every_choice_compiles() {
         let caps = CapabilitySets::container_default(0);
-        assert!(compile(&Seccomp::Unconfined, &caps).unwrap().is_none());
+        assert!(
+            compile(&Seccomp::Unconfined, &caps, None)
+                .unwrap()
+                .is_none()
+        );
         let start = std::time::Instant::now();
-        let filter = compile(&Seccomp::Default, &caps).unwrap().unwrap();
+        let filter = compile(&Seccomp::Default, &caps, None).unwrap().unwrap();
         eprintln!(
             "default filter: {:?} compiled in {:.2} ms",
             filter.programs(),
@@ -484,7 +506,7 @@ mod tests {
         let mut own = LinuxSeccomp::default();
         own.set_default_action(LinuxSeccompAction::ScmpActAllow);
         own.set_flags(Some(vec![LinuxSeccompFilterFlag::SeccompFilterFlagLog]));
-        let filter = compile(&Seccomp::Profile(Box::new(own)), &caps)
+        let filter = compile(&Seccomp::Profile(Box::new(own)), &caps, None)
             .unwrap()
             .unwrap();
         assert_eq!(filter.programs()[0].flags, libc::SECCOMP_FILTER_FLAG_LOG);
