@@ -1,9 +1,11 @@
 //! Compiled programs kept in the state directory, so a session does not pay libseccomp's
-//! compile time (about 6 ms for the default profile, most of a session's start) on every
+//! compile time (about 7 ms for the default profile, most of a session's start) on every
 //! start.
 //!
-//! A program is a pure function of its profile, libseccomp's version, the architecture and
-//! the kernel (libseccomp adapts to what the kernel supports): all four make the key. The
+//! A program is a pure function of its profile, of how ovlrun compiles it (the source of
+//! `seccomp/mod.rs`, hashed in, so a changed compiler never reuses old programs),
+//! libseccomp's version, the architecture and the kernel (libseccomp adapts to what the
+//! kernel supports): all of them make the key. The
 //! file holds a BLAKE3 hash of its content, so a torn or altered file is recompiled, never
 //! loaded. The cache is as trusted as the state directory it lives in, whose owner could run
 //! unconfined anyway: a file is read only if the caller owns it and no one else may write it.
@@ -33,6 +35,7 @@ pub fn path(dir: &Path, profile: &LinuxSeccomp) -> Option<PathBuf> {
     let kernel = nix::sys::utsname::uname().ok()?;
     let mut key = blake3::Hasher::new();
     key.update(FORMAT.as_bytes());
+    key.update(include_str!("mod.rs").as_bytes());
     key.update(
         format!(
             "\n{}.{}.{}\n{:?}\n{}\n",
