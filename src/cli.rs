@@ -112,6 +112,11 @@ pub struct RunArgs {
     /// repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub sysctl: Vec<String>,
+    /// The system-call filter: default (the effect of podman's and docker's default profile,
+    /// plus the TIOCSTI and TIOCLINUX ioctls refused), unconfined (none), or FILE, an OCI
+    /// `linux.seccomp` JSON object [default: the config's linux.seccomp, else default].
+    #[arg(long, value_name = "default|unconfined|FILE")]
+    pub seccomp: Option<OsString>,
     /// The command and its arguments [default: /bin/sh].
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,

@@ -245,6 +245,12 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
         let mut seen = std::collections::HashSet::new();
         list.retain(|p| seen.insert(p.clone()));
     }
+    let seccomp = match &args.seccomp {
+        Some(value) => config::seccomp::parse_flag(value)?,
+        None => oci
+            .seccomp
+            .map_or(config::Seccomp::Default, config::Seccomp::Profile),
+    };
     let argv = if !args.cmd.is_empty() {
         args.cmd
     } else {
@@ -271,7 +277,7 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
             None => oci.fs.unwrap_or(Backend::Auto),
         },
         terminal: config::Terminal::Auto,
-        seccomp: config::Seccomp::Default,
+        seccomp,
         preserve_fds: args.preserve_fds,
         rlimits,
         masked_paths,

@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 pub mod oci;
+pub mod seccomp;
 
 /// How the session's network is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,6 +341,15 @@ pub enum PlanError {
         flag: &'static str,
         /// The value given.
         value: u32,
+    },
+    /// A `--seccomp` profile that cannot be read or honoured.
+    #[error("--seccomp {}", .path.display())]
+    Seccomp {
+        /// The profile file.
+        path: PathBuf,
+        /// The field and the problem.
+        #[source]
+        source: seccomp::ProfileError,
     },
     /// `--preserve-fds N` names an fd that is not open.
     #[error("--preserve-fds {count}: fd {fd} is not open (fds 3 to {} must be)", 2 + .count)]

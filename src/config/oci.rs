@@ -5,7 +5,7 @@
 //! decide defaults or which command-line flag wins (the binary's `plan()` does), and it creates
 //! nothing. Unknown keys are ignored, as the runtime spec requires; a known field that ovlrun
 //! does not implement and whose value would change what the session may see or do is an
-//! error naming the field (`linux.seccomp`, `mounts[3].options`), never dropped silently.
+//! error naming the field (`linux.intelRdt`, `mounts[3].options`), never dropped silently.
 //! Fields for other platforms (`solaris`, `windows`, `vm`, `zos`) are ignored.
 //!
 //! See: <https://github.com/opencontainers/runtime-spec/blob/main/config.md>
@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, LinuxCapabilities, LinuxIdMapping, LinuxNamespaceType, Mount, Spec,
+    Capabilities, LinuxCapabilities, LinuxIdMapping, LinuxNamespaceType, LinuxSeccomp, Mount, Spec,
 };
 use serde::Serialize;
 
@@ -115,6 +115,8 @@ pub struct OciSettings {
     pub sysctl: Vec<(String, String)>,
     /// `process.oomScoreAdj`.
     pub oom_score_adj: Option<i32>,
+    /// `linux.seccomp`, checked (compiled once) to be a profile ovlrun can honour.
+    pub seccomp: Option<Box<LinuxSeccomp>>,
 }
 
 /// The caller, as far as reading a config depends on it.
@@ -229,7 +231,7 @@ fn read_bounded(path: &Path) -> Result<String, OciError> {
 /// # Errors
 /// [`OciError::Parse`] with line and column.
 pub fn parse(path: &Path, text: &str) -> Result<Spec, OciError> {
-    serde_json::from_str::<Spec>(text).map_err(|e| {
+    let positioned = |e: serde_json::Error| {
         let message = e.to_string();
         // serde_json appends the position, which the error shows in front instead.
         let suffix = format!(" at line {} column {}", e.line(), e.column());
@@ -239,7 +241,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Spec, OciError> {
             column: e.column(),
             message: message.strip_suffix(&suffix).unwrap_or(&message).to_owned(),
         }
-    })
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(positioned)?;
+    // The profile first, field by field: the whole-spec parse below could only say where an
+    // unknown action is, not which field holds it.
+    if let Some(profile) = value.pointer("/linux/seccomp").filter(|v| !v.is_null()) {
+        super::seccomp::from_value(profile).map_err(|e| {
+            let e = e.under("linux.seccomp");
+            OciError::Field {
+                path: path.to_owned(),
+                field: e.field,
+                problem: e.problem,
+            }
+        })?;
+    }
+    serde_json::from_str::<Spec>(text).map_err(positioned)
 }
 
 /// The settings `spec` (read from `path`) gives a session started by `caller`.
@@ -468,11 +484,6 @@ impl Ctx<'_> {
         }
         if let Some(l) = spec.linux() {
             checks.extend([
-                (
-                    "linux.seccomp",
-                    has_content(l.seccomp()),
-                    "seccomp is not supported",
-                ),
                 (
                     "linux.resources",
                     has_content(&l.resources().as_ref().map(resources_past_devices)),
@@ -724,7 +735,7 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// `process.rlimits`, `process.noNewPrivileges`, `process.oomScoreAdj`,
+    /// `process.rlimits`, `process.noNewPrivileges`, `process.oomScoreAdj`, `linux.seccomp`,
     /// `linux.maskedPaths`, `linux.readonlyPaths` and `linux.sysctl` (after the
     /// namespaces, which decide whether `net.*` keys are the session's own).
     fn hardening(&self, spec: &Spec, out: &mut OciSettings) -> Result<(), OciError> {
@@ -746,6 +757,13 @@ impl Ctx<'_> {
         let Some(l) = spec.linux() else {
             return Ok(());
         };
+        if let Some(profile) = l.seccomp() {
+            super::seccomp::check(profile).map_err(|e| {
+                let e = e.under("linux.seccomp");
+                self.bad(e.field, e.problem)
+            })?;
+            out.seccomp = Some(Box::new(profile.clone()));
+        }
         for (field, paths, into) in [
             ("linux.maskedPaths", l.masked_paths(), &mut out.masked_paths),
             (
@@ -1290,12 +1308,24 @@ mod tests {
         type Change = Box<dyn Fn(&mut Value)>;
         let cases: Vec<(&str, Change)> = vec![
             (
-                "linux.seccomp",
+                "linux.seccomp.syscalls[1].action: unknown action SCMP_ACT_FOO",
                 Box::new(|v| {
                     set(
                         v,
                         "/linux/seccomp",
-                        json!({"defaultAction": "SCMP_ACT_ALLOW"}),
+                        json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"},
+                            {"names": ["rmdir"], "action": "SCMP_ACT_FOO"}]}),
+                    )
+                }),
+            ),
+            (
+                "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY needs a seccomp agent",
+                Box::new(|v| {
+                    set(
+                        v,
+                        "/linux/seccomp",
+                        json!({"defaultAction": "SCMP_ACT_NOTIFY"}),
                     )
                 }),
             ),
@@ -1504,6 +1534,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_seccomp_profile_is_honoured() {
+        let profile = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]});
+        let v = starting(|v| set(v, "/linux/seccomp", profile.clone()));
+        let got = read(&v, &ROOT).unwrap().seccomp.unwrap();
+        assert_eq!(serde_json::to_value(&*got).unwrap(), profile);
+        let v = starting(|v| set(v, "/linux/seccomp", Value::Null));
+        assert_eq!(read(&v, &ROOT).unwrap().seccomp, None);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Command<'a> {
     pub tty: bool,
     /// Whether setgroups(2) works in this user namespace.
     pub setgroups: bool,
+    /// The compiled system-call filter (`None`: unconfined).
+    pub filter: Option<&'a super::seccomp::Filter>,
 }
 
 /// Runs as pid 1: starts the command and supervises until it ends. Never returns.
@@ -142,6 +144,12 @@ fn exec_command(cmd: &Command<'_>) -> ! {
             fail(&format!("cannot set oomScoreAdj {adj}"), &e, 125);
         }
     }
+    // Without no_new_privs the kernel takes a filter only from a holder of CAP_SYS_ADMIN:
+    // installed while this process still has every capability, as runc does. The filter
+    // must then allow what follows (the default one does).
+    if !plan.no_new_privs {
+        load_filter(cmd.filter);
+    }
     if let Err(e) = super::caps::apply_before_setuid(&plan.capabilities) {
         fail("cannot set the bounding capabilities", &e, 125);
     }
@@ -181,6 +189,11 @@ fn exec_command(cmd: &Command<'_>) -> ! {
     if let Err(e) = process::close_fds_from(3 + plan.preserve_fds, true) {
         fail("cannot close fds", &e, 125);
     }
+    // Last, so nothing this process does before exec meets the filter: execve is the only
+    // system call it still makes.
+    if plan.no_new_privs {
+        load_filter(cmd.filter);
+    }
     let e = match nix::unistd::execve(&cpath, &args, &env) {
         Err(e) => e,
         Ok(never) => match never {},
@@ -190,6 +203,14 @@ fn exec_command(cmd: &Command<'_>) -> ! {
         &e,
         process::exec_failure_status(e),
     )
+}
+
+/// Installs the session's filter, if any; exits 125 when the kernel refuses it.
+fn load_filter(filter: Option<&super::seccomp::Filter>) {
+    if let Some(Err(e)) = filter.map(super::seccomp::Filter::load) {
+        eprintln!("ovlrun: cannot load the seccomp filter: {e}");
+        exit_now(125);
+    }
 }
 
 fn cstring(s: &OsStr) -> Option<CString> {

@@ -22,6 +22,7 @@ pub mod init;
 pub mod mounts;
 pub mod netfiles;
 pub mod plan;
+pub mod seccomp;
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,9 @@ pub enum SandboxError {
     /// Parent and child lost each other.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// The system-call filter could not be compiled.
+    #[error("cannot compile the seccomp filter")]
+    Seccomp(#[source] crate::config::seccomp::ProfileError),
     /// A mount target could not be prepared in the upper.
     #[error("cannot prepare mount target {}", .path.display())]
     Scaffold {
@@ -203,6 +207,12 @@ fn run_in(
     dirs: &SessionDirs,
     upper: UpperAfter,
 ) -> Result<Outcome, SandboxError> {
+    // Compiled first (or read from the state's cache, as the caller, before any namespace):
+    // a profile libseccomp refuses fails before anything is mounted, and the child only
+    // installs what it is handed.
+    let cache = plan.state_root.join("cache");
+    let filter = seccomp::compile(&plan.seccomp, &plan.capabilities, Some(&cache))
+        .map_err(SandboxError::Seccomp)?;
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // wait for the forwarding thread (a serving thread would otherwise die of them).
     let forwarded = forwarded_set();
@@ -229,7 +239,15 @@ fn run_in(
     let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
     let (mut parent_end, child_end) = handshake::channel().map_err(HandshakeError::from)?;
     let setgroups = ids.as_ref().is_none_or(IdMap::allows_setgroups);
-    let child = start_child(plan, &net, &dirs.mnt, child_end, tty, setgroups)?;
+    let child = start_child(
+        plan,
+        &net,
+        &dirs.mnt,
+        child_end,
+        tty,
+        setgroups,
+        filter.as_ref(),
+    )?;
 
     let (mounted, fs) = match mounted {
         Mounted::Unserved(m) => (Mounted::Fuse(m.serve()?), Backend::Fuse),
@@ -498,6 +516,7 @@ fn start_child(
     mut end: End,
     tty: bool,
     setgroups: bool,
+    filter: Option<&seccomp::Filter>,
 ) -> Result<Pid, SandboxError> {
     // A cgroup namespace too, so the session's cgroup2 view starts at its own cgroup.
     let mut flags = CloneFlags::CLONE_NEWPID
@@ -519,6 +538,7 @@ fn start_child(
             plan,
             tty,
             setgroups,
+            filter,
         })
     });
     // Still single-threaded here: the overlay is mounted but not served yet.

@@ -32,3 +32,4 @@ pub mod beneath;
 pub mod mount;
 pub mod net;
 pub mod process;
+pub mod seccomp;

@@ -136,11 +136,46 @@ fn config_namespaces_mounts_and_policy_reach_the_session() {
 }
 
 #[test]
+fn config_seccomp_profile_reaches_the_session() {
+    require_launcher!();
+    let config = example_config(|v| {
+        v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]});
+    });
+    let b = Bundle::new(&config);
+    let script = "grep Seccomp: /proc/self/status | tr -d '\\t'; \
+                  mkdir /tmp/d 2>&1 | grep -o 'Permission denied'; touch /tmp/f && echo touched";
+    b.sh(&[], script)
+        .expect_ok()
+        .expect_stdout(&["Seccomp:2", "Permission denied", "touched"]);
+    // The flag wins over the file.
+    b.sh(&["--seccomp", "unconfined"], script)
+        .expect_ok()
+        .expect_stdout(&["Seccomp:0", "touched"]);
+    // Without no_new_privs the filter is installed while the command still holds
+    // CAP_SYS_ADMIN (the kernel's condition), before its capabilities drop.
+    let b = Bundle::new(&example_config(|v| {
+        v["process"]["noNewPrivileges"] = json!(false);
+        v["linux"]["seccomp"] = config["linux"]["seccomp"].clone();
+    }));
+    let script = format!("grep NoNewPrivs: /proc/self/status | tr -d '\\t'; {script}");
+    b.sh(&[], &script).expect_ok().expect_stdout(&[
+        "NoNewPrivs:0",
+        "Seccomp:2",
+        "Permission denied",
+        "touched",
+    ]);
+}
+
+#[test]
 fn a_config_ovlrun_cannot_honour_exits_125_naming_the_field() {
     let cases: Vec<(Value, Vec<&str>)> = vec![
         (
-            example_config(|v| v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ERRNO"})),
-            vec!["config.json: linux.seccomp: "],
+            example_config(|v| {
+                v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                    "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_FOO"}]})
+            }),
+            vec!["config.json: linux.seccomp.syscalls[0].action: unknown action SCMP_ACT_FOO"],
         ),
         (
             example_config(|v| v["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/x"})),

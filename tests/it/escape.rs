@@ -1211,12 +1211,77 @@ fn seccomp_unconfined_flag_has_no_filter(caller: Caller) {
     expect_one_of(&out, &s.caller, "seccomp", &["0"]);
 }
 
+/// An OCI profile that allows everything but mkdir, refused with EACCES.
+const MKDIR_EACCES_PROFILE: &str = r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "syscalls": [
+    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+  ]
+}"#;
+
+/// `--seccomp FILE`: the profile replaces the default filter. mkdir fails with "Permission
+/// denied" (root could make /tmp/d otherwise), and keyctl, which the default refuses with
+/// EPERM, reaches the kernel.
+fn seccomp_file_flag_applies_the_profile(caller: Caller) {
+    let s = Session::new(caller);
+    let profile = s.home.join("mkdir-eacces.json");
+    support::write(&profile, MKDIR_EACCES_PROFILE);
+    s.give(&profile);
+    let out = attack(
+        &s,
+        &["--seccomp", profile.to_str().unwrap()],
+        r#"msg=$(mkdir /tmp/d 2>&1) && echo mkdir=OK
+           case "$msg" in *"Permission denied"*) echo mkdir=EACCES ;; ?*) echo "mkdir=$msg" ;; esac
+           touch /tmp/f && echo touch=OK
+           /attack keyctl"#,
+    );
+    out.expect_ok();
+    let who = &s.caller;
+    expect_one_of(&out, who, "seccomp", &["2"]);
+    expect_one_of(&out, who, "mkdir", &["EACCES"]);
+    expect_one_of(&out, who, "touch", &["OK"]);
+    assert_ne!(
+        out.value("keyctl"),
+        "EPERM",
+        "as {}: the default filter is still there\n{}",
+        who.name(),
+        out.context()
+    );
+}
+
+/// `--seccomp FILE` with an unknown action: one line naming the file and the field, exit
+/// 125, and no session state made.
+fn seccomp_file_flag_refuses_a_bad_profile(caller: Caller) {
+    let s = Session::new(caller);
+    let profile = s.home.join("prof.json");
+    support::write(
+        &profile,
+        MKDIR_EACCES_PROFILE.replace("SCMP_ACT_ERRNO", "SCMP_ACT_FOO"),
+    );
+    s.give(&profile);
+    let out = s.sh(&["--seccomp", profile.to_str().unwrap()], "echo ran");
+    out.expect_own_error(&[&format!(
+        "--seccomp {}: syscalls[0].action: unknown action SCMP_ACT_FOO",
+        profile.display()
+    )]);
+    assert_eq!(
+        out.stderr.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "as {}: a one-line error\n{}",
+        s.caller.name(),
+        out.context()
+    );
+    assert!(!s.state.exists(), "{} was created", s.state.display());
+}
+
 as_root_and_user!(
     mask_flag_hides_a_file,
     ro_flag_makes_a_path_read_only,
     read_only_flag_makes_the_root_read_only,
     rlimit_flag_sets_a_limit,
     seccomp_unconfined_flag_has_no_filter,
+    seccomp_file_flag_applies_the_profile,
+    seccomp_file_flag_refuses_a_bad_profile,
 );
 
 // ---------------------------------------------------------------------------------------------
