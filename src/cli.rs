@@ -42,6 +42,11 @@ pub struct RunArgs {
     /// leaves the old or the new tree), ask (on a terminal, show the changes and ask).
     #[arg(long, value_enum)]
     pub policy: Option<PolicyArg>,
+    /// Which runs `--policy commit` and `commit-atomic` commit: success (the command exited
+    /// 0; any other run is kept as a session, to commit with `ovlrun commit ID` or drop), or
+    /// always (every run, even a failed or killed command's half-done changes).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = CommitOnArg::Success)]
+    pub commit_on: CommitOnArg,
     /// Use this directory as the session's upper (kept by preserve; its work directory goes
     /// beside it). It must be new, empty or an upper ovlrun made, and must not be, hold or
     /// sit inside the rootfs or the state root.
@@ -149,6 +154,15 @@ pub enum PolicyArg {
     CommitAtomic,
     /// Ask on the terminal.
     Ask,
+}
+
+/// `--commit-on` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CommitOnArg {
+    /// Only when the command exited 0.
+    Success,
+    /// Whatever the command's exit status.
+    Always,
 }
 
 /// `--fs` values.

@@ -13,12 +13,12 @@ use nix::sys::signal::{SigSet, Signal};
 
 mod sessions;
 
-use cli::{Cli, Command, MountArgs, Net, PolicyArg, RunArgs, Whiteout};
+use cli::{Cli, Command, CommitOnArg, MountArgs, Net, PolicyArg, RunArgs, Whiteout};
 use ovlrun::config::oci::OciSettings;
 use ovlrun::config::{self, Network, SessionPlan, UserNs};
 use ovlrun::layers::WhiteoutFormat;
 use ovlrun::mount::{Backend, OverlayBuilder, PassthroughMode};
-use ovlrun::policy::Policy;
+use ovlrun::policy::{CommitOn, Policy};
 use ovlrun::session::run::RunOptions;
 
 /// ovlrun's own failure, as container runtimes report it.
@@ -121,6 +121,10 @@ fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCod
         upper: args.upper.clone().or_else(|| oci.upper.clone()),
         wait: args.wait,
         resume,
+        commit_on: match args.commit_on {
+            CommitOnArg::Success => CommitOn::Success,
+            CommitOnArg::Always => CommitOn::Always,
+        },
     };
     let plan = plan(args, oci)?;
     let code = ovlrun::session::run::run(&plan, &opts)?;

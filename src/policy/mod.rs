@@ -49,3 +49,20 @@ impl Policy {
         .find(|p| p.name() == name)
     }
 }
+
+/// Which runs the commit policies commit (`--commit-on`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CommitOn {
+    /// Only a command that exited 0; any other run is kept as a session.
+    #[default]
+    Success,
+    /// Every run, whatever its exit status (a killed command's half-written files too).
+    Always,
+}
+
+impl CommitOn {
+    /// Whether a run that ended with exit status `code` is committed.
+    pub fn commits(self, code: i32) -> bool {
+        self == CommitOn::Always || code == 0
+    }
+}

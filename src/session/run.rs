@@ -10,7 +10,7 @@ use super::record::{Record, Status, now};
 use super::{SessionDirs, SessionError};
 use crate::config::SessionPlan;
 use crate::policy::commit::{self, Recovery};
-use crate::policy::{Policy, plan};
+use crate::policy::{CommitOn, Policy, plan};
 
 /// What a session run needs besides the plan.
 #[derive(Clone, Debug)]
@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub wait: bool,
     /// Continue kept session ID (its upper and record) instead of starting a new one.
     pub resume: Option<String>,
+    /// Which runs the commit policies commit; the others are kept.
+    pub commit_on: CommitOn,
 }
 
 /// Takes `rootfs`'s lock in `mode`, first finishing or undoing an interrupted commit (which
@@ -154,7 +156,7 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
         rec.save(&dirs.root)?;
     }
     drop(shared);
-    apply_policy(plan, opts, &dirs, &mut rec)?;
+    apply_policy(plan, opts, &dirs, &mut rec, code)?;
     Ok(code)
 }
 
@@ -201,9 +203,14 @@ fn apply_policy(
     opts: &RunOptions,
     dirs: &SessionDirs,
     rec: &mut Record,
+    code: i32,
 ) -> Result<(), SessionError> {
     let policy = match opts.policy {
         Policy::Ask => ask(plan, dirs)?,
+        Policy::Commit | Policy::CommitAtomic if !opts.commit_on.commits(code) => {
+            report_not_committed(dirs, opts.policy, code);
+            return Ok(());
+        }
         p => p,
     };
     match policy {
@@ -238,6 +245,27 @@ pub fn report_kept(dirs: &SessionDirs) {
         "ovlrun: session {id} kept; its changes are in {upper}\n\
          ovlrun: see them with `ovlrun diff {id}`, merge them with `ovlrun commit {id}`, \
          drop them with `ovlrun discard {id}`",
+        id = dirs.id.0,
+        upper = dirs.upper.display()
+    );
+}
+
+/// Says, in one line, that a commit policy kept a failed run instead of committing it, and
+/// how to commit it anyway.
+fn report_not_committed(dirs: &SessionDirs, policy: Policy, code: i32) {
+    let atomic = if policy == Policy::CommitAtomic {
+        " --atomic"
+    } else {
+        ""
+    };
+    eprintln!(
+        "ovlrun: the command {}, so session {id} was kept, not committed; its changes are in \
+         {upper}; commit them anyway with `ovlrun commit{atomic} {id}` (or run with \
+         --commit-on always), drop them with `ovlrun discard {id}`",
+        match code {
+            129..=192 => format!("ended with status {code} (signal {})", code - 128),
+            c => format!("ended with status {c}"),
+        },
         id = dirs.id.0,
         upper = dirs.upper.display()
     );

@@ -701,3 +701,76 @@ fn a_user_commits_atomically_into_their_own_rootfs_and_recovers() {
         assert!(lstat_opt(&beside).is_none());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Commit policies commit only success (item 9)
+
+/// `--policy commit` and `commit-atomic` over a command that fails (exit 1) or is killed
+/// (SIGKILL) after writing half its work: the rootfs is untouched, the session is kept and
+/// listed, and the message names the session and `ovlrun commit`; committing it then works.
+/// `--commit-on always` commits such a run.
+#[test]
+fn commit_policies_keep_failed_and_killed_runs() {
+    require_sessions!();
+    let f = Fixture::new();
+    for policy in ["commit", "commit-atomic"] {
+        for (how, script, code) in [
+            ("exit 1", "echo half > /etc/partial; exit 1", 1),
+            ("kill -9", "echo half > /etc/partial; kill -9 $$", 137),
+        ] {
+            let what = format!("--policy {policy}, {how}");
+            let before = Frozen::take(&f.rootfs);
+            let out = f.sh(&["--policy", policy], script);
+            assert_eq!(out.code(), code, "{what}\n{}", out.context());
+            before.assert_unchanged(&f.rootfs, &what);
+            let line = out
+                .stderr
+                .lines()
+                .find(|l| l.contains("not committed"))
+                .unwrap_or_else(|| panic!("{what}: no 'not committed' line\n{}", out.context()));
+            let id = f
+                .session_ids()
+                .into_iter()
+                .find(|id| {
+                    line.contains(&format!("ovlrun commit {id}"))
+                        || line.contains(&format!("ovlrun commit --atomic {id}"))
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{what}: the line names no kept session's commit\n{}",
+                        out.context()
+                    )
+                });
+            let row = f
+                .ls_row(&id)
+                .unwrap_or_else(|| panic!("{what}: {id} not listed"));
+            assert_eq!(row["status"], "preserved", "{what}: {row}");
+            assert_eq!(
+                read_string(f.upper_of(&id).join("etc/partial")),
+                "half\n",
+                "{what}"
+            );
+            run_cmd(&mut f.ovlrun(&["commit", &id])).expect_ok();
+            assert_eq!(
+                read_string(f.rootfs.join("etc/partial")),
+                "half\n",
+                "{what}"
+            );
+            fs::remove_file(f.rootfs.join("etc/partial")).unwrap();
+            f.assert_no_sessions(&what);
+        }
+        let out = f.sh(
+            &["--policy", policy, "--commit-on", "always"],
+            "echo half > /etc/partial; exit 3",
+        );
+        assert_eq!(out.code(), 3, "{}", out.context());
+        assert_eq!(
+            read_string(f.rootfs.join("etc/partial")),
+            "half\n",
+            "--policy {policy} --commit-on always did not commit\n{}",
+            out.context()
+        );
+        f.assert_no_sessions("--commit-on always");
+        fs::remove_file(f.rootfs.join("etc/partial")).unwrap();
+    }
+}
