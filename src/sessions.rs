@@ -85,9 +85,11 @@ fn finished(id: &str) -> anyhow::Result<(SessionDirs, ovlrun::session::record::R
     Ok(SessionDirs::open_finished(&state()?, id)?)
 }
 
-/// Gives the metadata-only copies a killed FUSE server left in a finished session's upper
-/// their data, before anything reads that upper as a plain directory.
+/// Makes a finished session's upper what its session wrote, before anything reads it as a
+/// plain directory: removes the mount targets a killed launcher left, and gives the
+/// metadata-only copies a killed FUSE server left their data.
 fn complete_metacopies(rec: &ovlrun::session::record::Record) -> anyhow::Result<()> {
+    ovlrun::sandbox::scaffold::scrub(&rec.rootfs, &rec.upper, &rec.work);
     ovlrun::layers::complete_metacopies(&ovlrun::layers::OverlayConfig {
         lowers: vec![rec.rootfs.clone()],
         upper: rec.upper.clone(),
@@ -102,7 +104,7 @@ pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let (_, rec) = SessionDirs::open(&state()?, id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
     // A running session's server owns its upper; it completes the copies at its end.
-    if rec.status != ovlrun::session::record::Status::Running {
+    if rec.status != Status::Running || rec.is_dead() {
         complete_metacopies(&rec)?;
     }
     let p = plan::plan(&rec.rootfs, &rec.upper)?;

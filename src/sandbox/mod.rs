@@ -22,6 +22,7 @@ pub mod init;
 pub mod mounts;
 pub mod netfiles;
 pub mod plan;
+pub mod scaffold;
 pub mod seccomp;
 
 use std::path::{Path, PathBuf};
@@ -32,10 +33,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
-use nix::fcntl::OFlag;
-
 use crate::config::{Network, SessionPlan, UserNs};
-use crate::layers::{LayerSetupError, NewNode, Overlay, OverlayConfig, Owner};
 use crate::mount::kernel::KernelMount;
 use crate::mount::{Backend, MountError, MountHandle, OverlayBuilder, UnservedMount};
 use crate::session::SessionDirs;
@@ -232,7 +230,7 @@ fn run_in(
     }
     enter_namespaces(ids.as_ref())?;
     // Made inside the namespace, so it sees owners as the removal afterwards will.
-    let (scaffold, net) = scaffold_targets(plan, dirs)?;
+    let (scaffold, net) = scaffold::make_targets(plan, &dirs.upper, &dirs.work)?;
 
     let mounted = mount_overlay(plan, dirs, upper)?;
 
@@ -270,173 +268,11 @@ fn run_in(
         })?,
         Mounted::Unserved(_) => {}
     }
-    remove_scaffold(plan, dirs, &scaffold);
+    scaffold::remove(&plan.rootfs, &dirs.upper, &dirs.work, &scaffold);
     Ok(Outcome {
         code: init::exit_code(status).unwrap_or(125),
         fs,
     })
-}
-
-/// What the launcher made in the upper for its own mounts: merged paths, deepest first.
-/// Each is removed after the session; so is each parent directory the making copied up, if
-/// the session left it as it was (empty, same mode and owner): a diff never shows them.
-#[derive(Debug, Default)]
-pub(crate) struct Scaffold {
-    /// (made entry, upper parent's (atime, mtime) before and mtime right after)
-    made: Vec<(PathBuf, Option<Times>)>,
-    /// Upper directories copied up to hold a made entry, with their (mode, uid, gid) then.
-    copied: Vec<(PathBuf, (u32, u32, u32))>,
-}
-
-type Times = ((i64, i64), (i64, i64), (i64, i64));
-
-fn times_of(path: &Path) -> Option<((i64, i64), (i64, i64))> {
-    use std::os::unix::fs::MetadataExt;
-    let m = path.symlink_metadata().ok()?;
-    Some(((m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec())))
-}
-
-fn owner_of(path: &Path) -> Option<(u32, u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = path.symlink_metadata().ok()?;
-    Some((m.mode(), m.uid(), m.gid()))
-}
-
-/// Creates the mount targets the rootfs lacks, through the overlay's own rules (before it is
-/// mounted), so copied-up parents keep their metadata; returns what it made for
-/// [`remove_scaffold`], and where the host's resolver files go.
-fn scaffold_targets(
-    plan: &SessionPlan,
-    dirs: &SessionDirs,
-) -> Result<(Scaffold, Vec<plan::NetFile>), SandboxError> {
-    let ovl = open_layers(plan, dirs)?;
-    // A resumed upper may hold metadata-only copies a killed server left; the kernel
-    // backend cannot read them.
-    ovl.complete_metacopies().map_err(|source| {
-        SandboxError::Mount(MountError::Layers(LayerSetupError::Metacopy {
-            upper: dirs.upper.clone(),
-            source,
-        }))
-    })?;
-    let (net, notes) = netfiles::resolve(plan, &ovl);
-    for n in notes {
-        eprintln!("ovlrun: note: {n}");
-    }
-    let owner = Owner { uid: 0, gid: 0 };
-    let mut scaffold = Scaffold::default();
-    for (target, kind) in plan::targets(plan, &net) {
-        let mut loc = ovl.root_loc();
-        let comps: Vec<_> = target
-            .strip_prefix("/")
-            .unwrap_or(&target)
-            .components()
-            .collect();
-        for (i, comp) in comps.iter().enumerate() {
-            let name = comp.as_os_str();
-            let err = |e: nix::Error| SandboxError::Scaffold {
-                path: loc.child_path(name),
-                source: e.into(),
-            };
-            loc = match ovl.lookup(&loc, name) {
-                Ok(found) => found.loc,
-                Err(nix::errno::Errno::ENOENT) => {
-                    let node = if i + 1 == comps.len() && kind == plan::Kind::File {
-                        NewNode::File {
-                            mode: 0o644,
-                            flags: OFlag::O_WRONLY,
-                        }
-                    } else {
-                        NewNode::Dir { mode: 0o755 }
-                    };
-                    // Copy the parents up first (keeping their times), remembering which
-                    // ones did not exist in the upper before.
-                    let mut ancestors: Vec<PathBuf> =
-                        loc.path.ancestors().map(Path::to_path_buf).collect();
-                    ancestors.retain(|a| !a.as_os_str().is_empty() && !dirs.upper.join(a).exists());
-                    ovl.copy_up(&loc).map_err(err)?;
-                    for a in ancestors {
-                        if let Some(o) = owner_of(&dirs.upper.join(&a)) {
-                            scaffold.copied.push((a, o));
-                        }
-                    }
-                    let upper_parent = dirs.upper.join(&loc.path);
-                    let before = times_of(&upper_parent);
-                    let (found, _) = ovl.create(&loc, name, &node, owner).map_err(err)?;
-                    let after = times_of(&upper_parent);
-                    let times = before.zip(after).map(|((a, m), (_, m2))| (a, m, m2));
-                    scaffold.made.push((found.loc.path.clone(), times));
-                    found.loc
-                }
-                Err(e) => return Err(err(e)),
-            };
-        }
-    }
-    scaffold.made.reverse();
-    // Deepest first: a copied parent can only go once its children have.
-    scaffold
-        .copied
-        .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    Ok((scaffold, net))
-}
-
-fn open_layers(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Overlay, SandboxError> {
-    Overlay::new(&OverlayConfig {
-        lowers: vec![plan.rootfs.clone()],
-        upper: dirs.upper.clone(),
-        work: Some(dirs.work.clone()),
-        whiteout: None,
-    })
-    .map_err(|e| SandboxError::Mount(MountError::Layers(e)))
-}
-
-/// Removes what [`scaffold_targets`] made, where the session left it empty, so it never
-/// shows among the session's changes: where nothing else touched a parent, its times go
-/// back to what they were, and a parent copied up only for the launcher goes too.
-fn remove_scaffold(plan: &SessionPlan, dirs: &SessionDirs, scaffold: &Scaffold) {
-    let Ok(ovl) = open_layers(plan, dirs) else {
-        return;
-    };
-    for (path, times) in &scaffold.made {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            continue;
-        };
-        let mut loc = ovl.root_loc();
-        let mut ok = true;
-        for comp in parent.components() {
-            match ovl.lookup(&loc, comp.as_os_str()) {
-                Ok(f) => loc = f.loc,
-                Err(_) => ok = false,
-            }
-        }
-        if !ok {
-            continue;
-        }
-        let upper_parent = dirs.upper.join(parent);
-        let untouched = match (times, times_of(&upper_parent)) {
-            (Some((_, _, after)), Some((_, now))) => *after == now,
-            _ => false,
-        };
-        let removed = ovl.unlink(&loc, name).is_ok() || ovl.rmdir(&loc, name).is_ok();
-        if let (true, true, Some((atime, mtime, _))) = (removed, untouched, times) {
-            let _ = nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &upper_parent,
-                &nix::sys::time::TimeSpec::new(atime.0, atime.1),
-                &nix::sys::time::TimeSpec::new(mtime.0, mtime.1),
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            );
-        }
-    }
-    for (path, owner) in &scaffold.copied {
-        let upper = dirs.upper.join(path);
-        let xattrs = |p: &Path| crate::policy::plan::user_xattrs(p).ok();
-        let is_plain_copy =
-            owner_of(&upper) == Some(*owner) && xattrs(&upper) == xattrs(&plan.rootfs.join(path));
-        if is_plain_copy {
-            // Fails, as it should, when the session put anything in it.
-            let _ = std::fs::remove_dir(&upper);
-        }
-    }
 }
 
 /// Step 1 and 2: new user (unless `--no-userns`) and mount namespaces, ids mapped, `/`

@@ -774,3 +774,66 @@ fn commit_policies_keep_failed_and_killed_runs() {
         fs::remove_file(f.rootfs.join("etc/partial")).unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Launcher scaffolding after SIGKILL (item 8)
+
+/// Starts a `--policy preserve` session on `fs` that writes `/kept` and waits, SIGKILLs
+/// ovlrun once `/kept` is written, and returns the session's id.
+fn killed_session(f: &Fixture, fs_name: &str) -> String {
+    let mut bg = support::Bg::spawn(
+        &mut f.session_cmd(
+            &["--policy", "preserve", "--fs", fs_name],
+            "echo x > /kept; echo written; exec sleep 60",
+        ),
+        crate::policy::RUN_TIMEOUT,
+    );
+    bg.wait_line("written");
+    let out = bg.kill_now();
+    assert_eq!(out.code(), 137, "ovlrun was not killed\n{}", out.context());
+    let ids = f.session_ids();
+    assert_eq!(ids.len(), 1, "{ids:?}\n{}", out.context());
+    ids.into_iter().next().unwrap()
+}
+
+/// A rootfs without `/tmp` and `/etc/resolv.conf` (mount targets the launcher makes in the
+/// upper): after ovlrun is SIGKILLed during a preserve session, `diff` shows only what the
+/// command wrote, so does it after a `run --resume`, and `commit` (after either, or first)
+/// writes only that; on both backends.
+#[test]
+fn scaffolding_never_reaches_an_upper_after_sigkill() {
+    require_sessions!();
+    for fs_name in ["kernel", "fuse"] {
+        let f = Fixture::new();
+        fs::remove_dir(f.rootfs.join("tmp")).unwrap();
+        let _ = fs::remove_file(f.rootfs.join("etc/resolv.conf"));
+        let _ = fs::remove_file(f.rootfs.join("etc/hosts"));
+        for first in ["diff", "resume", "nothing"] {
+            let what = format!("--fs {fs_name}, then {first}");
+            let before = support::tree_snapshot(&f.rootfs);
+            let id = killed_session(&f, fs_name);
+            match first {
+                "diff" => {
+                    let out = run_cmd(&mut f.ovlrun(&["diff", &id]));
+                    assert_eq!(out.stdout, "A /kept\n", "{what}\n{}", out.context());
+                }
+                "resume" => {
+                    let mut cmd = f.ovlrun(&["run", "--resume", &id, "--fs", fs_name]);
+                    cmd.args(["--", "/bin/sh", "-c", "cat /kept"]);
+                    run_cmd(&mut cmd).expect_ok().expect_stdout(&["x"]);
+                    let out = run_cmd(&mut f.ovlrun(&["diff", &id]));
+                    assert_eq!(out.stdout, "A /kept\n", "{what}\n{}", out.context());
+                }
+                _ => {}
+            }
+            run_cmd(&mut f.ovlrun(&["commit", &id])).expect_ok();
+            assert_eq!(read_string(f.rootfs.join("kept")), "x\n", "{what}");
+            fs::remove_file(f.rootfs.join("kept")).unwrap();
+            let after = support::tree_snapshot(&f.rootfs);
+            if let Some(d) = support::tree_diff("before", &before, "after the commit", &after) {
+                panic!("{what}: the commit wrote more than /kept:\n{d}");
+            }
+            f.assert_no_sessions(&what);
+        }
+    }
+}
