@@ -2,7 +2,7 @@
 //!
 //! A transaction is two directories. Its *anchor* holds what recovery reads back and acts on
 //! (`state`, `journal`, `plan.json`); its *stage* holds the staged new items and the backups
-//! (`new/`, `old/`), and must be on the rootfs's filesystem, since a commit only renames.
+//! (`new/`, `old/`), and must be on the rootfs's mount, since a commit only renames.
 //!
 //! Why recovery may trust an anchor (issue 14, item 1). A session writes only inside its
 //! rootfs (through the overlay, then a commit), never beside it. So the anchor is
@@ -17,9 +17,9 @@
 //! symlinks, so even a plan written by something with the caller's rights (a commit into a
 //! tree that holds this rootfs, say) can do nothing its writer could not do directly.
 //!
-//! The stage is the anchor itself when the anchor is on the rootfs's filesystem. Otherwise
-//! (the rootfs is the root of its filesystem, a btrfs subvolume, the anchor is in the state
-//! root) it is a fresh directory inside the rootfs whose name carries 128 random bits,
+//! The stage is the anchor itself when the anchor is on the rootfs's mount (mount id and
+//! `st_dev`). Otherwise (the rootfs is the root of its filesystem or a bind mount, a btrfs
+//! subvolume, the anchor is in the state root) it is a fresh directory inside the rootfs whose name carries 128 random bits,
 //! recorded in the anchor (`stage`) before it is made: a session cannot guess it, and only
 //! the name a trusted anchor records is ever used.
 
@@ -245,8 +245,18 @@ pub struct Stage {
     pub inside: Option<OsString>,
 }
 
-fn same_fs(a: &impl AsFd, b: &impl AsFd) -> bool {
-    matches!((fstat(a.as_fd()), fstat(b.as_fd())), (Ok(x), Ok(y)) if x.st_dev == y.st_dev)
+/// Whether a rename can move entries between `a` and `b`: the same mount and the same
+/// `st_dev`. A rootfs that is a bind mount shares its `st_dev` with the directory beside it,
+/// and btrfs subvolumes share a mount, but `rename(2)` fails with `EXDEV` across either.
+/// `st_dev` alone where the kernel reports no mount ids.
+fn same_mount(a: &impl AsFd, b: &impl AsFd) -> bool {
+    use crate::sys::mount::mount_id;
+    let same_dev =
+        matches!((fstat(a.as_fd()), fstat(b.as_fd())), (Ok(x), Ok(y)) if x.st_dev == y.st_dev);
+    match (mount_id(a.as_fd()), mount_id(b.as_fd())) {
+        (Ok(x), Ok(y)) => same_dev && x == y,
+        _ => same_dev,
+    }
 }
 
 fn sub(dir: &TxnDir, name: &str, create: bool) -> Result<TxnDir, TxnError> {
@@ -285,13 +295,13 @@ fn is_stage_name(name: &OsStr) -> bool {
 }
 
 /// Makes the stage of a new transaction: in `anchor` when it is on the rootfs's
-/// filesystem, else a fresh, unguessably named directory inside the rootfs (`root`, an fd of
+/// mount, else a fresh, unguessably named directory inside the rootfs (`root`, an fd of
 /// it), recorded in the anchor first.
 ///
 /// # Errors
 /// [`TxnError::Io`].
 pub fn create_stage(anchor: &TxnDir, root: &OwnedFd, rootfs: &Path) -> Result<Stage, TxnError> {
-    if same_fs(&anchor.fd, root) {
+    if same_mount(&anchor.fd, root) {
         return Ok(Stage {
             new: sub(anchor, "new", true)?,
             old: sub(anchor, "old", true)?,

@@ -50,3 +50,46 @@ pub fn set_mount_attrs(fd: impl AsFd, attrs: u64, recursive: bool) -> nix::Resul
     };
     Errno::result(res).map(drop)
 }
+
+/// The id of the mount `fd` is on (`statx` `STATX_MNT_ID`): two bind mounts of one
+/// filesystem share `st_dev` but not this, and `rename(2)` works only within one mount.
+///
+/// # Errors
+/// The `statx` error; `ENOSYS` when the kernel does not report mount ids (before 5.8).
+pub fn mount_id(fd: impl AsFd) -> nix::Result<u64> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the path is a NUL-terminated empty string, so with AT_EMPTY_PATH the kernel
+    // stats the borrowed, open fd; it writes at most one `struct statx` into `stx`, which is
+    // that size and zeroed, so every field is initialised whatever the kernel fills.
+    let res = unsafe {
+        libc::statx(
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    Errno::result(res)?;
+    // SAFETY: zeroed above, and written by the kernel on success.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(Errno::ENOSYS);
+    }
+    Ok(stx.stx_mnt_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_ids_tell_mounts_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = std::fs::File::open(dir.path()).unwrap();
+        let b = std::fs::File::open(dir.path()).unwrap();
+        let proc = std::fs::File::open("/proc").unwrap();
+        assert_eq!(mount_id(&a).unwrap(), mount_id(&b).unwrap());
+        assert_ne!(mount_id(&a).unwrap(), mount_id(&proc).unwrap());
+    }
+}

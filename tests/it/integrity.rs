@@ -837,3 +837,90 @@ fn scaffolding_never_reaches_an_upper_after_sigkill() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Staging on the rootfs's mount (item 6)
+
+/// Bind mounts made by a test, detached when it ends (the thread's private mount namespace
+/// goes with it anyway).
+struct Binds(Vec<PathBuf>);
+
+impl Binds {
+    fn bind(&mut self, src: &Path, dst: &Path) {
+        nix::mount::mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("bind {} on {}: {e}", src.display(), dst.display()));
+        self.0.push(dst.to_owned());
+    }
+}
+
+impl Drop for Binds {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A rootfs that is a bind mount (of a directory onto itself, and onto another place) shares
+/// its `st_dev` with the directory beside it, where the transaction goes, but not its mount:
+/// plain and atomic commits stage inside it and succeed, leaving no stage.
+#[test]
+fn a_rootfs_that_is_a_bind_mount_is_committed() {
+    require_sessions!();
+    support::private_mount_ns();
+    let f = Fixture::new();
+    let elsewhere = f.dir.mkdir("elsewhere");
+    let mut binds = Binds(Vec::new());
+    binds.bind(&f.rootfs, &elsewhere);
+    binds.bind(&f.rootfs, &f.rootfs);
+    for (n, (rootfs, atomic)) in [
+        (&f.rootfs, false),
+        (&f.rootfs, true),
+        (&elsewhere, false),
+        (&elsewhere, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let what = format!("rootfs {}, atomic: {atomic}", rootfs.display());
+        let mut cmd = f.ovlrun(&["--policy", "preserve", "--rootfs"]);
+        cmd.arg(rootfs).args([
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("echo {n} > /etc/new{n} && mkdir /opt{n}"),
+        ]);
+        let out = run_cmd(&mut cmd);
+        out.expect_ok();
+        let (id, _) = out.kept_session();
+        let mut args = vec!["commit", id.as_str()];
+        if atomic {
+            args.push("--atomic");
+        }
+        let out = run_cmd(&mut f.ovlrun(&args));
+        out.expect_ok();
+        assert_eq!(
+            read_string(f.rootfs.join(format!("etc/new{n}"))),
+            format!("{n}\n"),
+            "{what}"
+        );
+        assert!(lstat(f.rootfs.join(format!("opt{n}"))).is_dir(), "{what}");
+        let left: Vec<String> = ls(&f.rootfs)
+            .into_iter()
+            .filter(|n| n.contains("ovlrun"))
+            .chain(
+                ls(f.dir.path())
+                    .into_iter()
+                    .filter(|n| n.contains("ovlrun")),
+            )
+            .collect();
+        assert!(left.is_empty(), "{what}: left {left:?}");
+    }
+    drop(binds);
+}
