@@ -33,10 +33,10 @@ use super::txn::{self, Stage, TxnDir, TxnError};
 use crate::session::record::write_atomic;
 use crate::sys;
 
-/// A commit that failed. The rootfs is unchanged (atomic) or partly merged (plain); the
-/// upper is kept either way.
+/// A commit that failed, and what it left: the rootfs unchanged (atomic, or nothing applied
+/// yet) or partly merged (plain); the upper is kept either way.
 #[derive(Debug, thiserror::Error)]
-#[error("commit into {}: cannot {step} {}", .rootfs.display(), .path.display())]
+#[error("commit into {}: cannot {step} {} ({left})", .rootfs.display(), .path.display())]
 pub struct CommitError {
     /// The rootfs.
     pub rootfs: PathBuf,
@@ -44,9 +44,66 @@ pub struct CommitError {
     pub step: &'static str,
     /// The path.
     pub path: PathBuf,
+    /// What the failed commit left in the rootfs (boxed: errors stay small).
+    pub left: Box<Left>,
     /// The cause.
     #[source]
     pub source: std::io::Error,
+}
+
+/// What a failed commit left in the rootfs, said as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Left {
+    /// Nothing was applied, or all of it was undone: the rootfs is as before.
+    #[default]
+    Unchanged,
+    /// A plain commit applied its first `applied` of `total` steps, and not the rest.
+    Partly {
+        /// Steps applied, in order.
+        applied: usize,
+        /// Steps planned.
+        total: usize,
+        /// The path of the first step not applied.
+        next: PathBuf,
+        /// Where its staging stays, when it could not be removed.
+        staging: Option<PathBuf>,
+    },
+    /// The undo of an atomic commit failed: the transaction is kept for recovery.
+    Pending {
+        /// The transaction's directory.
+        txn: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Left::Unchanged => write!(f, "nothing was applied: the rootfs is as before"),
+            Left::Partly {
+                applied,
+                total,
+                next,
+                staging,
+            } => {
+                write!(
+                    f,
+                    "the first {applied} of {total} steps were applied; {} and every later \
+                     step were not, and committing the session again applies them",
+                    next.display()
+                )?;
+                if let Some(s) = staging {
+                    write!(f, "; its staging {} could not be removed", s.display())?;
+                }
+                Ok(())
+            }
+            Left::Pending { txn } => write!(
+                f,
+                "its undo failed too: the transaction {} is kept, and `ovlrun recover` \
+                 finishes the undo",
+                txn.display()
+            ),
+        }
+    }
 }
 
 /// What a transaction records before it touches the rootfs.
@@ -68,6 +125,8 @@ struct Txn<'a> {
     records: u64,
     fault_after: Option<u64>,
     step: &'a dyn Fn(),
+    /// Ops applied so far, in order.
+    applied: usize,
 }
 
 impl Txn<'_> {
@@ -81,6 +140,7 @@ impl Txn<'_> {
             rootfs: self.root.path.clone(),
             step,
             path,
+            left: Box::default(),
             source,
         }
     }
@@ -94,6 +154,7 @@ impl Txn<'_> {
                     rootfs: self.root.path.clone(),
                     step: "write the journal",
                     path: self.anchor.path.join("journal"),
+                    left: Box::default(),
                     source,
                 })?;
             self.records += 1;
@@ -122,6 +183,7 @@ fn txn_err(rootfs: &Path) -> impl FnOnce(TxnError) -> CommitError + '_ {
         rootfs: rootfs.to_owned(),
         step: "prepare the transaction of",
         path: rootfs.to_owned(),
+        left: Box::default(),
         source: std::io::Error::other(e),
     }
 }
@@ -177,6 +239,7 @@ pub fn commit_with_progress(
                 rootfs: rootfs.to_owned(),
                 step: "plan",
                 path: p.to_owned(),
+                left: Box::default(),
                 source: std::io::Error::other(e),
             })?;
         }
@@ -185,6 +248,7 @@ pub fn commit_with_progress(
         rootfs: rootfs.to_owned(),
         step: "open",
         path: rootfs.to_owned(),
+        left: Box::default(),
         source,
     })?;
     // Before a stage inside the rootfs changes the root's times.
@@ -213,6 +277,7 @@ pub fn commit_with_progress(
         records: 0,
         fault_after,
         step,
+        applied: 0,
     };
     if atomic {
         let path = txn.anchor.via("journal");
@@ -230,7 +295,7 @@ pub fn commit_with_progress(
             }
             Ok(())
         }
-        Err(e) if atomic => {
+        Err(mut e) if atomic => {
             // Undone now; if the undo fails, the transaction stays for `recover`.
             if rollback(&root, &txn.stage, &txn_plan, &read_begun(&txn.anchor)).is_ok() {
                 let Txn { anchor, stage, .. } = txn;
@@ -238,10 +303,64 @@ pub fn commit_with_progress(
                 if inside {
                     restore_root_meta(&root, first_root_meta(&txn_plan));
                 }
+            } else {
+                *e.left = Left::Pending {
+                    txn: txn.anchor.path.clone(),
+                };
             }
             Err(e)
         }
-        Err(e) => Err(e),
+        Err(mut e) => {
+            *e.left = abandon_plain(txn, &txn_plan);
+            if inside && *e.left == Left::Unchanged {
+                restore_root_meta(&root, first_root_meta(&txn_plan));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// After a plain commit failed at op `txn.applied`: puts back what that op had moved aside
+/// and not replaced, removes the staging (a plain commit has nothing to recover), and says
+/// what the rootfs now holds.
+fn abandon_plain(txn: Txn<'_>, plan: &TxnPlan) -> Left {
+    let failed = txn.applied;
+    if let Some(op) = plan.ops.get(failed) {
+        let rel = op.path();
+        let item = failed.to_string();
+        if let Ok((parent, name)) = txn.root.parent(rel) {
+            let moved = fstatat(
+                txn.stage.old.fd(),
+                item.as_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            );
+            let empty = matches!(
+                fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW),
+                Err(Errno::ENOENT)
+            );
+            if moved.is_ok() && empty {
+                let _ = renameat(txn.stage.old.fd(), item.as_str(), &parent, name);
+            }
+        }
+    }
+    let Txn {
+        root,
+        anchor,
+        stage,
+        ..
+    } = txn;
+    let shown = anchor.path.clone();
+    let staging = txn::remove(anchor, Some(stage), root.fd())
+        .err()
+        .map(|_| shown);
+    match plan.ops.get(failed) {
+        Some(op) if failed > 0 => Left::Partly {
+            applied: failed,
+            total: plan.ops.len(),
+            next: root.show(op.path()),
+            staging,
+        },
+        _ => Left::Unchanged,
     }
 }
 
@@ -268,6 +387,7 @@ fn run(txn: &mut Txn<'_>, plan: &TxnPlan) -> Result<(), CommitError> {
     for (i, op) in plan.ops.iter().enumerate() {
         txn.log(&format!("begin {i}"))?;
         apply(txn, i, op)?;
+        txn.applied += 1;
         (txn.step)();
     }
     txn.set_state("committed")
@@ -532,6 +652,9 @@ pub enum Recovery {
     RolledBack,
     /// A commit had completed its last step: its cleanup was finished (the new tree).
     Completed,
+    /// A plain commit had stopped (killed, or its cleanup failed): its staging was removed.
+    /// It keeps no journal, so the rootfs may hold any part of its changes.
+    Abandoned,
 }
 
 /// Whether anything sits where a transaction of `rootfs` would be (trusted or not): a cheap
@@ -572,8 +695,12 @@ pub fn recover(rootfs: &Path, state: &Path) -> Result<Recovery, RecoverError> {
             source,
         })?;
     }
+    // Only an atomic commit writes a journal, from before its first change.
+    let journaled = std::fs::symlink_metadata(anchor.via("journal")).is_ok();
     let outcome = if state_text.trim() == "committed" {
         Recovery::Completed
+    } else if !journaled && plan.is_none() {
+        Recovery::Abandoned
     } else {
         if let (Some(plan), Some(stage)) = (&plan, &stage) {
             rollback(&root, stage, plan, &read_begun(&anchor))?;

@@ -75,6 +75,11 @@ fn recover_locked(state: &Path, rootfs: &Path) -> Result<(), SessionError> {
                 rootfs.display(),
                 match r {
                     Recovery::RolledBack => "rolled back, the rootfs is as before it",
+                    Recovery::Abandoned => {
+                        "it was a plain commit, which keeps no journal: its staging is \
+                         removed, and the rootfs may hold part of its changes; its session is \
+                         kept, and committing it again finishes the commit"
+                    }
                     _ => "completed",
                 }
             );

@@ -924,3 +924,83 @@ fn a_rootfs_that_is_a_bind_mount_is_committed() {
     }
     drop(binds);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A failed plain commit (item 7)
+
+/// Names in the rootfs and beside it that belong to a commit's staging.
+fn staging_left(f: &Fixture) -> Vec<String> {
+    ls(&f.rootfs)
+        .into_iter()
+        .chain(ls(f.dir.path()))
+        .filter(|n| n.contains("ovlrun-txn") || n.contains("ovlrun-stage"))
+        .collect()
+}
+
+/// A plain commit that fails midway (an immutable `/etc` refuses its install there) removes
+/// its staging and says how many steps it applied and which was not; the next run recovers
+/// nothing; once `/etc` is writable, committing again applies the rest.
+#[test]
+fn a_failed_plain_commit_removes_its_staging_and_says_what_it_applied() {
+    require!(
+        can_run_sessions() && support::is_root(),
+        "run sessions as root (chattr +i)"
+    );
+    let f = Fixture::new();
+    let id = f.preserved("echo a > /bin/new-a && echo e > /etc/new-e && echo z > /var/new-z");
+    let pin = crate::policy::Immutable::set(f.rootfs.join("etc"));
+    let out = run_cmd(&mut f.ovlrun(&["commit", &id]));
+    assert_eq!(out.code(), EXIT_OWN_ERROR, "{}", out.context());
+    assert!(
+        out.stderr.contains("steps were applied") && out.stderr.contains("/etc"),
+        "the failure does not say what was applied\n{}",
+        out.context()
+    );
+    assert!(
+        !out.stderr.contains("as before"),
+        "a half-applied commit claims the rootfs is as before\n{}",
+        out.context()
+    );
+    assert_eq!(
+        read_string(f.rootfs.join("bin/new-a")),
+        "a\n",
+        "not applied first"
+    );
+    assert!(staging_left(&f).is_empty(), "{:?}", staging_left(&f));
+    let next = f.sh(&[], "true");
+    next.expect_ok();
+    assert!(!next.stderr.contains("recovered"), "{}", next.context());
+    drop(pin);
+    run_cmd(&mut f.ovlrun(&["commit", &id])).expect_ok();
+    for (p, c) in [
+        ("bin/new-a", "a\n"),
+        ("etc/new-e", "e\n"),
+        ("var/new-z", "z\n"),
+    ] {
+        assert_eq!(read_string(f.rootfs.join(p)), c);
+    }
+    f.assert_no_sessions("the second commit");
+}
+
+/// What a killed plain commit leaves (a transaction directory with no journal): the next run
+/// removes it and says the rootfs may hold part of that commit, never "as before it".
+#[test]
+fn the_leftover_of_a_killed_plain_commit_is_reported_truly() {
+    require_sessions!();
+    let f = Fixture::new();
+    let txn = f.dir.join(".rootfs.ovlrun-txn");
+    for sub in ["new", "old"] {
+        mkdir_p(txn.join(sub));
+    }
+    fs::set_permissions(&txn, fs::Permissions::from_mode(0o700)).unwrap();
+    write(txn.join("old/0"), "moved aside\n");
+    let out = f.sh(&[], "true");
+    out.expect_ok();
+    assert!(
+        out.stderr.contains("plain commit") && out.stderr.contains("part of its changes"),
+        "{}",
+        out.context()
+    );
+    assert!(!out.stderr.contains("as before"), "{}", out.context());
+    assert!(staging_left(&f).is_empty(), "{:?}", staging_left(&f));
+}

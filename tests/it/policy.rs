@@ -472,10 +472,10 @@ fn discard_leaves_rootfs_identical_and_no_session() {
 }
 
 /// Makes a file immutable (chattr +i) until dropped, so nobody can unlink it.
-struct Immutable(PathBuf);
+pub(crate) struct Immutable(PathBuf);
 
 impl Immutable {
-    fn set(path: PathBuf) -> Immutable {
+    pub(crate) fn set(path: PathBuf) -> Immutable {
         run_cmd(Command::new("chattr").arg("+i").arg(&path)).expect_ok();
         Immutable(path)
     }
