@@ -88,13 +88,21 @@ fn finished(id: &str) -> anyhow::Result<(SessionDirs, ovlrun::session::record::R
 /// Makes a finished session's upper what its session wrote, before anything reads it as a
 /// plain directory: removes the mount targets a killed launcher left, and gives the
 /// metadata-only copies a killed FUSE server left their data.
+/// The recorded whiteout format of `rec`'s upper.
+fn format_of(
+    rec: &ovlrun::session::record::Record,
+) -> anyhow::Result<ovlrun::layers::WhiteoutFormat> {
+    ovlrun::session::upper::format_of(rec)
+        .with_context(|| format!("cannot read the whiteout format of {}", rec.upper.display()))
+}
+
 fn complete_metacopies(rec: &ovlrun::session::record::Record) -> anyhow::Result<()> {
     ovlrun::sandbox::scaffold::scrub(&rec.rootfs, &rec.upper, &rec.work);
     ovlrun::layers::complete_metacopies(&ovlrun::layers::OverlayConfig {
         lowers: vec![rec.rootfs.clone()],
         upper: rec.upper.clone(),
         work: Some(rec.work.clone()),
-        whiteout: None,
+        whiteout: Some(format_of(rec)?),
     })?;
     Ok(())
 }
@@ -107,7 +115,7 @@ pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
     if rec.status != Status::Running || rec.is_dead() {
         complete_metacopies(&rec)?;
     }
-    let p = plan::plan(&rec.rootfs, &rec.upper)?;
+    let p = plan::plan(&rec.rootfs, &rec.upper, format_of(&rec)?)?;
     if json {
         let rows: Vec<serde_json::Value> = p
             .changes
@@ -162,15 +170,24 @@ pub fn export(id: &str, output: &Path) -> anyhow::Result<ExitCode> {
     let (_, rec) = finished(id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
     complete_metacopies(&rec)?;
+    let format = format_of(&rec)?;
     if output == Path::new("-") {
-        let mut out = ovlrun::policy::export::export(&rec.upper, std::io::stdout().lock())?;
+        let mut out = ovlrun::policy::export::export(&rec.upper, format, std::io::stdout().lock())?;
         std::io::Write::flush(&mut out)?;
     } else {
         // Written beside the target and renamed, so a failed export leaves no partial file.
         let tmp = output.with_extension("ovlrun-partial");
         let file = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let file = ovlrun::policy::export::export(&rec.upper, std::io::BufWriter::new(file))?;
+        let file =
+            match ovlrun::policy::export::export(&rec.upper, format, std::io::BufWriter::new(file))
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+            };
         file.into_inner()
             .map_err(|e| e.into_error())
             .and_then(|f| f.sync_all())

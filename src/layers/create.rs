@@ -66,7 +66,8 @@ impl Overlay {
     ///
     /// # Errors
     /// `EEXIST` when the merged view has the name; `EPERM` for a char device 0:0 (the
-    /// whiteout), as the kernel overlayfs answers; `EINVAL` for names of the AUFS vocabulary.
+    /// whiteout), as the kernel overlayfs answers; `EINVAL` for names of the AUFS vocabulary
+    /// in an AUFS-format upper (a kernel-format upper holds them as files).
     pub fn create(
         &self,
         parent: &Loc,
@@ -75,7 +76,7 @@ impl Overlay {
         owner: Owner,
     ) -> Result<(Found, Option<OwnedFd>), Errno> {
         check_name(name)?;
-        if format::is_aufs_name(name) {
+        if format::is_aufs_name(name) && self.reads_aufs(LayerIdx::UPPER) {
             return Err(Errno::EINVAL);
         }
         if let NewNode::Special { mode, rdev } = node {
@@ -128,7 +129,8 @@ impl Overlay {
             remove_tree(scratch, &tmp)?;
             fd
         } else {
-            let aufs_marker = format::has_aufs_whiteout(dir, name)?;
+            let aufs_marker =
+                self.reads_aufs(LayerIdx::UPPER) && format::has_aufs_whiteout(dir, name)?;
             let fd = self.make(dir, name, node, owner, &parent_st)?;
             if aufs_marker {
                 if matches!(node, NewNode::Dir { .. }) {

@@ -1,8 +1,10 @@
 //! The on-disk vocabulary of overlay layers: whiteouts, opaque markers, private xattrs.
 //!
-//! Read in every form (char 0:0, `trusted.`/`user.overlay.opaque`, `.wh.<name>`,
-//! `.wh..wh..opq`, `.wh.__dir_opaque`), written in the one form the upper was set up with.
-//! The policy code reads uppers through these same helpers.
+//! Lowers are read in every form (char 0:0, `trusted.`/`user.overlay.opaque`, `.wh.<name>`,
+//! `.wh..wh..opq`, `.wh.__dir_opaque`). An upper is written and read in the one form it was
+//! set up with, which is recorded beside it ([`FORMAT_RECORD`]): in a kernel-format upper a
+//! `.wh.*` name is an ordinary file, as the kernel overlayfs makes it, never a marker. The
+//! policy code reads uppers through these same helpers.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -18,13 +20,69 @@ use super::walk::{proc_path, stat_at};
 use crate::sys;
 
 /// How the upper records deletions and opaque directories.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WhiteoutFormat {
     /// The kernel overlayfs `userxattr` form: a char device 0:0 per deleted name, xattr
     /// `user.overlay.opaque="y"` on opaque directories.
     Kernel,
     /// The AUFS/OCI image layer form: `.wh.<name>` files and a `.wh..wh..opq` file.
     Aufs,
+}
+
+impl WhiteoutFormat {
+    /// The name used in flags and in the format record.
+    pub fn name(self) -> &'static str {
+        match self {
+            WhiteoutFormat::Kernel => "kernel",
+            WhiteoutFormat::Aufs => "aufs",
+        }
+    }
+
+    /// Parses [`WhiteoutFormat::name`].
+    pub fn parse(name: &str) -> Option<WhiteoutFormat> {
+        [WhiteoutFormat::Kernel, WhiteoutFormat::Aufs]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+
+    /// True when `.wh.*` names in an upper of this format are markers, not files.
+    pub fn has_aufs_markers(self) -> bool {
+        self == WhiteoutFormat::Aufs
+    }
+}
+
+/// The file in an upper's work directory that records the upper's format (`kernel` or
+/// `aufs`). The work directory travels with the upper and is never shown to a session.
+pub const FORMAT_RECORD: &str = "ovlrun-whiteout";
+
+/// The format recorded in work directory `work`; `None` when there is no record (an upper
+/// made before formats were recorded, or one not used yet).
+///
+/// # Errors
+/// Any read error but `ENOENT`; `InvalidData` for a record that names no format.
+pub fn recorded(work: &Path) -> std::io::Result<Option<WhiteoutFormat>> {
+    let path = work.join(FORMAT_RECORD);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => WhiteoutFormat::parse(s.trim()).map(Some).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {s:?} names no whiteout format", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records `format` in work directory `work` (a temp file renamed into place).
+///
+/// # Errors
+/// Any I/O error.
+pub fn record(work: &Path, format: WhiteoutFormat) -> std::io::Result<()> {
+    let tmp = work.join(format!("{FORMAT_RECORD}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, format!("{}\n", format.name()))?;
+    std::fs::rename(&tmp, work.join(FORMAT_RECORD))
 }
 
 /// Prefix of AUFS whiteout files.
@@ -125,13 +183,17 @@ fn xattr_says_yes(path: &Path, name: &str) -> Result<bool, Errno> {
     }
 }
 
-/// True when directory `name` of `dir` is opaque in any of the forms.
-pub fn dir_is_opaque(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errno> {
+/// True when directory `name` of `dir` is opaque: by xattr, or with `aufs` also by marker
+/// file.
+pub fn dir_is_opaque(dir: BorrowedFd<'_>, name: &OsStr, aufs: bool) -> Result<bool, Errno> {
     let path = proc_path(dir, name);
     for x in OPAQUE_XATTRS {
         if xattr_says_yes(&path, x)? {
             return Ok(true);
         }
+    }
+    if !aufs {
+        return Ok(false);
     }
     for marker in [AUFS_OPAQUE, AUFS_OPAQUE_ALT] {
         let inner = Path::new(name).join(marker);
@@ -158,6 +220,12 @@ pub fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errn
 }
 
 impl Overlay {
+    /// True when `.wh.*` names in `layer` are markers: always in a lower, in the upper only
+    /// when it is in the AUFS format.
+    pub(crate) fn reads_aufs(&self, layer: super::LayerIdx) -> bool {
+        layer != super::LayerIdx::UPPER || self.format.has_aufs_markers()
+    }
+
     /// Writes a whiteout for `name` into upper directory `dir`; `name` must be free.
     pub(crate) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
         match self.format {

@@ -37,11 +37,14 @@ impl Overlay {
     /// `ENOENT` when the merged view has no such entry; any error of the layers.
     pub fn lookup(&self, parent: &Loc, name: &OsStr) -> Result<Found, Errno> {
         check_name(name)?;
-        if format::is_aufs_name(name) {
+        // A `.wh.*` name is a marker in the lowers, never shown; in a kernel-format upper it
+        // is an ordinary file, as the kernel overlayfs makes it.
+        let aufs_name = format::is_aufs_name(name);
+        if aufs_name && self.reads_aufs(LayerIdx::UPPER) {
             return Err(Errno::ENOENT);
         }
         let layers: Vec<LayerIdx> = std::iter::once(LayerIdx::UPPER)
-            .chain(parent.lowers.iter().copied())
+            .chain(parent.lowers.iter().copied().filter(|_| !aufs_name))
             .collect();
         let mut top: Option<(LayerIdx, FileStat, Ino)> = None;
         let mut dir_lowers: Vec<LayerIdx> = Vec::new();
@@ -52,7 +55,7 @@ impl Overlay {
             };
             let dir = dir.as_fd();
             let Some(st) = stat_at(dir, name)? else {
-                if !last && format::has_aufs_whiteout(dir, name)? {
+                if !last && self.reads_aufs(layer) && format::has_aufs_whiteout(dir, name)? {
                     break;
                 }
                 continue;
@@ -74,7 +77,7 @@ impl Overlay {
                 Some(_) if !is_dir(&st) => break,
                 Some(_) => dir_lowers.push(layer),
             }
-            if !last && format::dir_is_opaque(dir, name)? {
+            if !last && format::dir_is_opaque(dir, name, self.reads_aufs(layer))? {
                 break;
             }
         }

@@ -64,7 +64,7 @@ impl Overlay {
                 if name == "." || name == ".." {
                     continue;
                 }
-                if format::is_aufs_name(name) {
+                if format::is_aufs_name(name) && self.reads_aufs(layer) {
                     if let Some(target) = format::aufs_whiteout_target(name) {
                         deleted_here.push(target.to_owned());
                     }

@@ -34,7 +34,7 @@ impl Overlay {
     ///
     /// # Errors
     /// As rename(2): `ENOENT`, `EEXIST` (`RENAME_NOREPLACE`), `ENOTDIR`, `EISDIR`,
-    /// `ENOTEMPTY`, `EINVAL` for unknown flags or AUFS names.
+    /// `ENOTEMPTY`, `EINVAL` for unknown flags or AUFS names in an AUFS-format upper.
     pub fn rename(
         &self,
         sparent: &Loc,
@@ -44,7 +44,7 @@ impl Overlay {
         flags: RenameFlags,
     ) -> Result<RenameOutcome, Errno> {
         check_name(dname)?;
-        if format::is_aufs_name(dname)
+        if (format::is_aufs_name(dname) && self.reads_aufs(LayerIdx::UPPER))
             || flags.intersects(!(RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE))
             || flags.contains(RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE)
         {
@@ -141,7 +141,7 @@ impl Overlay {
         if let Some(st) = upper_dst.filter(|st| !is_whiteout(st) && !super::is_dir(st)) {
             self.forget_origin(&st)?;
         }
-        if self.format == format::WhiteoutFormat::Aufs || format::has_aufs_whiteout(ddir, dname)? {
+        if self.format == format::WhiteoutFormat::Aufs {
             super::remove::drop_aufs_whiteout(ddir, dname)?;
         }
         Ok(RenameOutcome {
@@ -162,7 +162,7 @@ impl Overlay {
         self.copy_up_tree(&found.loc)?;
         let (parent, name) = super::walk::split(&found.loc.path).ok_or(Errno::EBUSY)?;
         let dir = self.dir_fd(LayerIdx::UPPER, parent)?;
-        purge_whiteouts(dir.as_fd(), name)?;
+        purge_whiteouts(dir.as_fd(), name, self.reads_aufs(LayerIdx::UPPER))?;
         self.write_opaque(dir.as_fd(), name)
     }
 
@@ -183,7 +183,8 @@ impl Overlay {
 /// Removes the whiteouts below upper directory `name` of `dir`. Its whole merged tree is now
 /// in the upper and it is about to become opaque: nothing below is left to hide, and the
 /// kernel overlayfs lists a directory without lowers as it is, whiteouts included.
-fn purge_whiteouts(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+/// `aufs`: `.wh.*` names are markers here (else they are the user's files).
+fn purge_whiteouts(dir: BorrowedFd<'_>, name: &OsStr, aufs: bool) -> Result<(), Errno> {
     let fd = nix::fcntl::openat(
         dir,
         name,
@@ -194,10 +195,10 @@ fn purge_whiteouts(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
         let Some(st) = stat_at(fd.as_fd(), &child)? else {
             continue;
         };
-        if is_whiteout(&st) || format::aufs_whiteout_target(&child).is_some() {
+        if is_whiteout(&st) || (aufs && format::aufs_whiteout_target(&child).is_some()) {
             nix::unistd::unlinkat(fd.as_fd(), child.as_os_str(), UnlinkatFlags::NoRemoveDir)?;
         } else if super::is_dir(&st) {
-            purge_whiteouts(fd.as_fd(), &child)?;
+            purge_whiteouts(fd.as_fd(), &child, aufs)?;
         }
     }
     Ok(())

@@ -28,8 +28,9 @@ pub struct OverlayConfig {
     pub upper: PathBuf,
     /// The work directory, on the upper's filesystem; `None` for `<upper>.work` beside it.
     pub work: Option<PathBuf>,
-    /// The whiteout format to write; `None` probes the upper filesystem and prefers
-    /// [`WhiteoutFormat::Kernel`].
+    /// The whiteout format to write; `None` takes the one recorded with the upper, else
+    /// probes the upper filesystem and prefers [`WhiteoutFormat::Kernel`]. The format is
+    /// recorded in the work directory at the first use and obeyed afterwards.
     pub whiteout: Option<WhiteoutFormat>,
 }
 
@@ -96,6 +97,21 @@ pub enum LayerSetupError {
         /// The cause.
         #[source]
         source: Errno,
+    },
+    /// The format asked for is not the one recorded with the upper.
+    #[error(
+        "upper directory {} is in the {} whiteout format (recorded in {}); it cannot be used as {}",
+        .upper.display(), .recorded.name(), .work.display(), .asked.name()
+    )]
+    FormatMismatch {
+        /// The upper directory.
+        upper: PathBuf,
+        /// Its work directory, holding the record.
+        work: PathBuf,
+        /// The recorded format.
+        recorded: WhiteoutFormat,
+        /// The format asked for.
+        asked: WhiteoutFormat,
     },
     /// Metadata-only copies in the upper could not be completed (they stay as they were).
     #[error("upper directory {}: cannot complete its metadata-only copies", .upper.display())]
@@ -241,7 +257,23 @@ impl Overlay {
             .map_err(work_err("open its index dir"))?;
         let origins = open_kept_dir(&work_fd, super::origin::ORIGIN_DIR)
             .map_err(work_err("open its origin map"))?;
-        let format = match (config.whiteout, probe.whiteout) {
+        let recorded = super::format::recorded(&work).map_err(|e| {
+            work_err("read its format record")(Errno::from_raw(
+                e.raw_os_error().unwrap_or(libc::EINVAL),
+            ))
+        })?;
+        let wanted = match (config.whiteout, recorded) {
+            (Some(asked), Some(recorded)) if asked != recorded => {
+                return Err(LayerSetupError::FormatMismatch {
+                    upper: config.upper.clone(),
+                    work: work.clone(),
+                    recorded,
+                    asked,
+                });
+            }
+            (asked, recorded) => asked.or(recorded),
+        };
+        let format = match (wanted, probe.whiteout) {
             (Some(WhiteoutFormat::Kernel), Err(source)) => {
                 return Err(LayerSetupError::FormatUnsupported {
                     upper: config.upper.clone(),
@@ -260,6 +292,13 @@ impl Overlay {
             (None, Ok(())) if probe.xattrs.is_ok() => WhiteoutFormat::Kernel,
             (None, _) => WhiteoutFormat::Aufs,
         };
+        if recorded.is_none() {
+            super::format::record(&work, format).map_err(|e| {
+                work_err("record the upper's format")(Errno::from_raw(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ))
+            })?;
+        }
 
         let mut devs = vec![upper_dev];
         let mut layers = vec![Layer {
@@ -282,7 +321,7 @@ impl Overlay {
                 fs_index: u8::try_from(index).unwrap_or(u8::MAX),
             });
         }
-        let root_lowers = root_lowers(&layers).map_err(|source| LayerSetupError::Work {
+        let root_lowers = root_lowers(&layers, format).map_err(|source| LayerSetupError::Work {
             path: layers[0].path.clone(),
             step: "read the layer roots",
             source,
@@ -338,15 +377,16 @@ fn open_kept_dir(work: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
 
 /// The lowers behind the root: all of them, cut below the first opaque root (an opaque
 /// upper root hides them all).
-fn root_lowers(layers: &[Layer]) -> Result<Lowers, Errno> {
-    let opaque = |l: &Layer| super::format::dir_is_opaque(l.root.as_fd(), OsStr::new(""));
+fn root_lowers(layers: &[Layer], format: WhiteoutFormat) -> Result<Lowers, Errno> {
+    let opaque =
+        |l: &Layer, aufs| super::format::dir_is_opaque(l.root.as_fd(), OsStr::new(""), aufs);
     let mut kept = Vec::new();
-    if opaque(&layers[0])? {
+    if opaque(&layers[0], format.has_aufs_markers())? {
         return Ok(Lowers::from(kept));
     }
     for (i, layer) in layers.iter().enumerate().skip(1) {
         kept.push(LayerIdx(u16::try_from(i).unwrap_or(u16::MAX)));
-        if i + 1 < layers.len() && opaque(layer)? {
+        if i + 1 < layers.len() && opaque(layer, true)? {
             break;
         }
     }

@@ -293,10 +293,10 @@ fn creating_a_char_device_0_0_is_refused_like_the_kernel() {
 }
 
 #[test]
-fn create_refuses_existing_names_and_aufs_names() {
+fn create_refuses_existing_names_and_aufs_names_in_an_aufs_upper() {
     let f = Fixture::new();
     f.write("l2/here", "");
-    let ovl = f.overlay(None);
+    let ovl = f.overlay(Some(WhiteoutFormat::Aufs));
     let root = ovl.root_loc();
     let file = NewNode::File {
         mode: 0o644,
@@ -312,6 +312,58 @@ fn create_refuses_existing_names_and_aufs_names() {
             .unwrap_err(),
         Errno::EINVAL
     );
+}
+
+/// In a kernel-format upper `.wh.*` names are the user's files, as with the kernel
+/// overlayfs: made, listed, looked up and removed as files, hiding nothing; in the lowers
+/// they stay markers. The format is recorded at first use and a different one is refused.
+#[test]
+fn a_kernel_format_upper_holds_whiteout_names_as_files() {
+    let f = Fixture::new();
+    f.write("l2/etc/passwd", "root");
+    f.write("l2/bin/sh", "sh");
+    f.write("l1/etc/.wh.gone", "");
+    let ovl = f.overlay(Some(WhiteoutFormat::Kernel));
+    let file = NewNode::File {
+        mode: 0o644,
+        flags: OFlag::O_RDWR,
+    };
+    let etc = at(&ovl, "etc");
+    let bin = at(&ovl, "bin");
+    ovl.create(&etc, OsStr::new(".wh.passwd"), &file, OWNER)
+        .unwrap();
+    ovl.create(&bin, OsStr::new(".wh..wh..opq"), &file, OWNER)
+        .unwrap();
+    assert_eq!(names(&ovl, "etc"), [".wh.passwd", "passwd"]);
+    assert_eq!(names(&ovl, "bin"), [".wh..wh..opq", "sh"]);
+    assert!(
+        ovl.lookup(&etc, OsStr::new(".wh.gone")).is_err(),
+        "a lower marker"
+    );
+    ovl.create(&etc, OsStr::new("gone"), &file, OWNER).unwrap();
+    assert!(
+        f.p("upper/etc/.wh.passwd").is_file(),
+        "kept by a create beside it"
+    );
+    drop(ovl);
+    assert_eq!(
+        crate::layers::format::recorded(&default_work(&f.p("upper"))).unwrap(),
+        Some(WhiteoutFormat::Kernel)
+    );
+    let again = f.overlay(None);
+    assert_eq!(
+        again.format(),
+        WhiteoutFormat::Kernel,
+        "the record is obeyed"
+    );
+    let e = Overlay::new(&OverlayConfig {
+        lowers: vec![f.p("l1"), f.p("l2")],
+        upper: f.p("upper"),
+        work: None,
+        whiteout: Some(WhiteoutFormat::Aufs),
+    })
+    .unwrap_err();
+    assert!(matches!(e, LayerSetupError::FormatMismatch { .. }), "{e}");
 }
 
 #[test]

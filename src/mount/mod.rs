@@ -82,6 +82,29 @@ pub enum MountError {
         #[source]
         source: Errno,
     },
+    /// The upper is in the AUFS format: the kernel overlayfs would show its markers as files.
+    #[error(
+        "the kernel overlayfs cannot serve upper {}: it is in the AUFS whiteout format \
+         (recorded in {}), whose `.wh.*` markers it would show as files; use --fs fuse",
+        .upper.display(), .work.display()
+    )]
+    KernelFormat {
+        /// The upper directory.
+        upper: PathBuf,
+        /// Its work directory, holding the record.
+        work: PathBuf,
+    },
+    /// The upper's format record cannot be read or written.
+    #[error("cannot {step} the whiteout format record in {}", .work.display())]
+    FormatRecord {
+        /// The work directory.
+        work: PathBuf,
+        /// "read" or "write".
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Unmounting failed.
     #[error("cannot unmount {}", .path.display())]
     Unmount {

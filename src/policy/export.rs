@@ -1,6 +1,10 @@
 //! `ovlrun export`: a session's upper as an OCI image layer (a tar with `.wh.<name>`
 //! whiteouts and `.wh..wh..opq` opaque markers), so the changes can be stacked on the
 //! rootfs by any image tool.
+//!
+//! The upper is read in its recorded format. A kernel-format upper may hold ordinary files
+//! named `.wh.*`; an OCI layer cannot (every reader takes them for whiteouts), so exporting
+//! one fails with [`ExportError::WhiteoutName`] rather than writing a layer that deletes.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -11,42 +15,72 @@ use std::path::{Path, PathBuf};
 use tar::{Builder, EntryType, Header};
 
 use super::plan::{is_opaque, user_xattrs};
-use crate::layers::format;
+use crate::layers::format::{self, WhiteoutFormat};
 
 /// A layer that could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot export {}", .path.display())]
-pub struct ExportError {
-    /// The path at fault (in the upper, or the output).
-    pub path: PathBuf,
-    /// The cause.
-    #[source]
-    pub source: std::io::Error,
+pub enum ExportError {
+    /// Reading the upper or writing the output failed.
+    #[error("cannot export {}", .path.display())]
+    Io {
+        /// The path at fault (in the upper, or the output).
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The upper holds a file whose name an OCI layer reserves for whiteouts.
+    #[error(
+        "cannot export {}: an OCI layer cannot hold a file named `.wh.*` (every image tool \
+         would read it as a whiteout); rename it, or commit the session instead",
+        .path.display()
+    )]
+    WhiteoutName {
+        /// The file, in the upper.
+        path: PathBuf,
+    },
+}
+
+impl ExportError {
+    /// The path at fault.
+    pub fn path(&self) -> &Path {
+        match self {
+            ExportError::Io { path, .. } | ExportError::WhiteoutName { path } => path,
+        }
+    }
 }
 
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError {
+    move |source| ExportError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-/// Writes `upper` as an OCI layer tar to `out`. Entries are sorted, so the same upper gives
-/// the same layer.
+fn plan_err(e: super::plan::PlanError) -> ExportError {
+    ExportError::Io {
+        path: e.path,
+        source: e.source,
+    }
+}
+
+/// Writes `upper`, in whiteout format `fmt`, as an OCI layer tar to `out`. Entries are
+/// sorted, so the same upper gives the same layer.
 ///
 /// # Errors
 /// [`ExportError`] naming the path.
-pub fn export<W: Write>(upper: &Path, out: W) -> Result<W, ExportError> {
+pub fn export<W: Write>(upper: &Path, fmt: WhiteoutFormat, out: W) -> Result<W, ExportError> {
     let mut tar = Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     let mut links = HashMap::new();
-    walk(&mut tar, upper, Path::new(""), &mut links)?;
+    walk(&mut tar, upper, fmt, Path::new(""), &mut links)?;
     tar.into_inner().map_err(err(upper))
 }
 
 fn walk<W: Write>(
     tar: &mut Builder<W>,
     upper: &Path,
+    fmt: WhiteoutFormat,
     rel: &Path,
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<(), ExportError> {
@@ -57,13 +91,16 @@ fn walk<W: Write>(
         .collect::<Result<_, _>>()
         .map_err(err(&dir))?;
     names.sort();
-    if !rel.as_os_str().is_empty() && is_opaque(&dir) {
+    if !rel.as_os_str().is_empty() && is_opaque(&dir, fmt) {
         marker(tar, &rel.join(format::AUFS_OPAQUE), &dir)?;
     }
     for name in names {
         let path = rel.join(&name);
         let full = upper.join(&path);
         let md = full.symlink_metadata().map_err(err(&full))?;
+        if format::is_aufs_name(&name) && !fmt.has_aufs_markers() {
+            return Err(ExportError::WhiteoutName { path: full });
+        }
         if format::is_aufs_name(&name) {
             if format::aufs_whiteout_target(&name).is_some() {
                 marker(tar, &path, &full)?;
@@ -74,13 +111,10 @@ fn walk<W: Write>(
             marker(tar, &rel.join(format::aufs_whiteout_name(&name)), &full)?;
             continue;
         }
-        crate::policy::plan::refuse_stub(&full, &md).map_err(|e| ExportError {
-            path: e.path,
-            source: e.source,
-        })?;
+        crate::policy::plan::refuse_stub(&full, &md).map_err(plan_err)?;
         entry(tar, &full, &path, &md, links)?;
         if md.is_dir() {
-            walk(tar, upper, &path, links)?;
+            walk(tar, upper, fmt, &path, links)?;
         }
     }
     Ok(())
@@ -110,10 +144,7 @@ fn entry<W: Write>(
     let xattrs = if ft.is_symlink() {
         Vec::new()
     } else {
-        user_xattrs(full).map_err(|e| ExportError {
-            path: e.path,
-            source: e.source,
-        })?
+        user_xattrs(full).map_err(plan_err)?
     };
     if !xattrs.is_empty() {
         let records: Vec<(String, Vec<u8>)> = xattrs

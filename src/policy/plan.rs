@@ -1,8 +1,9 @@
 //! What merging an upper into its rootfs means, as data: a list of [`Op`]s in execution
 //! order, each labelled with the change a user sees (`A`, `C`, `D`).
 //!
-//! The upper is read in the same format `layers` writes (and every form `layers` reads):
-//! whiteouts delete, opaque directories replace the rootfs directory's contents, everything
+//! The upper is read in the format recorded with it ([`format::recorded`]), the one `layers`
+//! wrote: in a kernel-format upper `.wh.*` names are files like any other; in an AUFS-format
+//! one they are markers. Whiteouts delete, opaque directories replace the rootfs directory's contents, everything
 //! else is added or replaces what is there. An entry equal to the rootfs's (type, mode,
 //! owner, size, mtime, xattrs, and BLAKE3 of the content) is skipped, so a no-change
 //! session changes nothing and the cost grows with the changes, not the tree.
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layers::format;
+use crate::layers::format::{self, WhiteoutFormat};
 use crate::sys;
 
 /// The change a user sees at a path.
@@ -189,14 +190,16 @@ fn is_whiteout(md: &Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
 }
 
-/// True when upper directory `path` is opaque in any form.
-pub fn is_opaque(path: &Path) -> bool {
+/// True when upper directory `path` is opaque in the upper's format: by xattr, and in an
+/// AUFS-format upper also by marker file.
+pub fn is_opaque(path: &Path, fmt: WhiteoutFormat) -> bool {
     format::OPAQUE_XATTRS
         .iter()
         .any(|x| sys::xattr::get(path, OsStr::new(x)).is_ok_and(|v| v == b"y"))
-        || [format::AUFS_OPAQUE, format::AUFS_OPAQUE_ALT]
-            .iter()
-            .any(|m| path.join(m).symlink_metadata().is_ok())
+        || (fmt.has_aufs_markers()
+            && [format::AUFS_OPAQUE, format::AUFS_OPAQUE_ALT]
+                .iter()
+                .any(|m| path.join(m).symlink_metadata().is_ok()))
 }
 
 fn blake3_of(path: &Path) -> Result<blake3::Hash, PlanError> {
@@ -271,19 +274,21 @@ fn same_dir_meta(up: &Meta, low: &Meta) -> bool {
 struct Walker<'a> {
     rootfs: &'a Path,
     upper: &'a Path,
+    format: WhiteoutFormat,
     plan: Plan,
     /// Upper inodes already installed, for hard links: (dev, ino) -> first path.
     installed: HashMap<(u64, u64), PathBuf>,
 }
 
-/// Builds the plan that merges `upper` into `rootfs`.
+/// Builds the plan that merges `upper`, in whiteout format `fmt`, into `rootfs`.
 ///
 /// # Errors
 /// [`PlanError`] naming the path that could not be read.
-pub fn plan(rootfs: &Path, upper: &Path) -> Result<Plan, PlanError> {
+pub fn plan(rootfs: &Path, upper: &Path, fmt: WhiteoutFormat) -> Result<Plan, PlanError> {
     let mut w = Walker {
         rootfs,
         upper,
+        format: fmt,
         plan: Plan::default(),
         installed: HashMap::new(),
     };
@@ -366,8 +371,10 @@ impl Walker<'_> {
             let md = up.symlink_metadata().map_err(io(&up))?;
             let target = if is_whiteout(&md) {
                 Some(name.as_os_str())
-            } else {
+            } else if self.format.has_aufs_markers() {
                 format::aufs_whiteout_target(name)
+            } else {
+                None
             };
             if let Some(target) = target {
                 let path = rel.join(target);
@@ -381,7 +388,7 @@ impl Walker<'_> {
             }
         }
         for name in &names {
-            if format::is_aufs_name(name) {
+            if self.format.has_aufs_markers() && format::is_aufs_name(name) {
                 continue;
             }
             let path = rel.join(name);
@@ -410,7 +417,7 @@ impl Walker<'_> {
         lowm: Option<&Metadata>,
     ) -> Result<(), PlanError> {
         let meta = meta_of(up, upm)?;
-        let opaque = is_opaque(up);
+        let opaque = is_opaque(up, self.format);
         let lower_dir = lowm.is_some_and(Metadata::is_dir);
         match lowm {
             None => {
@@ -538,7 +545,11 @@ mod tests {
         .unwrap();
         let stub = std::fs::File::create(upper.join("big")).unwrap();
         stub.set_len(size).unwrap();
-        assert!(plan(&rootfs, &upper).is_ok(), "a sparse file alone is fine");
+        let k = WhiteoutFormat::Kernel;
+        assert!(
+            plan(&rootfs, &upper, k).is_ok(),
+            "a sparse file alone is fine"
+        );
         sys::xattr::set(
             &upper.join("big"),
             OsStr::new(format::METACOPY_XATTR),
@@ -546,10 +557,10 @@ mod tests {
             0,
         )
         .unwrap();
-        let err = plan(&rootfs, &upper).unwrap_err();
+        let err = plan(&rootfs, &upper, k).unwrap_err();
         assert_eq!(err.path, upper.join("big"));
         assert!(err.source.to_string().contains("metadata-only"), "{err:?}");
-        let err = crate::policy::export::export(&upper, Vec::new()).unwrap_err();
-        assert_eq!(err.path, upper.join("big"));
+        let err = crate::policy::export::export(&upper, k, Vec::new()).unwrap_err();
+        assert_eq!(err.path(), upper.join("big"));
     }
 }

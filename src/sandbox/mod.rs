@@ -34,6 +34,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
 use crate::config::{Network, SessionPlan, UserNs};
+use crate::layers::format::{self, WhiteoutFormat};
 use crate::mount::kernel::KernelMount;
 use crate::mount::{Backend, MountError, MountHandle, OverlayBuilder, UnservedMount};
 use crate::session::SessionDirs;
@@ -140,7 +141,25 @@ fn mount_overlay(
     dirs: &SessionDirs,
     upper: UpperAfter,
 ) -> Result<Mounted, SandboxError> {
+    let record_err = |step| {
+        move |source| {
+            SandboxError::Mount(MountError::FormatRecord {
+                work: dirs.work.clone(),
+                step,
+                source,
+            })
+        }
+    };
     let kernel = || {
+        // The kernel reads an upper in its own format only; the record says which one the
+        // upper is in (made by the first backend that served it).
+        let recorded = format::recorded(&dirs.work).map_err(record_err("read"))?;
+        if recorded == Some(WhiteoutFormat::Aufs) {
+            return Err(SandboxError::Mount(MountError::KernelFormat {
+                upper: dirs.upper.clone(),
+                work: dirs.work.clone(),
+            }));
+        }
         let work = dirs.work.join("kernel");
         std::fs::create_dir_all(&work).map_err(|source| SandboxError::Scaffold {
             path: work.clone(),
@@ -152,12 +171,17 @@ fn mount_overlay(
             &work,
             &dirs.mnt,
         )
-        .map(Mounted::Kernel)
         .map_err(|source| {
             SandboxError::Mount(MountError::Kernel {
                 path: dirs.mnt.clone(),
                 source,
             })
+        })
+        .and_then(|m| {
+            if recorded.is_none() {
+                format::record(&dirs.work, WhiteoutFormat::Kernel).map_err(record_err("write"))?;
+            }
+            Ok(Mounted::Kernel(m))
         })
     };
     let fuse = || {

@@ -211,7 +211,7 @@ fn apply_policy(
     code: i32,
 ) -> Result<(), SessionError> {
     let policy = match opts.policy {
-        Policy::Ask => ask(plan, dirs)?,
+        Policy::Ask => ask(plan, dirs, rec)?,
         Policy::Commit | Policy::CommitAtomic if !opts.commit_on.commits(code) => {
             report_not_committed(dirs, opts.policy, code);
             return Ok(());
@@ -296,7 +296,7 @@ pub fn commit_session(
             return Err(e);
         }
     };
-    let plan = plan::plan(&rec.rootfs, &rec.upper)?;
+    let plan = plan::plan(&rec.rootfs, &rec.upper, upper_format(rec)?)?;
     rec.status = Status::Committing;
     rec.pid = std::process::id();
     rec.save(&dirs.root)?;
@@ -339,10 +339,18 @@ pub fn commit_session(
     }
 }
 
+/// The recorded format of `rec`'s upper (see [`super::upper::format_of`]).
+fn upper_format(rec: &Record) -> Result<crate::layers::WhiteoutFormat, plan::PlanError> {
+    super::upper::format_of(rec).map_err(|source| plan::PlanError {
+        path: rec.work.join(crate::layers::format::FORMAT_RECORD),
+        source,
+    })
+}
+
 /// `--policy ask`: on a terminal, shows the diff summary and asks; elsewhere keeps the
 /// session (never loses work without being told to).
-fn ask(plan: &SessionPlan, dirs: &SessionDirs) -> Result<Policy, SessionError> {
-    let diff = plan::plan(&plan.rootfs, &dirs.upper)?;
+fn ask(plan: &SessionPlan, dirs: &SessionDirs, rec: &Record) -> Result<Policy, SessionError> {
+    let diff = plan::plan(&plan.rootfs, &dirs.upper, upper_format(rec)?)?;
     if diff.changes.is_empty() {
         eprintln!("ovlrun: no changes");
         return Ok(Policy::Discard);

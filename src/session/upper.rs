@@ -18,6 +18,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::record::write_atomic;
+use crate::layers::format::{self, WhiteoutFormat};
 
 /// The mark's file name inside the work directory.
 pub const MARKER: &str = "ovlrun-upper";
@@ -150,6 +151,22 @@ pub fn marker(upper: &Path, work: &Path) -> Option<Marker> {
     let m: Marker = serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
     let up = upper.symlink_metadata().ok().filter(|m| m.is_dir())?;
     (m.dev == up.dev() && m.ino == up.ino()).then_some(m)
+}
+
+/// The whiteout format of session `rec`'s upper: the one recorded with it (in its work
+/// directory), else the one its backend implies for an upper from before formats were
+/// recorded: kernel for the kernel overlayfs (and for "auto", which never deletes on a
+/// name); for FUSE every form, since the FUSE server never let a session make a `.wh.*` name,
+/// so any there is its marker.
+///
+/// # Errors
+/// The record cannot be read or names no format.
+pub fn format_of(rec: &super::record::Record) -> std::io::Result<WhiteoutFormat> {
+    Ok(match format::recorded(&rec.work)? {
+        Some(f) => f,
+        None if rec.fs == crate::mount::Backend::Fuse.name() => WhiteoutFormat::Aufs,
+        None => WhiteoutFormat::Kernel,
+    })
 }
 
 /// A `--upper` that passed every check; [`Checked::create`] makes it.

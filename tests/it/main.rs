@@ -30,6 +30,7 @@ mod integrity;
 mod launcher;
 mod metacopy;
 mod mount_ops;
+mod names;
 mod passthrough;
 mod policy;
 mod prefill;

@@ -1,0 +1,110 @@
+//! Issue 14 items 4 and 5: the tree's own names are data.
+//!
+//! - Names that look like whiteouts (`.wh.passwd`, `.wh..wh..opq`) made in a session are
+//!   files on both backends: the upper's format is recorded with it and obeyed, so a commit
+//!   installs them as files and deletes nothing, a resume on the other backend sees them, and
+//!   `export` refuses them with a named error instead of writing whiteouts.
+
+use std::fs;
+use std::path::Path;
+
+use crate::policy::{Fixture, can_run_sessions, run_cmd};
+use crate::support::{ls, lstat, lstat_opt, read_string};
+
+macro_rules! require_sessions {
+    () => {
+        require!(
+            can_run_sessions(),
+            "run sessions (root, /dev/fuse, busybox)"
+        );
+    };
+}
+
+/// What a hostile or unlucky session writes: ordinary files with whiteout-like names.
+const WHITEOUT_NAMES: &str = "echo notes > /etc/.wh.passwd; touch /bin/.wh..wh..opq";
+
+/// `/etc/passwd` and `/bin` as they are, and the two files present as files.
+#[track_caller]
+fn assert_intact_with_files(rootfs: &Path, passwd: &str, bin: &[String], what: &str) {
+    assert_eq!(read_string(rootfs.join("etc/passwd")), passwd, "{what}");
+    let mut now = ls(rootfs.join("bin"));
+    now.retain(|n| n != ".wh..wh..opq");
+    assert_eq!(now, bin, "{what}: /bin changed");
+    assert_eq!(
+        read_string(rootfs.join("etc/.wh.passwd")),
+        "notes\n",
+        "{what}"
+    );
+    assert!(lstat(rootfs.join("bin/.wh..wh..opq")).is_file(), "{what}");
+}
+
+/// On each backend: the names are made inside the session, `diff` lists them as added,
+/// a resume on the other backend sees them and `/etc/passwd` beside them, `export` fails
+/// naming the file (and leaves no output), and `commit` installs them as files while
+/// `/etc/passwd` and `/bin` stay as they were.
+#[test]
+fn whiteout_names_are_files_on_both_backends() {
+    require_sessions!();
+    for (fs_name, other) in [("kernel", "fuse"), ("fuse", "kernel")] {
+        let what = format!("--fs {fs_name}");
+        let f = Fixture::new();
+        let passwd = read_string(f.rootfs.join("etc/passwd"));
+        let bin = ls(f.rootfs.join("bin"));
+        let out = f.sh(&["--policy", "preserve", "--fs", fs_name], WHITEOUT_NAMES);
+        out.expect_ok();
+        let (id, _) = out.kept_session();
+
+        let diff = run_cmd(&mut f.ovlrun(&["diff", &id]));
+        diff.expect_ok();
+        assert_eq!(
+            diff.stdout,
+            "A /bin/.wh..wh..opq\nA /etc/.wh.passwd\n",
+            "{what}\n{}",
+            diff.context()
+        );
+
+        let mut cmd = f.ovlrun(&[
+            "run", "--resume", &id, "--policy", "preserve", "--fs", other,
+        ]);
+        cmd.args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /etc/.wh.passwd; test -f /etc/passwd && test -f /bin/.wh..wh..opq && test -x /bin/sh && echo seen",
+        ]);
+        run_cmd(&mut cmd)
+            .expect_ok()
+            .expect_stdout(&["notes", "seen"]);
+
+        let tar = f.dir.join("layer.tar");
+        let export = run_cmd(f.ovlrun(&["export", &id, "-o"]).arg(&tar));
+        assert_ne!(
+            export.code(),
+            0,
+            "{what}: export wrote whiteouts\n{}",
+            export.context()
+        );
+        assert!(
+            export.stderr.contains("cannot hold a file named `.wh.*`")
+                && export.stderr.contains(".wh."),
+            "{what}: not the named error\n{}",
+            export.context()
+        );
+        assert!(lstat_opt(&tar).is_none(), "{what}: a layer was left");
+
+        run_cmd(&mut f.ovlrun(&["commit", &id])).expect_ok();
+        assert_intact_with_files(&f.rootfs, &passwd, &bin, &what);
+        f.assert_no_sessions(&what);
+
+        // And straight through a commit policy.
+        fs::remove_file(f.rootfs.join("etc/.wh.passwd")).unwrap();
+        fs::remove_file(f.rootfs.join("bin/.wh..wh..opq")).unwrap();
+        for policy in ["commit", "commit-atomic"] {
+            f.sh(&["--policy", policy, "--fs", fs_name], WHITEOUT_NAMES)
+                .expect_ok();
+            assert_intact_with_files(&f.rootfs, &passwd, &bin, &format!("{what} {policy}"));
+            fs::remove_file(f.rootfs.join("etc/.wh.passwd")).unwrap();
+            fs::remove_file(f.rootfs.join("bin/.wh..wh..opq")).unwrap();
+        }
+    }
+}
