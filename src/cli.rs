@@ -210,10 +210,16 @@ pub enum Command {
         json: bool,
     },
     /// Show every change of a session: A(dded), C(hanged), D(eleted) paths.
+    ///
+    /// One line per change: `A` added, `C` changed, `D` deleted, then the path. Names are
+    /// escaped as `ls -b` and `git` do, so every line is one change and no two names print
+    /// alike: `\\` for a backslash, `\n`, `\t`, `\r`, and `\ooo` (octal) for other control
+    /// bytes and for bytes that are not valid UTF-8.
     Diff {
         /// The session id (or a unique start of one).
         id: String,
-        /// Machine-readable output.
+        /// Machine-readable output: a JSON array of {"change", "path"}; a path that is not
+        /// valid UTF-8 comes as "path_hex" (the hex of its bytes) instead of "path".
         #[arg(long)]
         json: bool,
     },

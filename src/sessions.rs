@@ -1,11 +1,12 @@
 //! The commands on kept sessions: ls, diff, commit, discard, recover.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use ovlrun::config;
-use ovlrun::policy::plan;
+use ovlrun::policy::{names, plan};
 use ovlrun::session::SessionDirs;
 use ovlrun::session::lock::Mode;
 use ovlrun::session::record::Status;
@@ -19,6 +20,7 @@ fn state() -> anyhow::Result<std::path::PathBuf> {
 pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
     let state = state()?;
     let sessions = SessionDirs::list(&state);
+    let mut out = std::io::stdout().lock();
     let now = ovlrun::session::record::now();
     let status = |r: &ovlrun::session::record::Record| {
         if r.is_orphaned() {
@@ -41,15 +43,17 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    writeln!(
+        out,
         "{:<12}  {:<10} {:<6} {:>5} {:>7}  ROOTFS",
         "ID", "STATUS", "FS", "AGE", "SIZE"
-    );
+    )?;
     for (d, r) in &sessions {
-        println!(
+        writeln!(
+            out,
             "{:<12}  {:<10} {:<6} {:>5} {:>7}  {}",
             r.id,
             status(r),
@@ -57,7 +61,7 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
             age(now.saturating_sub(r.created)),
             size(d.upper_size()),
             r.rootfs.display()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -116,20 +120,24 @@ pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
         complete_metacopies(&rec)?;
     }
     let p = plan::plan(&rec.rootfs, &rec.upper, format_of(&rec)?)?;
+    let mut out = std::io::stdout().lock();
     if json {
         let rows: Vec<serde_json::Value> = p
             .changes
             .iter()
-            .map(|(c, path)| serde_json::json!({ "change": c, "path": path }))
+            .map(|(c, path)| {
+                let mut row = names::json_fields(path);
+                row.insert("change".into(), c.letter().to_string().into());
+                serde_json::Value::Object(row)
+            })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
-        let mut out = std::io::stdout().lock();
         for (c, path) in &p.changes {
-            use std::io::Write;
-            writeln!(out, "{} {}", c.letter(), path.display())?;
+            writeln!(out, "{} {}", c.letter(), names::quote(path))?;
         }
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -113,6 +113,7 @@ struct TxnPlan {
     /// Per op: the rootfs had an entry at its path before (what an undo puts back).
     replaces: Vec<bool>,
     /// Existing rootfs directories the commit touches, with their metadata before it.
+    #[serde(with = "super::plan::path_serde::pairs")]
     dirs: Vec<(PathBuf, Meta)>,
 }
 

@@ -5,6 +5,7 @@
 pub mod beneath;
 pub mod commit;
 pub mod export;
+pub mod names;
 pub mod plan;
 pub mod txn;
 

@@ -65,15 +65,111 @@ pub struct Meta {
     pub xattrs: Xattrs,
 }
 
+/// Paths in a plan written to disk (the commit journal's `plan.json`), binary-safe: a JSON
+/// string when the path is valid UTF-8, else `{"hex": "<its bytes in hex>"}`.
+pub mod path_serde {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Text(String),
+        Bytes { hex: String },
+    }
+
+    impl Wire {
+        fn of(p: &Path) -> Wire {
+            match p.to_str() {
+                Some(s) => Wire::Text(s.to_owned()),
+                None => Wire::Bytes {
+                    hex: crate::policy::names::hex(p.as_os_str().as_bytes()),
+                },
+            }
+        }
+
+        fn path(self) -> Result<PathBuf, String> {
+            match self {
+                Wire::Text(s) => Ok(PathBuf::from(s)),
+                Wire::Bytes { hex } => {
+                    let digits = hex.as_bytes();
+                    if digits.len() % 2 != 0 {
+                        return Err(format!("odd-length hex path {hex:?}"));
+                    }
+                    digits
+                        .chunks(2)
+                        .map(|d| {
+                            std::str::from_utf8(d)
+                                .ok()
+                                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                                .ok_or_else(|| format!("bad hex path {hex:?}"))
+                        })
+                        .collect::<Result<Vec<u8>, _>>()
+                        .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+                }
+            }
+        }
+    }
+
+    /// Serializes one path.
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        Wire::of(p).serialize(s)
+    }
+
+    /// Deserializes one path.
+    ///
+    /// # Errors
+    /// The deserializer's, or bad hex.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Wire::deserialize(d)?.path().map_err(D::Error::custom)
+    }
+
+    /// The same for a list of (path, value) pairs.
+    pub mod pairs {
+        use super::*;
+
+        /// Serializes the pairs.
+        ///
+        /// # Errors
+        /// The serializer's.
+        pub fn serialize<S: Serializer, T: Serialize>(
+            v: &[(PathBuf, T)],
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|(p, t)| (Wire::of(p), t)))
+        }
+
+        /// Deserializes the pairs.
+        ///
+        /// # Errors
+        /// The deserializer's, or bad hex.
+        pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+            d: D,
+        ) -> Result<Vec<(PathBuf, T)>, D::Error> {
+            Vec::<(Wire, T)>::deserialize(d)?
+                .into_iter()
+                .map(|(w, t)| Ok((w.path().map_err(D::Error::custom)?, t)))
+                .collect()
+        }
+    }
+}
+
 /// One step of a commit. Paths are relative to the rootfs (and the upper).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Remove the rootfs entry (a whole tree for a directory).
-    Remove(PathBuf),
+    Remove(#[serde(with = "path_serde")] PathBuf),
     /// Make a directory (or, when `existed`, give the existing one the upper's metadata
     /// later, at its [`Op::DirDone`]).
     MakeDir {
         /// Where.
+        #[serde(with = "path_serde")]
         path: PathBuf,
         /// Its metadata.
         meta: Meta,
@@ -83,20 +179,24 @@ pub enum Op {
     /// Put the upper's non-directory at `path`, replacing the rootfs's.
     Install {
         /// Where (and where in the upper it comes from).
+        #[serde(with = "path_serde")]
         path: PathBuf,
     },
     /// Make `path` another name of the object installed at `target` (a hard link in the
     /// upper).
     Link {
         /// Where.
+        #[serde(with = "path_serde")]
         path: PathBuf,
         /// The already installed name.
+        #[serde(with = "path_serde")]
         target: PathBuf,
     },
     /// All of a directory's entries are done: set its final metadata (times last, since
     /// every change inside moves them).
     DirDone {
         /// The directory.
+        #[serde(with = "path_serde")]
         path: PathBuf,
         /// Its metadata.
         meta: Meta,

@@ -4,6 +4,9 @@
 //!   files on both backends: the upper's format is recorded with it and obeyed, so a commit
 //!   installs them as files and deletes nothing, a resume on the other backend sees them, and
 //!   `export` refuses them with a named error instead of writing whiteouts.
+//! - Names that are not UTF-8 or hold a newline: text `diff` escapes them as `ls -b` does,
+//!   `diff --json` carries them losslessly (`path_hex`), `commit --atomic` journals them, and
+//!   a reader that closes the pipe early gets no panic.
 
 use std::fs;
 use std::path::Path;
@@ -107,4 +110,67 @@ fn whiteout_names_are_files_on_both_backends() {
             fs::remove_file(f.rootfs.join("bin/.wh..wh..opq")).unwrap();
         }
     }
+}
+
+/// A session makes `/etc/a<newline>b` and `/etc/x<0xff>y`: text `diff` shows each on one
+/// escaped line, `diff --json` gives the first as `path` and the second as `path_hex`,
+/// `diff --json` into a closed pipe exits 0 without a panic, and `commit --atomic` puts
+/// both names, byte for byte, into the rootfs.
+#[test]
+fn names_that_are_not_utf8_survive_diff_json_and_an_atomic_commit() {
+    require_sessions!();
+    use std::os::unix::ffi::OsStrExt;
+    let f = Fixture::new();
+    let id = f.preserved(r#"touch "$(printf '/etc/a\nb')" "$(printf '/etc/x\377y')""#);
+
+    let text = run_cmd(&mut f.ovlrun(&["diff", &id]));
+    text.expect_ok();
+    assert_eq!(
+        text.stdout,
+        "A /etc/a\\nb\nA /etc/x\\377y\n",
+        "{}",
+        text.context()
+    );
+
+    let json = run_cmd(&mut f.ovlrun(&["diff", "--json", &id]));
+    json.expect_ok();
+    let rows: serde_json::Value = serde_json::from_str(&json.stdout)
+        .unwrap_or_else(|e| panic!("not JSON: {e}\n{}", json.context()));
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"change": "A", "path": "/etc/a\nb"},
+            {"change": "A", "path_hex": "2f6574632f78ff79"},
+        ]),
+        "{}",
+        json.context()
+    );
+
+    // The reader is gone before ovlrun prints (`ovlrun diff --json ID | head -0`).
+    let mut child = f
+        .ovlrun(&["diff", "--json", &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "diff into a closed pipe: {stderr}"
+    );
+    assert!(stderr.is_empty(), "diff into a closed pipe said: {stderr}");
+
+    run_cmd(&mut f.ovlrun(&["commit", "--atomic", &id])).expect_ok();
+    let mut names: Vec<Vec<u8>> = fs::read_dir(f.rootfs.join("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .filter(|n| n.starts_with(b"a\n") || n.starts_with(b"x"))
+        .collect();
+    names.sort();
+    assert_eq!(names, [b"a\nb".to_vec(), b"x\xffy".to_vec()]);
+    f.assert_no_sessions("the atomic commit");
 }
