@@ -28,6 +28,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, linkat, unlinkat};
 use serde::{Deserialize, Serialize};
 
 use super::beneath::{self, Beneath};
+use super::names::Short;
 use super::plan::{Meta, Op, Plan, meta_of};
 use super::txn::{self, Stage, TxnDir, TxnError};
 use crate::session::record::write_atomic;
@@ -36,7 +37,12 @@ use crate::sys;
 /// A commit that failed, and what it left: the rootfs unchanged (atomic, or nothing applied
 /// yet) or partly merged (plain); the upper is kept either way.
 #[derive(Debug, thiserror::Error)]
-#[error("commit into {}: cannot {step} {} ({left})", .rootfs.display(), .path.display())]
+#[error(
+    "commit into {}: cannot {step} {}{} ({left})",
+    Short(.rootfs),
+    Short(.path),
+    super::names::too_long_note(.source)
+)]
 pub struct CommitError {
     /// The rootfs.
     pub rootfs: PathBuf,
@@ -89,7 +95,7 @@ impl std::fmt::Display for Left {
                     f,
                     "the first {applied} of {total} steps were applied; {} and every later \
                      step were not, and committing the session again applies them",
-                    next.display()
+                    Short(next)
                 )?;
                 if let Some(s) = staging {
                     write!(f, "; its staging {} could not be removed", s.display())?;

@@ -21,7 +21,11 @@ use crate::layers::format::{self, WhiteoutFormat};
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// Reading the upper or writing the output failed.
-    #[error("cannot export {}", .path.display())]
+    #[error(
+        "cannot export {}{}",
+        super::names::Short(.path),
+        super::names::too_long_note(.source)
+    )]
     Io {
         /// The path at fault (in the upper, or the output).
         path: PathBuf,
@@ -33,7 +37,7 @@ pub enum ExportError {
     #[error(
         "cannot export {}: an OCI layer cannot hold a file named `.wh.*` (every image tool \
          would read it as a whiteout); rename it, or commit the session instead",
-        .path.display()
+        super::names::Short(.path)
     )]
     WhiteoutName {
         /// The file, in the upper.

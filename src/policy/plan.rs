@@ -224,7 +224,11 @@ pub struct Plan {
 
 /// An upper or rootfs that cannot be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {}", .path.display())]
+#[error(
+    "cannot read {}{}",
+    super::names::Short(.path),
+    super::names::too_long_note(.source)
+)]
 pub struct PlanError {
     /// The path.
     pub path: PathBuf,
