@@ -6,6 +6,10 @@
 //! (planted or not) and no `..` can make a commit or a recovery act outside it. The last
 //! component is then acted on with `*at` calls from its parent's fd, which do not follow it,
 //! or through an fd of it (`/proc/self/fd/N/.`) for metadata.
+//!
+//! A path longer than one openat2(2) call takes (PATH_MAX) is resolved in pieces, each
+//! beneath the directory the one before reached ([`open_in_steps`]): every piece is plain
+//! names, so each step stays beneath the last and all of them beneath the rootfs.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -57,6 +61,37 @@ pub fn entry_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name)
 }
 
+/// Bytes of path one resolution step takes: well under PATH_MAX, whose limit counts the
+/// terminating NUL.
+const STEP_BYTES: usize = 2048;
+
+/// Opens plain relative `rel` beneath `dir` with `flags`, as `open_beneath` does, in steps
+/// of at most [`STEP_BYTES`] (a single name is at most 255 bytes), so any depth is reached.
+///
+/// # Errors
+/// As `open_beneath`.
+pub fn open_in_steps(dir: &OwnedFd, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    if rel.as_os_str().len() < STEP_BYTES {
+        return open_beneath(dir, rel, flags);
+    }
+    let mut at: Option<OwnedFd> = None;
+    let mut piece = PathBuf::new();
+    for name in rel.components() {
+        let name = name.as_os_str();
+        if !piece.as_os_str().is_empty() && piece.as_os_str().len() + 1 + name.len() >= STEP_BYTES {
+            let from = at.as_ref().unwrap_or(dir);
+            at = Some(open_beneath(
+                from,
+                &piece,
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+            )?);
+            piece.clear();
+        }
+        piece.push(name);
+    }
+    open_beneath(at.as_ref().unwrap_or(dir), &piece, flags)
+}
+
 /// An open rootfs that plan paths are resolved beneath.
 #[derive(Debug)]
 pub struct Beneath {
@@ -105,8 +140,8 @@ impl Beneath {
         check(rel).map_err(|_| errno_io(Errno::EINVAL))?;
         let name = rel.file_name().ok_or_else(|| errno_io(Errno::EINVAL))?;
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let fd =
-            open_beneath(&self.fd, parent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(errno_io)?;
+        let fd = open_in_steps(&self.fd, parent, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(errno_io)?;
         Ok((fd, name))
     }
 
@@ -116,7 +151,7 @@ impl Beneath {
     /// As [`Beneath::parent`]; `ENOTDIR` when it is not a directory.
     pub fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
         check(rel).map_err(|_| errno_io(Errno::EINVAL))?;
-        open_beneath(&self.fd, rel, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(errno_io)
+        open_in_steps(&self.fd, rel, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(errno_io)
     }
 
     /// The status of `rel` (not following it), `None` when absent or unreachable beneath.
@@ -160,5 +195,32 @@ mod tests {
         assert!(b.dir(Path::new("a/b")).is_ok());
         assert!(b.lstat(Path::new("out")).is_some(), "the link itself");
         assert!(b.lstat(Path::new("out/root")).is_none());
+    }
+
+    /// Paths past PATH_MAX resolve in steps; a symlink deep down is still refused.
+    #[test]
+    fn deep_paths_resolve_in_steps() {
+        let top = tempfile::tempdir().unwrap();
+        let name = "n".repeat(100);
+        let mut fd = nix::fcntl::open(
+            top.path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let mut rel = PathBuf::new();
+        for _ in 0..60 {
+            let dir = entry_path(&fd, OsStr::new(&name));
+            std::fs::create_dir(&dir).unwrap();
+            fd = nix::fcntl::open(&dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+            rel.push(&name);
+        }
+        std::os::unix::fs::symlink("/", entry_path(&fd, OsStr::new("up"))).unwrap();
+        assert!(rel.as_os_str().len() > 4096);
+        let b = Beneath::open(top.path()).unwrap();
+        assert!(b.dir(&rel).is_ok());
+        assert!(b.lstat(&rel.join("up")).is_some());
+        assert!(b.dir(&rel.join("up")).is_err());
+        assert!(b.parent(&rel.join("up/x")).is_err());
     }
 }

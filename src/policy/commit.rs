@@ -373,10 +373,20 @@ fn abandon_plain(txn: Txn<'_>, plan: &TxnPlan) -> Left {
 
 fn run(txn: &mut Txn<'_>, plan: &TxnPlan) -> Result<(), CommitError> {
     // Stage everything first: nothing in the rootfs changes until all new data is on disk.
+    // The upper is read beneath its fd, in steps, so entries deeper than PATH_MAX stage too.
+    let upper = Beneath::open(txn.upper).map_err(txn.err("open", txn.upper))?;
     for (i, op) in plan.ops.iter().enumerate() {
         if let Op::Install { path } = op {
             let src = txn.upper.join(path);
-            copy_entry(&src, &txn.stage.new.via(i.to_string())).map_err(txn.err("stage", &src))?;
+            upper
+                .parent(path)
+                .and_then(|(dir, name)| {
+                    copy_entry(
+                        &beneath::entry_path(&dir, name),
+                        &txn.stage.new.via(i.to_string()),
+                    )
+                })
+                .map_err(txn.err("stage", &src))?;
             (txn.step)();
         }
     }

@@ -7,13 +7,14 @@
 //! one fails with [`ExportError::WhiteoutName`] rather than writing a layer that deletes.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use tar::{Builder, EntryType, Header};
 
+use super::at;
 use super::plan::{is_opaque, user_xattrs};
 use crate::layers::format::{self, WhiteoutFormat};
 
@@ -61,15 +62,17 @@ fn err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
     }
 }
 
-fn plan_err(e: super::plan::PlanError) -> ExportError {
+/// A plan error about `via` (or anything) said about `shown`, the entry's path in the upper.
+fn plan_err(e: super::plan::PlanError, shown: &Path) -> ExportError {
     ExportError::Io {
-        path: e.path,
+        path: shown.to_owned(),
         source: e.source,
     }
 }
 
 /// Writes `upper`, in whiteout format `fmt`, as an OCI layer tar to `out`. Entries are
-/// sorted, so the same upper gives the same layer.
+/// sorted, so the same upper gives the same layer. The upper is walked by directory fd
+/// ([`super::at`]), so a tree deeper than PATH_MAX is exported like any other.
 ///
 /// # Errors
 /// [`ExportError`] naming the path.
@@ -77,51 +80,69 @@ pub fn export<W: Write>(upper: &Path, fmt: WhiteoutFormat, out: W) -> Result<W, 
     let mut tar = Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     let mut links = HashMap::new();
-    walk(&mut tar, upper, fmt, Path::new(""), &mut links)?;
+    let top = at::open_top(upper).map_err(err(upper))?;
+    let mut w = Walk {
+        tar: &mut tar,
+        upper,
+        fmt,
+        links: &mut links,
+    };
+    w.dir(&top, Path::new(""))?;
     tar.into_inner().map_err(err(upper))
 }
 
-fn walk<W: Write>(
-    tar: &mut Builder<W>,
-    upper: &Path,
+/// One export's walk of its upper.
+struct Walk<'a, W: Write> {
+    tar: &'a mut Builder<W>,
+    upper: &'a Path,
     fmt: WhiteoutFormat,
-    rel: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
-) -> Result<(), ExportError> {
-    let dir = upper.join(rel);
-    let mut names: Vec<OsString> = std::fs::read_dir(&dir)
-        .map_err(err(&dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(err(&dir))?;
-    names.sort();
-    if !rel.as_os_str().is_empty() && is_opaque(&dir, fmt) {
-        marker(tar, &rel.join(format::AUFS_OPAQUE), &dir)?;
-    }
-    for name in names {
-        let path = rel.join(&name);
-        let full = upper.join(&path);
-        let md = full.symlink_metadata().map_err(err(&full))?;
-        if format::is_aufs_name(&name) && !fmt.has_aufs_markers() {
-            return Err(ExportError::WhiteoutName { path: full });
+    links: &'a mut HashMap<(u64, u64), PathBuf>,
+}
+
+impl<W: Write> Walk<'_, W> {
+    /// Writes the entries of upper directory `rel`, open as `dir`.
+    fn dir(&mut self, dir: &OwnedFd, rel: &Path) -> Result<(), ExportError> {
+        let shown = self.upper.join(rel);
+        let names = at::names(dir).map_err(err(&shown))?;
+        if !rel.as_os_str().is_empty() && is_opaque(&at::itself(dir), self.fmt) {
+            marker(self.tar, &rel.join(format::AUFS_OPAQUE), &shown)?;
         }
-        if format::is_aufs_name(&name) {
-            if format::aufs_whiteout_target(&name).is_some() {
-                marker(tar, &path, &full)?;
+        for name in names {
+            let path = rel.join(&name);
+            let shown = self.upper.join(&path);
+            let via = at::entry(dir, &name);
+            let md = via.symlink_metadata().map_err(err(&shown))?;
+            if format::is_aufs_name(&name) && !self.fmt.has_aufs_markers() {
+                return Err(ExportError::WhiteoutName { path: shown });
             }
-            continue;
+            if format::is_aufs_name(&name) {
+                if format::aufs_whiteout_target(&name).is_some() {
+                    marker(self.tar, &path, &shown)?;
+                }
+                continue;
+            }
+            if md.file_type().is_char_device() && md.rdev() == 0 {
+                marker(
+                    self.tar,
+                    &rel.join(format::aufs_whiteout_name(&name)),
+                    &shown,
+                )?;
+                continue;
+            }
+            crate::policy::plan::refuse_stub(&via, &md).map_err(|e| plan_err(e, &shown))?;
+            let sub = if md.is_dir() {
+                Some(at::open_dir(dir, &name).map_err(err(&shown))?)
+            } else {
+                None
+            };
+            let via = sub.as_ref().map_or(via, at::itself);
+            entry(self.tar, &via, &shown, &path, &md, self.links)?;
+            if let Some(sub) = sub {
+                self.dir(&sub, &path)?;
+            }
         }
-        if md.file_type().is_char_device() && md.rdev() == 0 {
-            marker(tar, &rel.join(format::aufs_whiteout_name(&name)), &full)?;
-            continue;
-        }
-        crate::policy::plan::refuse_stub(&full, &md).map_err(plan_err)?;
-        entry(tar, &full, &path, &md, links)?;
-        if md.is_dir() {
-            walk(tar, upper, fmt, &path, links)?;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// An empty regular file: a whiteout or an opaque marker.
@@ -137,9 +158,11 @@ fn marker<W: Write>(tar: &mut Builder<W>, path: &Path, source: &Path) -> Result<
         .map_err(err(source))
 }
 
+/// Writes one entry, read through `via`; `shown` names it in messages.
 fn entry<W: Write>(
     tar: &mut Builder<W>,
-    full: &Path,
+    via: &Path,
+    shown: &Path,
     path: &Path,
     md: &std::fs::Metadata,
     links: &mut HashMap<(u64, u64), PathBuf>,
@@ -148,7 +171,7 @@ fn entry<W: Write>(
     let xattrs = if ft.is_symlink() {
         Vec::new()
     } else {
-        user_xattrs(full).map_err(plan_err)?
+        user_xattrs(via).map_err(|e| plan_err(e, shown))?
     };
     if !xattrs.is_empty() {
         let records: Vec<(String, Vec<u8>)> = xattrs
@@ -161,7 +184,7 @@ fn entry<W: Write>(
             })
             .collect();
         tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-            .map_err(err(full))?;
+            .map_err(err(shown))?;
     }
     let mut h = Header::new_ustar();
     h.set_metadata_in_mode(md, tar::HeaderMode::Complete);
@@ -170,18 +193,18 @@ fn entry<W: Write>(
         if let Some(first) = links.get(&key) {
             h.set_entry_type(EntryType::Link);
             h.set_size(0);
-            return tar.append_link(&mut h, path, first).map_err(err(full));
+            return tar.append_link(&mut h, path, first).map_err(err(shown));
         }
         links.insert(key, path.to_owned());
     }
     if ft.is_symlink() {
-        let target = std::fs::read_link(full).map_err(err(full))?;
+        let target = std::fs::read_link(via).map_err(err(shown))?;
         h.set_size(0);
-        return tar.append_link(&mut h, path, &target).map_err(err(full));
+        return tar.append_link(&mut h, path, &target).map_err(err(shown));
     }
     if ft.is_file() {
-        let f = std::fs::File::open(full).map_err(err(full))?;
-        return tar.append_data(&mut h, path, f).map_err(err(full));
+        let f = std::fs::File::open(via).map_err(err(shown))?;
+        return tar.append_data(&mut h, path, f).map_err(err(shown));
     }
     if ft.is_char_device() || ft.is_block_device() {
         let (major, minor) = (
@@ -189,9 +212,9 @@ fn entry<W: Write>(
             nix::sys::stat::minor(md.rdev()),
         );
         h.set_device_major(u32::try_from(major).unwrap_or(0))
-            .map_err(err(full))?;
+            .map_err(err(shown))?;
         h.set_device_minor(u32::try_from(minor).unwrap_or(0))
-            .map_err(err(full))?;
+            .map_err(err(shown))?;
     }
     h.set_size(0);
     let name = if ft.is_dir() {
@@ -202,5 +225,5 @@ fn entry<W: Write>(
         path.to_owned()
     };
     tar.append_data(&mut h, &name, std::io::empty())
-        .map_err(err(full))
+        .map_err(err(shown))
 }

@@ -2,6 +2,7 @@
 //! rootfs (plain or crash-safe). Reads uppers in the format [`crate::layers`] writes, through
 //! its shared vocabulary ([`crate::layers::format`]).
 
+pub mod at;
 pub mod beneath;
 pub mod commit;
 pub mod export;

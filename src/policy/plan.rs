@@ -9,14 +9,16 @@
 //! session changes nothing and the cost grows with the changes, not the tree.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::Metadata;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::at;
 use crate::layers::format::{self, WhiteoutFormat};
 use crate::sys;
 
@@ -386,6 +388,9 @@ struct Walker<'a> {
 
 /// Builds the plan that merges `upper`, in whiteout format `fmt`, into `rootfs`.
 ///
+/// Both trees are walked by directory fd ([`super::at`]), so an upper deeper than
+/// PATH_MAX is planned like any other.
+///
 /// # Errors
 /// [`PlanError`] naming the path that could not be read.
 pub fn plan(rootfs: &Path, upper: &Path, fmt: WhiteoutFormat) -> Result<Plan, PlanError> {
@@ -396,7 +401,9 @@ pub fn plan(rootfs: &Path, upper: &Path, fmt: WhiteoutFormat) -> Result<Plan, Pl
         plan: Plan::default(),
         installed: HashMap::new(),
     };
-    w.dir(Path::new(""), true)?;
+    let up = at::open_top(upper).map_err(io(upper))?;
+    let low = at::open_top(rootfs).map_err(io(rootfs))?;
+    w.dir(Path::new(""), &up, Some(&low))?;
     // The root directory's own metadata, last, as for every other directory with changes.
     let root_md = upper.symlink_metadata().map_err(io(upper))?;
     let root_meta = meta_of(upper, &root_md)?;
@@ -449,14 +456,25 @@ fn lstat_opt(path: &Path) -> Result<Option<Metadata>, PlanError> {
     }
 }
 
-fn sorted_names(dir: &Path) -> Result<Vec<OsString>, PlanError> {
-    let mut names: Vec<OsString> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io(dir))?;
-    names.sort();
-    Ok(names)
+/// An error about `via` (an entry reached through an fd) said about `shown` (its path in
+/// its tree), for messages; errors about other paths pass unchanged.
+fn shown_as(via: &Path, shown: PathBuf) -> impl FnOnce(PlanError) -> PlanError + '_ {
+    move |e| {
+        if e.path == via {
+            PlanError {
+                path: shown,
+                source: e.source,
+            }
+        } else {
+            e
+        }
+    }
+}
+
+/// An entry of both walks: reached through its parent's fd, named by its path in its tree.
+struct Ent {
+    via: PathBuf,
+    shown: PathBuf,
 }
 
 impl Walker<'_> {
@@ -464,15 +482,29 @@ impl Walker<'_> {
         self.plan.changes.push((c, Path::new("/").join(rel)));
     }
 
-    /// Walks upper directory `rel`; `lower_merges`: the rootfs's directory of that path still
-    /// shows through (neither absent nor cut by an opaque marker).
-    fn dir(&mut self, rel: &Path, lower_merges: bool) -> Result<(), PlanError> {
-        let names = sorted_names(&self.upper.join(rel))?;
+    fn up_ent(&self, dir: &OwnedFd, name: &OsStr, rel: &Path) -> Ent {
+        Ent {
+            via: at::entry(dir, name),
+            shown: self.upper.join(rel),
+        }
+    }
+
+    fn low_ent(&self, dir: &OwnedFd, name: &OsStr, rel: &Path) -> Ent {
+        Ent {
+            via: at::entry(dir, name),
+            shown: self.rootfs.join(rel),
+        }
+    }
+
+    /// Walks upper directory `rel` (open as `up`); `low`: the rootfs's directory of that path
+    /// when it still shows through (neither absent nor cut by an opaque marker).
+    fn dir(&mut self, rel: &Path, up: &OwnedFd, low: Option<&OwnedFd>) -> Result<(), PlanError> {
+        let names = at::names(up).map_err(io(&self.upper.join(rel)))?;
         // Deletions first: a whiteout's name may be reused by nothing else in this directory.
         let mut deleted = BTreeSet::new();
         for name in &names {
-            let up = self.upper.join(rel).join(name);
-            let md = up.symlink_metadata().map_err(io(&up))?;
+            let e = self.up_ent(up, name, &rel.join(name));
+            let md = e.via.symlink_metadata().map_err(io(&e.shown))?;
             let target = if is_whiteout(&md) {
                 Some(name.as_os_str())
             } else if self.format.has_aufs_markers() {
@@ -480,10 +512,12 @@ impl Walker<'_> {
             } else {
                 None
             };
-            if let Some(target) = target {
+            if let (Some(target), Some(low)) = (target, low) {
                 let path = rel.join(target);
-                if lower_merges
-                    && lstat_opt(&self.rootfs.join(&path))?.is_some()
+                let l = self.low_ent(low, target, &path);
+                if lstat_opt(&l.via)
+                    .map_err(shown_as(&l.via, l.shown))?
+                    .is_some()
                     && deleted.insert(path.clone())
                 {
                     self.plan.ops.push(Op::Remove(path.clone()));
@@ -496,35 +530,48 @@ impl Walker<'_> {
                 continue;
             }
             let path = rel.join(name);
-            let up = self.upper.join(&path);
-            let upm = up.symlink_metadata().map_err(io(&up))?;
+            let u = self.up_ent(up, name, &path);
+            let upm = u.via.symlink_metadata().map_err(io(&u.shown))?;
             if is_whiteout(&upm) {
                 continue;
             }
-            let low = self.rootfs.join(&path);
-            let lowm = if lower_merges { lstat_opt(&low)? } else { None };
+            let l = low.map(|low| (low, self.low_ent(low, name, &path)));
+            let lowm = match &l {
+                Some((_, l)) => lstat_opt(&l.via).map_err(shown_as(&l.via, l.shown.clone()))?,
+                None => None,
+            };
             if upm.is_dir() {
-                self.subdir(&path, &up, &upm, &low, lowm.as_ref())?;
+                let up_dir = at::open_dir(up, name).map_err(io(&u.shown))?;
+                let low_dir = match (&l, &lowm) {
+                    (Some((low, l)), Some(m)) if m.is_dir() => {
+                        Some(at::open_dir(low, name).map_err(io(&l.shown))?)
+                    }
+                    _ => None,
+                };
+                self.subdir(&path, &up_dir, &upm, low_dir.as_ref(), lowm.as_ref())?;
             } else {
-                self.non_dir(&path, &up, &upm, &low, lowm.as_ref())?;
+                let l = l.map(|(_, l)| l);
+                self.non_dir(&path, &u, &upm, l.as_ref(), lowm.as_ref())?;
             }
         }
         Ok(())
     }
 
+    /// Upper directory `path` (open as `up`, with status `upm`); `low`: the rootfs's
+    /// directory there, `lowm`: the status of whatever the rootfs has there.
     fn subdir(
         &mut self,
         path: &Path,
-        up: &Path,
+        up: &OwnedFd,
         upm: &Metadata,
-        low: &Path,
+        low: Option<&OwnedFd>,
         lowm: Option<&Metadata>,
     ) -> Result<(), PlanError> {
-        let meta = meta_of(up, upm)?;
-        let opaque = is_opaque(up, self.format);
-        let lower_dir = lowm.is_some_and(Metadata::is_dir);
-        match lowm {
-            None => {
+        let up_via = at::itself(up);
+        let meta = meta_of(&up_via, upm).map_err(shown_as(&up_via, self.upper.join(path)))?;
+        let opaque = is_opaque(&up_via, self.format);
+        match (lowm, low) {
+            (None, _) => {
                 self.change(Change::Added, path);
                 self.plan.ops.push(Op::MakeDir {
                     path: path.to_owned(),
@@ -532,26 +579,10 @@ impl Walker<'_> {
                     existed: false,
                 });
             }
-            Some(m) if !m.is_dir() || opaque => {
-                // Replaced: a non-directory by a directory, or a directory by an opaque one.
-                self.change(Change::Changed, path);
-                if lower_dir {
-                    for name in sorted_names(low)? {
-                        let child = path.join(&name);
-                        if lstat_opt(&up.join(&name))?.is_none_or(|m| is_whiteout(&m)) {
-                            self.change(Change::Deleted, &child);
-                        }
-                    }
-                }
-                self.plan.ops.push(Op::Remove(path.to_owned()));
-                self.plan.ops.push(Op::MakeDir {
-                    path: path.to_owned(),
-                    meta: meta.clone(),
-                    existed: false,
-                });
-            }
-            Some(m) => {
-                let low_meta = meta_of(low, m)?;
+            (Some(m), Some(low)) if m.is_dir() && !opaque => {
+                let low_via = at::itself(low);
+                let low_meta =
+                    meta_of(&low_via, m).map_err(shown_as(&low_via, self.rootfs.join(path)))?;
                 let changed = !same_dir_meta(&meta, &low_meta);
                 if changed {
                     self.change(Change::Changed, path);
@@ -562,7 +593,7 @@ impl Walker<'_> {
                     meta: meta.clone(),
                     existed: true,
                 });
-                self.dir(path, true)?;
+                self.dir(path, up, Some(low))?;
                 // A directory that was only copied up, with nothing changed inside, is left
                 // alone: a no-change session rewrites nothing.
                 if !changed && self.plan.ops.len() == before + 1 && meta.mtime == low_meta.mtime {
@@ -575,8 +606,31 @@ impl Walker<'_> {
                 }
                 return Ok(());
             }
+            (Some(_), _) => {
+                // Replaced: a non-directory by a directory, or a directory by an opaque one.
+                self.change(Change::Changed, path);
+                if let Some(low) = low {
+                    let names = at::names(low).map_err(io(&self.rootfs.join(path)))?;
+                    for name in names {
+                        let child = path.join(&name);
+                        let u = self.up_ent(up, &name, &child);
+                        let gone = lstat_opt(&u.via)
+                            .map_err(shown_as(&u.via, u.shown))?
+                            .is_none_or(|m| is_whiteout(&m));
+                        if gone {
+                            self.change(Change::Deleted, &child);
+                        }
+                    }
+                }
+                self.plan.ops.push(Op::Remove(path.to_owned()));
+                self.plan.ops.push(Op::MakeDir {
+                    path: path.to_owned(),
+                    meta: meta.clone(),
+                    existed: false,
+                });
+            }
         }
-        self.dir(path, lower_dir && !opaque)?;
+        self.dir(path, up, low.filter(|_| !opaque))?;
         self.plan.ops.push(Op::DirDone {
             path: path.to_owned(),
             meta,
@@ -587,14 +641,18 @@ impl Walker<'_> {
     fn non_dir(
         &mut self,
         path: &Path,
-        up: &Path,
+        up: &Ent,
         upm: &Metadata,
-        low: &Path,
+        low: Option<&Ent>,
         lowm: Option<&Metadata>,
     ) -> Result<(), PlanError> {
-        refuse_stub(up, upm)?;
-        if let Some(m) = lowm {
-            if !m.is_dir() && same_entry(up, upm, low, m)? {
+        refuse_stub(&up.via, upm).map_err(shown_as(&up.via, up.shown.clone()))?;
+        if let (Some(m), Some(low)) = (lowm, low) {
+            if !m.is_dir()
+                && same_entry(&up.via, upm, &low.via, m)
+                    .map_err(shown_as(&up.via, up.shown.clone()))
+                    .map_err(shown_as(&low.via, low.shown.clone()))?
+            {
                 return Ok(());
             }
         }
