@@ -7,6 +7,8 @@
 //! - Names that are not UTF-8 or hold a newline: text `diff` escapes them as `ls -b` does,
 //!   `diff --json` carries them losslessly (`path_hex`), `commit --atomic` journals them, and
 //!   a reader that closes the pipe early gets no panic.
+//! - Trees deeper than PATH_MAX in an upper: `diff`, `diff --json`, `export` and `commit`
+//!   walk them by directory fd and carry the deep file through.
 
 use std::fs;
 use std::path::Path;
@@ -173,4 +175,137 @@ fn names_that_are_not_utf8_survive_diff_json_and_an_atomic_commit() {
     names.sort();
     assert_eq!(names, [b"a\nb".to_vec(), b"x\xffy".to_vec()]);
     f.assert_no_sessions("the atomic commit");
+}
+
+/// Levels of the deep tree and the length of each name: 300 × 21 bytes, past PATH_MAX.
+const DEEP_LEVELS: usize = 300;
+
+fn deep_names() -> Vec<String> {
+    (0..DEEP_LEVELS)
+        .map(|i| format!("level-{i:03}-abcdefghijk"))
+        .collect()
+}
+
+/// Makes `top/deep/<300 levels>/leaf` (content `deep leaf\n`) by `mkdirat` from a directory
+/// fd, since no path string reaches that far.
+fn make_deep(top: &Path) {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::{Mode, mkdirat};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut dir = open(top, flags, Mode::empty()).unwrap();
+    for name in std::iter::once("deep".to_owned()).chain(deep_names()) {
+        mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(0o755)).unwrap();
+        dir = openat(&dir, name.as_str(), flags, Mode::empty()).unwrap();
+    }
+    let leaf = openat(
+        &dir,
+        "leaf",
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    nix::unistd::write(&leaf, b"deep leaf\n").unwrap();
+}
+
+/// The content of `top/deep/<300 levels>/leaf`, read by fd; `None` when any level is missing.
+fn read_deep(top: &Path) -> Option<Vec<u8>> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut dir = open(top, flags, Mode::empty()).ok()?;
+    for name in std::iter::once("deep".to_owned()).chain(deep_names()) {
+        dir = openat(
+            &dir,
+            name.as_str(),
+            flags | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .ok()?;
+    }
+    let leaf = openat(
+        &dir,
+        "leaf",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    fs::File::from(leaf).read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+/// The deep leaf's path as `diff` prints it.
+fn deep_leaf_shown() -> String {
+    format!("/deep/{}/leaf", deep_names().join("/"))
+}
+
+/// A preserved session's upper gets a tree deeper than PATH_MAX (6,300 bytes) written
+/// straight into it: `diff` and `diff --json` list its leaf, `export` writes it into the
+/// layer, and `commit` (plain and `--atomic`) installs it in the rootfs, byte for byte.
+#[test]
+fn trees_deeper_than_path_max_are_diffed_exported_and_committed() {
+    require_sessions!();
+    for commit_flags in [&["commit"][..], &["commit", "--atomic"]] {
+        let what = commit_flags.join(" ");
+        let f = Fixture::new();
+        let id = f.preserved("echo touched > /etc/motd");
+        make_deep(&f.upper_of(&id));
+        let leaf = deep_leaf_shown();
+        assert!(leaf.len() > 4096);
+        // The whole context would hold every deep path: its start says enough.
+        let short = |out: &crate::support::Out| {
+            let s = out.context();
+            s.chars().take(600).collect::<String>()
+        };
+
+        let diff = run_cmd(&mut f.ovlrun(&["diff", &id]));
+        assert_eq!(diff.code(), 0, "diff\n{}", short(&diff));
+        assert!(
+            diff.stdout.lines().any(|l| l == format!("A {leaf}")),
+            "diff does not list the deep leaf\n{}",
+            short(&diff)
+        );
+        assert!(diff.stdout.lines().any(|l| l == "C /etc/motd"));
+
+        let json = run_cmd(&mut f.ovlrun(&["diff", "--json", &id]));
+        assert_eq!(json.code(), 0, "diff --json\n{}", short(&json));
+        let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert!(
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["change"] == "A" && r["path"] == leaf.as_str()),
+            "diff --json does not list the deep leaf"
+        );
+
+        let tar_path = f.dir.join("layer.tar");
+        let export = run_cmd(f.ovlrun(&["export", &id, "-o"]).arg(&tar_path));
+        assert_eq!(export.code(), 0, "export\n{}", short(&export));
+        let mut archive = tar::Archive::new(fs::File::open(&tar_path).unwrap());
+        let mut found = None;
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().as_os_str() == &leaf[1..] {
+                let mut data = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut data).unwrap();
+                found = Some(data);
+            }
+        }
+        assert_eq!(
+            found.as_deref(),
+            Some("deep leaf\n"),
+            "the layer's deep leaf"
+        );
+
+        let commit = run_cmd(&mut f.ovlrun(&[commit_flags, &[&id]].concat()));
+        assert_eq!(commit.code(), 0, "{what}\n{}", short(&commit));
+        assert_eq!(
+            read_deep(&f.rootfs).as_deref(),
+            Some(&b"deep leaf\n"[..]),
+            "{what}"
+        );
+        assert_eq!(read_string(f.rootfs.join("etc/motd")), "touched\n");
+        f.assert_no_sessions(&what);
+    }
 }
