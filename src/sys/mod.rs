@@ -28,6 +28,8 @@ pub fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
     Errno::result(res).map(drop)
 }
 
+pub mod fdpass;
 pub mod mount;
 pub mod net;
 pub mod process;
+pub mod term;
