@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
-use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+use nix::sys::termios::{OutputFlags, SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 use nix::unistd::{Gid, Uid};
 
 use super::handshake::{End, HandshakeError, Msg};
@@ -108,37 +108,64 @@ pub fn take_as_controlling() -> nix::Result<()> {
     term::make_controlling(std::io::stdin())
 }
 
-/// The caller's terminal (stdin) in raw mode; dropping it restores the saved mode, on every
-/// way out of the launcher (return, error, unwinding panic).
+/// The caller's terminal in raw mode; dropping it restores the saved mode, on every way out
+/// of the launcher (return, error, unwinding panic).
 #[derive(Debug)]
 pub struct RawMode {
+    /// The caller's stdin (true) or stdout.
+    stdin: bool,
     saved: Termios,
 }
 
 impl RawMode {
-    /// Puts stdin in raw mode: keys go to the session unedited (Ctrl-C as a byte, for the
-    /// session's line discipline) and its output is shown as it is. `None` when stdin is
-    /// not a terminal.
+    /// Puts stdin, when it is a terminal, in raw mode: keys go to the session unedited
+    /// (Ctrl-C as a byte, for the session's line discipline) and its output is shown as it
+    /// is. When only stdout is a terminal, only its output processing is turned off (the
+    /// pty already made `\n` into `\r\n`), so Ctrl-C there still interrupts ovlrun. `None`
+    /// when neither is a terminal.
     ///
     /// # Errors
     /// Any error of tcsetattr(3).
     pub fn enter() -> nix::Result<Option<RawMode>> {
-        let saved = match tcgetattr(std::io::stdin()) {
-            Ok(t) => t,
-            Err(Errno::ENOTTY | Errno::EBADF | Errno::EINVAL) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(std::io::stdin(), SetArg::TCSANOW, &raw)?;
-        Ok(Some(RawMode { saved }))
+        for stdin in [true, false] {
+            let saved = match Self::get(stdin) {
+                Ok(t) => t,
+                Err(Errno::ENOTTY | Errno::EBADF | Errno::EINVAL) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut raw = saved.clone();
+            if stdin {
+                cfmakeraw(&mut raw);
+            } else {
+                raw.output_flags.remove(OutputFlags::OPOST);
+            }
+            Self::set(stdin, &raw)?;
+            return Ok(Some(RawMode { stdin, saved }));
+        }
+        Ok(None)
+    }
+
+    fn get(stdin: bool) -> nix::Result<Termios> {
+        if stdin {
+            tcgetattr(std::io::stdin())
+        } else {
+            tcgetattr(std::io::stdout())
+        }
+    }
+
+    fn set(stdin: bool, mode: &Termios) -> nix::Result<()> {
+        // Output is processed when written, so nothing queued is changed by setting it now.
+        if stdin {
+            tcsetattr(std::io::stdin(), SetArg::TCSANOW, mode)
+        } else {
+            tcsetattr(std::io::stdout(), SetArg::TCSANOW, mode)
+        }
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // Output is processed when written, so nothing queued is changed by restoring now.
-        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+        let _ = Self::set(self.stdin, &self.saved);
     }
 }
 
