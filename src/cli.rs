@@ -101,6 +101,14 @@ pub struct RunArgs {
     /// Pass the caller's fds 3 .. 3+N to the command (every other fd above 2 is closed).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub preserve_fds: u32,
+    /// Give the command a new terminal (pty) of its own even when stdin or stdout is not a
+    /// terminal [default: when both are].
+    #[arg(short = 't', long = "tty", conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never give the command a pty: it gets the caller's stdin, stdout and stderr as they
+    /// are, in a session of its own without a controlling terminal.
+    #[arg(long)]
+    pub no_tty: bool,
     /// Set a resource limit: NAME=SOFT[:HARD], e.g. nofile=1024:4096 (repeatable).
     #[arg(long, value_name = "NAME=SOFT[:HARD]")]
     pub rlimit: Vec<String>,

@@ -290,7 +290,7 @@ fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
             Some(cli::FsArg::Fuse) => Backend::Fuse,
             None => oci.fs.unwrap_or(Backend::Auto),
         },
-        terminal: config::Terminal::Auto,
+        terminal: config::Terminal::chosen(args.tty, args.no_tty, oci.terminal),
         seccomp,
         preserve_fds: args.preserve_fds,
         rlimits,

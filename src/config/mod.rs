@@ -54,6 +54,18 @@ pub enum Terminal {
     Never,
 }
 
+impl Terminal {
+    /// The choice from `-t/--tty`, `--no-tty` and a config's `process.terminal`: a flag
+    /// wins over the config, the config over the default.
+    pub fn chosen(tty: bool, no_tty: bool, config: Option<bool>) -> Terminal {
+        match (tty, no_tty, config) {
+            (true, _, _) | (false, false, Some(true)) => Terminal::Always,
+            (false, true, _) | (false, false, Some(false)) => Terminal::Never,
+            (false, false, None) => Terminal::Auto,
+        }
+    }
+}
+
 /// The system-call filter the command runs under.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Seccomp {
@@ -650,6 +662,15 @@ pub fn default_env(home: &str) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_flags_win_over_the_config() {
+        assert_eq!(Terminal::chosen(false, false, None), Terminal::Auto);
+        assert_eq!(Terminal::chosen(true, false, Some(false)), Terminal::Always);
+        assert_eq!(Terminal::chosen(false, true, Some(true)), Terminal::Never);
+        assert_eq!(Terminal::chosen(false, false, Some(true)), Terminal::Always);
+        assert_eq!(Terminal::chosen(false, false, Some(false)), Terminal::Never);
+    }
 
     #[test]
     fn bind_values() {

@@ -73,7 +73,8 @@ pub struct OciSettings {
     pub env: Option<Vec<OsString>>,
     /// `process.cwd` (absolute).
     pub cwd: Option<PathBuf>,
-    /// `process.terminal`.
+    /// `process.terminal`: true gives the command a pty of its own, as `-t` does; false
+    /// none, as `--no-tty` does (podman's `--console-socket` protocol is not spoken).
     pub terminal: Option<bool>,
     /// `process.user.uid`.
     pub uid: Option<u32>,

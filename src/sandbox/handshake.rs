@@ -2,7 +2,10 @@
 //! and an unexpected message or EOF is an error naming what was expected.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+
+use crate::sys::fdpass;
 
 /// A message between launcher processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,11 +17,13 @@ pub enum Msg {
     MapIds = 2,
     /// Id-map helper to parent: maps written (payload empty) or failed (payload: the error).
     MapsDone = 3,
+    /// Session pid 1 to parent: the master of the session's new pty, attached (no payload).
+    Terminal = 4,
 }
 
 impl Msg {
     fn from_u8(b: u8) -> Option<Msg> {
-        [Msg::Go, Msg::MapIds, Msg::MapsDone]
+        [Msg::Go, Msg::MapIds, Msg::MapsDone, Msg::Terminal]
             .into_iter()
             .find(|m| *m as u8 == b)
     }
@@ -40,6 +45,12 @@ pub enum HandshakeError {
         expected: Msg,
         /// The tag received.
         got: u8,
+    },
+    /// The expected message came without the file descriptor it carries.
+    #[error("launcher handshake: {expected:?} came without its file descriptor")]
+    NoFd {
+        /// What was awaited.
+        expected: Msg,
     },
     /// Reading or writing failed.
     #[error("launcher handshake: {0}")]
@@ -73,19 +84,60 @@ impl End {
         Ok(())
     }
 
+    /// Sends `msg`, without payload, carrying a copy of `fd` for the other process.
+    ///
+    /// # Errors
+    /// Any error of sendmsg(2).
+    pub fn send_fd(&mut self, msg: Msg, fd: BorrowedFd<'_>) -> Result<(), HandshakeError> {
+        let mut head = [0u8; 5];
+        head[0] = msg as u8;
+        fdpass::send_with_fd(self.0.as_fd(), &head, fd).map_err(std::io::Error::from)?;
+        Ok(())
+    }
+
+    /// Waits for `expected`, sent by [`End::send_fd`], and returns the fd it carries
+    /// (close-on-exec).
+    ///
+    /// # Errors
+    /// As [`End::expect`]; [`HandshakeError::NoFd`] when the message carries no fd.
+    pub fn expect_fd(&mut self, expected: Msg) -> Result<OwnedFd, HandshakeError> {
+        let mut head = [0u8; 5];
+        let (n, fd) =
+            fdpass::recv_with_fd(self.0.as_fd(), &mut head).map_err(std::io::Error::from)?;
+        if n == 0 {
+            return Err(HandshakeError::Closed { expected });
+        }
+        // The fd rides on the first byte; the rest of a short read follows as plain bytes.
+        self.read_rest(&mut head[n..], expected)?;
+        self.check_and_take_payload(head, expected)?;
+        fd.ok_or(HandshakeError::NoFd { expected })
+    }
+
     /// Waits for `expected` and returns its payload.
     ///
     /// # Errors
     /// [`HandshakeError::Closed`] on EOF, [`HandshakeError::Unexpected`] for another message.
     pub fn expect(&mut self, expected: Msg) -> Result<Vec<u8>, HandshakeError> {
         let mut head = [0u8; 5];
-        match self.0.read_exact(&mut head) {
-            Ok(()) => {}
+        self.read_rest(&mut head, expected)?;
+        self.check_and_take_payload(head, expected)
+    }
+
+    fn read_rest(&mut self, buf: &mut [u8], expected: Msg) -> Result<(), HandshakeError> {
+        match self.0.read_exact(buf) {
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(HandshakeError::Closed { expected });
+                Err(HandshakeError::Closed { expected })
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    fn check_and_take_payload(
+        &mut self,
+        head: [u8; 5],
+        expected: Msg,
+    ) -> Result<Vec<u8>, HandshakeError> {
         if Msg::from_u8(head[0]) != Some(expected) {
             return Err(HandshakeError::Unexpected {
                 expected,
@@ -123,6 +175,43 @@ mod tests {
         assert!(matches!(
             b.wait_go(),
             Err(HandshakeError::Closed { expected: Msg::Go })
+        ));
+    }
+
+    #[test]
+    fn an_fd_crosses_with_its_message() {
+        let (mut a, mut b) = channel().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        a.send_fd(Msg::Terminal, w.as_fd()).unwrap();
+        drop(w);
+        let got = b.expect_fd(Msg::Terminal).unwrap();
+        nix::unistd::write(&got, b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 1);
+        assert_eq!(&buf, b"x");
+        let flags = nix::fcntl::fcntl(&got, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "a received fd must be close-on-exec"
+        );
+        // A plain message where an fd is due, and EOF, are named.
+        a.send(Msg::Terminal, b"").unwrap();
+        assert!(matches!(
+            b.expect_fd(Msg::Terminal),
+            Err(HandshakeError::NoFd {
+                expected: Msg::Terminal
+            })
+        ));
+        a.send_fd(Msg::Go, got.as_fd()).unwrap();
+        assert!(matches!(
+            b.expect_fd(Msg::Terminal),
+            Err(HandshakeError::Unexpected { got: 1, .. })
+        ));
+        drop(a);
+        assert!(matches!(
+            b.expect_fd(Msg::Terminal),
+            Err(HandshakeError::Closed { .. })
         ));
     }
 }

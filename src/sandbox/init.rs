@@ -41,8 +41,9 @@ pub fn exit_code(status: WaitStatus) -> Option<i32> {
 pub struct Command<'a> {
     /// The plan.
     pub plan: &'a SessionPlan,
-    /// Whether stdin is a terminal the command should own (job control).
-    pub tty: bool,
+    /// Whether fds 0-2 are the session's own pty, which the command takes as its
+    /// controlling terminal (job control, Ctrl-C); without it the command has none.
+    pub terminal: bool,
     /// Whether setgroups(2) works in this user namespace.
     pub setgroups: bool,
     /// The compiled system-call filter (`None`: unconfined).
@@ -56,6 +57,12 @@ pub fn run(cmd: &Command<'_>) -> ! {
     let keep = 3 + cmd.plan.preserve_fds;
     if let Err(e) = process::close_fds_from(keep, false) {
         eprintln!("ovlrun: session init: cannot close inherited fds: {e}");
+        exit_now(125);
+    }
+    // A session of its own, without a controlling terminal: nothing inside shares the
+    // caller's (TIOCSTI on it then needs CAP_SYS_ADMIN in the initial user namespace).
+    if let Err(e) = nix::unistd::setsid() {
+        eprintln!("ovlrun: session init: cannot start a session: {e}");
         exit_now(125);
     }
     // Not dumpable: no process inside may ptrace pid 1 or open its /proc files without
@@ -89,16 +96,10 @@ pub fn run(cmd: &Command<'_>) -> ! {
     if keep > 3 {
         let _ = process::close_fds_from(3, false);
     }
-    // The command leads its own process group when it owns the terminal.
-    let target = if cmd.tty {
-        Pid::from_raw(-child.as_raw())
-    } else {
-        child
-    };
     loop {
         let Ok(sig) = signals.wait() else { continue };
         if sig != Signal::SIGCHLD {
-            let _ = kill(target, sig);
+            forward(sig, child, cmd.terminal);
             continue;
         }
         loop {
@@ -115,6 +116,15 @@ pub fn run(cmd: &Command<'_>) -> ! {
     }
 }
 
+/// Passes `sig` on to the command: to its process group when it leads one on its terminal
+/// (as a terminal would), else to the command alone.
+fn forward(sig: Signal, child: Pid, terminal: bool) {
+    // Until the command has called setsid its group does not exist yet.
+    if !terminal || kill(Pid::from_raw(-child.as_raw()), sig) == Err(Errno::ESRCH) {
+        let _ = kill(child, sig);
+    }
+}
+
 /// In the forked command process: ids, capabilities, terminal, directory, exec. Never returns.
 fn exec_command(cmd: &Command<'_>) -> ! {
     let plan = cmd.plan;
@@ -122,8 +132,10 @@ fn exec_command(cmd: &Command<'_>) -> ! {
         eprintln!("ovlrun: {what}: {e}");
         exit_now(code)
     };
-    if cmd.tty {
-        take_terminal();
+    if cmd.terminal {
+        if let Err(e) = super::terminal::take_as_controlling() {
+            fail("cannot take the session's terminal", &e, 125);
+        }
     }
     if cmd.setgroups {
         if let Err(e) = nix::unistd::setgroups(&[Gid::from_raw(plan.gid)]) {
@@ -215,17 +227,6 @@ fn load_filter(filter: Option<&super::seccomp::Filter>) {
 
 fn cstring(s: &OsStr) -> Option<CString> {
     CString::new(s.as_bytes()).ok()
-}
-
-/// Puts the command in its own process group and makes it the terminal's foreground, so
-/// Ctrl-C and job control reach it and not the launcher.
-fn take_terminal() {
-    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    // A background group asking for the foreground gets SIGTTOU unless it ignores it.
-    if let Ok(old) = process::ignore_sigttou() {
-        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
-        process::restore_sigttou(&old);
-    }
 }
 
 /// Finds `program` the way a shell would, with the session's own `PATH`.

@@ -9,8 +9,10 @@
 //!    is a copy holding the overlay, so its `pivot_root` leaves ours alone. (A process cannot
 //!    create threads after `unshare(pid)`, hence `clone`.)
 //! 5. Serving threads started, then the child told to go: it builds `/proc`, `/dev`, ... in
-//!    the overlay, pivots into it and, as pid 1, runs the command.
-//! 6. The launcher forwards signals, waits, unmounts, and (for now) discards the upper.
+//!    the overlay, pivots into it and, as pid 1, runs the command. With a terminal, pid 1
+//!    first opens a pty in the session's devpts and sends its master back ([`terminal`]).
+//! 6. The launcher relays the pty (if any), forwards signals, waits and unmounts; the
+//!    session's policy decides what becomes of the upper.
 //!
 //! The mount exists only in the launcher's private mount namespace, so nothing is left on
 //! the host even if ovlrun is killed; the child dies with it (`PR_SET_PDEATHSIG`).
@@ -24,7 +26,9 @@ pub mod netfiles;
 pub mod plan;
 pub mod scaffold;
 pub mod seccomp;
+pub mod terminal;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -66,6 +70,9 @@ pub enum SandboxError {
     /// The system-call filter could not be compiled.
     #[error("cannot compile the seccomp filter")]
     Seccomp(#[source] crate::config::seccomp::ProfileError),
+    /// The session's terminal could not be set up.
+    #[error(transparent)]
+    Terminal(#[from] terminal::TerminalError),
     /// A mount target could not be prepared in the upper.
     #[error("cannot prepare mount target {}", .path.display())]
     Scaffold {
@@ -258,7 +265,7 @@ fn run_in(
 
     let mounted = mount_overlay(plan, dirs, upper)?;
 
-    let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+    let pty = terminal::wanted(plan.terminal);
     let (mut parent_end, child_end) = handshake::channel().map_err(HandshakeError::from)?;
     let setgroups = ids.as_ref().is_none_or(IdMap::allows_setgroups);
     let child = start_child(
@@ -266,7 +273,7 @@ fn run_in(
         &net,
         &dirs.mnt,
         child_end,
-        tty,
+        pty,
         setgroups,
         filter.as_ref(),
     )?;
@@ -276,12 +283,39 @@ fn run_in(
         k => (k, Backend::Kernel),
     };
     parent_end.send(Msg::Go, b"")?;
-    let forwarder = forward_signals(forwarded, child);
-    let status = waitpid(child, None).map_err(ns("wait for the session"))?;
-    drop(forwarder);
-    if tty {
-        reclaim_terminal();
+    let (master, mut failure) = if pty {
+        receive_terminal(&mut parent_end, child)
+    } else {
+        (None, None)
+    };
+    // Declared before the relay, so it is restored after the relay has written everything.
+    let raw = match master.as_ref().map(|_| terminal::RawMode::enter()) {
+        Some(Err(e)) => {
+            eprintln!(
+                "ovlrun: note: cannot put the terminal in raw mode ({e}): keys are edited twice"
+            );
+            None
+        }
+        Some(Ok(raw)) => raw,
+        None => None,
+    };
+    let winch = master.as_ref().and_then(|m| m.try_clone().ok());
+    let relay = match master.map(terminal::Relay::start).transpose() {
+        Ok(relay) => relay,
+        Err(e) => {
+            let _ = kill(child, Signal::SIGKILL);
+            failure.get_or_insert(SandboxError::Terminal(terminal::TerminalError::Relay(e)));
+            None
+        }
+    };
+    let forwarder = forward_signals(forwarded, child, winch);
+    let status = waitpid(child, None).map_err(ns("wait for the session"));
+    if let Some(relay) = relay {
+        relay.finish();
     }
+    drop(raw);
+    drop(forwarder);
+    let status = status?;
     match mounted {
         Mounted::Fuse(m) => m.unmount()?,
         Mounted::Kernel(k) => k.unmount().map_err(|source| {
@@ -293,10 +327,27 @@ fn run_in(
         Mounted::Unserved(_) => {}
     }
     scaffold::remove(&plan.rootfs, &dirs.upper, &dirs.work, &scaffold);
+    if let Some(e) = failure {
+        return Err(e);
+    }
     Ok(Outcome {
         code: init::exit_code(status).unwrap_or(125),
         fs,
     })
+}
+
+/// Takes the master of the session's pty from pid 1. When pid 1 died before sending it, its
+/// exit status says why (it printed the reason); any other failure ends the session and is
+/// returned once it is waited for.
+fn receive_terminal(end: &mut End, child: Pid) -> (Option<OwnedFd>, Option<SandboxError>) {
+    match end.expect_fd(Msg::Terminal) {
+        Ok(master) => (Some(master), None),
+        Err(HandshakeError::Closed { .. }) => (None, None),
+        Err(e) => {
+            let _ = kill(child, Signal::SIGKILL);
+            (None, Some(e.into()))
+        }
+    }
 }
 
 /// Step 1 and 2: new user (unless `--no-userns`) and mount namespaces, ids mapped, `/`
@@ -373,8 +424,8 @@ fn start_child(
     plan: &SessionPlan,
     net: &[plan::NetFile],
     root: &Path,
-    mut end: End,
-    tty: bool,
+    end: End,
+    pty: bool,
     setgroups: bool,
     filter: Option<&seccomp::Filter>,
 ) -> Result<Pid, SandboxError> {
@@ -387,16 +438,28 @@ fn start_child(
     if plan.net == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    let mut end = Some(end);
     let child = Box::new(move || -> isize {
         // Dies with the launcher; if the launcher is already gone, the go never comes.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        let Some(mut end) = end.take() else {
+            exit_now(125)
+        };
         if end.wait_go().is_err() {
             exit_now(125);
         }
         setup_child(plan, net, root);
+        // Inside the session's own devpts, before init closes the handshake socket.
+        if pty {
+            if let Err(e) = terminal::open_in_session(&mut end, plan.uid, plan.gid) {
+                eprintln!("ovlrun: {}", format_chain(&e));
+                exit_now(125);
+            }
+        }
+        drop(end);
         init::run(&init::Command {
             plan,
-            tty,
+            terminal: pty,
             setgroups,
             filter,
         })
@@ -458,24 +521,25 @@ fn forwarded_set() -> SigSet {
 }
 
 /// Step 6: passes INT, TERM, HUP, QUIT, USR1, USR2, WINCH sent to the launcher on to the
-/// session's pid 1.
-fn forward_signals(set: SigSet, child: Pid) -> Option<std::thread::JoinHandle<()>> {
+/// session's pid 1; with a pty (`winch`, a copy of its master), WINCH copies the caller's
+/// window size onto it instead, and the kernel signals the session.
+fn forward_signals(
+    set: SigSet,
+    child: Pid,
+    winch: Option<OwnedFd>,
+) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ovlrun-signals".into())
         .spawn(move || {
             while let Ok(sig) = set.wait() {
+                if let (Signal::SIGWINCH, Some(master)) = (sig, &winch) {
+                    terminal::copy_window_size(master);
+                    continue;
+                }
                 if kill(child, sig).is_err() {
                     break;
                 }
             }
         })
         .ok()
-}
-
-/// Gives the terminal's foreground back to the launcher's process group.
-fn reclaim_terminal() {
-    if let Ok(old) = process::ignore_sigttou() {
-        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
-        process::restore_sigttou(&old);
-    }
 }

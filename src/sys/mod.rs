@@ -29,7 +29,9 @@ pub fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
 }
 
 pub mod beneath;
+pub mod fdpass;
 pub mod mount;
 pub mod net;
 pub mod process;
 pub mod seccomp;
+pub mod term;

@@ -88,19 +88,6 @@ pub fn reset_signal_dispositions() {
     }
 }
 
-/// Ignores SIGTTOU for the caller while it hands the terminal's foreground back.
-pub fn ignore_sigttou() -> nix::Result<SigAction> {
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    // SAFETY: SIG_IGN for SIGTTOU only changes how the kernel treats a background tcsetpgrp.
-    unsafe { sigaction(Signal::SIGTTOU, &ignore) }
-}
-
-/// Puts back a disposition saved by [`ignore_sigttou`].
-pub fn restore_sigttou(old: &SigAction) {
-    // SAFETY: reinstating a disposition previously returned by sigaction(2).
-    let _ = unsafe { sigaction(Signal::SIGTTOU, old) };
-}
-
 /// Ends the calling process at once, without running Rust destructors or atexit handlers
 /// (a forked child must not flush or free what belongs to its parent).
 pub fn exit_now(code: i32) -> ! {

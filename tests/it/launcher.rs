@@ -1481,16 +1481,102 @@ fn unprivileged_doctor_reports_no_problems() {
 // ---------------------------------------------------------------------------------------------
 // A terminal
 
+/// Skips (locally) or fails (under CI) a test that needs util-linux's `script`.
+macro_rules! require_script {
+    () => {
+        require!(
+            Command::new("script").arg("--version").output().is_ok(),
+            "run util-linux's script (a pty for the test)"
+        );
+    };
+}
+
+/// util-linux's `script` (a real pty for the whole run, as a user's terminal would be)
+/// runs `sh OUTER`; `as_user` runs it as the test user instead of root.
+fn script_cmd(outer: &Path, as_user: Option<&UserFixture>) -> Command {
+    let mut cmd = Command::new("script");
+    cmd.args(["-qfec", &format!("sh {}", outer.display()), "/dev/null"]);
+    if let Some(u) = as_user {
+        cmd.env_clear()
+            .env("HOME", &u.home)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .current_dir(&u.home)
+            .uid(u.who.user.uid.as_raw())
+            .gid(u.who.user.gid.as_raw());
+    }
+    if let Some(fs) = std::env::var_os("OVLRUN_FS") {
+        cmd.env("OVLRUN_FS", fs);
+    }
+    cmd
+}
+
+/// Runs `cmd` (a [`script_cmd`]) and returns its output lines (without the pty's `\r\n`)
+/// up to a line `DONE`, or what came within 30 s; `on_line` sees each line and may type
+/// into the pty. The `script` process is killed afterwards, whatever happened.
+fn on_a_pty(
+    mut cmd: Command,
+    mut on_line: impl FnMut(&str, &mut std::process::ChildStdin),
+) -> Vec<String> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        // `lines` takes the pty's `\r\n` as one line end.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    let mut stdin = child.stdin.take().unwrap();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                on_line(&line, &mut stdin);
+                let done = line == "DONE";
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    lines
+}
+
+/// The value of the first word `KEY=VALUE` with this key on any line, else a panic
+/// showing all the lines.
+#[track_caller]
+fn pty_value<'a>(lines: &'a [String], key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    lines
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {key}= in:\n{}", lines.join("\n")))
+}
+
+/// A shell line printing the session id, the controlling terminal (`tty_nr`, 0 for none)
+/// and the pid of the shell that runs it, from `/proc/self/stat`.
+const STAT_LINE: &str =
+    r#"read -r _ _ _ _ _ sid ttynr _ < /proc/self/stat; echo "SID=$sid TTYNR=$ttynr PID=$$""#;
+
 /// On a terminal, the command owns the foreground (job control works in it), Ctrl-C reaches
 /// the command and not the launcher, and the foreground comes back to the caller afterwards.
-/// util-linux's `script` gives the whole run a real pty, as a user's terminal would.
 #[test]
 fn on_a_terminal_the_command_owns_the_foreground_and_gets_ctrl_c() {
     require_launcher!();
-    require!(
-        Command::new("script").arg("--version").output().is_ok(),
-        "run util-linux's script (a pty for the test)"
-    );
+    require_script!();
     let fx = Fixture::shared();
     fs::create_dir_all(fx.dir.join("bin")).unwrap();
     // Inside the session: are we the terminal's foreground group? Then wait for Ctrl-C.
@@ -1513,7 +1599,8 @@ fn on_a_terminal_the_command_owns_the_foreground_and_gets_ctrl_c() {
             "OVLRUN_STATE={state} {bin} --rootfs {rootfs} --bind {bindir}:/t:ro -- /bin/sh /t/inner.sh\n\
              echo \"EXIT=$?\"\n\
              read _ _ _ _ pg _ _ tpg _ < /proc/$$/stat\n\
-             echo \"AFTER pgrp=$pg tpgid=$tpg\"\n",
+             echo \"AFTER pgrp=$pg tpgid=$tpg\"\n\
+             echo DONE\n",
             state = fx.state.display(),
             bin = support::ovlrun_bin(),
             rootfs = fx.rootfs.display(),
@@ -1521,45 +1608,15 @@ fn on_a_terminal_the_command_owns_the_foreground_and_gets_ctrl_c() {
         ),
     )
     .unwrap();
-    let mut child = Command::new("script")
-        .args(["-qfec", &format!("sh {}", outer.display()), "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line.trim_end_matches('\r').to_owned());
+    let mut sent = false;
+    let lines = on_a_pty(script_cmd(&outer, None), |line, stdin| {
+        if line == "READY" && !sent {
+            // ^C typed on the terminal: the session's line discipline signals its foreground.
+            use std::io::Write;
+            stdin.write_all(b"\x03").unwrap();
+            sent = true;
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    let mut sent = false;
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                if line == "READY" && !sent {
-                    // ^C typed on the terminal: the line discipline signals the foreground.
-                    use std::io::Write;
-                    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
-                    sent = true;
-                }
-                let done = line.starts_with("AFTER");
-                lines.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
     let text = lines.join("\n");
     let pair = |prefix: &str| -> (String, String) {
         let line = lines
@@ -1593,4 +1650,259 @@ fn on_a_terminal_the_command_owns_the_foreground_and_gets_ctrl_c() {
         "the terminal's foreground was not given back:\n{text}"
     );
     assert_no_sessions_left(&fx.sessions_dir(), "a terminal session");
+}
+
+/// On a terminal the session gets a pty of its own: `tty` names `/dev/pts/N` of its own
+/// devpts, the command leads its session with that pty as controlling terminal, `stty size`
+/// is the caller's window size and follows a resize (SIGWINCH), and the caller's terminal
+/// mode (`stty -g`) is the same after the session as before.
+fn pty_of_its_own(fx: &Fixture, as_user: Option<&UserFixture>) {
+    let shared = fx.dir.mkdir("shared");
+    // The session's root is the test user's uid (or a subordinate id): let it write.
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = fx.dir.join("outer");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(
+        shared.join("inner.sh"),
+        format!(
+            "{STAT_LINE}\n\
+             echo \"TTY=$(tty) SIZE=$(stty size | tr ' ' x)\"\n\
+             trap 'echo \"RESIZED=$(stty size | tr \" \" x)\"; exit 0' WINCH\n\
+             touch /t/ready\n\
+             i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+             echo NO-WINCH\n"
+        ),
+    )
+    .unwrap();
+    let outer = dir.join("outer.sh");
+    fs::write(
+        &outer,
+        format!(
+            "stty rows 37 cols 111\n\
+             stty -g > {dir}/before\n\
+             {{ while [ ! -e {shared}/ready ]; do sleep 0.05; done; stty rows 41 cols 123 < /dev/tty; }} &\n\
+             OVLRUN_STATE={state} {bin} --rootfs {rootfs} --bind {shared}:/t -- /bin/sh /t/inner.sh\n\
+             echo \"EXIT=$?\"\n\
+             stty -g > {dir}/after\n\
+             if cmp -s {dir}/before {dir}/after; then echo MODE=kept; else echo MODE=changed; fi\n\
+             echo DONE\n",
+            dir = dir.display(),
+            shared = shared.display(),
+            state = fx.state.display(),
+            bin = support::ovlrun_bin(),
+            rootfs = fx.rootfs.display(),
+        ),
+    )
+    .unwrap();
+    let lines = on_a_pty(script_cmd(&outer, as_user), |_, _| {});
+    let text = lines.join("\n");
+    let tty = pty_value(&lines, "TTY");
+    assert!(
+        tty.strip_prefix("/dev/pts/")
+            .is_some_and(|n| n.parse::<u32>().is_ok()),
+        "tty inside names no /dev/pts/N:\n{text}"
+    );
+    assert_ne!(
+        pty_value(&lines, "TTYNR"),
+        "0",
+        "the command has no controlling terminal:\n{text}"
+    );
+    assert_eq!(
+        pty_value(&lines, "SID"),
+        pty_value(&lines, "PID"),
+        "the command does not lead a session of its own:\n{text}"
+    );
+    assert_eq!(
+        pty_value(&lines, "SIZE"),
+        "37x111",
+        "the window size was not copied:\n{text}"
+    );
+    assert_eq!(
+        pty_value(&lines, "RESIZED"),
+        "41x123",
+        "a resize did not reach the session:\n{text}"
+    );
+    assert_eq!(pty_value(&lines, "EXIT"), "0", "{text}");
+    assert_eq!(
+        pty_value(&lines, "MODE"),
+        "kept",
+        "the caller's terminal mode was not restored:\n{text}"
+    );
+}
+
+#[test]
+fn on_a_terminal_the_session_has_a_pty_of_its_own() {
+    require_launcher!();
+    require_script!();
+    let fx = Fixture::shared();
+    pty_of_its_own(&fx, None);
+    assert_no_sessions_left(&fx.sessions_dir(), "a pty session");
+}
+
+#[test]
+fn unprivileged_session_has_a_pty_of_its_own() {
+    let who = require_unprivileged!();
+    require_script!();
+    let u = UserFixture::new(who);
+    pty_of_its_own(&u.f, Some(&u));
+    assert_no_sessions_left(&u.f.sessions_dir(), "an unprivileged pty session");
+}
+
+/// SIGTERM to ovlrun while its session runs on a pty: the session ends with the signal's
+/// status, and the caller's terminal, in raw mode meanwhile, gets its mode back.
+#[test]
+fn terminal_mode_is_restored_when_the_launcher_gets_sigterm() {
+    require_launcher!();
+    require_script!();
+    let fx = Fixture::shared();
+    let shared = fx.dir.mkdir("shared");
+    let dir = fx.dir.join("outer");
+    fs::create_dir_all(&dir).unwrap();
+    let outer = dir.join("outer.sh");
+    // A background job's stdin is /dev/null unless given: the terminal, so a pty is wanted.
+    fs::write(
+        &outer,
+        format!(
+            "stty -g > {dir}/before\n\
+             OVLRUN_STATE={state} {bin} --rootfs {rootfs} --bind {shared}:/t -- /bin/sh -c 'touch /t/ready; sleep 30' < /dev/tty &\n\
+             pid=$!\n\
+             while [ ! -e {shared}/ready ]; do sleep 0.05; done\n\
+             stty -g > {dir}/during\n\
+             kill -TERM $pid\n\
+             wait $pid\n\
+             echo \"EXIT=$?\"\n\
+             stty -g > {dir}/after\n\
+             if cmp -s {dir}/before {dir}/during; then echo DURING=cooked; else echo DURING=raw; fi\n\
+             if cmp -s {dir}/before {dir}/after; then echo MODE=kept; else echo MODE=changed; fi\n\
+             echo DONE\n",
+            dir = dir.display(),
+            shared = shared.display(),
+            state = fx.state.display(),
+            bin = support::ovlrun_bin(),
+            rootfs = fx.rootfs.display(),
+        ),
+    )
+    .unwrap();
+    let lines = on_a_pty(script_cmd(&outer, None), |_, _| {});
+    let text = lines.join("\n");
+    assert_eq!(
+        pty_value(&lines, "DURING"),
+        "raw",
+        "the caller's terminal was not in raw mode during the session:\n{text}"
+    );
+    assert_eq!(
+        pty_value(&lines, "EXIT"),
+        "143",
+        "SIGTERM did not end the session:\n{text}"
+    );
+    assert_eq!(
+        pty_value(&lines, "MODE"),
+        "kept",
+        "the caller's terminal mode was not restored after SIGTERM:\n{text}"
+    );
+    assert_no_sessions_left(&fx.sessions_dir(), "a pty session ended by SIGTERM");
+}
+
+/// `--no-tty` on a terminal: no pty, and the command has no controlling terminal (so it
+/// shares none with the caller); its stdio is the caller's terminal as it is.
+#[test]
+fn no_tty_leaves_the_command_without_a_controlling_terminal() {
+    require_launcher!();
+    require_script!();
+    let fx = Fixture::shared();
+    let outer = fx.dir.join("outer.sh");
+    fs::write(
+        &outer,
+        format!(
+            "OVLRUN_STATE={state} {bin} --no-tty --rootfs {rootfs} -- /bin/sh -c '{STAT_LINE}; tty >/dev/null && echo TTY=yes || echo TTY=no'\n\
+             echo \"EXIT=$?\"\n\
+             echo DONE\n",
+            state = fx.state.display(),
+            bin = support::ovlrun_bin(),
+            rootfs = fx.rootfs.display(),
+        ),
+    )
+    .unwrap();
+    let lines = on_a_pty(script_cmd(&outer, None), |_, _| {});
+    let text = lines.join("\n");
+    assert_eq!(
+        pty_value(&lines, "TTYNR"),
+        "0",
+        "--no-tty: the command has a controlling terminal:\n{text}"
+    );
+    // The caller's pty is not in the session's devpts, so `tty` cannot name it.
+    assert_eq!(pty_value(&lines, "TTY"), "no", "{text}");
+    assert_eq!(pty_value(&lines, "EXIT"), "0", "{text}");
+}
+
+/// `-t` without any terminal (stdin a pipe, stdout a pipe): the command still gets a pty;
+/// input is relayed to it and the end of the input ends a reader (Ctrl-D on the pty).
+#[test]
+fn tty_flag_gives_a_pty_without_a_terminal() {
+    require_launcher!();
+    let fx = Fixture::shared();
+    let script = r#"tty; read -r x; echo "got=$x"; cat; echo "cat-ended""#;
+    let out = support::run_with_input(
+        &mut fx.cmd(&["-t"], &["/bin/sh", "-c", script]),
+        b"hello\nmore\n",
+        RUN_TIMEOUT,
+    );
+    out.expect_ok();
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("/dev/pts/")),
+        "no pty with -t\n{}",
+        out.context()
+    );
+    assert!(lines.contains(&"got=hello"), "{}", out.context());
+    assert!(lines.contains(&"cat-ended"), "{}", out.context());
+    // Without -t the same run has no terminal.
+    let out = support::run_with_input(
+        &mut fx.cmd(&[], &["/bin/sh", "-c", "tty"]),
+        b"",
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.stdout.trim(), "not a tty", "{}", out.context());
+}
+
+/// `-t` with stdin a pipe and stdout a terminal: the session's pty already ends its lines
+/// with `\r\n`, so the caller's terminal must not add another `\r`; its mode is the same
+/// afterwards.
+#[test]
+fn tty_flag_with_only_stdout_a_terminal_keeps_lines_whole() {
+    require_launcher!();
+    require_script!();
+    let fx = Fixture::shared();
+    let outer = fx.dir.join("outer.sh");
+    fs::write(
+        &outer,
+        format!(
+            "before=$(stty -g)\n\
+             echo hi | OVLRUN_STATE={state} {bin} -t --rootfs {rootfs} -- /bin/sh -c 'read -r x; echo \"PIPED=$x $(tty)\"'\n\
+             echo \"EXIT=$?\"\n\
+             if [ \"$before\" = \"$(stty -g)\" ]; then echo MODE=kept; else echo MODE=changed; fi\n\
+             echo DONE\n",
+            state = fx.state.display(),
+            bin = support::ovlrun_bin(),
+            rootfs = fx.rootfs.display(),
+        ),
+    )
+    .unwrap();
+    let lines = on_a_pty(script_cmd(&outer, None), |_, _| {});
+    let text = lines.join("\n");
+    let piped = lines
+        .iter()
+        .find(|l| l.starts_with("PIPED="))
+        .unwrap_or_else(|| panic!("no PIPED= line in:\n{text}"));
+    assert!(
+        piped.starts_with("PIPED=hi /dev/pts/") && !piped.ends_with('\r'),
+        "{piped:?} (a line with \\r\\r\\n ends in \\r here)\n{text}"
+    );
+    assert_eq!(pty_value(&lines, "EXIT"), "0", "{text}");
+    assert_eq!(pty_value(&lines, "MODE"), "kept", "{text}");
 }
