@@ -4,6 +4,7 @@
 
 pub mod beneath;
 pub mod commit;
+pub mod conflict;
 pub mod export;
 pub mod plan;
 pub mod txn;
