@@ -271,3 +271,31 @@ fn changed_beneath(dir: OwnedFd, shown: &Path, base: Stamp) -> Result<Option<Pat
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ctime stamped after the start is a change, on filesystems of every granularity; one
+    /// well before it is not.
+    #[test]
+    fn ctimes_at_or_after_the_start_are_changes() {
+        let base = Stamp {
+            sec: 100,
+            nsec: 500_000_000,
+        };
+        assert!(base.changed_since(100, 500_000_000), "the same tick");
+        assert!(base.changed_since(101, 0));
+        assert!(
+            base.changed_since(100, 0),
+            "a whole-second filesystem, same second"
+        );
+        assert!(base.changed_since(100, 499_999_900), "a 100 ns filesystem");
+        assert!(!base.changed_since(100, 400_000_000));
+        assert!(!base.changed_since(99, 0));
+        let later = Stamp::now();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let md = file.as_file().metadata().unwrap();
+        assert!(later.changed_since(md.ctime(), md.ctime_nsec()));
+    }
+}

@@ -176,7 +176,7 @@ fn removing_a_directory_whose_contents_changed_is_a_conflict() {
     for fs_name in ["kernel", "fuse"] {
         let what = format!("--fs {fs_name}");
         let f = Fixture::new();
-        support::mkdir_p(&f.rootfs.join("home/user/sub"));
+        support::mkdir_p(f.rootfs.join("home/user/sub"));
         write(f.rootfs.join("home/user/sub/old"), "old\n");
         let b = preserved_on(&f, fs_name, "rm -r /home/user");
         write(f.rootfs.join("home/user/sub/old"), "edited\n");
