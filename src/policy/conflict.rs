@@ -75,9 +75,28 @@ impl Stamp {
         }
     }
 
+    /// After ovlrun's own changes to a rootfs (a commit, its undo, a recovery), with the lock
+    /// still held: waits (a clock tick at most) until the coarse clock has passed every ctime
+    /// they set, which may come from the finer clock, and returns that moment. A session
+    /// that starts later, or retries its commit from here, never takes them for conflicts.
+    pub fn settled() -> Stamp {
+        let read = |clock| {
+            nix::time::clock_gettime(clock)
+                .map(|ts| total(ts.tv_sec(), ts.tv_nsec()))
+                .unwrap_or(0)
+        };
+        let fine = read(nix::time::ClockId::CLOCK_REALTIME) + i128::from(2 * FINE_GRAIN_SLACK_NS);
+        for _ in 0..50 {
+            if read(nix::time::ClockId::CLOCK_REALTIME_COARSE) >= fine {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Stamp::now()
+    }
+
     /// Whether an entry with this ctime may have changed at or after the stamp.
     pub fn changed_since(self, ctime_sec: i64, ctime_nsec: i64) -> bool {
-        let total = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         let ctime = total(ctime_sec, ctime_nsec);
         let base = total(self.sec, self.nsec) - i128::from(FINE_GRAIN_SLACK_NS);
         // A whole-second ctime in the stamp's second may be a later change, truncated.
@@ -87,6 +106,10 @@ impl Stamp {
     fn changed(self, st: &FileStat) -> bool {
         self.changed_since(st.st_ctime, st.st_ctime_nsec)
     }
+}
+
+fn total(sec: i64, nsec: i64) -> i128 {
+    i128::from(sec) * 1_000_000_000 + i128::from(nsec)
 }
 
 /// Why a path is a conflict.

@@ -70,7 +70,7 @@ fn recover_locked(state: &Path, rootfs: &Path) -> Result<(), SessionError> {
     match commit::recover(rootfs, state) {
         Ok(Recovery::Nothing) => Ok(()),
         Ok(r) => {
-            settle_committing_sessions(state, rootfs, r);
+            settle_committing_sessions(state, rootfs, r, Stamp::settled());
             eprintln!(
                 "ovlrun: recovered an interrupted commit of {}: {}",
                 rootfs.display(),
@@ -94,8 +94,10 @@ fn recover_locked(state: &Path, rootfs: &Path) -> Result<(), SessionError> {
 }
 
 /// After a recovery, the sessions whose commit it was: kept again when rolled back (their
-/// changes are still theirs), removed when the commit had completed.
-fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery) {
+/// changes are still theirs), removed when the commit had completed. A kept one passed its
+/// conflict check before it began committing, so its changes are now checked against
+/// `after`, when the recovery ended: what its own commit and undo did is no conflict.
+fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery, after: Stamp) {
     for (dirs, mut rec) in SessionDirs::list(state) {
         if rec.status != Status::Committing || rec.rootfs != rootfs || !rec.is_dead() {
             continue;
@@ -106,6 +108,7 @@ fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery) {
             }
             _ => {
                 rec.status = Status::Preserved;
+                rec.base = rec.base.map(|_| after);
                 let _ = rec.save(&dirs.root);
             }
         }
@@ -340,6 +343,8 @@ pub fn commit_session(
             bar.inc(1)
         });
     bar.finish_and_clear();
+    // Under the lock still: what this commit (or its undo) stamped is past for later checks.
+    let after = Stamp::settled();
     match result {
         Ok(()) => {
             if let Err(e) = dirs.discard() {
@@ -352,6 +357,8 @@ pub fn commit_session(
         }
         Err(source) => {
             rec.status = Status::Preserved;
+            // Checked (or forced) before it began: only its own steps changed since.
+            rec.base = rec.base.map(|_| after);
             rec.save(&dirs.root)?;
             Err(SessionError::Commit {
                 id: dirs.id.0.clone(),
