@@ -230,11 +230,23 @@ pub enum Command {
         /// valid UTF-8 comes as "path_hex" (the hex of its bytes) instead of "path".
         #[arg(long)]
         json: bool,
+        /// Only the changes that conflict: paths whose rootfs entry changed too since the
+        /// session began (JSON adds why: changed, removed, or inside and the path beneath).
+        #[arg(long)]
+        conflicts: bool,
     },
-    /// Merge a kept session's changes into its rootfs, then remove the session.
+    /// Merge a kept session's changes into its rootfs, then remove the session. Refused, with
+    /// nothing applied and the session kept, when a path it changes changed in the rootfs
+    /// too since it began (each listed; exit status 1).
     Commit {
         /// The session id (or a unique start of one).
         id: String,
+        /// Commit over conflicts: the session's version of each conflicting path wins.
+        #[arg(long)]
+        force: bool,
+        /// Print the conflicts found (refused, or forced over) as JSON on stdout.
+        #[arg(long)]
+        json: bool,
         /// Journaled: after a crash the rootfs is the old tree or the new one.
         #[arg(long)]
         atomic: bool,

@@ -73,8 +73,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Run(cmd)) => run_command(*cmd),
         Some(Command::Doctor) => Ok(doctor()),
         Some(Command::Ls { json }) => sessions::ls(json),
-        Some(Command::Diff { id, json }) => sessions::diff(&id, json),
-        Some(Command::Commit { id, atomic, wait }) => sessions::commit(&id, atomic, wait),
+        Some(Command::Diff {
+            id,
+            json,
+            conflicts,
+        }) => sessions::diff(&id, json, conflicts),
+        Some(Command::Commit {
+            id,
+            force,
+            json,
+            atomic,
+            wait,
+        }) => sessions::commit(
+            &id,
+            sessions::CommitFlags {
+                atomic,
+                wait,
+                force,
+                json,
+            },
+        ),
         Some(Command::Discard { id }) => sessions::discard(&id),
         Some(Command::Export { id, output }) => sessions::export(&id, &output),
         Some(Command::Recover { rootfs }) => sessions::recover(&rootfs),

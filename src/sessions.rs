@@ -8,9 +8,10 @@ use anyhow::Context;
 use ovlrun::config;
 use ovlrun::policy::{names, plan};
 use ovlrun::session::SessionDirs;
+use ovlrun::session::SessionError;
 use ovlrun::session::lock::Mode;
 use ovlrun::session::record::Status;
-use ovlrun::session::run::{commit_session, lock_and_recover};
+use ovlrun::session::run::{commit_session, conflicts_of, lock_and_recover};
 
 fn state() -> anyhow::Result<std::path::PathBuf> {
     Ok(config::state_root()?)
@@ -111,15 +112,23 @@ fn complete_metacopies(rec: &ovlrun::session::record::Record) -> anyhow::Result<
     Ok(())
 }
 
-/// `ovlrun diff ID`.
-pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
+/// `ovlrun diff ID`; `conflicts`: only the changes that conflict with the rootfs.
+pub fn diff(id: &str, json: bool, conflicts: bool) -> anyhow::Result<ExitCode> {
     let (_, rec) = SessionDirs::open(&state()?, id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
     // A running session's server owns its upper; it completes the copies at its end.
     if rec.status != Status::Running || rec.is_dead() {
         complete_metacopies(&rec)?;
     }
-    let p = plan::plan(&rec.rootfs, &rec.upper, format_of(&rec)?)?;
+    let mut p = plan::plan(&rec.rootfs, &rec.upper, format_of(&rec)?)?;
+    let mut why = std::collections::HashMap::new();
+    if conflicts {
+        for c in conflicts_of(&rec, &p)? {
+            why.insert(c.path, c.why);
+        }
+        // A removed or replaced directory conflicts through what is beneath it.
+        p.changes.retain(|(_, path)| why.contains_key(path));
+    }
     let mut out = std::io::stdout().lock();
     if json {
         let rows: Vec<serde_json::Value> = p
@@ -128,9 +137,12 @@ pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
             .map(|(c, path)| {
                 let mut row = names::json_fields(path);
                 row.insert("change".into(), c.letter().to_string().into());
-                serde_json::Value::Object(row)
+                if let Some(w) = why.get(path) {
+                    row.insert("conflict".into(), serde_json::to_value(w)?);
+                }
+                Ok(serde_json::Value::Object(row))
             })
-            .collect();
+            .collect::<Result<_, serde_json::Error>>()?;
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         for (c, path) in &p.changes {
@@ -141,15 +153,72 @@ pub fn diff(id: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ovlrun commit ID`.
-pub fn commit(id: &str, atomic: bool, wait: bool) -> anyhow::Result<ExitCode> {
+/// The flags of `ovlrun commit`.
+pub struct CommitFlags {
+    /// Journaled.
+    pub atomic: bool,
+    /// Wait for the lock.
+    pub wait: bool,
+    /// Commit over conflicts.
+    pub force: bool,
+    /// Conflicts as JSON on stdout.
+    pub json: bool,
+}
+
+/// `ovlrun commit ID`: exit 1 when conflicts refuse it.
+pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
     let (dirs, mut rec) = finished(id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
     complete_metacopies(&rec)?;
-    commit_session(&state()?, &dirs, &mut rec, atomic, wait)?;
+    let result = commit_session(
+        &state()?,
+        &dirs,
+        &mut rec,
+        flags.atomic,
+        flags.wait,
+        flags.force,
+    );
+    let (conflicts, refused) = match result {
+        Ok(forced) => (forced, false),
+        Err(SessionError::Conflicts { conflicts, .. }) => (conflicts, true),
+        Err(e) => return Err(e.into()),
+    };
+    if flags.json {
+        let rows: Vec<serde_json::Value> = conflicts
+            .iter()
+            .map(|c| serde_json::json!({ "change": c.change, "path": c.path, "conflict": c.why }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    for c in &conflicts {
+        eprintln!(
+            "ovlrun: conflict: {} {}: {}",
+            c.change.letter(),
+            c.path.display(),
+            c.why
+        );
+    }
+    if refused {
+        eprintln!(
+            "ovlrun: session {} not committed: {} of the paths it changes changed in {} since \
+             it began; nothing was applied and the session is kept; commit over them with \
+             `ovlrun commit --force {}`, drop it with `ovlrun discard {}`",
+            dirs.id.0,
+            conflicts.len(),
+            rec.rootfs.display(),
+            dirs.id.0,
+            dirs.id.0
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     eprintln!(
-        "ovlrun: session {id} committed into {}",
-        rec.rootfs.display()
+        "ovlrun: session {id} committed into {}{}",
+        rec.rootfs.display(),
+        if conflicts.is_empty() {
+            String::new()
+        } else {
+            format!(", over {} conflicting paths", conflicts.len())
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,7 @@ pub use format::WhiteoutFormat;
 pub use ino::Ino;
 pub use meta::{SetAttr, SetTime, opens_for_writing};
 pub use metacopy::{METACOPY_MIN_SIZE, complete_metacopies};
+pub use origin::ORIGIN_DIR;
 pub use readdir::DirEntry;
 pub use rename::RenameOutcome;
 pub use setup::{LayerSetupError, OverlayConfig, default_work};

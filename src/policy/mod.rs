@@ -5,6 +5,7 @@
 pub mod at;
 pub mod beneath;
 pub mod commit;
+pub mod conflict;
 pub mod export;
 pub mod names;
 pub mod plan;

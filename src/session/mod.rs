@@ -385,6 +385,22 @@ pub enum SessionError {
         #[source]
         source: crate::policy::commit::CommitError,
     },
+    /// Paths the session changes changed in the rootfs too since it began: nothing was
+    /// applied and the session is kept.
+    #[error(
+        "session {id} not committed: {} changed in {} since the session began ({}); nothing \
+         was applied and the session is kept: see them with `ovlrun diff --conflicts {id}`, \
+         commit over them with `ovlrun commit --force {id}`",
+        count_paths(.conflicts.len()), .rootfs.display(), first_paths(.conflicts)
+    )]
+    Conflicts {
+        /// The session, kept.
+        id: String,
+        /// The rootfs.
+        rootfs: PathBuf,
+        /// The conflicting paths, sorted.
+        conflicts: Vec<crate::policy::conflict::Conflict>,
+    },
     /// Recovering an interrupted commit failed.
     #[error("cannot recover the interrupted commit of {}", .rootfs.display())]
     Recover {
@@ -394,4 +410,26 @@ pub enum SessionError {
         #[source]
         source: crate::policy::commit::RecoverError,
     },
+}
+
+fn count_paths(n: usize) -> String {
+    if n == 1 {
+        "1 path it changes was".into()
+    } else {
+        format!("{n} paths it changes were")
+    }
+}
+
+/// The first few conflicting paths, for a one-line message.
+fn first_paths(conflicts: &[crate::policy::conflict::Conflict]) -> String {
+    const SHOWN: usize = 3;
+    let mut s: Vec<String> = conflicts
+        .iter()
+        .take(SHOWN)
+        .map(|c| c.path.display().to_string())
+        .collect();
+    if conflicts.len() > SHOWN {
+        s.push(format!("and {} more", conflicts.len() - SHOWN));
+    }
+    s.join(", ")
 }

@@ -45,6 +45,11 @@ pub struct Record {
     pub exit_code: Option<i32>,
     /// The uid that owns the session (sub-id files are removed in its user namespace).
     pub owner: u32,
+    /// When the session began, for finding conflicts at commit
+    /// ([`crate::policy::conflict`]); absent in records of older versions, whose commits
+    /// are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::policy::conflict::Stamp>,
 }
 
 /// A record that cannot be read or written.
@@ -204,6 +209,7 @@ mod tests {
             ended: None,
             exit_code: None,
             owner: 0,
+            base: Some(crate::policy::conflict::Stamp { sec: 1, nsec: 2 }),
         };
         rec.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()).unwrap(), rec);

@@ -10,6 +10,7 @@ use super::record::{Record, Status, now};
 use super::{SessionDirs, SessionError};
 use crate::config::SessionPlan;
 use crate::policy::commit::{self, Recovery};
+use crate::policy::conflict::{self, Stamp};
 use crate::policy::{CommitOn, Policy, plan};
 
 /// What a session run needs besides the plan.
@@ -69,7 +70,7 @@ fn recover_locked(state: &Path, rootfs: &Path) -> Result<(), SessionError> {
     match commit::recover(rootfs, state) {
         Ok(Recovery::Nothing) => Ok(()),
         Ok(r) => {
-            settle_committing_sessions(state, rootfs, r);
+            settle_committing_sessions(state, rootfs, r, Stamp::settled());
             eprintln!(
                 "ovlrun: recovered an interrupted commit of {}: {}",
                 rootfs.display(),
@@ -93,8 +94,10 @@ fn recover_locked(state: &Path, rootfs: &Path) -> Result<(), SessionError> {
 }
 
 /// After a recovery, the sessions whose commit it was: kept again when rolled back (their
-/// changes are still theirs), removed when the commit had completed.
-fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery) {
+/// changes are still theirs), removed when the commit had completed. A kept one passed its
+/// conflict check before it began committing, so its changes are now checked against
+/// `after`, when the recovery ended: what its own commit and undo did is no conflict.
+fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery, after: Stamp) {
     for (dirs, mut rec) in SessionDirs::list(state) {
         if rec.status != Status::Committing || rec.rootfs != rootfs || !rec.is_dead() {
             continue;
@@ -105,6 +108,7 @@ fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery) {
             }
             _ => {
                 rec.status = Status::Preserved;
+                rec.base = rec.base.map(|_| after);
                 let _ = rec.save(&dirs.root);
             }
         }
@@ -189,6 +193,13 @@ fn new_session(
         ended: None,
         exit_code: None,
         owner: nix::unistd::getuid().as_raw(),
+        // Taken under the shared lock, before the overlay exists: no commit runs now, and
+        // every later change of the rootfs has a ctime at or after it. An upper used again
+        // keeps the start of its first session, when its earliest changes were based.
+        base: match upper.and_then(|u| u.reused.as_ref()) {
+            Some(mark) => mark.base,
+            None => Some(Stamp::now()),
+        },
     };
     Ok((dirs, rec))
 }
@@ -236,7 +247,9 @@ fn apply_policy(
             rec,
             policy == Policy::CommitAtomic,
             opts.wait,
-        ),
+            false,
+        )
+        .map(drop),
         Policy::Preserve | Policy::Ask => {
             report_kept(dirs);
             Ok(())
@@ -277,10 +290,13 @@ fn report_not_committed(dirs: &SessionDirs, policy: Policy, code: i32) {
 }
 
 /// Merges a finished session into its rootfs under the exclusive lock, then removes it. On
-/// failure the session is kept (status preserved) and named.
+/// failure the session is kept (status preserved) and named. Paths the session changes that
+/// the rootfs changed too since the session began ([`conflict`]) refuse the whole commit
+/// before anything is applied, unless `force`; returns the conflicts committed over.
 ///
 /// # Errors
 /// [`SessionError::Lock`] when other sessions run (the session is kept);
+/// [`SessionError::Conflicts`] (nothing applied, the session kept);
 /// [`SessionError::Commit`].
 pub fn commit_session(
     state: &Path,
@@ -288,7 +304,8 @@ pub fn commit_session(
     rec: &mut Record,
     atomic: bool,
     wait: bool,
-) -> Result<(), SessionError> {
+    force: bool,
+) -> Result<Vec<conflict::Conflict>, SessionError> {
     let _lock = match lock_and_recover(state, &rec.rootfs, Mode::Exclusive, wait) {
         Ok(l) => l,
         Err(e) => {
@@ -297,6 +314,14 @@ pub fn commit_session(
         }
     };
     let plan = plan::plan(&rec.rootfs, &rec.upper, upper_format(rec)?)?;
+    let conflicts = conflicts_of(rec, &plan)?;
+    if !conflicts.is_empty() && !force {
+        return Err(SessionError::Conflicts {
+            id: dirs.id.0.clone(),
+            rootfs: rec.rootfs.clone(),
+            conflicts,
+        });
+    }
     rec.status = Status::Committing;
     rec.pid = std::process::id();
     rec.save(&dirs.root)?;
@@ -318,6 +343,8 @@ pub fn commit_session(
             bar.inc(1)
         });
     bar.finish_and_clear();
+    // Under the lock still: what this commit (or its undo) stamped is past for later checks.
+    let after = Stamp::settled();
     match result {
         Ok(()) => {
             if let Err(e) = dirs.discard() {
@@ -326,10 +353,12 @@ pub fn commit_session(
                     dirs.id.0
                 );
             }
-            Ok(())
+            Ok(conflicts)
         }
         Err(source) => {
             rec.status = Status::Preserved;
+            // Checked (or forced) before it began: only its own steps changed since.
+            rec.base = rec.base.map(|_| after);
             rec.save(&dirs.root)?;
             Err(SessionError::Commit {
                 id: dirs.id.0.clone(),
@@ -345,6 +374,27 @@ fn upper_format(rec: &Record) -> Result<crate::layers::WhiteoutFormat, plan::Pla
         path: rec.work.join(crate::layers::format::FORMAT_RECORD),
         source,
     })
+}
+
+/// The conflicts of kept session `rec` whose plan is `plan`: none for a record of an older
+/// version, which holds no start to compare with.
+///
+/// # Errors
+/// [`SessionError::Plan`] when the rootfs cannot be read.
+pub fn conflicts_of(
+    rec: &Record,
+    plan: &plan::Plan,
+) -> Result<Vec<conflict::Conflict>, SessionError> {
+    match rec.base {
+        Some(base) => Ok(conflict::find(
+            &rec.rootfs,
+            &rec.upper,
+            &rec.work,
+            plan,
+            base,
+        )?),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// `--policy ask`: on a terminal, shows the diff summary and asks; elsewhere keeps the

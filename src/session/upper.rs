@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::record::write_atomic;
 use crate::layers::format::{self, WhiteoutFormat};
+use crate::policy::conflict::Stamp;
 
 /// The mark's file name inside the work directory.
 pub const MARKER: &str = "ovlrun-upper";
@@ -36,6 +37,10 @@ pub struct Marker {
     pub made_upper: bool,
     /// ovlrun created the work directory.
     pub made_work: bool,
+    /// When the first session on this upper began: what its changes are checked against
+    /// for conflicts ([`crate::policy::conflict`]); absent in marks of older versions.
+    #[serde(default)]
+    pub base: Option<Stamp>,
 }
 
 /// A `--upper` that cannot be used. Nothing was created or changed.
@@ -290,6 +295,7 @@ impl Checked {
             ino: md.ino(),
             made_upper: self.reused.as_ref().map_or(made_upper, |m| m.made_upper),
             made_work: self.reused.as_ref().map_or(made_work, |m| m.made_work),
+            base: self.reused.as_ref().map_or(Some(Stamp::now()), |m| m.base),
         };
         let json =
             serde_json::to_vec_pretty(&mark).map_err(|e| io("write", &self.work)(e.into()))?;

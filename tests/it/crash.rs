@@ -327,9 +327,11 @@ impl Crash {
         copy_tree(&self.pristine_state, &self.f.state);
     }
 
-    /// `ovlrun commit ID --atomic`, with `OVLRUN_FAULT_AFTER=N` when given.
+    /// `ovlrun commit ID --atomic --force`, with `OVLRUN_FAULT_AFTER=N` when given. Forced:
+    /// [`Crash::restore`] copies the rootfs anew after the session began, so every path it
+    /// changes is a conflict.
     fn commit(&self, fault_after: Option<u64>) -> Out {
-        let mut cmd = self.f.ovlrun(&["commit", &self.id, "--atomic"]);
+        let mut cmd = self.f.ovlrun(&["commit", &self.id, "--atomic", "--force"]);
         if let Some(n) = fault_after {
             cmd.env("OVLRUN_FAULT_AFTER", n.to_string());
         }
@@ -601,7 +603,10 @@ fn sigkill_at_random_times_then_recover_gives_old_or_new() {
         let delay = Duration::from_millis(rng.next() % (span + 1));
         let what = format!("round {round} (kill after {delay:?}, seed {seed})");
         c.restore();
-        let mut bg = Bg::spawn(&mut c.f.ovlrun(&["commit", &c.id, "--atomic"]), RUN_TIMEOUT);
+        let mut bg = Bg::spawn(
+            &mut c.f.ovlrun(&["commit", &c.id, "--atomic", "--force"]),
+            RUN_TIMEOUT,
+        );
         std::thread::sleep(delay);
         let out = match bg.try_status() {
             Some(_) => bg.wait(),

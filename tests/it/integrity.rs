@@ -10,7 +10,10 @@
 //! - Session ids are ids (or unique prefixes); `--uid`/`--gid` must be ids; `--config` is
 //!   bounded; a dangling `/etc/resolv.conf` symlink still gets the host's resolver.
 //!
-//! The race of two commits from two state roots is in `crash`.
+//! The race of two commits from two state roots is in `crash`; conflicts between sessions are
+//! in [`conflicts`].
+
+mod conflicts;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
