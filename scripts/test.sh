@@ -84,6 +84,21 @@ check_layering() {
         return 1
     fi
     echo "${paths[*]}: no use of fuser"
+    check_policy_reads_through_format
+}
+
+# `policy` reads uppers only through `layers::format` (issue 17): no char 0:0 test and no
+# overlay marker xattr name of its own, outside `//` comment lines.
+check_policy_reads_through_format() {
+    local hits
+    hits="$(grep -rnE 'overlay\.(opaque|whiteout)|OPAQUE_XATTRS?([^[:alnum:]_]|$)|rdev(\(\))?[[:space:]]*==[[:space:]]*0|S_IFCHR' src/policy \
+        | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)"
+    if [[ -n "$hits" ]]; then
+        echo "src/policy must read whiteouts and opaque markers through layers::format:"
+        printf '%s\n' "$hits"
+        return 1
+    fi
+    echo "src/policy: whiteouts and opaque markers read through layers::format only"
 }
 
 main() {
@@ -109,7 +124,7 @@ main() {
     # passthrough); the filesystem tests again with it off cover the server's own data path.
     step "filesystem tests with --passthrough off" \
         env OVLRUN_TEST_PASSTHROUGH=off cargo test --test it -- mount_ops:: differential:: compat:: prefill::
-    step "layering: src/layers and src/sys never use fuser" check_layering
+    step "layering: src/layers and src/sys never use fuser; src/policy reads markers via layers::format" check_layering
     step "pjdfstest against ovlrun (scripts/pjdfstest.sh --fs ovlrun)" \
         bash scripts/pjdfstest.sh --fs ovlrun
     CURRENT_STEP=""
