@@ -12,6 +12,8 @@ use ovlrun::session::lock::Mode;
 use ovlrun::session::record::Status;
 use ovlrun::session::run::{commit_session, lock_and_recover};
 
+use crate::stderr::Stderr;
+
 fn state() -> anyhow::Result<std::path::PathBuf> {
     Ok(config::state_root()?)
 }
@@ -146,7 +148,7 @@ pub fn commit(id: &str, atomic: bool, wait: bool) -> anyhow::Result<ExitCode> {
     let (dirs, mut rec) = finished(id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
     complete_metacopies(&rec)?;
-    commit_session(&state()?, &dirs, &mut rec, atomic, wait)?;
+    commit_session(&state()?, &dirs, &mut rec, atomic, wait, &Stderr)?;
     eprintln!(
         "ovlrun: session {id} committed into {}",
         rec.rootfs.display()
@@ -168,7 +170,7 @@ pub fn discard(id: &str) -> anyhow::Result<ExitCode> {
 pub fn recover(rootfs: &Path) -> anyhow::Result<ExitCode> {
     let rootfs = config::check_rootfs(rootfs)?;
     ovlrun::sandbox::enter_owner_namespace()?;
-    let _lock = lock_and_recover(&state()?, &rootfs, Mode::Exclusive, false)?;
+    let _lock = lock_and_recover(&state()?, &rootfs, Mode::Exclusive, false, &Stderr)?;
     eprintln!("ovlrun: {}: no interrupted commit left", rootfs.display());
     Ok(ExitCode::SUCCESS)
 }
