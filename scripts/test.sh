@@ -84,6 +84,46 @@ check_layering() {
         return 1
     fi
     echo "${paths[*]}: no use of fuser"
+    check_policy_reads_through_format
+    check_library_does_not_print
+}
+
+# Files that may print (issue 17): the binary, and code with no caller to return to.
+PRINT_ALLOWED=(
+    src/main.rs src/sessions.rs src/cli.rs src/stderr.rs # the binary
+    src/sandbox/init.rs      # the session's pid 1: fatal setup errors
+    src/sandbox/mod.rs       # the cloned child's fatal setup errors; launcher notes (to move)
+    src/sandbox/scaffold.rs  # a launcher note (to move with the launcher's notes)
+    src/sandbox/seccomp/mod.rs # a unit test's timing line
+    src/fs/mod.rs            # FUSE destroy(): the unmount has no caller to fail to
+)
+
+# The library reports through `session::report::Report`; only PRINT_ALLOWED prints.
+check_library_does_not_print() {
+    local hits allowed
+    allowed="$(printf '^%s:|' "${PRINT_ALLOWED[@]}")"
+    hits="$(grep -rnE '(^|[^[:alnum:]_])(e?print(ln)?|dbg)!' src --include='*.rs' \
+        | grep -vE "${allowed%|}" | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)"
+    if [[ -n "$hits" ]]; then
+        echo "the library must not print (report through session::report::Report instead):"
+        printf '%s\n' "$hits"
+        return 1
+    fi
+    echo "src: prints only in the binary and in ${#PRINT_ALLOWED[@]} allowed files"
+}
+
+# `policy` reads uppers only through `layers::format` (issue 17): no char 0:0 test and no
+# overlay marker xattr name of its own, outside `//` comment lines.
+check_policy_reads_through_format() {
+    local hits
+    hits="$(grep -rnE 'overlay\.(opaque|whiteout)|OPAQUE_XATTRS?([^[:alnum:]_]|$)|rdev(\(\))?[[:space:]]*==[[:space:]]*0|S_IFCHR' src/policy \
+        | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)"
+    if [[ -n "$hits" ]]; then
+        echo "src/policy must read whiteouts and opaque markers through layers::format:"
+        printf '%s\n' "$hits"
+        return 1
+    fi
+    echo "src/policy: whiteouts and opaque markers read through layers::format only"
 }
 
 main() {
@@ -109,7 +149,7 @@ main() {
     # passthrough); the filesystem tests again with it off cover the server's own data path.
     step "filesystem tests with --passthrough off" \
         env OVLRUN_TEST_PASSTHROUGH=off cargo test --test it -- mount_ops:: differential:: compat:: prefill::
-    step "layering: src/layers and src/sys never use fuser" check_layering
+    step "layering: src/layers and src/sys never use fuser; src/policy reads markers via layers::format; the library does not print" check_layering
     step "pjdfstest against ovlrun (scripts/pjdfstest.sh --fs ovlrun)" \
         bash scripts/pjdfstest.sh --fs ovlrun
     CURRENT_STEP=""

@@ -638,7 +638,11 @@ fn id_map_helper(me: &Caller, program: &'static str) -> Check {
 /// `cap_setuid=ep` and no setuid bit).
 fn is_privileged_helper(path: &Path) -> bool {
     let setuid_root = fs::metadata(path).is_ok_and(|m| m.mode() & 0o4000 != 0 && m.uid() == 0);
-    setuid_root || matches!(xattr::get(path, "security.capability"), Ok(Some(_)))
+    // `sys::xattr` does not follow a symlink; the helper that runs is the link's target.
+    let caps = fs::canonicalize(path).is_ok_and(|p| {
+        crate::sys::xattr::get(&p, std::ffi::OsStr::new("security.capability")).is_ok()
+    });
+    setuid_root || caps
 }
 
 /// Searches `$PATH`, then the usual system directories (a user's `$PATH` often lacks sbin).

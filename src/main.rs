@@ -12,6 +12,7 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 
 mod sessions;
+mod stderr;
 
 use cli::{Cli, Command, CommitOnArg, MountArgs, Net, PolicyArg, RunArgs, Whiteout};
 use ovlrun::config::oci::OciSettings;
@@ -155,7 +156,7 @@ fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCod
         },
     };
     let plan = plan(args, oci)?;
-    let code = ovlrun::session::run::run(&plan, &opts)?;
+    let code = ovlrun::session::run::run(&plan, &opts, &stderr::Stderr)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_OWN_ERROR)))
 }
 

@@ -13,6 +13,8 @@ use ovlrun::session::lock::Mode;
 use ovlrun::session::record::Status;
 use ovlrun::session::run::{commit_session, conflicts_of, lock_and_recover};
 
+use crate::stderr::Stderr;
+
 fn state() -> anyhow::Result<std::path::PathBuf> {
     Ok(config::state_root()?)
 }
@@ -177,6 +179,7 @@ pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
         flags.atomic,
         flags.wait,
         flags.force,
+        &Stderr,
     );
     let (conflicts, refused) = match result {
         Ok(forced) => (forced, false),
@@ -237,7 +240,7 @@ pub fn discard(id: &str) -> anyhow::Result<ExitCode> {
 pub fn recover(rootfs: &Path) -> anyhow::Result<ExitCode> {
     let rootfs = config::check_rootfs(rootfs)?;
     ovlrun::sandbox::enter_owner_namespace()?;
-    let _lock = lock_and_recover(&state()?, &rootfs, Mode::Exclusive, false)?;
+    let _lock = lock_and_recover(&state()?, &rootfs, Mode::Exclusive, false, &Stderr)?;
     eprintln!("ovlrun: {}: no interrupted commit left", rootfs.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,10 @@
 //! policy code reads uppers through these same helpers.
 
 use std::ffi::{OsStr, OsString};
+use std::fs::Metadata;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -103,9 +105,98 @@ pub const INO_XATTR: &str = "user.overlay.ovlrun.ino";
 /// (see `metacopy.rs`).
 pub const METACOPY_XATTR: &str = "user.overlay.ovlrun.metacopy";
 
+/// Smaller files are copied whole: a stub would save little and cost a completion later.
+/// A stub is therefore never smaller (see [`may_be_stub`]).
+pub const METACOPY_MIN_SIZE: i64 = 1 << 20;
+
+/// The fields of a file's status the format rules read, so each rule is written once for
+/// `nix`'s [`FileStat`] (layers) and `std`'s [`Metadata`] (policy, export).
+pub trait Status {
+    /// The file type bits of the mode (`S_IFMT`).
+    fn type_bits(&self) -> u32;
+    /// The device number a device file stands for.
+    fn device_number(&self) -> u64;
+    /// The size in bytes.
+    fn size_bytes(&self) -> i64;
+    /// The 512-byte blocks allocated.
+    fn blocks_512(&self) -> i64;
+}
+
+impl Status for FileStat {
+    fn type_bits(&self) -> u32 {
+        self.st_mode & libc::S_IFMT
+    }
+    fn device_number(&self) -> u64 {
+        self.st_rdev
+    }
+    fn size_bytes(&self) -> i64 {
+        self.st_size
+    }
+    fn blocks_512(&self) -> i64 {
+        self.st_blocks
+    }
+}
+
+impl Status for Metadata {
+    fn type_bits(&self) -> u32 {
+        self.mode() & libc::S_IFMT
+    }
+    fn device_number(&self) -> u64 {
+        self.rdev()
+    }
+    fn size_bytes(&self) -> i64 {
+        i64::try_from(self.size()).unwrap_or(i64::MAX)
+    }
+    fn blocks_512(&self) -> i64 {
+        i64::try_from(self.blocks()).unwrap_or(i64::MAX)
+    }
+}
+
 /// True when `st` is a whiteout char device (0:0).
-pub fn is_whiteout(st: &FileStat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+pub fn is_whiteout<S: Status + ?Sized>(st: &S) -> bool {
+    st.type_bits() == libc::S_IFCHR && st.device_number() == 0
+}
+
+/// The name upper entry `name` (status `st`) deletes in an upper of format `fmt`: its own
+/// for a char 0:0 whiteout, `<name>` for `.wh.<name>` in an AUFS-format upper; `None` for
+/// everything else.
+pub fn whiteout_target<'a, S: Status + ?Sized>(
+    name: &'a OsStr,
+    st: &S,
+    fmt: WhiteoutFormat,
+) -> Option<&'a OsStr> {
+    if is_whiteout(st) {
+        Some(name)
+    } else if fmt.has_aufs_markers() {
+        aufs_whiteout_target(name)
+    } else {
+        None
+    }
+}
+
+/// True when `st` may be a metadata-only stub: a large regular file with fewer blocks than
+/// its size needs (an xattr block may count). Only such files are asked for the marker, so
+/// ordinary files cost no extra syscall.
+pub fn may_be_stub<S: Status + ?Sized>(st: &S) -> bool {
+    st.type_bits() == libc::S_IFREG
+        && st.size_bytes() >= METACOPY_MIN_SIZE
+        && st.blocks_512().saturating_mul(512) < st.size_bytes()
+}
+
+/// The [`METACOPY_XATTR`] value of upper entry `path` (status `st`) when it is a stub, `None`
+/// for a complete file. `path` may be a `/proc/self/fd/<dir>/<name>` path.
+///
+/// # Errors
+/// Any error reading the marker but its absence (`ENODATA`, `EOPNOTSUPP`).
+pub fn stub_marker<S: Status + ?Sized>(path: &Path, st: &S) -> Result<Option<Vec<u8>>, Errno> {
+    if !may_be_stub(st) {
+        return Ok(None);
+    }
+    match sys::xattr::get(path, OsStr::new(METACOPY_XATTR)) {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// True for names that belong to the AUFS vocabulary and never show in a merged view.
@@ -207,6 +298,14 @@ pub fn dir_is_opaque(dir: BorrowedFd<'_>, name: &OsStr, aufs: bool) -> Result<bo
         }
     }
     Ok(false)
+}
+
+/// True when upper directory `dir` itself is opaque in the upper's format `fmt`.
+///
+/// # Errors
+/// As [`dir_is_opaque`]: any error but the marker's absence.
+pub fn upper_dir_is_opaque(dir: BorrowedFd<'_>, fmt: WhiteoutFormat) -> Result<bool, Errno> {
+    dir_is_opaque(dir, OsStr::new(""), fmt.has_aufs_markers())
 }
 
 /// True when `dir` holds an AUFS whiteout for `name`.

@@ -7,8 +7,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::sys::stat::FileStat;
 
-use super::format::{self, is_whiteout};
-use super::metacopy::may_be_stub;
+use super::format::{self, is_whiteout, may_be_stub};
 use super::walk::{split, stat_at};
 use super::{Attr, Found, Ino, LayerIdx, Loc, Lowers, Overlay, is_dir};
 

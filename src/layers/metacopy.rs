@@ -2,7 +2,7 @@
 //! its metadata into the upper, not its data (the kernel's `metacopy` idea).
 //!
 //! The upper copy is a stub: a sparse file of the lower's size, with owner, mode, times and
-//! xattrs of its own, marked with [`METACOPY_XATTR`] naming the lower layer that holds the
+//! xattrs of its own, marked with [`METACOPY_XATTR`](super::format::METACOPY_XATTR) naming the lower layer that holds the
 //! data. Reads go to that layer. Whatever needs the data in the upper (opening for writing,
 //! truncation, rename, link) first completes the stub, atomically, like a copy-up.
 //!
@@ -23,25 +23,12 @@ use nix::fcntl::{OFlag, renameat};
 use nix::sys::stat::{FileStat, Mode};
 
 use super::copy_up::{Source, keeping_times};
-use super::format::METACOPY_XATTR;
+use super::format::METACOPY_MIN_SIZE;
 use super::walk::{list_names, proc_path, remove_tree, split, stat_at};
 use super::{Ino, LayerIdx, Loc, Overlay, OverlayConfig, is_dir};
-use crate::sys;
 
 /// The work dir's marker that the upper may hold stubs.
 const PENDING_MARKER: &str = "ovlrun-metacopy";
-
-/// Smaller files are copied whole: a stub would save little and cost a completion later.
-pub const METACOPY_MIN_SIZE: i64 = 1 << 20;
-
-/// True when `st` may be a stub: a large regular file with fewer blocks than its size needs
-/// (an xattr block may count). Only such files are asked for the marker, so ordinary files
-/// cost no extra syscall.
-pub(crate) fn may_be_stub(st: &FileStat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFREG
-        && st.st_size >= METACOPY_MIN_SIZE
-        && st.st_blocks.saturating_mul(512) < st.st_size
-}
 
 /// True when lower object `st` gets a stub rather than a full copy: a regular file with one
 /// name (hard links go through the copy-up index) and enough data to be worth it.
@@ -68,13 +55,8 @@ impl Overlay {
         name: &OsStr,
         st: &FileStat,
     ) -> Result<Option<LayerIdx>, Errno> {
-        if !may_be_stub(st) {
+        let Some(value) = super::format::stub_marker(&proc_path(dir, name), st)? else {
             return Ok(None);
-        }
-        let value = match sys::xattr::get(&proc_path(dir, name), OsStr::new(METACOPY_XATTR)) {
-            Ok(v) => v,
-            Err(Errno::ENODATA | Errno::EOPNOTSUPP) => return Ok(None),
-            Err(e) => return Err(e),
         };
         let layer = std::str::from_utf8(&value)
             .ok()

@@ -36,10 +36,11 @@ use std::sync::atomic::AtomicU64;
 use nix::sys::stat::FileStat;
 
 pub use create::{NewNode, Owner};
+pub use format::METACOPY_MIN_SIZE;
 pub use format::WhiteoutFormat;
 pub use ino::Ino;
 pub use meta::{SetAttr, SetTime, opens_for_writing};
-pub use metacopy::{METACOPY_MIN_SIZE, complete_metacopies};
+pub use metacopy::complete_metacopies;
 pub use origin::ORIGIN_DIR;
 pub use readdir::DirEntry;
 pub use rename::RenameOutcome;

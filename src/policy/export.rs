@@ -104,7 +104,9 @@ impl<W: Write> Walk<'_, W> {
     fn dir(&mut self, dir: &OwnedFd, rel: &Path) -> Result<(), ExportError> {
         let shown = self.upper.join(rel);
         let names = at::names(dir).map_err(err(&shown))?;
-        if !rel.as_os_str().is_empty() && is_opaque(&at::itself(dir), self.fmt) {
+        if !rel.as_os_str().is_empty()
+            && is_opaque(dir, self.fmt, &shown).map_err(|e| plan_err(e, &shown))?
+        {
             marker(self.tar, &rel.join(format::AUFS_OPAQUE), &shown)?;
         }
         for name in names {
@@ -121,7 +123,7 @@ impl<W: Write> Walk<'_, W> {
                 }
                 continue;
             }
-            if md.file_type().is_char_device() && md.rdev() == 0 {
+            if format::is_whiteout(&md) {
                 marker(
                     self.tar,
                     &rel.join(format::aufs_whiteout_name(&name)),

@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::Metadata;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -292,22 +292,6 @@ pub fn meta_of(path: &Path, md: &Metadata) -> Result<Meta, PlanError> {
     })
 }
 
-fn is_whiteout(md: &Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
-}
-
-/// True when upper directory `path` is opaque in the upper's format: by xattr, and in an
-/// AUFS-format upper also by marker file.
-pub fn is_opaque(path: &Path, fmt: WhiteoutFormat) -> bool {
-    format::OPAQUE_XATTRS
-        .iter()
-        .any(|x| sys::xattr::get(path, OsStr::new(x)).is_ok_and(|v| v == b"y"))
-        || (fmt.has_aufs_markers()
-            && [format::AUFS_OPAQUE, format::AUFS_OPAQUE_ALT]
-                .iter()
-                .any(|m| path.join(m).symlink_metadata().is_ok()))
-}
-
 fn blake3_of(path: &Path) -> Result<blake3::Hash, PlanError> {
     let mut hasher = blake3::Hasher::new();
     let file = std::fs::File::open(path).map_err(io(path))?;
@@ -426,10 +410,7 @@ pub fn plan(rootfs: &Path, upper: &Path, fmt: WhiteoutFormat) -> Result<Plan, Pl
 /// A metadata-only copy still in the upper has no data of its own: committing or exporting
 /// it would write zeros. Sessions complete them first; this guards the rest.
 pub(crate) fn refuse_stub(up: &Path, upm: &Metadata) -> Result<(), PlanError> {
-    let sparse = upm.is_file()
-        && i64::try_from(upm.len()).unwrap_or(i64::MAX) >= crate::layers::METACOPY_MIN_SIZE
-        && upm.blocks().saturating_mul(512) < upm.len();
-    if sparse && sys::xattr::get(up, OsStr::new(format::METACOPY_XATTR)).is_ok() {
+    if format::stub_marker(up, upm).map_err(nix_io(up))?.is_some() {
         return Err(PlanError {
             path: up.to_owned(),
             source: std::io::Error::other(
@@ -439,6 +420,15 @@ pub(crate) fn refuse_stub(up: &Path, upm: &Metadata) -> Result<(), PlanError> {
         });
     }
     Ok(())
+}
+
+/// True when upper directory `dir` (shown as `shown`) is opaque in the upper's format.
+pub(crate) fn is_opaque(
+    dir: &OwnedFd,
+    fmt: WhiteoutFormat,
+    shown: &Path,
+) -> Result<bool, PlanError> {
+    format::upper_dir_is_opaque(dir.as_fd(), fmt).map_err(nix_io(shown))
 }
 
 fn lstat_opt(path: &Path) -> Result<Option<Metadata>, PlanError> {
@@ -505,13 +495,7 @@ impl Walker<'_> {
         for name in &names {
             let e = self.up_ent(up, name, &rel.join(name));
             let md = e.via.symlink_metadata().map_err(io(&e.shown))?;
-            let target = if is_whiteout(&md) {
-                Some(name.as_os_str())
-            } else if self.format.has_aufs_markers() {
-                format::aufs_whiteout_target(name)
-            } else {
-                None
-            };
+            let target = format::whiteout_target(name, &md, self.format);
             if let (Some(target), Some(low)) = (target, low) {
                 let path = rel.join(target);
                 let l = self.low_ent(low, target, &path);
@@ -532,7 +516,7 @@ impl Walker<'_> {
             let path = rel.join(name);
             let u = self.up_ent(up, name, &path);
             let upm = u.via.symlink_metadata().map_err(io(&u.shown))?;
-            if is_whiteout(&upm) {
+            if format::is_whiteout(&upm) {
                 continue;
             }
             let l = low.map(|low| (low, self.low_ent(low, name, &path)));
@@ -569,7 +553,7 @@ impl Walker<'_> {
     ) -> Result<(), PlanError> {
         let up_via = at::itself(up);
         let meta = meta_of(&up_via, upm).map_err(shown_as(&up_via, self.upper.join(path)))?;
-        let opaque = is_opaque(&up_via, self.format);
+        let opaque = is_opaque(up, self.format, &self.upper.join(path))?;
         match (lowm, low) {
             (None, _) => {
                 self.change(Change::Added, path);
@@ -616,7 +600,7 @@ impl Walker<'_> {
                         let u = self.up_ent(up, &name, &child);
                         let gone = lstat_opt(&u.via)
                             .map_err(shown_as(&u.via, u.shown))?
-                            .is_none_or(|m| is_whiteout(&m));
+                            .is_none_or(|m| format::is_whiteout(&m));
                         if gone {
                             self.change(Change::Deleted, &child);
                         }

@@ -439,6 +439,7 @@ fn start_child(
         flags |= CloneFlags::CLONE_NEWNET;
     }
     let mut end = Some(end);
+    // The cloned child has no caller to return an error to: it prints and exits 125.
     let child = Box::new(move || -> isize {
         // Dies with the launcher; if the launcher is already gone, the go never comes.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);

@@ -3,6 +3,7 @@
 
 pub mod lock;
 pub mod record;
+pub mod report;
 pub mod run;
 pub mod upper;
 

@@ -2,11 +2,11 @@
 //! record the session, run it, apply its policy. Changes are never lost: whatever cannot be
 //! discarded or committed is kept and named.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use super::lock::{Mode, RootfsLock};
 use super::record::{Record, Status, now};
+use super::report::{CommitSize, Note, Report};
 use super::{SessionDirs, SessionError};
 use crate::config::SessionPlan;
 use crate::policy::commit::{self, Recovery};
@@ -29,7 +29,7 @@ pub struct RunOptions {
 }
 
 /// Takes `rootfs`'s lock in `mode`, first finishing or undoing an interrupted commit (which
-/// needs it exclusively, for a moment). The lock is the rootfs's own, whatever the state
+/// needs it exclusively, for a moment, and is told to `report`). The lock is the rootfs's own, whatever the state
 /// root: a commit running from another state root is waited for (or reported busy), never
 /// "recovered".
 ///
@@ -41,6 +41,7 @@ pub fn lock_and_recover(
     rootfs: &Path,
     mode: Mode,
     wait: bool,
+    report: &dyn Report,
 ) -> Result<RootfsLock, SessionError> {
     loop {
         let lock = RootfsLock::take(rootfs, mode, wait)?;
@@ -57,7 +58,7 @@ pub fn lock_and_recover(
                 RootfsLock::take(rootfs, Mode::Exclusive, wait)?
             }
         };
-        recover_locked(state, rootfs)?;
+        recover_locked(state, rootfs, report)?;
         if mode == Mode::Exclusive {
             return Ok(exclusive);
         }
@@ -66,24 +67,12 @@ pub fn lock_and_recover(
 }
 
 /// Recovery, with the rootfs locked exclusively; says what it did.
-fn recover_locked(state: &Path, rootfs: &Path) -> Result<(), SessionError> {
+fn recover_locked(state: &Path, rootfs: &Path, report: &dyn Report) -> Result<(), SessionError> {
     match commit::recover(rootfs, state) {
         Ok(Recovery::Nothing) => Ok(()),
         Ok(r) => {
             settle_committing_sessions(state, rootfs, r, Stamp::settled());
-            eprintln!(
-                "ovlrun: recovered an interrupted commit of {}: {}",
-                rootfs.display(),
-                match r {
-                    Recovery::RolledBack => "rolled back, the rootfs is as before it",
-                    Recovery::Abandoned => {
-                        "it was a plain commit, which keeps no journal: its staging is \
-                         removed, and the rootfs may hold part of its changes; its session is \
-                         kept, and committing it again finishes the commit"
-                    }
-                    _ => "completed",
-                }
-            );
+            report.note(Note::Recovered { rootfs, outcome: r });
             Ok(())
         }
         Err(source) => Err(SessionError::Recover {
@@ -115,17 +104,28 @@ fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery, af
     }
 }
 
-/// Runs `plan` as a session and applies the policy; returns the command's exit status.
+/// Runs `plan` as a session and applies the policy, telling `report` what the user should
+/// know; returns the command's exit status.
 ///
 /// # Errors
 /// [`SessionError`]; when it comes after the command ran, the session is kept and named.
-pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
+pub fn run(
+    plan: &SessionPlan,
+    opts: &RunOptions,
+    report: &dyn Report,
+) -> Result<i32, SessionError> {
     // A user-given upper is checked before anything is locked, created or changed.
     let checked = match (&opts.resume, &opts.upper) {
         (None, Some(u)) => Some(super::upper::check(u, &plan.rootfs, &plan.state_root)?),
         _ => None,
     };
-    let shared = lock_and_recover(&plan.state_root, &plan.rootfs, Mode::Shared, opts.wait)?;
+    let shared = lock_and_recover(
+        &plan.state_root,
+        &plan.rootfs,
+        Mode::Shared,
+        opts.wait,
+        report,
+    )?;
     let (dirs, mut rec) = match &opts.resume {
         Some(id) => resume(plan, id)?,
         None => new_session(plan, opts, checked.as_ref())?,
@@ -165,7 +165,7 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
         rec.save(&dirs.root)?;
     }
     drop(shared);
-    apply_policy(plan, opts, &dirs, &mut rec, code)?;
+    apply_policy(plan, opts, &dirs, &mut rec, code, report)?;
     Ok(code)
 }
 
@@ -220,11 +220,17 @@ fn apply_policy(
     dirs: &SessionDirs,
     rec: &mut Record,
     code: i32,
+    report: &dyn Report,
 ) -> Result<(), SessionError> {
     let policy = match opts.policy {
-        Policy::Ask => ask(plan, dirs, rec)?,
+        Policy::Ask => ask(plan, dirs, rec, report)?,
         Policy::Commit | Policy::CommitAtomic if !opts.commit_on.commits(code) => {
-            report_not_committed(dirs, opts.policy, code);
+            report.note(Note::NotCommitted {
+                id: &dirs.id.0,
+                upper: &dirs.upper,
+                code,
+                atomic: opts.policy == Policy::CommitAtomic,
+            });
             return Ok(());
         }
         p => p,
@@ -232,10 +238,10 @@ fn apply_policy(
     match policy {
         Policy::Discard => {
             if let Err(e) = dirs.discard() {
-                eprintln!(
-                    "ovlrun: cannot discard session {}: {e}; it is kept",
-                    dirs.id.0
-                );
+                report.note(Note::NotDiscarded {
+                    id: &dirs.id.0,
+                    error: &e,
+                });
                 // The record goes last in a discard, so it is still there to say so.
                 rec.save(&dirs.root)?;
             }
@@ -248,49 +254,26 @@ fn apply_policy(
             policy == Policy::CommitAtomic,
             opts.wait,
             false,
+            report,
         )
         .map(drop),
         Policy::Preserve | Policy::Ask => {
-            report_kept(dirs);
+            report_kept(dirs, report);
             Ok(())
         }
     }
 }
 
-/// Prints where a kept session is and what can be done with it.
-pub fn report_kept(dirs: &SessionDirs) {
-    eprintln!(
-        "ovlrun: session {id} kept; its changes are in {upper}\n\
-         ovlrun: see them with `ovlrun diff {id}`, merge them with `ovlrun commit {id}`, \
-         drop them with `ovlrun discard {id}`",
-        id = dirs.id.0,
-        upper = dirs.upper.display()
-    );
-}
-
-/// Says, in one line, that a commit policy kept a failed run instead of committing it, and
-/// how to commit it anyway.
-fn report_not_committed(dirs: &SessionDirs, policy: Policy, code: i32) {
-    let atomic = if policy == Policy::CommitAtomic {
-        " --atomic"
-    } else {
-        ""
-    };
-    eprintln!(
-        "ovlrun: the command {}, so session {id} was kept, not committed; its changes are in \
-         {upper}; commit them anyway with `ovlrun commit{atomic} {id}` (or run with \
-         --commit-on always), drop them with `ovlrun discard {id}`",
-        match code {
-            129..=192 => format!("ended with status {code} (signal {})", code - 128),
-            c => format!("ended with status {c}"),
-        },
-        id = dirs.id.0,
-        upper = dirs.upper.display()
-    );
+/// Tells `report` where a kept session is.
+fn report_kept(dirs: &SessionDirs, report: &dyn Report) {
+    report.note(Note::Kept {
+        id: &dirs.id.0,
+        upper: &dirs.upper,
+    });
 }
 
 /// Merges a finished session into its rootfs under the exclusive lock, then removes it. On
-/// failure the session is kept (status preserved) and named. Paths the session changes that
+/// failure the session is kept (status preserved) and named; `report` shows its progress. Paths the session changes that
 /// the rootfs changed too since the session began ([`conflict`]) refuse the whole commit
 /// before anything is applied, unless `force`; returns the conflicts committed over.
 ///
@@ -305,11 +288,12 @@ pub fn commit_session(
     atomic: bool,
     wait: bool,
     force: bool,
+    report: &dyn Report,
 ) -> Result<Vec<conflict::Conflict>, SessionError> {
-    let _lock = match lock_and_recover(state, &rec.rootfs, Mode::Exclusive, wait) {
+    let _lock = match lock_and_recover(state, &rec.rootfs, Mode::Exclusive, wait, report) {
         Ok(l) => l,
         Err(e) => {
-            report_kept(dirs);
+            report_kept(dirs, report);
             return Err(e);
         }
     };
@@ -325,33 +309,25 @@ pub fn commit_session(
     rec.status = Status::Committing;
     rec.pid = std::process::id();
     rec.save(&dirs.root)?;
-    // A bar on a terminal for commits that take a while; nothing anywhere else.
-    let bar = if std::io::stderr().is_terminal() && plan.ops.len() > 100 {
-        indicatif::ProgressBar::new(commit::progress_steps(&plan))
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "ovlrun: committing {msg} [{bar:30}] {pos}/{len} steps",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("{} changes", plan.changes.len()));
+    let progress = report.commit_progress(CommitSize {
+        ops: plan.ops.len(),
+        steps: commit::progress_steps(&plan),
+        changes: plan.changes.len(),
+    });
     let result =
         commit::commit_with_progress(&rec.rootfs, &rec.upper, state, &plan, atomic, &|| {
-            bar.inc(1)
+            progress.step()
         });
-    bar.finish_and_clear();
+    drop(progress);
     // Under the lock still: what this commit (or its undo) stamped is past for later checks.
     let after = Stamp::settled();
     match result {
         Ok(()) => {
             if let Err(e) = dirs.discard() {
-                eprintln!(
-                    "ovlrun: committed, but cannot remove session {}: {e}",
-                    dirs.id.0
-                );
+                report.note(Note::NotRemoved {
+                    id: &dirs.id.0,
+                    error: &e,
+                });
             }
             Ok(conflicts)
         }
@@ -397,48 +373,17 @@ pub fn conflicts_of(
     }
 }
 
-/// `--policy ask`: on a terminal, shows the diff summary and asks; elsewhere keeps the
-/// session (never loses work without being told to).
-fn ask(plan: &SessionPlan, dirs: &SessionDirs, rec: &Record) -> Result<Policy, SessionError> {
+/// `--policy ask`: discards a session without changes, else lets `report` choose.
+fn ask(
+    plan: &SessionPlan,
+    dirs: &SessionDirs,
+    rec: &Record,
+    report: &dyn Report,
+) -> Result<Policy, SessionError> {
     let diff = plan::plan(&plan.rootfs, &dirs.upper, upper_format(rec)?)?;
     if diff.changes.is_empty() {
-        eprintln!("ovlrun: no changes");
+        report.note(Note::NoChanges);
         return Ok(Policy::Discard);
     }
-    if !std::io::stdin().is_terminal() {
-        eprintln!("ovlrun: --policy ask without a terminal: keeping the session");
-        return Ok(Policy::Preserve);
-    }
-    let count = |c| diff.changes.iter().filter(|(k, _)| *k == c).count();
-    eprintln!(
-        "ovlrun: {} added, {} changed, {} deleted",
-        count(plan::Change::Added),
-        count(plan::Change::Changed),
-        count(plan::Change::Deleted)
-    );
-    for (c, p) in diff.changes.iter().take(20) {
-        eprintln!("  {} {}", c.letter(), p.display());
-    }
-    if diff.changes.len() > 20 {
-        eprintln!(
-            "  ... ({} more: `ovlrun diff {}`)",
-            diff.changes.len() - 20,
-            dirs.id.0
-        );
-    }
-    loop {
-        eprint!("ovlrun: [c]ommit, commit [a]tomically, [p]reserve or [d]iscard? ");
-        let _ = std::io::stderr().flush();
-        let mut line = String::new();
-        if std::io::stdin().lock().read_line(&mut line).unwrap_or(0) == 0 {
-            return Ok(Policy::Preserve);
-        }
-        match line.trim() {
-            "c" | "commit" => return Ok(Policy::Commit),
-            "a" | "atomic" => return Ok(Policy::CommitAtomic),
-            "p" | "preserve" => return Ok(Policy::Preserve),
-            "d" | "discard" => return Ok(Policy::Discard),
-            _ => {}
-        }
-    }
+    Ok(report.ask(&dirs.id.0, &diff.changes))
 }
