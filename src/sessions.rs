@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ovlrun::config;
+use ovlrun::policy::CommitMode;
 use ovlrun::policy::{names, plan};
 use ovlrun::session::SessionDirs;
 use ovlrun::session::lock::Mode;
@@ -57,7 +58,7 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
             "{:<12}  {:<10} {:<6} {:>5} {:>7}  {}",
             r.id,
             status(r),
-            r.fs,
+            r.fs.name(),
             age(now.saturating_sub(r.created)),
             size(d.upper_size()),
             r.rootfs.display()
@@ -146,7 +147,12 @@ pub fn commit(id: &str, atomic: bool, wait: bool) -> anyhow::Result<ExitCode> {
     let (dirs, mut rec) = finished(id)?;
     ovlrun::sandbox::enter_owner_namespace()?;
     complete_metacopies(&rec)?;
-    commit_session(&state()?, &dirs, &mut rec, atomic, wait)?;
+    let mode = if atomic {
+        CommitMode::Atomic
+    } else {
+        CommitMode::Plain
+    };
+    commit_session(&state()?, &dirs, &mut rec, mode, wait)?;
     eprintln!(
         "ovlrun: session {id} committed into {}",
         rec.rootfs.display()

@@ -10,7 +10,7 @@ use super::record::{Record, Status, now};
 use super::{SessionDirs, SessionError};
 use crate::config::SessionPlan;
 use crate::policy::commit::{self, Recovery};
-use crate::policy::{CommitOn, Policy, plan};
+use crate::policy::{CommitMode, CommitOn, Policy, plan};
 
 /// What a session run needs besides the plan.
 #[derive(Clone, Debug)]
@@ -136,7 +136,7 @@ pub fn run(plan: &SessionPlan, opts: &RunOptions) -> Result<i32, SessionError> {
     };
     let code = match crate::sandbox::run(plan, &dirs, upper) {
         Ok(outcome) => {
-            rec.fs = outcome.fs.name().into();
+            rec.fs = outcome.fs;
             outcome.code
         }
         Err(e) => {
@@ -177,14 +177,14 @@ fn new_session(
         let _ = crate::policy::commit::copy_dir_meta(&plan.rootfs, &dirs.upper);
     }
     let rec = Record {
-        id: dirs.id.0.clone(),
+        id: dirs.id.clone(),
         rootfs: plan.rootfs.clone(),
         upper: dirs.upper.clone(),
         work: dirs.work.clone(),
-        policy: opts.policy.name().into(),
+        policy: opts.policy,
         pid: std::process::id(),
         status: Status::Running,
-        fs: plan.fs.name().into(),
+        fs: plan.fs,
         created: now(),
         ended: None,
         exit_code: None,
@@ -234,7 +234,7 @@ fn apply_policy(
             &plan.state_root,
             dirs,
             rec,
-            policy == Policy::CommitAtomic,
+            policy.commit_mode().unwrap_or(CommitMode::Plain),
             opts.wait,
         ),
         Policy::Preserve | Policy::Ask => {
@@ -286,7 +286,7 @@ pub fn commit_session(
     state: &Path,
     dirs: &SessionDirs,
     rec: &mut Record,
-    atomic: bool,
+    mode: CommitMode,
     wait: bool,
 ) -> Result<(), SessionError> {
     let _lock = match lock_and_recover(state, &rec.rootfs, Mode::Exclusive, wait) {
@@ -313,10 +313,14 @@ pub fn commit_session(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("{} changes", plan.changes.len()));
-    let result =
-        commit::commit_with_progress(&rec.rootfs, &rec.upper, state, &plan, atomic, &|| {
-            bar.inc(1)
-        });
+    let result = commit::commit_with_progress(
+        &rec.rootfs,
+        &rec.upper,
+        state,
+        &plan,
+        mode == CommitMode::Atomic,
+        &|| bar.inc(1),
+    );
     bar.finish_and_clear();
     match result {
         Ok(()) => {
