@@ -6,6 +6,7 @@
 //! - [`fs`]: the FUSE adapter: node ids, handles, replies, kernel caching. No overlay rule.
 //! - [`mount`]: the overlay builder and the mount handle, the library's front door.
 //! - [`config`]: the validated [`config::SessionPlan`] a session runs from.
+//! - [`host`]: what the machine offers: id ranges, helpers, kernel features, cgroups.
 //! - [`sandbox`]: namespaces, mounts, pid 1: runs a plan over an overlay of its rootfs.
 //! - [`policy`]: what becomes of a session's changes: diff, commit, commit-atomic.
 //! - [`session`]: session ids and state directories.
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod doctor;
 pub mod fs;
+pub mod host;
 pub mod layers;
 pub mod mount;
 pub mod policy;

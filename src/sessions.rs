@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ovlrun::config;
+use ovlrun::policy::CommitMode;
 use ovlrun::policy::{names, plan};
 use ovlrun::session::SessionDirs;
 use ovlrun::session::SessionError;
@@ -60,7 +61,7 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
             "{:<12}  {:<10} {:<6} {:>5} {:>7}  {}",
             r.id,
             status(r),
-            r.fs,
+            r.fs.name(),
             age(now.saturating_sub(r.created)),
             size(d.upper_size()),
             r.rootfs.display()
@@ -176,7 +177,11 @@ pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
         &state()?,
         &dirs,
         &mut rec,
-        flags.atomic,
+        if flags.atomic {
+            CommitMode::Atomic
+        } else {
+            CommitMode::Plain
+        },
         flags.wait,
         flags.force,
         &Stderr,

@@ -119,6 +119,24 @@ pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
+/// What root in a session may do by default.
+pub const DEFAULT_CAPABILITIES: [caps::Capability; 14] = [
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_MKNOD,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETFCAP,
+    caps::Capability::CAP_SETPCAP,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_SYS_CHROOT,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
 /// The five capability sets of the command (names upper case, `CAP_` prefixed), as
 /// `process.capabilities` gives them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -140,7 +158,7 @@ impl CapabilitySets {
     /// everyone, effective, permitted and inheritable for uid 0 only (a non-root command
     /// starts with none, as with runc and podman).
     pub fn container_default(uid: u32) -> CapabilitySets {
-        let set: std::collections::BTreeSet<String> = crate::sandbox::caps::DEFAULT
+        let set: std::collections::BTreeSet<String> = DEFAULT_CAPABILITIES
             .iter()
             .map(ToString::to_string)
             .collect();

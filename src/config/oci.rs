@@ -20,10 +20,10 @@ use oci_spec::runtime::{
 use serde::Serialize;
 
 use super::{Bind, Network, UserNs};
+use crate::host::ids::IdMap;
 use crate::layers::WhiteoutFormat;
 use crate::mount::Backend;
 use crate::policy::Policy;
-use crate::sandbox::idmap::IdMap;
 
 /// Annotation: what to do with the changes (`preserve|discard|commit|commit-atomic|ask`).
 pub const ANNOTATION_POLICY: &str = "org.ovlrun.policy";
@@ -134,7 +134,7 @@ impl Caller {
     pub fn current() -> Caller {
         Caller {
             root: nix::unistd::geteuid().is_root(),
-            idmap: crate::sandbox::idmap::choose(),
+            idmap: crate::host::ids::choose(),
         }
     }
 
@@ -984,6 +984,7 @@ fn expected_maps(idmap: &IdMap) -> (MapLines, MapLines) {
             gid,
             uids,
             gids,
+            ..
         } => (
             vec![(0, *uid, 1), (1, uids.start, uids.count)],
             vec![(0, *gid, 1), (1, gids.start, gids.count)],
@@ -996,7 +997,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::sandbox::idmap::Range;
+    use crate::host::ids::{MapHelpers, Range};
 
     const ROOT: Caller = Caller {
         root: true,
@@ -1266,6 +1267,10 @@ mod tests {
                 gids: Range {
                     start: 200000,
                     count: 65536,
+                },
+                helpers: MapHelpers {
+                    newuidmap: "/usr/bin/newuidmap".into(),
+                    newgidmap: "/usr/bin/newgidmap".into(),
                 },
             },
         };

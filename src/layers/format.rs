@@ -110,7 +110,7 @@ pub const METACOPY_XATTR: &str = "user.overlay.ovlrun.metacopy";
 pub const METACOPY_MIN_SIZE: i64 = 1 << 20;
 
 /// The fields of a file's status the format rules read, so each rule is written once for
-/// `nix`'s [`FileStat`] (layers) and `std`'s [`Metadata`] (policy, export).
+/// `nix`'s [`FileStat`](struct@nix::sys::stat::FileStat) (layers) and `std`'s [`Metadata`] (policy, export).
 pub trait Status {
     /// The file type bits of the mode (`S_IFMT`).
     fn type_bits(&self) -> u32;

@@ -28,8 +28,9 @@ use crate::fs::OverlayFs;
 pub use crate::fs::passthrough::PassthroughMode;
 use crate::layers::{LayerSetupError, Overlay, OverlayConfig, WhiteoutFormat};
 
-/// Which filesystem serves an overlay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which filesystem serves an overlay. Stored in `session.json` by its [`Backend::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// The kernel overlayfs where it mounts, else FUSE.
     Auto,

@@ -66,7 +66,7 @@ pub fn entry_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
 const STEP_BYTES: usize = 2048;
 
 /// Opens plain relative `rel` beneath `dir` with `flags`, as `open_beneath` does, in steps
-/// of at most [`STEP_BYTES`] (a single name is at most 255 bytes), so any depth is reached.
+/// of at most `STEP_BYTES` (a single name is at most 255 bytes), so any depth is reached.
 ///
 /// # Errors
 /// As `open_beneath`.

@@ -11,8 +11,10 @@ pub mod names;
 pub mod plan;
 pub mod txn;
 
-/// What to do with a session's changes when its command exits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do with a session's changes when its command exits. Stored in `session.json` by
+/// its [`Policy::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Keep the upper; it can be committed or discarded later.
     Preserve,
@@ -50,6 +52,26 @@ impl Policy {
         ]
         .into_iter()
         .find(|p| p.name() == name)
+    }
+}
+
+/// How a commit merges an upper into its rootfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitMode {
+    /// In place, step by step: a crash leaves a rootfs between the old tree and the new one.
+    Plain,
+    /// Journaled: after a crash the rootfs is the old tree or the new one.
+    Atomic,
+}
+
+impl Policy {
+    /// How this policy commits; `None` for the policies that do not.
+    pub fn commit_mode(self) -> Option<CommitMode> {
+        match self {
+            Policy::Commit => Some(CommitMode::Plain),
+            Policy::CommitAtomic => Some(CommitMode::Atomic),
+            Policy::Preserve | Policy::Discard | Policy::Ask => None,
+        }
     }
 }
 

@@ -2,27 +2,9 @@
 //! container), plus `--cap-add`, minus `--cap-drop`. Everything else leaves the bounding set,
 //! so not even a set-user-ID program can get it back.
 
-use caps::{CapSet, Capability, CapsHashSet};
+use caps::{CapSet, CapsHashSet};
 
 use crate::config::CapabilitySets;
-
-/// What root in a session may do by default.
-pub const DEFAULT: [Capability; 14] = [
-    Capability::CAP_CHOWN,
-    Capability::CAP_DAC_OVERRIDE,
-    Capability::CAP_FSETID,
-    Capability::CAP_FOWNER,
-    Capability::CAP_MKNOD,
-    Capability::CAP_NET_RAW,
-    Capability::CAP_SETGID,
-    Capability::CAP_SETUID,
-    Capability::CAP_SETFCAP,
-    Capability::CAP_SETPCAP,
-    Capability::CAP_NET_BIND_SERVICE,
-    Capability::CAP_SYS_CHROOT,
-    Capability::CAP_KILL,
-    Capability::CAP_AUDIT_WRITE,
-];
 
 /// Parses capability names (already checked by the config).
 fn parse(names: &std::collections::BTreeSet<String>) -> CapsHashSet {
@@ -85,10 +67,16 @@ mod tests {
         assert!(sets.bounding.contains("CAP_CHOWN"));
         assert_eq!(
             CapabilitySets::container_default(0).bounding.len(),
-            DEFAULT.len()
+            crate::config::DEFAULT_CAPABILITIES.len()
         );
         let user = CapabilitySets::container_default(1000);
-        assert!(user.effective.is_empty() && user.bounding.len() == DEFAULT.len());
-        assert_eq!(parse(&user.bounding).len(), DEFAULT.len());
+        assert!(
+            user.effective.is_empty()
+                && user.bounding.len() == crate::config::DEFAULT_CAPABILITIES.len()
+        );
+        assert_eq!(
+            parse(&user.bounding).len(),
+            crate::config::DEFAULT_CAPABILITIES.len()
+        );
     }
 }

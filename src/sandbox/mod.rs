@@ -44,7 +44,10 @@ use crate::mount::{Backend, MountError, MountHandle, OverlayBuilder, UnservedMou
 use crate::session::SessionDirs;
 use crate::sys::process::{self, exit_now};
 use handshake::{End, HandshakeError, Msg};
-use idmap::{IdMap, IdMapError};
+use idmap::IdMapError;
+
+use crate::host::cgroup::CgroupLayout;
+use crate::host::ids::{self as host_ids, IdMap};
 
 /// Why a session could not run. The command's own failures are its exit status instead.
 #[derive(Debug, thiserror::Error)]
@@ -228,7 +231,7 @@ pub fn enter_owner_namespace() -> Result<(), SandboxError> {
     if nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    enter_namespaces(Some(&idmap::choose()))
+    enter_namespaces(Some(&host_ids::choose()))
 }
 
 fn run_in(
@@ -247,7 +250,7 @@ fn run_in(
     let forwarded = forwarded_set();
     forwarded.thread_block().map_err(ns("block signals"))?;
     let ids = match plan.userns {
-        UserNs::New => Some(idmap::choose()),
+        UserNs::New => Some(host_ids::choose()),
         UserNs::Host => None,
         UserNs::OwnId => Some(IdMap::Single {
             uid: nix::unistd::getuid().as_raw(),
@@ -377,7 +380,7 @@ pub(crate) fn enter_namespaces(ids: Option<&IdMap>) -> Result<(), SandboxError> 
                 }));
             }
         }
-        None => ids.write_own()?,
+        None => idmap::write_own(ids)?,
     }
     make_private()
 }
@@ -405,7 +408,7 @@ fn spawn_idmap_helper(ids: &IdMap) -> Result<(End, Pid), SandboxError> {
             drop(parent_end);
             let code = match helper_end.expect(Msg::MapIds) {
                 Ok(_) => {
-                    let answer = match ids.run_helpers(target) {
+                    let answer = match idmap::run_helpers(ids, target) {
                         Ok(()) => String::new(),
                         Err(e) => format!("{e}"),
                     };
@@ -475,7 +478,7 @@ fn setup_child(plan: &SessionPlan, net: &[plan::NetFile], root: &Path) {
         eprintln!("ovlrun: {e}");
         exit_now(125)
     };
-    match mounts::apply(root, &plan::steps(plan, plan::CgroupLayout::of_host(), net)) {
+    match mounts::apply(root, &plan::steps(plan, CgroupLayout::of_host(), net)) {
         Ok(notes) => notes.iter().for_each(|n| eprintln!("ovlrun: note: {n}")),
         Err(e) => fail(&format_chain(&e)),
     }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Network, SessionPlan};
+use crate::host::cgroup::CgroupLayout;
 
 /// Host device nodes bound into the session's `/dev`.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -75,35 +76,6 @@ pub enum Step {
         /// The value.
         value: String,
     },
-}
-
-/// How the host lays out its cgroup hierarchies, which decides what the session's
-/// `/sys/fs/cgroup` holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CgroupLayout {
-    /// cgroup2 at `/sys/fs/cgroup`.
-    Unified,
-    /// v1 controllers, with cgroup2 at `/sys/fs/cgroup/unified`.
-    Hybrid,
-    /// v1 controllers only.
-    Legacy,
-}
-
-impl CgroupLayout {
-    /// Reads the host's layout from the filesystem types at `/sys/fs/cgroup`.
-    pub fn of_host() -> CgroupLayout {
-        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-        let is_cgroup2 = |p: &str| {
-            nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
-        };
-        if is_cgroup2("/sys/fs/cgroup") {
-            CgroupLayout::Unified
-        } else if is_cgroup2("/sys/fs/cgroup/unified") {
-            CgroupLayout::Hybrid
-        } else {
-            CgroupLayout::Legacy
-        }
-    }
 }
 
 /// A host file bound into a shared-network session (resolv.conf, hosts), and where: its own

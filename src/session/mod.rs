@@ -10,9 +10,17 @@ pub mod upper;
 use std::path::{Path, PathBuf};
 
 /// A session's id: 12 random hex digits, short enough to type (creation order lives in the
-/// record).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// record). Stored in `session.json` as the plain string.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct SessionId(pub String);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so `{:<12}` in tables lines up.
+        f.pad(&self.0)
+    }
+}
 
 impl SessionId {
     /// A fresh id.

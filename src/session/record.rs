@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::SessionId;
+use crate::mount::Backend;
+use crate::policy::Policy;
+
 /// Where a session stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -22,7 +26,7 @@ pub enum Status {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Session id.
-    pub id: String,
+    pub id: SessionId,
     /// The rootfs (absolute).
     pub rootfs: PathBuf,
     /// The upper directory.
@@ -30,13 +34,14 @@ pub struct Record {
     /// The work directory.
     pub work: PathBuf,
     /// The policy the session was started with.
-    pub policy: String,
+    pub policy: Policy,
     /// The launcher's pid while running.
     pub pid: u32,
     /// Where it stands.
     pub status: Status,
-    /// Which filesystem served it ("fuse").
-    pub fs: String,
+    /// Which filesystem served it: the one asked for until the session has mounted, then
+    /// the one that did (`auto` becomes `kernel` or `fuse`).
+    pub fs: Backend,
     /// Creation time, seconds since the epoch.
     pub created: u64,
     /// When the command ended.
@@ -197,14 +202,14 @@ mod tests {
     fn records_round_trip_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let rec = Record {
-            id: "x".into(),
+            id: SessionId("x".into()),
             rootfs: "/r".into(),
             upper: "/u".into(),
             work: "/w".into(),
-            policy: "preserve".into(),
+            policy: Policy::Preserve,
             pid: u32::MAX - 1,
             status: Status::Running,
-            fs: "fuse".into(),
+            fs: Backend::Fuse,
             created: 1,
             ended: None,
             exit_code: None,
@@ -228,6 +233,53 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("malformed")
+        );
+    }
+
+    /// The JSON on disk is unchanged by the typed fields: a record as earlier versions wrote
+    /// it (strings for id, policy and fs) loads, and saves back byte for byte.
+    #[test]
+    fn records_written_with_string_fields_load() {
+        let old = r#"{
+  "id": "0123456789ab",
+  "rootfs": "/srv/alpine",
+  "upper": "/var/lib/ovlrun/sessions/0123456789ab/upper",
+  "work": "/var/lib/ovlrun/sessions/0123456789ab/work",
+  "policy": "commit-atomic",
+  "pid": 4242,
+  "status": "preserved",
+  "fs": "kernel",
+  "created": 1700000000,
+  "ended": 1700000060,
+  "exit_code": 3,
+  "owner": 1000
+}
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(Record::path_in(dir.path()), old).unwrap();
+        let rec = Record::load(dir.path()).unwrap();
+        assert_eq!(rec.id, SessionId("0123456789ab".into()));
+        assert_eq!(rec.policy, Policy::CommitAtomic);
+        assert_eq!(rec.fs, Backend::Kernel);
+        assert_eq!(rec.status, Status::Preserved);
+        rec.save(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(Record::path_in(dir.path())).unwrap(),
+            old
+        );
+        for (policy, fs) in [("preserve", "fuse"), ("ask", "auto"), ("discard", "fuse")] {
+            let text = old
+                .replace("commit-atomic", policy)
+                .replace("\"kernel\"", &format!("\"{fs}\""));
+            std::fs::write(Record::path_in(dir.path()), &text).unwrap();
+            let rec = Record::load(dir.path()).unwrap();
+            assert_eq!((rec.policy.name(), rec.fs.name()), (policy, fs));
+        }
+        let unknown = old.replace("\"kernel\"", "\"btrfs\"");
+        std::fs::write(Record::path_in(dir.path()), unknown).unwrap();
+        assert!(
+            Record::load(dir.path()).is_err(),
+            "an unknown fs is refused"
         );
     }
 }

@@ -11,7 +11,7 @@ use super::{SessionDirs, SessionError};
 use crate::config::SessionPlan;
 use crate::policy::commit::{self, Recovery};
 use crate::policy::conflict::{self, Stamp};
-use crate::policy::{CommitOn, Policy, plan};
+use crate::policy::{CommitMode, CommitOn, Policy, plan};
 
 /// What a session run needs besides the plan.
 #[derive(Clone, Debug)]
@@ -140,7 +140,7 @@ pub fn run(
     };
     let code = match crate::sandbox::run(plan, &dirs, upper) {
         Ok(outcome) => {
-            rec.fs = outcome.fs.name().into();
+            rec.fs = outcome.fs;
             outcome.code
         }
         Err(e) => {
@@ -181,14 +181,14 @@ fn new_session(
         let _ = crate::policy::commit::copy_dir_meta(&plan.rootfs, &dirs.upper);
     }
     let rec = Record {
-        id: dirs.id.0.clone(),
+        id: dirs.id.clone(),
         rootfs: plan.rootfs.clone(),
         upper: dirs.upper.clone(),
         work: dirs.work.clone(),
-        policy: opts.policy.name().into(),
+        policy: opts.policy,
         pid: std::process::id(),
         status: Status::Running,
-        fs: plan.fs.name().into(),
+        fs: plan.fs,
         created: now(),
         ended: None,
         exit_code: None,
@@ -251,7 +251,7 @@ fn apply_policy(
             &plan.state_root,
             dirs,
             rec,
-            policy == Policy::CommitAtomic,
+            policy.commit_mode().unwrap_or(CommitMode::Plain),
             opts.wait,
             false,
             report,
@@ -285,7 +285,7 @@ pub fn commit_session(
     state: &Path,
     dirs: &SessionDirs,
     rec: &mut Record,
-    atomic: bool,
+    mode: CommitMode,
     wait: bool,
     force: bool,
     report: &dyn Report,
@@ -314,10 +314,14 @@ pub fn commit_session(
         steps: commit::progress_steps(&plan),
         changes: plan.changes.len(),
     });
-    let result =
-        commit::commit_with_progress(&rec.rootfs, &rec.upper, state, &plan, atomic, &|| {
-            progress.step()
-        });
+    let result = commit::commit_with_progress(
+        &rec.rootfs,
+        &rec.upper,
+        state,
+        &plan,
+        mode == CommitMode::Atomic,
+        &|| progress.step(),
+    );
     drop(progress);
     // Under the lock still: what this commit (or its undo) stamped is past for later checks.
     let after = Stamp::settled();

@@ -169,7 +169,7 @@ pub fn marker(upper: &Path, work: &Path) -> Option<Marker> {
 pub fn format_of(rec: &super::record::Record) -> std::io::Result<WhiteoutFormat> {
     Ok(match format::recorded(&rec.work)? {
         Some(f) => f,
-        None if rec.fs == crate::mount::Backend::Fuse.name() => WhiteoutFormat::Aufs,
+        None if rec.fs == crate::mount::Backend::Fuse => WhiteoutFormat::Aufs,
         None => WhiteoutFormat::Kernel,
     })
 }

@@ -294,7 +294,7 @@ fn held(bounding: &BTreeSet<String>, caps: &[&str]) -> bool {
 /// The first program: by system call, for a session whose bounding set is `bounding`.
 ///
 /// # Errors
-/// None in practice (see [`condition`]).
+/// None in practice (see `condition`).
 pub fn profile(bounding: &BTreeSet<String>) -> Result<LinuxSeccomp, ProfileError> {
     let mut calls = vec![
         allow(ALLOWED),
@@ -331,7 +331,7 @@ pub fn profile(bounding: &BTreeSet<String>) -> Result<LinuxSeccomp, ProfileError
 /// The second program: by argument, everything else allowed (the first decides that).
 ///
 /// # Errors
-/// None in practice (see [`condition`]).
+/// None in practice (see `condition`).
 pub fn refinements(bounding: &BTreeSet<String>) -> Result<LinuxSeccomp, ProfileError> {
     let mut calls = Vec::new();
     for request in REFUSED_IOCTLS {
