@@ -552,10 +552,9 @@ impl Filesystem for OverlayFs {
             self.ovl.rename(&sp, name, &dp, newname, flags)
         });
         match res {
-            Ok(_) => {
-                let exchange = flags.contains(nix::fcntl::RenameFlags::RENAME_EXCHANGE);
+            Ok(outcome) => {
                 self.nodes
-                    .renamed((parent.0, name), (newparent.0, newname), exchange);
+                    .renamed((parent.0, name), (newparent.0, newname), &outcome);
                 reply.ok();
             }
             Err(e) => reply.error(to_fuse(e)),

@@ -17,7 +17,7 @@ use std::sync::RwLock;
 use nix::errno::Errno;
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::layers::{Found, Loc, Lowers};
+use crate::layers::{Found, Loc, Lowers, RenameOutcome};
 
 /// The FUSE node id of the root.
 pub const ROOT: u64 = 1;
@@ -89,22 +89,22 @@ impl Tables {
         }
     }
 
-    /// Node `id`'s name `from` becomes `to`, in place (so a first name stays first), and
-    /// loses its lowers: what moved lives in the upper only.
-    fn move_name(&mut self, id: u64, from: (u64, &OsStr), to: (u64, &OsStr)) {
+    /// Node `id`'s name `from` becomes `to`, in place (so a first name stays first), with the
+    /// lowers the rename left it.
+    fn move_name(&mut self, id: u64, from: (u64, &OsStr), to: (u64, &OsStr), lowers: &Lowers) {
         if let Some(alias) = self
             .nodes
             .get_mut(&id)
             .and_then(|n| n.names.iter_mut().find(|a| a.is(from.0, from.1)))
         {
             (alias.parent, alias.name) = (to.0, to.1.to_owned());
-            alias.lowers = Lowers::from(Vec::new());
+            alias.lowers = lowers.clone();
             self.index(to.0, to.1, id);
         }
     }
 
-    /// Every name below the directories `tops` loses its lowers.
-    fn drop_lowers_below(&mut self, tops: &[u64]) {
+    /// Every name below the directories `tops` gets `lowers`.
+    fn set_lowers_below(&mut self, tops: &[u64], lowers: &Lowers) {
         let mut seen: HashSet<u64> = tops.iter().copied().collect();
         let mut todo = tops.to_vec();
         while let Some(dir) = todo.pop() {
@@ -114,7 +114,7 @@ impl Tables {
             for (name, &child) in children {
                 if let Some(node) = self.nodes.get_mut(&child) {
                     for alias in node.names.iter_mut().filter(|a| a.is(dir, name)) {
-                        alias.lowers = Lowers::from(Vec::new());
+                        alias.lowers = lowers.clone();
                     }
                 }
                 if seen.insert(child) {
@@ -243,33 +243,34 @@ impl NodeTable {
         self.write().remove_name(parent, name);
     }
 
-    /// The object known as `from` is now known as `to`, and (with `RENAME_EXCHANGE`) the one
-    /// known as `to` is now `from`; a replaced `to` loses that name. What moved lives in the
-    /// upper only now, and so does everything below it: their lowers are dropped.
-    pub fn renamed(&self, from: (u64, &OsStr), to: (u64, &OsStr), exchange: bool) {
+    /// Applies what [`Overlay::rename`](crate::layers::Overlay::rename) of `from` to `to`
+    /// changed: the names that moved, and the lowers layers left them and everything below.
+    pub fn renamed(&self, from: (u64, &OsStr), to: (u64, &OsStr), outcome: &RenameOutcome) {
+        let (source, target) = match outcome {
+            RenameOutcome::Unchanged => return,
+            RenameOutcome::Moved(source) => (source, None),
+            RenameOutcome::Exchanged { source, target } => (source, Some(target)),
+        };
         let mut tables = self.write();
         let moving = tables.named(from.0, from.1);
-        let target = tables.named(to.0, to.1);
-        if moving.is_some() && moving == target {
-            // Two names of one object: rename(2) leaves both as they are.
-            return;
-        }
+        let swapped = tables.named(to.0, to.1);
         tables.unindex(from.0, from.1);
-        if exchange {
+        if target.is_some() {
             tables.unindex(to.0, to.1);
         } else {
+            // A replaced target lost its name.
             tables.remove_name(to.0, to.1);
         }
         let mut moved = Vec::new();
         if let Some(id) = moving {
-            tables.move_name(id, from, to);
+            tables.move_name(id, from, to, &source.lowers);
             moved.push(id);
         }
-        if let Some(id) = target.filter(|_| exchange) {
-            tables.move_name(id, to, from);
+        if let (Some(id), Some(target)) = (swapped, target) {
+            tables.move_name(id, to, from, &target.lowers);
             moved.push(id);
         }
-        tables.drop_lowers_below(&moved);
+        tables.set_lowers_below(&moved, &outcome.lowers_below());
     }
 
     /// True the first time it is asked for `id` since the kernel looked it up (the first
@@ -317,6 +318,26 @@ mod tests {
         OsStr::new(s)
     }
 
+    fn upper_only(path: &str) -> Loc {
+        Loc {
+            path: PathBuf::from(path),
+            lowers: Lowers::from(Vec::new()),
+        }
+    }
+
+    /// What layers answers for a rename onto `to`.
+    fn moved(to: &str) -> RenameOutcome {
+        RenameOutcome::Moved(upper_only(to))
+    }
+
+    /// What layers answers for an exchange of `from` and `to`.
+    fn exchanged(from: &str, to: &str) -> RenameOutcome {
+        RenameOutcome::Exchanged {
+            source: upper_only(to),
+            target: upper_only(from),
+        }
+    }
+
     #[test]
     fn a_removed_name_leaves_its_siblings_alone() {
         let t = NodeTable::new();
@@ -336,7 +357,7 @@ mod tests {
         t.remember(10, name("sub"), &found(11, &[1]));
         t.remember(11, name("f"), &found(12, &[1]));
         t.remember(ROOT, name("other"), &found(13, &[1]));
-        t.renamed((ROOT, name("d")), (ROOT, name("e")), false);
+        t.renamed((ROOT, name("d")), (ROOT, name("e")), &moved("e"));
         assert_eq!(at(&t, 10), Ok(("e".into(), 0)));
         assert_eq!(at(&t, 12), Ok(("e/sub/f".into(), 0)));
         assert_eq!(at(&t, 13), Ok(("other".into(), 1)));
@@ -347,14 +368,14 @@ mod tests {
         let t = NodeTable::new();
         t.remember(ROOT, name("a"), &found(10, &[]));
         t.remember(ROOT, name("b"), &found(11, &[]));
-        t.renamed((ROOT, name("a")), (ROOT, name("b")), true);
+        t.renamed((ROOT, name("a")), (ROOT, name("b")), &exchanged("a", "b"));
         assert_eq!(at(&t, 10), Ok(("b".into(), 0)));
         assert_eq!(at(&t, 11), Ok(("a".into(), 0)));
-        t.renamed((ROOT, name("a")), (ROOT, name("b")), false);
+        t.renamed((ROOT, name("a")), (ROOT, name("b")), &moved("b"));
         assert_eq!(at(&t, 11), Ok(("b".into(), 0)));
         assert_eq!(at(&t, 10), Err(Errno::ENOENT));
         // The freed name is nobody's: renaming it again moves nothing.
-        t.renamed((ROOT, name("a")), (ROOT, name("c")), false);
+        t.renamed((ROOT, name("a")), (ROOT, name("c")), &moved("c"));
         assert_eq!(at(&t, 11), Ok(("b".into(), 0)));
     }
 
@@ -370,13 +391,13 @@ mod tests {
             Ok(("d2/y".into(), 1)),
             "the newest name comes first"
         );
-        t.renamed((ROOT, name("d2")), (ROOT, name("d3")), false);
+        t.renamed((ROOT, name("d2")), (ROOT, name("d3")), &moved("d3"));
         assert_eq!(at(&t, 20), Ok(("d3/y".into(), 0)));
         t.name_removed(11, name("y"));
         assert_eq!(at(&t, 20), Ok(("d1/x".into(), 1)));
         // Renaming one name onto another of the same object changes nothing, as rename(2).
         t.remember(10, name("z"), &found(20, &[1]));
-        t.renamed((10, name("x")), (10, name("z")), false);
+        t.renamed((10, name("x")), (10, name("z")), &RenameOutcome::Unchanged);
         assert_eq!(at(&t, 20), Ok(("d1/z".into(), 1)));
         t.name_removed(10, name("z"));
         assert_eq!(at(&t, 20), Ok(("d1/x".into(), 1)));

@@ -19,14 +19,30 @@ use super::lookup::check_name;
 use super::walk::{clear_dir, list_names, stat_at};
 use super::{Found, LayerIdx, Loc, Lowers, Overlay};
 
-/// What a rename changed, for callers that cache [`Loc`]s.
+/// What a rename changed, for callers that cache [`Loc`]s: the one statement of which
+/// names moved and which lowers they and everything below them keep.
 #[derive(Clone, Debug)]
-pub struct RenameOutcome {
-    /// The moved object's new place. A moved directory's whole tree now lives in the upper
-    /// only: every cached `Loc` inside it must drop its lowers.
-    pub moved: Loc,
-    /// With `RENAME_EXCHANGE`, the other object's new place (same rule).
-    pub exchanged: Option<Loc>,
+pub enum RenameOutcome {
+    /// Source and target were names of one object: as rename(2), both stay as they were.
+    Unchanged,
+    /// The source now has the target's name, at `Loc`; a target it replaced lost its name.
+    Moved(Loc),
+    /// `RENAME_EXCHANGE`: the source now has the target's name and the target the source's.
+    Exchanged {
+        /// The source's new place.
+        source: Loc,
+        /// The target's new place.
+        target: Loc,
+    },
+}
+
+impl RenameOutcome {
+    /// The lowers left to everything below a moved object: none. A moved directory's whole
+    /// merged tree was copied into the upper (metacopies completed), so every cached `Loc`
+    /// inside it must drop its lowers.
+    pub fn lowers_below(&self) -> Lowers {
+        Lowers::from(Vec::new())
+    }
 }
 
 impl Overlay {
@@ -62,10 +78,7 @@ impl Overlay {
             None if exchange => return Err(Errno::ENOENT),
             Some(d) if !exchange => {
                 if src.attr.ino == d.attr.ino && src.attr.is_dir() == d.attr.is_dir() {
-                    return Ok(RenameOutcome {
-                        moved: src.loc,
-                        exchanged: None,
-                    });
+                    return Ok(RenameOutcome::Unchanged);
                 }
                 match (src.attr.is_dir(), d.attr.is_dir()) {
                     (true, false) => return Err(Errno::ENOTDIR),
@@ -108,9 +121,9 @@ impl Overlay {
                 path: sparent.child_path(sname),
                 lowers: Lowers::from(Vec::new()),
             };
-            return Ok(RenameOutcome {
-                moved,
-                exchanged: Some(exchanged),
+            return Ok(RenameOutcome::Exchanged {
+                source: moved,
+                target: exchanged,
             });
         }
 
@@ -144,10 +157,7 @@ impl Overlay {
         if self.format == format::WhiteoutFormat::Aufs {
             super::remove::drop_aufs_whiteout(ddir, dname)?;
         }
-        Ok(RenameOutcome {
-            moved,
-            exchanged: None,
-        })
+        Ok(RenameOutcome::Moved(moved))
     }
 
     /// Puts the whole of a merged object in the upper: a non-directory is copied up; a

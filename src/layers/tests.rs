@@ -382,7 +382,15 @@ fn rename_of_a_lower_directory_moves_its_merged_tree() {
             RenameFlags::empty(),
         )
         .unwrap();
-    assert!(out.moved.lowers.is_empty());
+    let RenameOutcome::Moved(moved) = &out else {
+        panic!("a rename onto a free name moves: {out:?}");
+    };
+    assert_eq!(moved.path, Path::new("dst"));
+    assert!(moved.lowers.is_empty());
+    assert!(
+        out.lowers_below().is_empty(),
+        "the tree below is upper only"
+    );
     assert_eq!(names(&ovl, "dst"), ["b", "deep"]);
     assert_eq!(read(&ovl, "dst/deep/a"), "a");
     assert_eq!(lookup_err(&ovl, "", "src"), Errno::ENOENT);
@@ -405,9 +413,35 @@ fn rename_flags() {
             .unwrap_err(),
         Errno::EEXIST
     );
-    ovl.rename(&root, a, &root, b, RenameFlags::RENAME_EXCHANGE)
+    let out = ovl
+        .rename(&root, a, &root, b, RenameFlags::RENAME_EXCHANGE)
         .unwrap();
+    let RenameOutcome::Exchanged { source, target } = out else {
+        panic!("an exchange swaps: {out:?}");
+    };
+    assert_eq!(
+        (source.path.as_path(), target.path.as_path()),
+        (Path::new("b"), Path::new("a"))
+    );
+    assert!(source.lowers.is_empty() && target.lowers.is_empty());
     assert_eq!((read(&ovl, "a"), read(&ovl, "b")), ("B".into(), "A".into()));
+    let source = at(&ovl, "b");
+    ovl.create(
+        &root,
+        OsStr::new("b2"),
+        &NewNode::HardLink { source },
+        OWNER,
+    )
+    .unwrap();
+    let out = ovl
+        .rename(&root, b, &root, OsStr::new("b2"), RenameFlags::empty())
+        .unwrap();
+    assert!(
+        matches!(out, RenameOutcome::Unchanged),
+        "two names of one object: {out:?}"
+    );
+    assert_eq!(names(&ovl, ""), ["a", "b", "b2"]);
+    ovl.unlink(&root, OsStr::new("b2")).unwrap();
     ovl.rename(&root, a, &root, b, RenameFlags::empty())
         .unwrap();
     assert_eq!(names(&ovl, ""), ["b"]);
