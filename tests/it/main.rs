@@ -13,6 +13,7 @@
 //!   lowers read by ovlrun.
 //! - `escape`: a hostile session's attempts to get out (issue 13), as root and as the
 //!   unprivileged user; `support::session` holds its caller-parametric session fixture.
+//! - `examples`: the library's `examples/*.rs`, built and run over a copy of `examples/rootfs`.
 
 // Test code: a failed unwrap is a failed test, which is what we want (clippy.toml means the
 // same, but does not reach helper functions outside `#[test]` items).
@@ -26,6 +27,7 @@ mod config;
 mod crash;
 mod differential;
 mod escape;
+mod examples;
 mod integrity;
 mod launcher;
 mod metacopy;
