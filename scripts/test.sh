@@ -84,8 +84,22 @@ check_layering() {
         return 1
     fi
     echo "${paths[*]}: no use of fuser"
+    check_config_below_sandbox
     check_policy_reads_through_format
     check_library_does_not_print
+}
+
+# `config` makes the plan the sandbox runs: it imports nothing of `sandbox` (issue 17).
+check_config_below_sandbox() {
+    local hits
+    hits="$(grep -rnE '(crate|super::super)::sandbox' src/config \
+        | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)"
+    if [[ -n "$hits" ]]; then
+        echo "src/config must not use crate::sandbox:"
+        printf '%s\n' "$hits"
+        return 1
+    fi
+    echo "src/config: no use of crate::sandbox"
 }
 
 # Files that may print (issue 17): the binary, and code with no caller to return to.
@@ -149,7 +163,7 @@ main() {
     # passthrough); the filesystem tests again with it off cover the server's own data path.
     step "filesystem tests with --passthrough off" \
         env OVLRUN_TEST_PASSTHROUGH=off cargo test --test it -- mount_ops:: differential:: compat:: prefill::
-    step "layering: src/layers and src/sys never use fuser; src/policy reads markers via layers::format; the library does not print" check_layering
+    step "layering: src/layers and src/sys never use fuser; src/config never uses sandbox; src/policy reads markers via layers::format; the library does not print" check_layering
     step "pjdfstest against ovlrun (scripts/pjdfstest.sh --fs ovlrun)" \
         bash scripts/pjdfstest.sh --fs ovlrun
     CURRENT_STEP=""

@@ -4,6 +4,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ovlrun::config::{Flags, Network};
+use ovlrun::layers::WhiteoutFormat;
+use ovlrun::mount::{Backend, PassthroughMode};
+use ovlrun::policy::{CommitOn, Policy};
 
 /// Run a command in a private copy-on-write view of a root filesystem.
 ///
@@ -133,6 +137,39 @@ pub struct RunArgs {
     /// The command and its arguments [default: /bin/sh].
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The session flags, for [`ovlrun::config::SessionPlan::from_flags`] (the policy, the
+    /// upper and `--config` are read by the caller first).
+    pub fn into_flags(self) -> Flags {
+        Flags {
+            rootfs: self.rootfs,
+            fs: self.fs.map(Into::into),
+            no_userns: self.no_userns,
+            uid: self.uid,
+            gid: self.gid,
+            net: self.net.map(Into::into),
+            bind: self.bind,
+            tmpfs: self.tmpfs,
+            env: self.env,
+            clear_env: self.clear_env,
+            cwd: self.cwd,
+            hostname: self.hostname,
+            cap_add: self.cap_add,
+            cap_drop: self.cap_drop,
+            preserve_fds: self.preserve_fds,
+            tty: self.tty,
+            no_tty: self.no_tty,
+            rlimit: self.rlimit,
+            read_only: self.read_only,
+            mask: self.mask,
+            read_only_paths: self.read_only_paths,
+            sysctl: self.sysctl,
+            seccomp: self.seccomp,
+            cmd: self.cmd,
+        }
+    }
 }
 
 /// `ovlrun run`.
@@ -325,4 +362,67 @@ pub enum Whiteout {
     Kernel,
     /// `.wh.<name>` files and `.wh..wh..opq` (AUFS, OCI image layers).
     Aufs,
+}
+
+// Each CLI enum maps to its library twin here and only here. The CLI enums stay (rather
+// than `clap::ValueEnum` derived on the library's) so clap stays out of the library, and
+// `--help` keeps its own wording of each value.
+
+impl From<PolicyArg> for Policy {
+    fn from(p: PolicyArg) -> Policy {
+        match p {
+            PolicyArg::Preserve => Policy::Preserve,
+            PolicyArg::Discard => Policy::Discard,
+            PolicyArg::Commit => Policy::Commit,
+            PolicyArg::CommitAtomic => Policy::CommitAtomic,
+            PolicyArg::Ask => Policy::Ask,
+        }
+    }
+}
+
+impl From<CommitOnArg> for CommitOn {
+    fn from(c: CommitOnArg) -> CommitOn {
+        match c {
+            CommitOnArg::Success => CommitOn::Success,
+            CommitOnArg::Always => CommitOn::Always,
+        }
+    }
+}
+
+impl From<FsArg> for Backend {
+    fn from(f: FsArg) -> Backend {
+        match f {
+            FsArg::Auto => Backend::Auto,
+            FsArg::Kernel => Backend::Kernel,
+            FsArg::Fuse => Backend::Fuse,
+        }
+    }
+}
+
+impl From<Passthrough> for PassthroughMode {
+    fn from(p: Passthrough) -> PassthroughMode {
+        match p {
+            Passthrough::Off => PassthroughMode::Off,
+            Passthrough::Upper => PassthroughMode::Upper,
+            Passthrough::All => PassthroughMode::All,
+        }
+    }
+}
+
+impl From<Net> for Network {
+    fn from(n: Net) -> Network {
+        match n {
+            Net::Host => Network::Host,
+            Net::None => Network::None,
+        }
+    }
+}
+
+impl From<Whiteout> for WhiteoutFormat {
+    fn from(w: Whiteout) -> WhiteoutFormat {
+        match w {
+            Whiteout::Kernel => WhiteoutFormat::Kernel,
+            Whiteout::Aufs => WhiteoutFormat::Aufs,
+        }
+    }
 }

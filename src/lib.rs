@@ -8,6 +8,7 @@
 //! - [`config`]: the validated [`config::SessionPlan`] a session runs from.
 //! - [`host`]: what the machine offers: id ranges, helpers, kernel features, cgroups.
 //! - [`sandbox`]: namespaces, mounts, pid 1: runs a plan over an overlay of its rootfs.
+//! - [`seccomp`]: OCI seccomp profiles compiled to BPF (below `config` and `sandbox`).
 //! - [`policy`]: what becomes of a session's changes: diff, commit, commit-atomic.
 //! - [`session`]: session ids and state directories.
 //! - `sys`: the few raw system calls nix lacks; the only `unsafe` in the crate.
@@ -20,6 +21,7 @@ pub mod layers;
 pub mod mount;
 pub mod policy;
 pub mod sandbox;
+pub mod seccomp;
 pub mod session;
 #[allow(unsafe_code)]
 pub(crate) mod sys;

@@ -3,8 +3,6 @@
 
 mod cli;
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -14,12 +12,10 @@ use nix::sys::signal::{SigSet, Signal};
 mod sessions;
 mod stderr;
 
-use cli::{Cli, Command, CommitOnArg, MountArgs, Net, PolicyArg, RunArgs, Whiteout};
+use cli::{Cli, Command, MountArgs, RunArgs};
 use ovlrun::config::oci::OciSettings;
-use ovlrun::config::{self, Network, SessionPlan, UserNs};
-use ovlrun::layers::WhiteoutFormat;
-use ovlrun::mount::{Backend, OverlayBuilder, PassthroughMode};
-use ovlrun::policy::{CommitOn, Policy};
+use ovlrun::config::{self, SessionPlan};
+use ovlrun::mount::OverlayBuilder;
 use ovlrun::session::run::RunOptions;
 
 /// ovlrun's own failure, as container runtimes report it.
@@ -139,198 +135,16 @@ fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCod
         Some(path) => config::oci::load(path)?,
         None => OciSettings::default(),
     };
-    let policy = match (args.policy, &resume) {
-        (Some(p), _) => policy_of(p),
-        // Resuming must never throw the kept work away unless asked to on the command line.
-        (None, Some(_)) => Policy::Preserve,
-        (None, None) => oci.policy.unwrap_or(Policy::Discard),
-    };
     let opts = RunOptions {
-        policy,
+        policy: config::chosen_policy(args.policy.map(Into::into), resume.is_some(), oci.policy),
         upper: args.upper.clone().or_else(|| oci.upper.clone()),
         wait: args.wait,
         resume,
-        commit_on: match args.commit_on {
-            CommitOnArg::Success => CommitOn::Success,
-            CommitOnArg::Always => CommitOn::Always,
-        },
+        commit_on: args.commit_on.into(),
     };
-    let plan = plan(args, oci)?;
+    let plan = SessionPlan::from_flags(args.into_flags(), oci)?;
     let code = ovlrun::session::run::run(&plan, &opts, &stderr::Stderr)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_OWN_ERROR)))
-}
-
-fn policy_of(p: PolicyArg) -> Policy {
-    match p {
-        PolicyArg::Preserve => Policy::Preserve,
-        PolicyArg::Discard => Policy::Discard,
-        PolicyArg::Commit => Policy::Commit,
-        PolicyArg::CommitAtomic => Policy::CommitAtomic,
-        PolicyArg::Ask => Policy::Ask,
-    }
-}
-
-/// Turns the flags, over the config file's settings `oci`, into a validated plan (nothing
-/// is created before it is valid). A flag given wins over the file; list flags (`--bind`,
-/// `--tmpfs`, `--env`, `--cap-add`, `--cap-drop`) add to it.
-fn plan(args: RunArgs, oci: OciSettings) -> anyhow::Result<SessionPlan> {
-    let rootfs_arg = args
-        .rootfs
-        .or(oci.rootfs)
-        .context("--rootfs DIR (or --config FILE with root.path) is required")?;
-    let rootfs = config::check_rootfs(&rootfs_arg)?;
-    let root = nix::unistd::geteuid().is_root();
-    let userns = match (args.no_userns, root) {
-        (false, _) => oci.userns.unwrap_or(UserNs::New),
-        (true, true) => UserNs::Host,
-        (true, false) => return Err(config::PlanError::NoUsernsUnprivileged.into()),
-    };
-    let mut binds = oci.binds;
-    for b in &args.bind {
-        binds.push(config::parse_bind(b)?);
-    }
-    if let Some(cwd) = &args.cwd {
-        check_absolute("--cwd", cwd)?;
-    }
-    for t in &args.tmpfs {
-        check_absolute("--tmpfs", t)?;
-    }
-    let cwd = args.cwd.or(oci.cwd).unwrap_or_else(|| "/".into());
-    let mut tmpfs = oci.tmpfs;
-    tmpfs.extend(args.tmpfs);
-    let uid = config::check_id("--uid", args.uid.or(oci.uid).unwrap_or(0))?;
-    let gid = config::check_id("--gid", args.gid.or(oci.gid).unwrap_or(0))?;
-    // The file's sets first, then the flags: a flag undoes the file's opposite choice.
-    let mut capabilities = oci
-        .capabilities
-        .unwrap_or_else(|| config::CapabilitySets::container_default(uid));
-    for c in &args.cap_add {
-        capabilities.add(&config::parse_capability("--cap-add", c)?, uid);
-    }
-    for c in &args.cap_drop {
-        capabilities.drop(&config::parse_capability("--cap-drop", c)?);
-    }
-    let home = if uid == 0 { "/root" } else { "/" };
-    let mut env: Vec<OsString> = match oci.env {
-        // The file's environment is the whole environment, as for any OCI runtime.
-        Some(env) => env,
-        None if args.clear_env => config::default_env(home),
-        None => std::env::vars_os()
-            .map(|(k, v)| {
-                let mut kv = k;
-                kv.push("=");
-                kv.push(v);
-                kv
-            })
-            .collect(),
-    };
-    for kv in &args.env {
-        let Some((key, _)) = kv.split_once('=') else {
-            return Err(config::PlanError::Env(kv.clone()).into());
-        };
-        let prefix = format!("{key}=");
-        env.retain(|e| !e.as_bytes().starts_with(prefix.as_bytes()));
-        env.push(kv.into());
-    }
-    let hostname = args.hostname.or(oci.hostname).unwrap_or_else(|| {
-        std::fs::read_to_string(rootfs.join("etc/hostname"))
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "ovlrun".into())
-    });
-    let net = match args.net {
-        Some(Net::Host) => Network::Host,
-        Some(Net::None) => Network::None,
-        None => oci.net.unwrap_or(Network::Host),
-    };
-    config::check_preserved_fds(args.preserve_fds)?;
-    let mut rlimits = oci.rlimits;
-    for value in &args.rlimit {
-        let r = config::parse_rlimit(value)?;
-        rlimits.retain(|old| old.resource != r.resource);
-        rlimits.push(r);
-    }
-    let mut sysctl = oci.sysctl;
-    for value in &args.sysctl {
-        let (key, val) = config::parse_sysctl(value, net)?;
-        sysctl.retain(|(k, _)| *k != key);
-        sysctl.push((key, val));
-    }
-    for p in args.mask.iter().chain(&args.read_only_paths) {
-        let flag = if args.mask.contains(p) {
-            "--mask"
-        } else {
-            "--ro"
-        };
-        check_absolute(flag, p)?;
-    }
-    let mut masked_paths = config::default_masked_paths();
-    masked_paths.extend(oci.masked_paths);
-    masked_paths.extend(args.mask);
-    let mut readonly_paths: Vec<std::path::PathBuf> = config::DEFAULT_READONLY_PATHS
-        .iter()
-        .map(std::path::PathBuf::from)
-        .collect();
-    readonly_paths.extend(oci.readonly_paths);
-    readonly_paths.extend(args.read_only_paths);
-    for list in [&mut masked_paths, &mut readonly_paths] {
-        let mut seen = std::collections::HashSet::new();
-        list.retain(|p| seen.insert(p.clone()));
-    }
-    let seccomp = match &args.seccomp {
-        Some(value) => config::seccomp::parse_flag(value)?,
-        None => oci
-            .seccomp
-            .map_or(config::Seccomp::Default, config::Seccomp::Profile),
-    };
-    let argv = if !args.cmd.is_empty() {
-        args.cmd
-    } else {
-        oci.args.unwrap_or_else(|| vec![OsString::from("/bin/sh")])
-    };
-    Ok(SessionPlan {
-        rootfs,
-        argv,
-        env,
-        cwd,
-        hostname,
-        uid,
-        gid,
-        userns,
-        net,
-        binds,
-        tmpfs,
-        capabilities,
-        state_root: config::state_root()?,
-        fs: match args.fs {
-            Some(cli::FsArg::Auto) => Backend::Auto,
-            Some(cli::FsArg::Kernel) => Backend::Kernel,
-            Some(cli::FsArg::Fuse) => Backend::Fuse,
-            None => oci.fs.unwrap_or(Backend::Auto),
-        },
-        terminal: config::Terminal::chosen(args.tty, args.no_tty, oci.terminal),
-        seccomp,
-        preserve_fds: args.preserve_fds,
-        rlimits,
-        masked_paths,
-        readonly_paths,
-        read_only_root: args.read_only || oci.read_only_root,
-        no_new_privs: oci.no_new_privs.unwrap_or(true),
-        sysctl,
-        oom_score_adj: oci.oom_score_adj,
-    })
-}
-
-fn check_absolute(flag: &'static str, path: &std::path::Path) -> Result<(), config::PlanError> {
-    if path.is_absolute() {
-        Ok(())
-    } else {
-        Err(config::PlanError::NotAbsolute {
-            flag,
-            value: path.display().to_string(),
-        })
-    }
 }
 
 /// `ovlrun spec`: a starting config.json on stdout.
@@ -358,19 +172,12 @@ fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         builder = builder.work(work);
     }
     if let Some(w) = args.whiteout {
-        builder = builder.whiteout(match w {
-            Whiteout::Kernel => WhiteoutFormat::Kernel,
-            Whiteout::Aufs => WhiteoutFormat::Aufs,
-        });
+        builder = builder.whiteout(w.into());
     }
     if let Some(n) = args.threads {
         builder = builder.threads(n);
     }
-    builder = builder.passthrough(match args.passthrough {
-        cli::Passthrough::Off => PassthroughMode::Off,
-        cli::Passthrough::Upper => PassthroughMode::Upper,
-        cli::Passthrough::All => PassthroughMode::All,
-    });
+    builder = builder.passthrough(args.passthrough.into());
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // reach only the sigwait below.
     let mut signals = SigSet::empty();

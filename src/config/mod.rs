@@ -1,14 +1,17 @@
 //! What a session is to do, as validated plain data: the [`SessionPlan`].
 //!
-//! The command line (and an OCI config, read by [`oci`]) is turned into a plan here and
-//! nowhere else; everything after works from the plan and never re-reads flags. Validation
+//! The command line (parsed by the binary into [`Flags`], merged by [`flags`] over an OCI
+//! config read by [`oci`]) is turned into a plan here and nowhere else; everything after works from the plan and never re-reads flags. Validation
 //! names the flag (or the config field) and the value at fault, and creates nothing.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+pub mod flags;
 pub mod oci;
 pub mod seccomp;
+
+pub use flags::{Flags, chosen_policy};
 
 /// How the session's network is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,6 +238,10 @@ pub struct SessionPlan {
     pub state_root: PathBuf,
     /// Which filesystem serves the overlay.
     pub fs: crate::mount::Backend,
+    /// The whiteout format the upper is written in (`org.ovlrun.whiteout`); `None` takes the
+    /// one recorded with the upper, else the one the backend writes. `Aufs` comes with the
+    /// FUSE backend only (the kernel overlayfs writes its own format).
+    pub whiteout: Option<crate::layers::WhiteoutFormat>,
     /// Whether the command gets its own pty.
     pub terminal: Terminal,
     /// The system-call filter.
@@ -276,6 +283,7 @@ impl SessionPlan {
             capabilities: CapabilitySets::container_default(0),
             state_root,
             fs: crate::mount::Backend::Auto,
+            whiteout: None,
             terminal: Terminal::Auto,
             seccomp: Seccomp::Default,
             preserve_fds: 0,
@@ -302,6 +310,15 @@ pub fn default_masked_paths() -> Vec<PathBuf> {
 /// A plan that cannot be made. Each variant names the flag and the value.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// Neither `--rootfs` nor a config's `root.path`.
+    #[error("--rootfs DIR (or --config FILE with root.path) is required")]
+    NoRootfs,
+    /// `org.ovlrun.whiteout: aufs` with `--fs kernel`: the kernel overlayfs writes its own
+    /// format only.
+    #[error(
+        "annotations[\"org.ovlrun.whiteout\"] aufs: the kernel overlayfs (--fs kernel) writes kernel whiteouts only; use --fs fuse or auto"
+    )]
+    KernelWhiteout,
     /// `--rootfs` is not an existing directory.
     #[error("--rootfs {}: {problem}", .path.display())]
     Rootfs {

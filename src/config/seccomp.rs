@@ -4,7 +4,7 @@
 //! This module decides whether ovlrun can honour a profile, naming the field at fault as a
 //! JSON path (`syscalls[3].action`); a feature ovlrun cannot honour (a seccomp agent, the
 //! flags that need one) is an error, never dropped. It does not decide what the default
-//! filter refuses, nor how a profile becomes BPF: both are [`crate::sandbox::seccomp`]'s.
+//! filter refuses (the sandbox's), nor how a profile becomes BPF ([`crate::seccomp`]'s).
 //!
 //! See: <https://github.com/opencontainers/runtime-spec/blob/main/config-linux.md#seccomp>
 
@@ -19,6 +19,7 @@ use oci_spec::runtime::{
 use serde_json::Value;
 
 use super::{PlanError, Seccomp};
+pub use crate::seccomp::ProfileError;
 
 /// The largest profile file read: podman's default profile is 40 KiB; anything far larger is
 /// not a profile.
@@ -33,38 +34,6 @@ const MAX_ARG_INDEX: u64 = 5;
 /// Why `SCMP_ACT_NOTIFY` and what goes with it are refused.
 const NO_AGENT: &str =
     "SCMP_ACT_NOTIFY needs a seccomp agent (listenerPath), which ovlrun does not support";
-
-/// A profile ovlrun cannot honour: the field (a JSON path inside the profile, empty for the
-/// whole profile) and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}{problem}", if .field.is_empty() { String::new() } else { format!("{}: ", .field) })]
-pub struct ProfileError {
-    /// The field, as a JSON path inside the profile (`syscalls[3].action`); empty for the
-    /// profile as a whole.
-    pub field: String,
-    /// What is wrong.
-    pub problem: String,
-}
-
-impl ProfileError {
-    /// An error of `field`.
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> ProfileError {
-        ProfileError {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-
-    /// The same error, its field placed under `parent` (`linux.seccomp`).
-    pub fn under(self, parent: &str) -> ProfileError {
-        let field = if self.field.is_empty() {
-            parent.to_owned()
-        } else {
-            format!("{parent}.{}", self.field)
-        };
-        ProfileError { field, ..self }
-    }
-}
 
 /// Parses `--seccomp default|unconfined|FILE` (a file named like a keyword is `./default`).
 ///
@@ -266,7 +235,7 @@ pub fn check(profile: &LinuxSeccomp) -> Result<(), ProfileError> {
             }
         }
     }
-    crate::sandbox::seccomp::compile_profile(profile).map(drop)
+    crate::seccomp::compile_profile(profile).map(drop)
 }
 
 fn check_action(

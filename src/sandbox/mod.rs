@@ -200,6 +200,9 @@ fn mount_overlay(
             .upper(&dirs.upper)
             .work(&dirs.work)
             .complete_at_unmount(upper == UpperAfter::Kept);
+        if let Some(w) = plan.whiteout {
+            builder = builder.whiteout(w);
+        }
         if let Some(n) = std::env::var("OVLRUN_THREADS")
             .ok()
             .and_then(|n| n.parse().ok())

@@ -15,7 +15,7 @@ use nix::fcntl::OFlag;
 
 use super::{SandboxError, netfiles, plan};
 use crate::config::SessionPlan;
-use crate::layers::{LayerSetupError, NewNode, Overlay, OverlayConfig, Owner};
+use crate::layers::{LayerSetupError, NewNode, Overlay, OverlayConfig, Owner, WhiteoutFormat};
 use crate::mount::MountError;
 
 /// The list of what the launcher made, in the work directory.
@@ -147,7 +147,7 @@ pub(crate) fn make_targets(
     work: &Path,
 ) -> Result<(Scaffold, Vec<plan::NetFile>), SandboxError> {
     scrub(&plan.rootfs, upper, work);
-    let ovl = open_layers(&plan.rootfs, upper, work)?;
+    let ovl = open_layers(&plan.rootfs, upper, work, plan.whiteout)?;
     // A resumed upper may hold metadata-only copies a killed server left; the kernel
     // backend cannot read them.
     ovl.complete_metacopies().map_err(|source| {
@@ -226,12 +226,19 @@ pub(crate) fn make_targets(
     Ok((scaffold, net))
 }
 
-fn open_layers(rootfs: &Path, upper: &Path, work: &Path) -> Result<Overlay, SandboxError> {
+/// The layers of a session's overlay; `whiteout` as the plan asks (the first opening of an
+/// upper records its format, which the overlay's mount must then find).
+fn open_layers(
+    rootfs: &Path,
+    upper: &Path,
+    work: &Path,
+    whiteout: Option<WhiteoutFormat>,
+) -> Result<Overlay, SandboxError> {
     Overlay::new(&OverlayConfig {
         lowers: vec![rootfs.to_owned()],
         upper: upper.to_owned(),
         work: Some(work.to_owned()),
-        whiteout: None,
+        whiteout,
     })
     .map_err(|e| SandboxError::Mount(MountError::Layers(e)))
 }
@@ -255,7 +262,7 @@ pub fn scrub(rootfs: &Path, upper: &Path, work: &Path) {
 /// nothing else touched a parent, its times go back to what they were, and a parent copied
 /// up only for the launcher goes too. Then the list in `work`.
 pub(crate) fn remove(rootfs: &Path, upper: &Path, work: &Path, scaffold: &Scaffold) {
-    let Ok(ovl) = open_layers(rootfs, upper, work) else {
+    let Ok(ovl) = open_layers(rootfs, upper, work, None) else {
         return;
     };
     for made in scaffold.made.iter().rev() {

@@ -168,6 +168,39 @@ fn config_seccomp_profile_reaches_the_session() {
 }
 
 #[test]
+fn config_whiteout_annotation_reaches_the_fuse_upper() {
+    require_launcher!();
+    let config = example_config(|v| {
+        v["annotations"]["org.ovlrun.whiteout"] = json!("aufs");
+        v["annotations"]["org.ovlrun.policy"] = json!("preserve");
+    });
+    let b = Bundle::new(&config);
+    // The kernel overlayfs writes only its own format: refused, naming the annotation.
+    b.sh(&["--fs", "kernel"], "true")
+        .expect_own_error(&["annotations[\"org.ovlrun.whiteout\"] aufs", "--fs kernel"]);
+    assert!(!b.state().exists(), "{} was created", b.state().display());
+    // Without --fs (or with auto) the session runs on FUSE, which writes `.wh.` files.
+    b.sh(
+        &["--fs", "auto"],
+        "rm /etc/motd; test -e /etc/motd || echo gone",
+    )
+    .expect_ok()
+    .expect_stdout(&["gone"]);
+    let sessions: Vec<_> = fs::read_dir(b.state().join("sessions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let etc = sessions[0].join("upper/etc");
+    let wh = fs::symlink_metadata(etc.join(".wh.motd")).expect("no .wh.motd in the upper");
+    assert!(wh.is_file(), "{wh:?}");
+    assert!(
+        fs::symlink_metadata(etc.join("motd")).is_err(),
+        "a kernel whiteout too"
+    );
+}
+
+#[test]
 fn a_config_ovlrun_cannot_honour_exits_125_naming_the_field() {
     let cases: Vec<(Value, Vec<&str>)> = vec![
         (

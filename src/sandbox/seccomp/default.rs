@@ -24,7 +24,7 @@ use oci_spec::runtime::{
     LinuxSeccompOperator, LinuxSyscall,
 };
 
-use crate::config::seccomp::ProfileError;
+use crate::seccomp::ProfileError;
 
 /// Allowed to every session: what both profiles allow to every container.
 #[rustfmt::skip]

@@ -1,58 +1,19 @@
 //! The command's system-call filter: the default profile ([`default`]) or an OCI
-//! `linux.seccomp` profile, compiled to classic BPF with libseccomp in the launcher, and
-//! loaded by the command process just before it executes the command.
+//! `linux.seccomp` profile, compiled by [`crate::seccomp`] in the launcher, and loaded by the
+//! command process just before it executes the command.
 //!
 //! Compiling happens before the session's child is cloned, so a profile libseccomp refuses
 //! fails before anything is mounted, and the child only hands the kernel instructions it
-//! already holds (it allocates nothing). Whether a profile's fields are ones ovlrun can
-//! honour is [`crate::config::seccomp`]'s to say; this module says how it becomes BPF, with
-//! runc's semantics: a rule whose action is the default one is left out (libseccomp refuses
-//! it), a name this libseccomp does not know is skipped (a system call newer than it), and
-//! conditions on distinct arguments must all hold while several on one argument are each a
-//! rule of their own.
+//! already holds (it allocates nothing).
 
-pub mod cache;
 pub mod default;
 
-use std::io::{Read, Seek};
 use std::path::Path;
 
-use libseccomp::{
-    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
-};
-use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall,
-};
+use oci_spec::runtime::LinuxSeccomp;
 
-use crate::config::seccomp::ProfileError;
 use crate::config::{CapabilitySets, Seccomp};
-
-/// One BPF program and the `SECCOMP_FILTER_FLAG_*` it is installed with.
-pub struct Program {
-    instructions: Vec<libc::sock_filter>,
-    flags: libc::c_ulong,
-}
-
-impl Program {
-    /// The number of BPF instructions.
-    pub fn len(&self) -> usize {
-        self.instructions.len()
-    }
-
-    /// True for a program without instructions (never one libseccomp exports).
-    pub fn is_empty(&self) -> bool {
-        self.instructions.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Program {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Program")
-            .field("instructions", &self.instructions.len())
-            .field("flags", &self.flags)
-            .finish()
-    }
-}
+use crate::seccomp::{ProfileError, Program, cache, compile_profile};
 
 /// A compiled filter: programs installed in order, all of which every system call then
 /// passes (the kernel takes the most restrictive answer).
@@ -74,7 +35,7 @@ impl Filter {
     /// The first error of seccomp(2).
     pub fn load(&self) -> nix::Result<()> {
         for p in &self.programs {
-            crate::sys::seccomp::set_mode_filter(&p.instructions, p.flags)?;
+            crate::sys::seccomp::set_mode_filter(p.instructions(), p.flags())?;
         }
         Ok(())
     }
@@ -83,7 +44,7 @@ impl Filter {
 /// Compiles the session's filter: `None` for `--seccomp unconfined`. The default profile
 /// depends on `caps.bounding` (what it allows to a capability the session may never hold
 /// would be refused by the kernel anyway). With `cache` (a directory), programs compiled
-/// before are read from there, and new ones kept there ([`cache`]).
+/// before are read from there, and new ones kept there ([`crate::seccomp::cache`]).
 ///
 /// # Errors
 /// [`ProfileError`] naming the field of the profile libseccomp refused.
@@ -114,176 +75,11 @@ pub fn compile(
     Ok(Some(Filter { programs }))
 }
 
-/// Compiles one OCI profile to a BPF program, with runc's semantics (see the module doc).
-///
-/// # Errors
-/// [`ProfileError`] naming the field libseccomp refused, or with an empty field when
-/// libseccomp itself fails.
-pub fn compile_profile(profile: &LinuxSeccomp) -> Result<Program, ProfileError> {
-    let lib = |field: &str, e: libseccomp::error::SeccompError| {
-        ProfileError::new(field, format!("libseccomp: {e}"))
-    };
-    let default = action(profile.default_action(), profile.default_errno_ret())
-        .map_err(|p| ProfileError::new("defaultAction", p))?;
-    let mut ctx = ScmpFilterContext::new(default).map_err(|e| lib("", e))?;
-    for (i, arch) in profile.architectures().iter().flatten().enumerate() {
-        let field = format!("architectures[{i}]");
-        let arch: ScmpArch = arch.to_string().parse().map_err(|e| lib(&field, e))?;
-        ctx.add_arch(arch).map_err(|e| lib(&field, e))?;
-    }
-    // A binary tree of system call numbers: the kernel walks fewer instructions per call, and
-    // when it installs the program (it runs it for every call number to cache the answers).
-    ctx.set_ctl_optimize(2).map_err(|e| lib("", e))?;
-    for (i, call) in profile.syscalls().iter().flatten().enumerate() {
-        add_rules(&mut ctx, call, default)
-            .map_err(|p| ProfileError::new(format!("syscalls[{i}]"), p))?;
-    }
-    let mut flags = 0;
-    for flag in profile.flags().iter().flatten() {
-        flags |= match flag {
-            LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
-            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
-                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
-            }
-            // The command process is single-threaded: there is nothing to synchronise.
-            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => 0,
-            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
-                return Err(ProfileError::new(
-                    "flags",
-                    format!("{flag} is not supported"),
-                ));
-            }
-        };
-    }
-    Ok(Program {
-        instructions: export(&ctx)?,
-        flags,
-    })
-}
-
-/// libseccomp's action for an OCI action; runc's defaults for a missing `errnoRet`.
-fn action(action: LinuxSeccompAction, errno_ret: Option<u32>) -> Result<ScmpAction, String> {
-    let ret = || {
-        i32::try_from(errno_ret.unwrap_or(libc::EPERM as u32))
-            .map_err(|_| "errnoRet out of range".to_owned())
-    };
-    Ok(match action {
-        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(ret()?),
-        LinuxSeccompAction::ScmpActTrace => {
-            ScmpAction::Trace(u16::try_from(ret()?).map_err(|_| "errnoRet out of range")?)
-        }
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
-            ScmpAction::KillThread
-        }
-        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
-        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
-        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
-        LinuxSeccompAction::ScmpActNotify => return Err(format!("{action} is not supported")),
-    })
-}
-
-/// The rules of one `syscalls[]` entry.
-fn add_rules(
-    ctx: &mut ScmpFilterContext,
-    call: &LinuxSyscall,
-    default: ScmpAction,
-) -> Result<(), String> {
-    let act = action(call.action(), call.errno_ret())?;
-    // libseccomp refuses a rule that changes nothing.
-    if act == default {
-        return Ok(());
-    }
-    let args = call.args().as_deref().unwrap_or_default();
-    let conditions: Vec<ScmpArgCompare> = args
-        .iter()
-        .map(|a| {
-            let op = match a.op() {
-                LinuxSeccompOperator::ScmpCmpNe => ScmpCompareOp::NotEqual,
-                LinuxSeccompOperator::ScmpCmpLt => ScmpCompareOp::Less,
-                LinuxSeccompOperator::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
-                LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
-                LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
-                LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
-                // The OCI format gives the mask as `value` and the value to compare as `valueTwo`.
-                LinuxSeccompOperator::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(a.value()),
-            };
-            let datum = match a.op() {
-                LinuxSeccompOperator::ScmpCmpMaskedEq => a.value_two().unwrap_or(0),
-                _ => a.value(),
-            };
-            // Indexes above 5 were refused by the config check; u32 holds any index that passed.
-            ScmpArgCompare::new(a.index() as u32, op, datum)
-        })
-        .collect();
-    let mut seen = [0u8; 6];
-    for a in args {
-        if let Some(n) = seen.get_mut(a.index()) {
-            *n += 1;
-        }
-    }
-    let same_arg_twice = seen.iter().any(|&n| n > 1);
-    for name in call.names() {
-        // A name this libseccomp does not know is a system call newer than it: skipped, as runc does.
-        let Ok(nr) = ScmpSyscall::from_name(name) else {
-            continue;
-        };
-        let added = if conditions.is_empty() {
-            ctx.add_rule(act, nr)
-        } else if same_arg_twice {
-            conditions
-                .iter()
-                .try_for_each(|c| {
-                    ctx.add_rule_conditional(act, nr, std::slice::from_ref(c))
-                        .map(drop)
-                })
-                .map(|()| &mut *ctx)
-        } else {
-            ctx.add_rule_conditional(act, nr, &conditions)
-        };
-        added.map_err(|e| format!("{name}: libseccomp: {e}"))?;
-    }
-    Ok(())
-}
-
-/// The context's BPF program, through a memory file (libseccomp 2.5 exports only to an fd).
-fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, ProfileError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        ProfileError::new("", format!("cannot export the BPF program: {what}: {e}"))
-    };
-    let fd =
-        nix::sys::memfd::memfd_create(c"ovlrun-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| fail("memfd_create", &e))?;
-    ctx.export_bpf(&fd).map_err(|e| fail("libseccomp", &e))?;
-    let mut file = std::fs::File::from(fd);
-    let mut bytes = Vec::new();
-    file.rewind()
-        .and_then(|()| file.read_to_end(&mut bytes))
-        .map_err(|e| fail("read", &e))?;
-    let size = std::mem::size_of::<libc::sock_filter>();
-    if bytes.len() % size != 0 {
-        return Err(fail(
-            "size",
-            &format!(
-                "{} bytes is not a whole number of instructions",
-                bytes.len()
-            ),
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(size)
-        .map(|b| libc::sock_filter {
-            code: u16::from_ne_bytes([b[0], b[1]]),
-            jt: b[2],
-            jf: b[3],
-            k: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
 
     use super::default::*;
     use super::*;
@@ -512,6 +308,6 @@ mod tests {
         let filter = compile(&Seccomp::Profile(Box::new(own)), &caps, None)
             .unwrap()
             .unwrap();
-        assert_eq!(filter.programs()[0].flags, libc::SECCOMP_FILTER_FLAG_LOG);
+        assert_eq!(filter.programs()[0].flags(), libc::SECCOMP_FILTER_FLAG_LOG);
     }
 }
