@@ -2,9 +2,12 @@
 //! the mount point, under the state root.
 
 pub mod lock;
+pub(crate) mod netfiles;
 pub mod record;
 pub mod report;
+pub(crate) mod rootfs;
 pub mod run;
+pub mod scaffold;
 pub mod upper;
 
 use std::path::{Path, PathBuf};
