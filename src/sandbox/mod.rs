@@ -4,7 +4,8 @@
 //! 1. Id-map helper forked, then `unshare(user | mount)`: a process must be single-threaded to
 //!    enter a new user namespace, and `newuidmap` must run from outside it.
 //! 2. `/` made private, so nothing mounted from here on propagates to the host.
-//! 3. The overlay mounted, but not served yet: still single-threaded.
+//! 3. The [`Filesystem`] the launcher is handed mounted (its mount targets made first), but
+//!    not served yet: still single-threaded.
 //! 4. The child cloned into new pid, mount, uts, ipc (and net) namespaces: its mount namespace
 //!    is a copy holding the overlay, so its `pivot_root` leaves ours alone. (A process cannot
 //!    create threads after `unshare(pid)`, hence `clone`.)
