@@ -87,6 +87,22 @@ check_layering() {
     check_config_below_sandbox
     check_policy_reads_through_format
     check_library_does_not_print
+    check_sandbox_is_handed_its_mount
+}
+
+# The launcher runs the filesystem it is handed (`sandbox::Filesystem`, issue 17): `sandbox`
+# uses no `layers`, `fs` or `session` (which uses it, one way), and of `mount` only the
+# `Backend` it reports; outside `//` comment lines.
+check_sandbox_is_handed_its_mount() {
+    local hits
+    hits="$(grep -rnE 'crate::(layers|fs|session)([^[:alnum:]_]|$)|crate::mount::([^B]|B[^a])|crate::\{[^}]*(layers|fs|session|mount)' src/sandbox \
+        | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)"
+    if [[ -n "$hits" ]]; then
+        echo "src/sandbox must be handed its mount (sandbox::Filesystem), not make it:"
+        printf '%s\n' "$hits"
+        return 1
+    fi
+    echo "src/sandbox: no use of layers, fs, session or mount's internals"
 }
 
 # `config` makes the plan the sandbox runs: it imports nothing of `sandbox` (issue 17).
@@ -107,7 +123,7 @@ PRINT_ALLOWED=(
     src/main.rs src/sessions.rs src/cli.rs src/stderr.rs # the binary
     src/sandbox/init.rs      # the session's pid 1: fatal setup errors
     src/sandbox/mod.rs       # the cloned child's fatal setup errors; launcher notes (to move)
-    src/sandbox/scaffold.rs  # a launcher note (to move with the launcher's notes)
+    src/session/scaffold.rs  # the resolver-file note (to move with the launcher's notes)
     src/sandbox/seccomp/mod.rs # a unit test's timing line
     src/fs/mod.rs            # FUSE destroy(): the unmount has no caller to fail to
 )
@@ -163,7 +179,7 @@ main() {
     # passthrough); the filesystem tests again with it off cover the server's own data path.
     step "filesystem tests with --passthrough off" \
         env OVLRUN_TEST_PASSTHROUGH=off cargo test --test it -- mount_ops:: differential:: compat:: prefill::
-    step "layering: src/layers and src/sys never use fuser; src/config never uses sandbox; src/policy reads markers via layers::format; the library does not print" check_layering
+    step "layering: src/layers and src/sys never use fuser; src/config never uses sandbox; src/policy reads markers via layers::format; the library does not print; src/sandbox is handed its mount" check_layering
     step "pjdfstest against ovlrun (scripts/pjdfstest.sh --fs ovlrun)" \
         bash scripts/pjdfstest.sh --fs ovlrun
     CURRENT_STEP=""

@@ -105,7 +105,7 @@ fn format_of(
 }
 
 fn complete_metacopies(rec: &ovlrun::session::record::Record) -> anyhow::Result<()> {
-    ovlrun::sandbox::scaffold::scrub(&rec.rootfs, &rec.upper, &rec.work);
+    ovlrun::session::scaffold::scrub(&rec.rootfs, &rec.upper, &rec.work);
     ovlrun::layers::complete_metacopies(&ovlrun::layers::OverlayConfig {
         lowers: vec![rec.rootfs.clone()],
         upper: rec.upper.clone(),

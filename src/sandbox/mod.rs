@@ -4,7 +4,8 @@
 //! 1. Id-map helper forked, then `unshare(user | mount)`: a process must be single-threaded to
 //!    enter a new user namespace, and `newuidmap` must run from outside it.
 //! 2. `/` made private, so nothing mounted from here on propagates to the host.
-//! 3. The overlay mounted, but not served yet: still single-threaded.
+//! 3. The [`Filesystem`] the launcher is handed mounted (its mount targets made first), but
+//!    not served yet: still single-threaded.
 //! 4. The child cloned into new pid, mount, uts, ipc (and net) namespaces: its mount namespace
 //!    is a copy holding the overlay, so its `pivot_root` leaves ours alone. (A process cannot
 //!    create threads after `unshare(pid)`, hence `clone`.)
@@ -22,14 +23,12 @@ pub mod handshake;
 pub mod idmap;
 pub mod init;
 pub mod mounts;
-pub mod netfiles;
 pub mod plan;
-pub mod scaffold;
 pub mod seccomp;
 pub mod terminal;
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
@@ -38,10 +37,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
 use crate::config::{Network, SessionPlan, UserNs};
-use crate::layers::format::{self, WhiteoutFormat};
-use crate::mount::kernel::KernelMount;
-use crate::mount::{Backend, MountError, MountHandle, OverlayBuilder, UnservedMount};
-use crate::session::SessionDirs;
+use crate::mount::Backend;
 use crate::sys::process::{self, exit_now};
 use handshake::{End, HandshakeError, Msg};
 use idmap::IdMapError;
@@ -64,9 +60,9 @@ pub enum SandboxError {
     /// Id maps failed.
     #[error("cannot map user ids")]
     IdMap(#[from] IdMapError),
-    /// The overlay could not be mounted.
-    #[error("cannot mount the overlay of the rootfs")]
-    Mount(#[from] MountError),
+    /// The filesystem handed to the launcher could not be mounted, served or unmounted.
+    #[error(transparent)]
+    Filesystem(FsError),
     /// Parent and child lost each other.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
@@ -76,15 +72,40 @@ pub enum SandboxError {
     /// The session's terminal could not be set up.
     #[error(transparent)]
     Terminal(#[from] terminal::TerminalError),
-    /// A mount target could not be prepared in the upper.
-    #[error("cannot prepare mount target {}", .path.display())]
-    Scaffold {
-        /// The path in the upper.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+}
+
+/// Why a [`Filesystem`] step failed: the filesystem's own error, which the launcher passes on.
+pub type FsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// "Mount the fs here": the session's root filesystem, as the launcher is handed it. The
+/// launcher knows nothing of what it is; it calls each step once, in order, at the point the
+/// module doc names, and drops it (unmounting whatever is still mounted) when it returns.
+pub trait Filesystem {
+    /// Where the filesystem is (or will be) mounted: the session's root.
+    fn mountpoint(&self) -> &Path;
+
+    /// Step 3, inside the session's user and mount namespaces and still single-threaded:
+    /// makes the targets the launcher's own mounts need ([`plan::targets`]) and mounts the
+    /// filesystem at [`Filesystem::mountpoint`], starting no thread. Returns the host's resolver
+    /// files and where they go inside.
+    ///
+    /// # Errors
+    /// The filesystem's own, passed on as [`SandboxError::Filesystem`].
+    fn mount(&mut self) -> Result<Vec<plan::NetFile>, FsError>;
+
+    /// Step 5, once the child is cloned: starts serving (threads may start now); says which
+    /// backend serves.
+    ///
+    /// # Errors
+    /// As for [`Filesystem::mount`].
+    fn serve(&mut self) -> Result<Backend, FsError>;
+
+    /// Step 6, once the command has exited: unmounts and removes what
+    /// [`Filesystem::mount`] made for the launcher.
+    ///
+    /// # Errors
+    /// As for [`Filesystem::mount`].
+    fn unmount(self) -> Result<(), FsError>;
 }
 
 fn ns(step: &'static str) -> impl FnOnce(nix::Error) -> SandboxError {
@@ -100,128 +121,13 @@ pub struct Outcome {
     pub fs: Backend,
 }
 
-/// Runs `plan` over an overlay with the upper and work of `dirs`. The calling process stays
-/// in the new user namespace afterwards, so it can still handle files owned by the
-/// session's sub-ids.
+/// Runs `plan` with `fs` as its root filesystem. The calling process stays in the new user
+/// namespace afterwards, so it can still handle files owned by the session's sub-ids.
 ///
 /// # Errors
 /// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
-pub fn run(
-    plan: &SessionPlan,
-    dirs: &SessionDirs,
-    upper: UpperAfter,
-) -> Result<Outcome, SandboxError> {
-    run_in(plan, dirs, upper)
-}
-
-/// What becomes of a session's upper once its command has exited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpperAfter {
-    /// Kept (preserved, committed, or up to the user): it must be whole, readable by the
-    /// kernel overlayfs and by the policies.
-    Kept,
-    /// Thrown away: metadata-only copies need not get their data.
-    Discarded,
-}
-
-/// A mounted overlay, before and after its serving threads start.
-enum Mounted {
-    /// FUSE, not served yet.
-    Unserved(Box<UnservedMount>),
-    /// FUSE, served.
-    Fuse(MountHandle),
-    /// The kernel overlayfs: nothing to serve.
-    Kernel(KernelMount),
-}
-
-/// True when the rootfs's top directory is owned by an id this (already entered) user
-/// namespace maps: unmapped owners read as the overflow uid.
-fn owner_is_mapped(rootfs: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(65534);
-    std::fs::metadata(rootfs).is_ok_and(|m| m.uid() != overflow)
-}
-
-/// Step 3: mounts the overlay with the chosen backend, without starting any thread.
-fn mount_overlay(
-    plan: &SessionPlan,
-    dirs: &SessionDirs,
-    upper: UpperAfter,
-) -> Result<Mounted, SandboxError> {
-    let record_err = |step| {
-        move |source| {
-            SandboxError::Mount(MountError::FormatRecord {
-                work: dirs.work.clone(),
-                step,
-                source,
-            })
-        }
-    };
-    let kernel = || {
-        // The kernel reads an upper in its own format only; the record says which one the
-        // upper is in (made by the first backend that served it).
-        let recorded = format::recorded(&dirs.work).map_err(record_err("read"))?;
-        if recorded == Some(WhiteoutFormat::Aufs) {
-            return Err(SandboxError::Mount(MountError::KernelFormat {
-                upper: dirs.upper.clone(),
-                work: dirs.work.clone(),
-            }));
-        }
-        let work = dirs.work.join("kernel");
-        std::fs::create_dir_all(&work).map_err(|source| SandboxError::Scaffold {
-            path: work.clone(),
-            source,
-        })?;
-        KernelMount::mount(
-            std::slice::from_ref(&plan.rootfs),
-            &dirs.upper,
-            &work,
-            &dirs.mnt,
-        )
-        .map_err(|source| {
-            SandboxError::Mount(MountError::Kernel {
-                path: dirs.mnt.clone(),
-                source,
-            })
-        })
-        .and_then(|m| {
-            if recorded.is_none() {
-                format::record(&dirs.work, WhiteoutFormat::Kernel).map_err(record_err("write"))?;
-            }
-            Ok(Mounted::Kernel(m))
-        })
-    };
-    let fuse = || {
-        let mut builder = OverlayBuilder::new()
-            .lower(&plan.rootfs)
-            .upper(&dirs.upper)
-            .work(&dirs.work)
-            .complete_at_unmount(upper == UpperAfter::Kept);
-        if let Some(w) = plan.whiteout {
-            builder = builder.whiteout(w);
-        }
-        if let Some(n) = std::env::var("OVLRUN_THREADS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-        {
-            builder = builder.threads(n);
-        }
-        Ok(Mounted::Unserved(Box::new(
-            builder.mount_unserved(&dirs.mnt)?,
-        )))
-    };
-    match plan.fs {
-        Backend::Kernel => kernel(),
-        Backend::Fuse => fuse(),
-        // The kernel shows the tree's real owners; where the session cannot map them (a
-        // user over a root-owned tree), nothing would be writable. FUSE shows such a tree
-        // as the session's own, so it serves there.
-        Backend::Auto if !owner_is_mapped(&plan.rootfs) => fuse(),
-        Backend::Auto => kernel().or_else(|_| fuse()),
-    }
+pub fn run(plan: &SessionPlan, fs: impl Filesystem) -> Result<Outcome, SandboxError> {
+    run_in(plan, fs)
 }
 
 /// For a non-root caller: enters a user (and mount) namespace mapping the caller's
@@ -237,11 +143,7 @@ pub fn enter_owner_namespace() -> Result<(), SandboxError> {
     enter_namespaces(Some(&host_ids::choose()))
 }
 
-fn run_in(
-    plan: &SessionPlan,
-    dirs: &SessionDirs,
-    upper: UpperAfter,
-) -> Result<Outcome, SandboxError> {
+fn run_in(plan: &SessionPlan, mut fs: impl Filesystem) -> Result<Outcome, SandboxError> {
     // Compiled first (or read from the state's cache, as the caller, before any namespace):
     // a profile libseccomp refuses fails before anything is mounted, and the child only
     // installs what it is handed.
@@ -266,10 +168,7 @@ fn run_in(
         eprintln!("ovlrun: note: {note}");
     }
     enter_namespaces(ids.as_ref())?;
-    // Made inside the namespace, so it sees owners as the removal afterwards will.
-    let (scaffold, net) = scaffold::make_targets(plan, &dirs.upper, &dirs.work)?;
-
-    let mounted = mount_overlay(plan, dirs, upper)?;
+    let net = fs.mount().map_err(SandboxError::Filesystem)?;
 
     let pty = terminal::wanted(plan.terminal);
     let (mut parent_end, child_end) = handshake::channel().map_err(HandshakeError::from)?;
@@ -277,17 +176,14 @@ fn run_in(
     let child = start_child(
         plan,
         &net,
-        &dirs.mnt,
+        fs.mountpoint(),
         child_end,
         pty,
         setgroups,
         filter.as_ref(),
     )?;
 
-    let (mounted, fs) = match mounted {
-        Mounted::Unserved(m) => (Mounted::Fuse(m.serve()?), Backend::Fuse),
-        k => (k, Backend::Kernel),
-    };
+    let backend = fs.serve().map_err(SandboxError::Filesystem)?;
     parent_end.send(Msg::Go, b"")?;
     let (master, mut failure) = if pty {
         receive_terminal(&mut parent_end, child)
@@ -322,23 +218,13 @@ fn run_in(
     drop(raw);
     drop(forwarder);
     let status = status?;
-    match mounted {
-        Mounted::Fuse(m) => m.unmount()?,
-        Mounted::Kernel(k) => k.unmount().map_err(|source| {
-            SandboxError::Mount(MountError::Kernel {
-                path: dirs.mnt.clone(),
-                source,
-            })
-        })?,
-        Mounted::Unserved(_) => {}
-    }
-    scaffold::remove(&plan.rootfs, &dirs.upper, &dirs.work, &scaffold);
+    fs.unmount().map_err(SandboxError::Filesystem)?;
     if let Some(e) = failure {
         return Err(e);
     }
     Ok(Outcome {
         code: init::exit_code(status).unwrap_or(125),
-        fs,
+        fs: backend,
     })
 }
 

@@ -79,7 +79,7 @@ pub enum Step {
 }
 
 /// A host file bound into a shared-network session (resolv.conf, hosts), and where: its own
-/// path, or the target of the rootfs's symlink there ([`super::netfiles`]).
+/// path, or the target of the rootfs's symlink there, as the [`super::Filesystem`] resolved it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetFile {
     /// The host file.

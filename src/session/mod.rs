@@ -1,10 +1,14 @@
 //! Session state on disk: an id and a directory holding the upper, the work directory and
-//! the mount point, under the state root.
+//! the mount point, under the state root; and the root filesystem a session's launcher is
+//! handed (the overlay mounted, its mount targets made and removed).
 
 pub mod lock;
+pub(crate) mod netfiles;
 pub mod record;
 pub mod report;
+pub(crate) mod rootfs;
 pub mod run;
+pub mod scaffold;
 pub mod upper;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::lock::{Mode, RootfsLock};
 use super::record::{Record, Status, now};
 use super::report::{CommitSize, Note, Report};
+use super::rootfs::SessionRootfs;
 use super::{SessionDirs, SessionError};
 use crate::config::SessionPlan;
 use crate::policy::commit::{self, Recovery};
@@ -134,11 +135,9 @@ pub fn run(
     let earlier_work =
         opts.resume.is_some() || checked.as_ref().is_some_and(|c| c.reused.is_some());
     rec.save(&dirs.root)?;
-    let upper = match opts.policy {
-        Policy::Discard => crate::sandbox::UpperAfter::Discarded,
-        _ => crate::sandbox::UpperAfter::Kept,
-    };
-    let code = match crate::sandbox::run(plan, &dirs, upper) {
+    // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
+    let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard);
+    let code = match crate::sandbox::run(plan, fs) {
         Ok(outcome) => {
             rec.fs = outcome.fs;
             outcome.code

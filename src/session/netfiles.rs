@@ -14,9 +14,9 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 
-use super::plan::NetFile;
 use crate::config::{Network, SessionPlan};
 use crate::layers::{Loc, Overlay};
+use crate::sandbox::plan::NetFile;
 
 /// Symlinks followed at most, as the kernel's `MAXSYMLINKS`.
 const MAX_LINKS: usize = 40;

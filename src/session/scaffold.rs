@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
-use super::{SandboxError, netfiles, plan};
+use super::netfiles;
+use super::rootfs::RootfsError;
 use crate::config::SessionPlan;
 use crate::layers::{LayerSetupError, NewNode, Overlay, OverlayConfig, Owner, WhiteoutFormat};
 use crate::mount::MountError;
+use crate::sandbox::plan;
 
 /// The list of what the launcher made, in the work directory.
 pub const LIST: &str = "ovlrun-scaffold";
@@ -129,12 +131,12 @@ impl Scaffold {
 
     /// Writes the list into `work`, whole or not at all (a temp file renamed). Not synced:
     /// it guards against a killed launcher, not a lost machine.
-    fn save(&self, work: &Path) -> Result<(), SandboxError> {
+    fn save(&self, work: &Path) -> Result<(), RootfsError> {
         let path = work.join(LIST);
         let tmp = work.join(format!("{LIST}.tmp"));
         std::fs::write(&tmp, self.to_text())
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| SandboxError::Scaffold { path, source })
+            .map_err(|source| RootfsError::Scaffold { path, source })
     }
 }
 
@@ -145,13 +147,13 @@ pub(crate) fn make_targets(
     plan: &SessionPlan,
     upper: &Path,
     work: &Path,
-) -> Result<(Scaffold, Vec<plan::NetFile>), SandboxError> {
+) -> Result<(Scaffold, Vec<plan::NetFile>), RootfsError> {
     scrub(&plan.rootfs, upper, work);
     let ovl = open_layers(&plan.rootfs, upper, work, plan.whiteout)?;
     // A resumed upper may hold metadata-only copies a killed server left; the kernel
     // backend cannot read them.
     ovl.complete_metacopies().map_err(|source| {
-        SandboxError::Mount(MountError::Layers(LayerSetupError::Metacopy {
+        RootfsError::Mount(MountError::Layers(LayerSetupError::Metacopy {
             upper: upper.to_owned(),
             source,
         }))
@@ -171,7 +173,7 @@ pub(crate) fn make_targets(
             .collect();
         for (i, comp) in comps.iter().enumerate() {
             let name = comp.as_os_str();
-            let err = |e: nix::Error| SandboxError::Scaffold {
+            let err = |e: nix::Error| RootfsError::Scaffold {
                 path: loc.child_path(name),
                 source: e.into(),
             };
@@ -233,14 +235,14 @@ fn open_layers(
     upper: &Path,
     work: &Path,
     whiteout: Option<WhiteoutFormat>,
-) -> Result<Overlay, SandboxError> {
+) -> Result<Overlay, RootfsError> {
     Overlay::new(&OverlayConfig {
         lowers: vec![rootfs.to_owned()],
         upper: upper.to_owned(),
         work: Some(work.to_owned()),
         whiteout,
     })
-    .map_err(|e| SandboxError::Mount(MountError::Layers(e)))
+    .map_err(|e| RootfsError::Mount(MountError::Layers(e)))
 }
 
 /// Removes what a killed launcher made and listed in `work`, as far as it is still as made;
