@@ -352,6 +352,15 @@ for w, bs in data.items():
     for b in bs:
         if ref: out[w][b]["ratio_to_kernel"] = med[b] / ref
         if fo: out[w][b]["ratio_to_fuse_overlayfs"] = med[b] / fo
+# Setups the table has no column for (the launcher on a terminal, and its baseline).
+for w, bs in data.items():
+    for b in sorted(set(bs) - set(order)):
+        print(f"  {w}: {b} median {statistics.median(bs[b]['secs']) * 1000:.1f} ms")
+if "launcher_start" in data:
+    ls = {b: statistics.median(v["secs"]) for b, v in data["launcher_start"].items()}
+    if "ovlrun-kernel-tty" in ls and "script-only" in ls:
+        print(f"  launcher_start: ovlrun-kernel --tty minus script alone "
+              f"{(ls['ovlrun-kernel-tty'] - ls['script-only']) * 1000:.1f} ms")
 print("fuse/kernel: ovlrun's FUSE time over the kernel overlayfs's (lower is better);")
 print("fuse-ovl/fuse: fuse-overlayfs's time over ovlrun's FUSE time (above 1: ovlrun is faster).")
 for w, bs in data.items():
