@@ -11,7 +11,7 @@ use ovlrun::policy::{CommitOn, Policy};
 
 /// Run a command in a private copy-on-write view of a root filesystem.
 ///
-/// `ovlrun --rootfs DIR -- CMD [ARGS...]` runs CMD (default: /bin/sh) in new user, mount,
+/// `ovlrun --rootfs DIR [--] CMD [ARGS...]` runs CMD (default: /bin/sh) in new user, mount,
 /// pid, uts and ipc namespaces, over an overlay whose lower is DIR: DIR is not modified while
 /// it runs. When it exits, `--policy` decides what happens to its changes (default: discard).
 #[derive(Debug, Parser)]
@@ -134,8 +134,9 @@ pub struct RunArgs {
     /// `linux.seccomp` JSON object [default: the config's linux.seccomp, else default].
     #[arg(long, value_name = "default|unconfined|FILE")]
     pub seccomp: Option<OsString>,
-    /// The command and its arguments [default: /bin/sh].
-    #[arg(last = true, value_name = "CMD")]
+    /// The command and its arguments [default: /bin/sh]. Options before it are ovlrun's;
+    /// everything from CMD on is the command's (`--` before it is optional).
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
 }
 

@@ -1,0 +1,156 @@
+//! The command line as bwrap and podman users type it (issue 16): the command after the
+//! options with or without `--`, clap's usage errors kept whole on one line, readers that
+//! stop early, and the session's environment flags.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{self, Out, TestDir, example_rootfs};
+
+/// How long one session may take before its test fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `ovlrun ARGS..` with `OVLRUN_STATE` in `dir`, under [`RUN_TIMEOUT`].
+fn ovlrun(dir: &TestDir, args: &[&str]) -> Out {
+    support::run_within(
+        Command::new(support::ovlrun_bin())
+            .env("OVLRUN_STATE", dir.join("state"))
+            .args(args),
+        RUN_TIMEOUT,
+    )
+}
+
+fn rootfs() -> String {
+    example_rootfs().to_string_lossy().into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command after the options
+
+#[test]
+fn the_command_follows_the_options_with_or_without_double_dash() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    let with = ovlrun(&dir, &["--rootfs", &r, "--", "ls", "-l", "/etc/hostname"]);
+    let without = ovlrun(&dir, &["--rootfs", &r, "ls", "-l", "/etc/hostname"]);
+    for out in [&with, &without] {
+        out.expect_ok();
+        assert!(
+            out.stdout.starts_with("-rw") && out.stdout.trim_end().ends_with("/etc/hostname"),
+            "`ls -l` did not get its -l\n{}",
+            out.context()
+        );
+    }
+    // Everything from the command on is the command's, ovlrun's own flags included.
+    ovlrun(
+        &dir,
+        &[
+            "--rootfs", &r, "echo", "--rootfs", "x", "--policy", "commit", "-n",
+        ],
+    )
+    .expect_ok()
+    .expect_stdout(&["--rootfs x --policy commit -n"]);
+    let run = ovlrun(&dir, &["run", "--rootfs", &r, "echo", "-n", "run"]);
+    run.expect_ok();
+    assert_eq!(run.stdout, "run", "{}", run.context());
+}
+
+#[test]
+fn a_command_named_like_a_subcommand_is_the_command_after_the_options() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    ovlrun(&dir, &["--rootfs", &r, "ls", "/etc/hostname"])
+        .expect_ok()
+        .expect_stdout(&["/etc/hostname"]);
+    // busybox diff, not `ovlrun diff`: identical files, exit 0, nothing printed.
+    ovlrun(
+        &dir,
+        &["--rootfs", &r, "diff", "/etc/hostname", "/etc/hostname"],
+    )
+    .expect_ok()
+    .expect_stdout(&[]);
+    // First on the line, the name is still the subcommand.
+    let ls = ovlrun(&dir, &["ls"]);
+    ls.expect_ok();
+    assert!(ls.stdout.starts_with("ID "), "{}", ls.context());
+}
+
+#[test]
+fn an_unknown_flag_before_the_command_is_still_an_error() {
+    let dir = TestDir::new();
+    let r = rootfs();
+    ovlrun(&dir, &["--rootfs", &r, "--no-such-flag", "true"]).expect_own_error(&["--no-such-flag"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage errors
+
+/// Asserts ovlrun's usage-error contract: 125, one stderr line `ovlrun: ...` holding each of
+/// `parts`, nothing on stdout.
+#[track_caller]
+fn expect_usage_error(out: &Out, parts: &[&str]) {
+    out.expect_own_error(parts);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("ovlrun: "),
+        "not one 'ovlrun: ' line\n{}",
+        out.context()
+    );
+    assert!(out.stdout.is_empty(), "{}", out.context());
+}
+
+#[test]
+fn usage_errors_keep_clap_detail_on_one_line() {
+    let dir = TestDir::new();
+    let r = rootfs();
+    expect_usage_error(&ovlrun(&dir, &["diff"]), &["<ID>", "usage: ovlrun diff"]);
+    expect_usage_error(
+        &ovlrun(&dir, &["mount"]),
+        &["--lower <DIR>", "--upper <DIR>", "<MOUNTPOINT>"],
+    );
+    expect_usage_error(
+        &ovlrun(&dir, &["--rootfs", &r, "--policy", "bogus", "true"]),
+        &[
+            "--policy",
+            "bogus",
+            "preserve",
+            "discard",
+            "commit",
+            "commit-atomic",
+            "ask",
+        ],
+    );
+    expect_usage_error(
+        &ovlrun(&dir, &["commit", "x", "--forc"]),
+        &["--forc", "a similar argument exists: '--force'"],
+    );
+}
+
+/// Runs `ovlrun ARGS..` with stdout a pipe whose reader is already gone.
+fn with_stdout_closed(args: &[&str]) -> std::process::Output {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    Command::new(support::ovlrun_bin())
+        .env("OVLRUN_STATE", TestDir::new().join("state"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_reader_gone_early_ends_quietly() {
+    for args in [&["spec"][..], &["--help"], &["ls"], &["ls", "--json"]] {
+        let out = with_stdout_closed(args);
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "ovlrun {args:?} with stdout closed: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
