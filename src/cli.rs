@@ -83,9 +83,17 @@ pub struct RunArgs {
     /// Mount an empty tmpfs at DST inside the session (repeatable).
     #[arg(long, value_name = "DST")]
     pub tmpfs: Vec<PathBuf>,
-    /// Set an environment variable: KEY=VALUE (repeatable).
-    #[arg(long, value_name = "KEY=VALUE")]
+    /// Set an environment variable: KEY=VALUE, or KEY to pass the caller's value (not set
+    /// when the caller has none; repeatable; applied after --env-file).
+    #[arg(long, value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
+    /// Read environment variables from FILE: KEY=VALUE or KEY lines, `#` comments and blank
+    /// lines (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Remove KEY from the command's environment (after every other flag; repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub unsetenv: Vec<String>,
     /// Start from an empty environment (then PATH, HOME and TERM get defaults) instead of
     /// the caller's.
     #[arg(long)]
@@ -154,6 +162,8 @@ impl RunArgs {
             bind: self.bind,
             tmpfs: self.tmpfs,
             env: self.env,
+            env_file: self.env_file,
+            unsetenv: self.unsetenv,
             clear_env: self.clear_env,
             cwd: self.cwd,
             hostname: self.hostname,

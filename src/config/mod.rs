@@ -343,9 +343,30 @@ pub enum PlanError {
         /// The value given.
         value: String,
     },
-    /// A `--env` value without `=`.
-    #[error("--env {0}: expected KEY=VALUE")]
+    /// A `--env` value with no name before its `=`, or a name with white space.
+    #[error("--env {0}: expected KEY=VALUE, or KEY to pass the caller's value")]
     Env(String),
+    /// A `--unsetenv` value that is no variable name.
+    #[error("--unsetenv {0}: expected a variable name (no '=', no white space)")]
+    Unsetenv(String),
+    /// An `--env-file` that cannot be read.
+    #[error("--env-file {}: {source}", .path.display())]
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An `--env-file` line that is no `KEY=VALUE`, `KEY`, comment or blank line.
+    #[error("--env-file {}: line {line}: {text:?}: expected KEY=VALUE, KEY, or a # comment", .path.display())]
+    EnvFileLine {
+        /// The file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// The line.
+        text: String,
+    },
     /// An unknown capability name.
     #[error("{flag} {value}: unknown capability (see capabilities(7))")]
     Capability {

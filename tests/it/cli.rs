@@ -154,3 +154,147 @@ fn a_reader_gone_early_ends_quietly() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The environment
+
+/// `ovlrun --rootfs ROOTFS FLAGS.. -- env`: the command's environment as `KEY=VALUE` lines,
+/// with the caller's environment changed by `caller` first.
+fn env_inside(dir: &TestDir, flags: &[&str], caller: impl FnOnce(&mut Command)) -> Out {
+    let mut cmd = Command::new(support::ovlrun_bin());
+    cmd.env("OVLRUN_STATE", dir.join("state"))
+        .arg("--rootfs")
+        .arg(example_rootfs())
+        .args(flags)
+        .args(["--", "env"]);
+    caller(&mut cmd);
+    let out = support::run_within(&mut cmd, RUN_TIMEOUT);
+    out.expect_ok();
+    out
+}
+
+/// The value of `key` in [`env_inside`]'s output, `None` when it is not set.
+fn var<'a>(out: &'a Out, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+}
+
+#[test]
+fn env_key_alone_passes_the_callers_value() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let out = env_inside(
+        &dir,
+        &[
+            "--clear-env",
+            "--env",
+            "FROM_CALLER",
+            "--env",
+            "NOT_AT_CALLER",
+        ],
+        |c| {
+            c.env("FROM_CALLER", "caller value")
+                .env_remove("NOT_AT_CALLER");
+        },
+    );
+    assert_eq!(
+        var(&out, "FROM_CALLER"),
+        Some("caller value"),
+        "{}",
+        out.context()
+    );
+    assert_eq!(var(&out, "NOT_AT_CALLER"), None, "{}", out.context());
+}
+
+#[test]
+fn unsetenv_removes_inherited_and_set_variables() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let out = env_inside(
+        &dir,
+        &[
+            "--env",
+            "SET=1",
+            "--unsetenv",
+            "SET",
+            "--unsetenv",
+            "INHERITED",
+        ],
+        |c| {
+            c.env("INHERITED", "x").env("KEPT", "y");
+        },
+    );
+    assert_eq!(var(&out, "SET"), None, "{}", out.context());
+    assert_eq!(var(&out, "INHERITED"), None, "{}", out.context());
+    assert_eq!(var(&out, "KEPT"), Some("y"), "{}", out.context());
+    let bad = ovlrun(&dir, &["--rootfs", &rootfs(), "--unsetenv", "A=1", "true"]);
+    expect_usage_error(&bad, &["--unsetenv", "A=1"]);
+}
+
+#[test]
+fn env_file_sets_lines_and_env_flags_win() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let file = dir.join("vars.env");
+    support::write(
+        &file,
+        "# a comment\n\nA=from file\n  B=two words = one value\nPASSED\nUNSET_AT_CALLER\nC=file\n",
+    );
+    let file = file.to_string_lossy().into_owned();
+    let out = env_inside(
+        &dir,
+        &["--clear-env", "--env-file", &file, "--env", "C=flag"],
+        |c| {
+            c.env("PASSED", "from caller").env_remove("UNSET_AT_CALLER");
+        },
+    );
+    assert_eq!(var(&out, "A"), Some("from file"), "{}", out.context());
+    assert_eq!(
+        var(&out, "B"),
+        Some("two words = one value"),
+        "{}",
+        out.context()
+    );
+    assert_eq!(
+        var(&out, "PASSED"),
+        Some("from caller"),
+        "{}",
+        out.context()
+    );
+    assert_eq!(var(&out, "UNSET_AT_CALLER"), None, "{}", out.context());
+    assert_eq!(var(&out, "C"), Some("flag"), "{}", out.context());
+    assert!(!out.stdout.contains("comment"), "{}", out.context());
+}
+
+#[test]
+fn env_file_names_its_bad_line_and_a_missing_file() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let file = dir.join("bad.env");
+    support::write(&file, "A=1\n# fine\nexport B=2\n");
+    let file = file.to_string_lossy().into_owned();
+    let r = rootfs();
+    let out = ovlrun(&dir, &["--rootfs", &r, "--env-file", &file, "true"]);
+    expect_usage_error(&out, &["--env-file", &file, "line 3", "export B=2"]);
+    let missing = dir.join("missing.env").to_string_lossy().into_owned();
+    let out = ovlrun(&dir, &["--rootfs", &r, "--env-file", &missing, "true"]);
+    expect_usage_error(&out, &["--env-file", &missing, "No such file"]);
+}
+
+#[test]
+fn pwd_is_the_sessions_cwd_not_the_callers() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let caller = |c: &mut Command| {
+        c.current_dir(dir.path())
+            .env("PWD", dir.path())
+            .env("OLDPWD", dir.path());
+    };
+    let out = env_inside(&dir, &[], caller);
+    assert_eq!(var(&out, "PWD"), Some("/"), "{}", out.context());
+    assert_eq!(var(&out, "OLDPWD"), None, "{}", out.context());
+    let out = env_inside(&dir, &["--cwd", "/etc"], caller);
+    assert_eq!(var(&out, "PWD"), Some("/etc"), "{}", out.context());
+}
