@@ -142,6 +142,14 @@ pub struct RunArgs {
     /// `linux.seccomp` JSON object [default: the config's linux.seccomp, else default].
     #[arg(long, value_name = "default|unconfined|FILE")]
     pub seccomp: Option<OsString>,
+    /// Stop the session after DURATION (seconds, or 30s, 5m, 2h): TERM, then KILL after
+    /// --timeout-kill; the exit status is then 124, as timeout(1)'s, and the policy applies
+    /// as for a failed run.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// How long a timed-out session has between TERM and KILL [default: 10s].
+    #[arg(long, value_name = "DURATION", requires = "timeout")]
+    pub timeout_kill: Option<String>,
     /// The command and its arguments [default: /bin/sh]. Options before it are ovlrun's;
     /// everything from CMD on is the command's (`--` before it is optional).
     #[arg(trailing_var_arg = true, value_name = "CMD")]
@@ -178,6 +186,8 @@ impl RunArgs {
             read_only_paths: self.read_only_paths,
             sysctl: self.sysctl,
             seccomp: self.seccomp,
+            timeout: self.timeout,
+            timeout_kill: self.timeout_kill,
             cmd: self.cmd,
         }
     }

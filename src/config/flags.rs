@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::oci::OciSettings;
 use super::{
-    CapabilitySets, Network, PlanError, Seccomp, SessionPlan, Terminal, UserNs, check_id,
+    CapabilitySets, Network, PlanError, Seccomp, SessionPlan, Terminal, Timeout, UserNs, check_id,
     check_preserved_fds, check_rootfs, default_env, default_masked_paths, parse_bind,
     parse_capability, parse_rlimit, parse_sysctl, state_root,
 };
@@ -71,6 +71,10 @@ pub struct Flags {
     pub sysctl: Vec<String>,
     /// `--seccomp default|unconfined|FILE`.
     pub seccomp: Option<OsString>,
+    /// `--timeout DURATION`.
+    pub timeout: Option<String>,
+    /// `--timeout-kill DURATION`.
+    pub timeout_kill: Option<String>,
     /// The command and its arguments (empty: the file's, else `/bin/sh`).
     pub cmd: Vec<OsString>,
 }
@@ -185,6 +189,16 @@ impl SessionPlan {
         };
         let (fs, whiteout) =
             backend_for(flags.fs.or(oci.fs).unwrap_or(Backend::Auto), oci.whiteout)?;
+        let timeout = match &flags.timeout {
+            Some(after) => Some(Timeout {
+                after: parse_duration("--timeout", after)?,
+                kill_after: match &flags.timeout_kill {
+                    Some(k) => parse_duration("--timeout-kill", k)?,
+                    None => DEFAULT_TIMEOUT_KILL,
+                },
+            }),
+            None => None,
+        };
         Ok(SessionPlan {
             rootfs,
             argv,
@@ -211,6 +225,7 @@ impl SessionPlan {
             no_new_privs: oci.no_new_privs.unwrap_or(true),
             sysctl,
             oom_score_adj: oci.oom_score_adj,
+            timeout,
         })
     }
 }
@@ -352,6 +367,33 @@ fn set_var(env: &mut Vec<OsString>, key: &str, kv: OsString) {
     env.push(kv);
 }
 
+/// How long a timed-out session has between TERM and KILL unless `--timeout-kill` says.
+const DEFAULT_TIMEOUT_KILL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `30`, `1.5`, `30s`, `5m`, `2h`, `1d`, as `timeout(1)` takes them.
+///
+/// # Errors
+/// [`PlanError::Duration`] naming `flag` for anything else (negative, empty, other units).
+fn parse_duration(flag: &'static str, value: &str) -> Result<std::time::Duration, PlanError> {
+    let bad = || PlanError::Duration {
+        flag,
+        value: value.to_owned(),
+    };
+    let (number, unit) = match value.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&value[..i], c),
+        _ => (value, 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86400.0,
+        _ => return Err(bad()),
+    };
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    std::time::Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
+}
+
 /// The rootfs's `/etc/hostname`, else "ovlrun".
 fn rootfs_hostname(rootfs: &Path) -> String {
     std::fs::read_to_string(rootfs.join("etc/hostname"))
@@ -455,5 +497,19 @@ mod tests {
         let e = read_env_file(&bad).unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(e.contains("line 3") && e.contains("export B=2"), "{e}");
+    }
+
+    #[test]
+    fn durations_as_timeout_takes_them() {
+        let d = |v| parse_duration("--timeout", v);
+        assert_eq!(d("30").unwrap().as_secs(), 30);
+        assert_eq!(d("30s").unwrap().as_secs(), 30);
+        assert_eq!(d("5m").unwrap().as_secs(), 300);
+        assert_eq!(d("2h").unwrap().as_secs(), 7200);
+        assert_eq!(d("1.5").unwrap().as_millis(), 1500);
+        for bad in ["", "s", "-1", "5x", "abc", "inf"] {
+            let e = d(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--timeout {bad}: ")), "{e}");
+        }
     }
 }

@@ -262,6 +262,18 @@ pub struct SessionPlan {
     pub sysctl: Vec<(String, String)>,
     /// The command's `oom_score_adj`.
     pub oom_score_adj: Option<i32>,
+    /// `--timeout`: when the session is stopped, as `timeout(1)` does.
+    pub timeout: Option<Timeout>,
+}
+
+/// `--timeout DURATION [--timeout-kill DURATION]`: TERM to the session after `after`, KILL
+/// `kill_after` later if it still runs; the run's exit status is then 124.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeout {
+    /// From the start of the command to the TERM.
+    pub after: std::time::Duration,
+    /// From the TERM to the KILL.
+    pub kill_after: std::time::Duration,
 }
 
 impl SessionPlan {
@@ -294,6 +306,7 @@ impl SessionPlan {
             no_new_privs: true,
             sysctl: Vec::new(),
             oom_score_adj: None,
+            timeout: None,
         }
     }
 }
@@ -346,6 +359,16 @@ pub enum PlanError {
     /// A `--env` value with no name before its `=`, or a name with white space.
     #[error("--env {0}: expected KEY=VALUE, or KEY to pass the caller's value")]
     Env(String),
+    /// A `--timeout` or `--timeout-kill` value that is no duration.
+    #[error(
+        "{flag} {value}: expected a duration: seconds, or a number with s, m, h or d (30s, 5m)"
+    )]
+    Duration {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
     /// A `--unsetenv` value that is no variable name.
     #[error("--unsetenv {0}: expected a variable name (no '=', no white space)")]
     Unsetenv(String),

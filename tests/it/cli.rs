@@ -298,3 +298,120 @@ fn pwd_is_the_sessions_cwd_not_the_callers() {
     let out = env_inside(&dir, &["--cwd", "/etc"], caller);
     assert_eq!(var(&out, "PWD"), Some("/etc"), "{}", out.context());
 }
+
+// ---------------------------------------------------------------------------------------------
+// --timeout
+
+/// `timeout(1)`'s status for a command it stopped.
+const TIMED_OUT: i32 = 124;
+
+#[test]
+fn timeout_stops_the_session_with_124() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let out = ovlrun(
+        &dir,
+        &["--rootfs", &rootfs(), "--timeout", "1", "--", "sleep", "30"],
+    );
+    out.expect_code(TIMED_OUT);
+    assert!(
+        out.elapsed < Duration::from_secs(8) && out.stderr.contains("--timeout 1s reached"),
+        "{}",
+        out.context()
+    );
+    // A run that ends in time keeps its own status.
+    ovlrun(
+        &dir,
+        &[
+            "--rootfs",
+            &rootfs(),
+            "--timeout",
+            "30s",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    )
+    .expect_code(3);
+}
+
+#[test]
+fn timeout_kills_a_command_that_ignores_term() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let out = ovlrun(
+        &dir,
+        &[
+            "--rootfs",
+            &rootfs(),
+            "--timeout",
+            "1",
+            "--timeout-kill",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; sleep 30; echo survived",
+        ],
+    );
+    out.expect_code(TIMED_OUT);
+    assert!(
+        out.elapsed < Duration::from_secs(10) && !out.stdout.contains("survived"),
+        "{}",
+        out.context()
+    );
+}
+
+#[test]
+fn a_timed_out_run_is_kept_not_committed() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let copy = dir.join("rootfs");
+    let cp = support::run_within(
+        Command::new("cp")
+            .arg("-a")
+            .arg(example_rootfs())
+            .arg(&copy),
+        RUN_TIMEOUT,
+    );
+    cp.expect_ok();
+    let copy = copy.to_string_lossy().into_owned();
+    let out = ovlrun(
+        &dir,
+        &[
+            "--rootfs",
+            &copy,
+            "--policy",
+            "commit",
+            "--timeout",
+            "1",
+            "sh",
+            "-c",
+            "echo half > /half-done; sleep 30",
+        ],
+    );
+    out.expect_code(TIMED_OUT);
+    let kept: Vec<_> = std::fs::read_dir(dir.join("state/sessions"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(kept.len(), 1, "{}", out.context());
+    let id = kept[0].file_name().to_string_lossy().into_owned();
+    assert!(
+        out.stderr
+            .contains(&format!("session {id} was kept, not committed")),
+        "{}",
+        out.context()
+    );
+    assert!(
+        kept[0].path().join("upper/half-done").is_file(),
+        "{}",
+        out.context()
+    );
+    assert!(
+        !dir.join("rootfs/half-done").exists(),
+        "a timed-out run was committed\n{}",
+        out.context()
+    );
+    ovlrun(&dir, &["discard", &id]).expect_ok();
+}
