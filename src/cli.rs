@@ -11,7 +11,7 @@ use ovlrun::policy::{CommitOn, Policy};
 
 /// Run a command in a private copy-on-write view of a root filesystem.
 ///
-/// `ovlrun --rootfs DIR -- CMD [ARGS...]` runs CMD (default: /bin/sh) in new user, mount,
+/// `ovlrun --rootfs DIR [--] CMD [ARGS...]` runs CMD (default: /bin/sh) in new user, mount,
 /// pid, uts and ipc namespaces, over an overlay whose lower is DIR: DIR is not modified while
 /// it runs. When it exits, `--policy` decides what happens to its changes (default: discard).
 #[derive(Debug, Parser)]
@@ -83,9 +83,17 @@ pub struct RunArgs {
     /// Mount an empty tmpfs at DST inside the session (repeatable).
     #[arg(long, value_name = "DST")]
     pub tmpfs: Vec<PathBuf>,
-    /// Set an environment variable: KEY=VALUE (repeatable).
-    #[arg(long, value_name = "KEY=VALUE")]
+    /// Set an environment variable: KEY=VALUE, or KEY to pass the caller's value (not set
+    /// when the caller has none; repeatable; applied after --env-file).
+    #[arg(long, value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
+    /// Read environment variables from FILE: KEY=VALUE or KEY lines, `#` comments and blank
+    /// lines (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Remove KEY from the command's environment (after every other flag; repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub unsetenv: Vec<String>,
     /// Start from an empty environment (then PATH, HOME and TERM get defaults) instead of
     /// the caller's.
     #[arg(long)]
@@ -134,8 +142,17 @@ pub struct RunArgs {
     /// `linux.seccomp` JSON object [default: the config's linux.seccomp, else default].
     #[arg(long, value_name = "default|unconfined|FILE")]
     pub seccomp: Option<OsString>,
-    /// The command and its arguments [default: /bin/sh].
-    #[arg(last = true, value_name = "CMD")]
+    /// Stop the session after DURATION (seconds, or 30s, 5m, 2h): TERM, then KILL after
+    /// --timeout-kill; the exit status is then 124, as timeout(1)'s, and the policy applies
+    /// as for a failed run.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// How long a timed-out session has between TERM and KILL [default: 10s].
+    #[arg(long, value_name = "DURATION", requires = "timeout")]
+    pub timeout_kill: Option<String>,
+    /// The command and its arguments [default: /bin/sh]. Options before it are ovlrun's;
+    /// everything from CMD on is the command's (`--` before it is optional).
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
 }
 
@@ -153,6 +170,8 @@ impl RunArgs {
             bind: self.bind,
             tmpfs: self.tmpfs,
             env: self.env,
+            env_file: self.env_file,
+            unsetenv: self.unsetenv,
             clear_env: self.clear_env,
             cwd: self.cwd,
             hostname: self.hostname,
@@ -167,6 +186,8 @@ impl RunArgs {
             read_only_paths: self.read_only_paths,
             sysctl: self.sysctl,
             seccomp: self.seccomp,
+            timeout: self.timeout,
+            timeout_kill: self.timeout_kill,
             cmd: self.cmd,
         }
     }

@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -11,6 +12,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 mod sessions;
 mod stderr;
+mod usage_error;
 
 use cli::{Cli, Command, MountArgs, RunArgs};
 use ovlrun::config::oci::OciSettings;
@@ -32,16 +34,12 @@ fn main() -> ExitCode {
                     | ErrorKind::DisplayVersion
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) {
+                // A write error here is a reader gone early (`ovlrun --help | head`).
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
             // One line naming the flag and the problem, like every other ovlrun error.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!(
-                "ovlrun: {} (see ovlrun --help)",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("ovlrun: {}", usage_error::one_line(&e.to_string()));
             return ExitCode::from(EXIT_OWN_ERROR);
         }
     };
@@ -68,7 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Mount(args)) => mount(args),
         Some(Command::Run(cmd)) => run_command(*cmd),
-        Some(Command::Doctor) => Ok(doctor()),
+        Some(Command::Doctor) => doctor(),
         Some(Command::Ls { json }) => sessions::ls(json),
         Some(Command::Diff {
             id,
@@ -99,14 +97,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Exit 0 when nothing blocks a session, 1 when a check found a problem.
-fn doctor() -> ExitCode {
+fn doctor() -> anyhow::Result<ExitCode> {
     let report = ovlrun::doctor::run();
-    print!("{report}");
-    if report.passed() {
+    write!(std::io::stdout(), "{report}")?;
+    Ok(if report.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
 /// `ovlrun run`: a session, possibly on a kept session's changes or from an OCI bundle.
@@ -152,7 +150,11 @@ fn spec(rootfs: &std::path::Path) -> anyhow::Result<ExitCode> {
     let rootfs = rootfs
         .to_str()
         .with_context(|| format!("--rootfs {}: not UTF-8", rootfs.display()))?;
-    println!("{}", config::oci::starting_config(rootfs));
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        config::oci::starting_config(rootfs)
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

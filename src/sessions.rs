@@ -196,7 +196,13 @@ pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|c| serde_json::json!({ "change": c.change, "path": c.path, "conflict": c.why }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        // The commit is done or refused either way: a reader gone early does not change the
+        // exit status that says which.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&rows)?
+        );
     }
     for c in &conflicts {
         eprintln!(

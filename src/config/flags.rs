@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::oci::OciSettings;
 use super::{
-    CapabilitySets, Network, PlanError, Seccomp, SessionPlan, Terminal, UserNs, check_id,
+    CapabilitySets, Network, PlanError, Seccomp, SessionPlan, Terminal, Timeout, UserNs, check_id,
     check_preserved_fds, check_rootfs, default_env, default_masked_paths, parse_bind,
     parse_capability, parse_rlimit, parse_sysctl, state_root,
 };
@@ -37,8 +37,12 @@ pub struct Flags {
     pub bind: Vec<String>,
     /// `--tmpfs DST`, each.
     pub tmpfs: Vec<PathBuf>,
-    /// `--env KEY=VALUE`, each.
+    /// `--env KEY=VALUE` or `--env KEY`, each.
     pub env: Vec<String>,
+    /// `--env-file FILE`, each.
+    pub env_file: Vec<PathBuf>,
+    /// `--unsetenv KEY`, each.
+    pub unsetenv: Vec<String>,
     /// `--clear-env`.
     pub clear_env: bool,
     /// `--cwd`.
@@ -67,6 +71,10 @@ pub struct Flags {
     pub sysctl: Vec<String>,
     /// `--seccomp default|unconfined|FILE`.
     pub seccomp: Option<OsString>,
+    /// `--timeout DURATION`.
+    pub timeout: Option<String>,
+    /// `--timeout-kill DURATION`.
+    pub timeout_kill: Option<String>,
     /// The command and its arguments (empty: the file's, else `/bin/sh`).
     pub cmd: Vec<OsString>,
 }
@@ -122,7 +130,17 @@ impl SessionPlan {
         for c in &flags.cap_drop {
             capabilities.drop(&parse_capability("--cap-drop", c)?);
         }
-        let env = environment(oci.env, flags.clear_env, uid, &flags.env)?;
+        let env = environment(
+            oci.env,
+            flags.clear_env,
+            uid,
+            &cwd,
+            EnvFlags {
+                files: &flags.env_file,
+                env: &flags.env,
+                unset: &flags.unsetenv,
+            },
+        )?;
         let hostname = flags
             .hostname
             .or(oci.hostname)
@@ -171,6 +189,16 @@ impl SessionPlan {
         };
         let (fs, whiteout) =
             backend_for(flags.fs.or(oci.fs).unwrap_or(Backend::Auto), oci.whiteout)?;
+        let timeout = match &flags.timeout {
+            Some(after) => Some(Timeout {
+                after: parse_duration("--timeout", after)?,
+                kill_after: match &flags.timeout_kill {
+                    Some(k) => parse_duration("--timeout-kill", k)?,
+                    None => DEFAULT_TIMEOUT_KILL,
+                },
+            }),
+            None => None,
+        };
         Ok(SessionPlan {
             rootfs,
             argv,
@@ -197,6 +225,7 @@ impl SessionPlan {
             no_new_privs: oci.no_new_privs.unwrap_or(true),
             sysctl,
             oom_score_adj: oci.oom_score_adj,
+            timeout,
         })
     }
 }
@@ -217,37 +246,152 @@ fn backend_for(
     }
 }
 
+/// The environment flags, in the order they apply.
+struct EnvFlags<'a> {
+    /// `--env-file`: each file's lines, in order.
+    files: &'a [PathBuf],
+    /// `--env`: over the files.
+    env: &'a [String],
+    /// `--unsetenv`: last.
+    unset: &'a [String],
+}
+
 /// The command's environment: the file's (the whole environment, as for any OCI runtime),
-/// else the defaults with `--clear-env`, else the caller's; then each `--env` replacing its
-/// key.
+/// else the defaults with `--clear-env`, else the caller's with `PWD` the session's `cwd`
+/// (and no `OLDPWD`: both name the caller's directories); then each `--env-file` line and
+/// each `--env` replacing its key, then each `--unsetenv` removing its key.
 fn environment(
     file: Option<Vec<OsString>>,
     clear_env: bool,
     uid: u32,
-    flags: &[String],
+    cwd: &Path,
+    flags: EnvFlags<'_>,
 ) -> Result<Vec<OsString>, PlanError> {
     let home = if uid == 0 { "/root" } else { "/" };
     let mut env: Vec<OsString> = match file {
         Some(env) => env,
         None if clear_env => default_env(home),
-        None => std::env::vars_os()
-            .map(|(k, v)| {
-                let mut kv = k;
-                kv.push("=");
-                kv.push(v);
-                kv
-            })
-            .collect(),
+        None => {
+            let mut env: Vec<OsString> = std::env::vars_os()
+                .filter(|(k, _)| k != "PWD" && k != "OLDPWD")
+                .map(|(k, v)| key_value(&k, &v))
+                .collect();
+            env.push(key_value("PWD".as_ref(), cwd.as_os_str()));
+            env
+        }
     };
-    for kv in flags {
-        let Some((key, _)) = kv.split_once('=') else {
-            return Err(PlanError::Env(kv.clone()));
-        };
-        let prefix = format!("{key}=");
-        env.retain(|e| !e.as_bytes().starts_with(prefix.as_bytes()));
-        env.push(kv.into());
+    for path in flags.files {
+        for (key, kv) in read_env_file(path)? {
+            set_var(&mut env, &key, kv);
+        }
+    }
+    for entry in flags.env {
+        let key = env_key(entry).ok_or_else(|| PlanError::Env(entry.clone()))?;
+        if let Some(kv) = env_entry(key, entry) {
+            set_var(&mut env, key, kv);
+        }
+    }
+    for key in flags.unset {
+        if !is_var_name(key) {
+            return Err(PlanError::Unsetenv(key.clone()));
+        }
+        remove_var(&mut env, key);
     }
     Ok(env)
+}
+
+/// The `--env-file` at `path` as `(KEY, KEY=VALUE)` pairs in line order: `KEY=VALUE` lines,
+/// `KEY` lines (the caller's value, skipped when the caller has none), and `#` comments and
+/// blank lines, skipped.
+///
+/// # Errors
+/// [`PlanError::EnvFile`] when it cannot be read; [`PlanError::EnvFileLine`] naming the first
+/// line that is none of those.
+fn read_env_file(path: &Path) -> Result<Vec<(String, OsString)>, PlanError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PlanError::EnvFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut vars = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.trim_start();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let key = env_key(entry).ok_or_else(|| PlanError::EnvFileLine {
+            path: path.to_owned(),
+            line: i + 1,
+            text: line.to_owned(),
+        })?;
+        if let Some(kv) = env_entry(key, entry) {
+            vars.push((key.to_owned(), kv));
+        }
+    }
+    Ok(vars)
+}
+
+/// The name of `KEY=VALUE` or `KEY`, when it is a variable name.
+fn env_key(entry: &str) -> Option<&str> {
+    let key = entry.split_once('=').map_or(entry, |(k, _)| k);
+    is_var_name(key).then_some(key)
+}
+
+/// `entry` when it has a value, else `KEY=` the caller's value (docker's and podman's
+/// `--env KEY`), else nothing.
+fn env_entry(key: &str, entry: &str) -> Option<OsString> {
+    if entry.contains('=') {
+        return Some(entry.into());
+    }
+    std::env::var_os(key).map(|v| key_value(key.as_ref(), &v))
+}
+
+/// Not empty, and neither `=`, white space nor NUL in it.
+fn is_var_name(key: &str) -> bool {
+    !key.is_empty() && !key.contains(|c: char| c == '=' || c == '\0' || c.is_whitespace())
+}
+
+fn key_value(key: &std::ffi::OsStr, value: &std::ffi::OsStr) -> OsString {
+    let mut kv = key.to_owned();
+    kv.push("=");
+    kv.push(value);
+    kv
+}
+
+fn remove_var(env: &mut Vec<OsString>, key: &str) {
+    let prefix = format!("{key}=");
+    env.retain(|e| !e.as_bytes().starts_with(prefix.as_bytes()));
+}
+
+fn set_var(env: &mut Vec<OsString>, key: &str, kv: OsString) {
+    remove_var(env, key);
+    env.push(kv);
+}
+
+/// How long a timed-out session has between TERM and KILL unless `--timeout-kill` says.
+const DEFAULT_TIMEOUT_KILL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `30`, `1.5`, `30s`, `5m`, `2h`, `1d`, as `timeout(1)` takes them.
+///
+/// # Errors
+/// [`PlanError::Duration`] naming `flag` for anything else (negative, empty, other units).
+fn parse_duration(flag: &'static str, value: &str) -> Result<std::time::Duration, PlanError> {
+    let bad = || PlanError::Duration {
+        flag,
+        value: value.to_owned(),
+    };
+    let (number, unit) = match value.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&value[..i], c),
+        _ => (value, 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86400.0,
+        _ => return Err(bad()),
+    };
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    std::time::Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
 }
 
 /// The rootfs's `/etc/hostname`, else "ovlrun".
@@ -332,6 +476,40 @@ mod tests {
         assert!(with(|f| f.cwd = Some("rel".into())).starts_with("--cwd rel:"));
         assert!(with(|f| f.mask = vec!["rel".into()]).starts_with("--mask rel:"));
         assert!(with(|f| f.read_only_paths = vec!["rel".into()]).starts_with("--ro rel:"));
-        assert!(with(|f| f.env = vec!["NOEQ".into()]).starts_with("--env NOEQ:"));
+        assert!(with(|f| f.env = vec!["=v".into()]).starts_with("--env =v:"));
+        assert!(with(|f| f.env = vec!["A B=v".into()]).starts_with("--env A B=v:"));
+        assert!(with(|f| f.unsetenv = vec!["A=".into()]).starts_with("--unsetenv A=:"));
+        let e = with(|f| f.env_file = vec!["/nonexistent/ovlrun-env".into()]);
+        assert!(e.starts_with("--env-file /nonexistent/ovlrun-env: "), "{e}");
+    }
+
+    #[test]
+    fn env_file_lines_and_the_bad_line_named() {
+        let dir = std::env::temp_dir().join(format!("ovlrun-envfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "# comment\n\nA=1\n  B=two words\nC=\nA=3\n").unwrap();
+        let vars = read_env_file(&good).unwrap();
+        let got: Vec<&OsString> = vars.iter().map(|(_, kv)| kv).collect();
+        assert_eq!(got, ["A=1", "B=two words", "C=", "A=3"]);
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "A=1\n# fine\nexport B=2\n").unwrap();
+        let e = read_env_file(&bad).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("line 3") && e.contains("export B=2"), "{e}");
+    }
+
+    #[test]
+    fn durations_as_timeout_takes_them() {
+        let d = |v| parse_duration("--timeout", v);
+        assert_eq!(d("30").unwrap().as_secs(), 30);
+        assert_eq!(d("30s").unwrap().as_secs(), 30);
+        assert_eq!(d("5m").unwrap().as_secs(), 300);
+        assert_eq!(d("2h").unwrap().as_secs(), 7200);
+        assert_eq!(d("1.5").unwrap().as_millis(), 1500);
+        for bad in ["", "s", "-1", "5x", "abc", "inf"] {
+            let e = d(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--timeout {bad}: ")), "{e}");
+        }
     }
 }

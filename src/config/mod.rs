@@ -262,6 +262,18 @@ pub struct SessionPlan {
     pub sysctl: Vec<(String, String)>,
     /// The command's `oom_score_adj`.
     pub oom_score_adj: Option<i32>,
+    /// `--timeout`: when the session is stopped, as `timeout(1)` does.
+    pub timeout: Option<Timeout>,
+}
+
+/// `--timeout DURATION [--timeout-kill DURATION]`: TERM to the session after `after`, KILL
+/// `kill_after` later if it still runs; the run's exit status is then 124.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeout {
+    /// From the start of the command to the TERM.
+    pub after: std::time::Duration,
+    /// From the TERM to the KILL.
+    pub kill_after: std::time::Duration,
 }
 
 impl SessionPlan {
@@ -294,6 +306,7 @@ impl SessionPlan {
             no_new_privs: true,
             sysctl: Vec::new(),
             oom_score_adj: None,
+            timeout: None,
         }
     }
 }
@@ -343,9 +356,40 @@ pub enum PlanError {
         /// The value given.
         value: String,
     },
-    /// A `--env` value without `=`.
-    #[error("--env {0}: expected KEY=VALUE")]
+    /// A `--env` value with no name before its `=`, or a name with white space.
+    #[error("--env {0}: expected KEY=VALUE, or KEY to pass the caller's value")]
     Env(String),
+    /// A `--timeout` or `--timeout-kill` value that is no duration.
+    #[error(
+        "{flag} {value}: expected a duration: seconds, or a number with s, m, h or d (30s, 5m)"
+    )]
+    Duration {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A `--unsetenv` value that is no variable name.
+    #[error("--unsetenv {0}: expected a variable name (no '=', no white space)")]
+    Unsetenv(String),
+    /// An `--env-file` that cannot be read.
+    #[error("--env-file {}: {source}", .path.display())]
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An `--env-file` line that is no `KEY=VALUE`, `KEY`, comment or blank line.
+    #[error("--env-file {}: line {line}: {text:?}: expected KEY=VALUE, KEY, or a # comment", .path.display())]
+    EnvFileLine {
+        /// The file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// The line.
+        text: String,
+    },
     /// An unknown capability name.
     #[error("{flag} {value}: unknown capability (see capabilities(7))")]
     Capability {

@@ -26,6 +26,7 @@ pub mod mounts;
 pub mod plan;
 pub mod seccomp;
 pub mod terminal;
+pub mod timeout;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -211,19 +212,20 @@ fn run_in(plan: &SessionPlan, mut fs: impl Filesystem) -> Result<Outcome, Sandbo
         }
     };
     let forwarder = forward_signals(forwarded, child, winch);
-    let status = waitpid(child, None).map_err(ns("wait for the session"));
+    let status = timeout::wait(child, plan.timeout).map_err(ns("wait for the session"));
     if let Some(relay) = relay {
         relay.finish();
     }
     drop(raw);
     drop(forwarder);
-    let status = status?;
+    let (status, timed_out) = status?;
     fs.unmount().map_err(SandboxError::Filesystem)?;
     if let Some(e) = failure {
         return Err(e);
     }
+    let code = init::exit_code(status).unwrap_or(125);
     Ok(Outcome {
-        code: init::exit_code(status).unwrap_or(125),
+        code: if timed_out { timeout::TIMED_OUT } else { code },
         fs: backend,
     })
 }

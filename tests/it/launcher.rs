@@ -1117,9 +1117,9 @@ fn bad_input_is_125_named_and_creates_nothing() {
             vec!["--tmpfs", "scratch"],
         ),
         (
-            "--env without =",
-            vec!["--rootfs", &good, "--env", "NOEQUALS", "--", "true"],
-            vec!["--env", "NOEQUALS"],
+            "--env without a name",
+            vec!["--rootfs", &good, "--env", "=NONAME", "--", "true"],
+            vec!["--env", "=NONAME"],
         ),
         (
             "unknown capability",

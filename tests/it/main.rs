@@ -11,6 +11,8 @@
 //!   over the same lower; errno per step and the final merged tree must agree.
 //! - `compat`: uppers written by ovlrun read by the kernel overlayfs and the reverse; AUFS
 //!   lowers read by ovlrun.
+//! - `cli`: the command line as bwrap and podman users type it: the command after the options,
+//!   usage errors, environment flags, `--timeout`.
 //! - `escape`: a hostile session's attempts to get out (issue 13), as root and as the
 //!   unprivileged user; `support::session` holds its caller-parametric session fixture.
 //! - `examples`: the library's `examples/*.rs`, built and run over a copy of `examples/rootfs`.
@@ -22,6 +24,7 @@
 #[macro_use]
 mod support;
 
+mod cli;
 mod compat;
 mod config;
 mod crash;
