@@ -85,7 +85,7 @@ impl Prefill {
     /// kernel will ask with READ requests.
     pub fn fill(&self, node: u64, fd: BorrowedFd<'_>, size: i64) -> Result<(), Errno> {
         let notifier = self.notifier.get().ok_or(Errno::ENOTCONN)?;
-        let buf = super::read_at(fd, usize::try_from(size).map_err(|_| Errno::EINVAL)?, 0)?;
+        let buf = super::io::read_at(fd, usize::try_from(size).map_err(|_| Errno::EINVAL)?, 0)?;
         debug_delay();
         notifier
             .store(INodeNo(node), 0, &buf)

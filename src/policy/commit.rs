@@ -31,8 +31,8 @@ use super::beneath::{self, Beneath};
 use super::names::Short;
 use super::plan::{Meta, Op, Plan, meta_of};
 use super::txn::{self, Stage, TxnDir, TxnError};
-use crate::session::record::write_atomic;
 use crate::sys;
+use crate::sys::write_atomic;
 
 /// A commit that failed, and what it left: the rootfs unchanged (atomic, or nothing applied
 /// yet) or partly merged (plain); the upper is kept either way.

@@ -32,7 +32,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, fstat};
 
-use crate::session::record::write_atomic;
+use crate::sys::write_atomic;
 
 /// The anchor's name beside the rootfs: `.<rootfs name>` followed by this.
 pub const ANCHOR_SUFFIX: &str = ".ovlrun-txn";

@@ -17,9 +17,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::write_atomic;
 use crate::layers::format::{self, WhiteoutFormat};
 use crate::policy::conflict::Stamp;
+use crate::sys::write_atomic;
 
 /// The mark's file name inside the work directory.
 pub const MARKER: &str = "ovlrun-upper";

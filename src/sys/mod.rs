@@ -10,6 +10,27 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use nix::errno::Errno;
 
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the
+/// directory. (No `unsafe`; it lives here, the lowest room, so `session` and `policy` share
+/// it without importing each other.)
+///
+/// # Errors
+/// Any I/O error.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(name);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Shares the data blocks of `src` with `dst` (`FICLONE`), where the filesystem can.
 ///
 /// # Errors
