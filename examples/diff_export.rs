@@ -12,9 +12,8 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
 
-use ovlrun::layers::OverlayConfig;
-use ovlrun::policy::{export, names, plan};
-use ovlrun::session::SessionDirs;
+use ovlrun::policy;
+use ovlrun::session::Kept;
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args_os().skip(1);
@@ -30,25 +29,15 @@ fn main() -> Result<(), Box<dyn Error>> {
         .next()
         .map_or_else(|| PathBuf::from(format!("{id}.tar")), PathBuf::from);
 
-    // A kept session: not running, so its upper is a plain directory to read.
-    let (_, rec) = SessionDirs::open_finished(&state, id)?;
-    // A non-root caller reads files the session made as its subordinate ids.
-    ovlrun::sandbox::enter_owner_namespace()?;
-    let format = ovlrun::session::upper::format_of(&rec)?;
-    // Metadata-only copies a killed server left get their data first.
-    ovlrun::layers::complete_metacopies(&OverlayConfig {
-        lowers: vec![rec.rootfs.clone()],
-        upper: rec.upper.clone(),
-        work: Some(rec.work.clone()),
-        whiteout: Some(format),
-    })?;
-
-    let diff = plan::plan(&rec.rootfs, &rec.upper, format)?;
+    // A kept session, not running; opening it enters the owner's namespace, so a non-root
+    // caller reads the files the session made as its subordinate ids.
+    let kept = Kept::open(&state, id)?;
+    let diff = kept.diff()?;
     println!("session {id}: {} changes", diff.changes.len());
     for (change, path) in &diff.changes {
-        println!("{} {}", change.letter(), names::quote(path));
+        println!("{} {}", change.letter(), policy::quote(path));
     }
-    let tar = export::export(&rec.upper, format, BufWriter::new(File::create(&output)?))?;
+    let tar = kept.export(BufWriter::new(File::create(&output)?))?;
     tar.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     println!("exported to {}", output.display());
     Ok(())

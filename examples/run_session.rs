@@ -13,9 +13,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use ovlrun::config::SessionPlan;
-use ovlrun::policy::{CommitOn, Policy, plan::Change};
+use ovlrun::policy::{Change, CommitOn, Policy};
 use ovlrun::session::report::{CommitSize, Note, Progress, Report, Silent};
-use ovlrun::session::run::{RunOptions, run};
+use ovlrun::session::{RunOptions, run};
 
 /// Prints what the session says; a kept session's id on a line of its own.
 struct Stdout;

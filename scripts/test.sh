@@ -124,6 +124,7 @@ PRINT_ALLOWED=(
     src/sandbox/init.rs      # the session's pid 1: fatal setup errors
     src/sandbox/mod.rs       # the cloned child's fatal setup errors; launcher notes (to move)
     src/session/scaffold.rs  # the resolver-file note (to move with the launcher's notes)
+    src/sandbox/timeout.rs   # the --timeout note (to move with the launcher's notes)
     src/sandbox/seccomp/mod.rs # a unit test's timing line
     src/fs/mod.rs            # FUSE destroy(): the unmount has no caller to fail to
 )

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ovlrun::config::{Flags, Network};
-use ovlrun::layers::WhiteoutFormat;
+use ovlrun::mount::WhiteoutFormat;
 use ovlrun::mount::{Backend, PassthroughMode};
 use ovlrun::policy::{CommitOn, Policy};
 

@@ -8,7 +8,7 @@
 //! binary's; [`Report`] implements `Display`.
 //!
 //! Each check is a small function: the reading of `/proc`, `/etc` or `$PATH` is
-//! [`crate::host`]'s, the same probes the launcher and the config use, so what doctor says
+//! `host`'s, the same probes the launcher and the config use, so what doctor says
 //! is what a session gets; the judging here is unit-tested on plain values.
 
 use std::fmt;

@@ -1,27 +1,29 @@
 //! ovlrun: run a command in a private, writable, copy-on-write view of a root filesystem.
 //!
 //! Module map (see DESIGN.md for the whole architecture):
-//! - [`layers`]: overlay semantics on real directories (lookup, merged readdir, copy-up,
+//! - `layers`: overlay semantics on real directories (lookup, merged readdir, copy-up,
 //!   whiteouts, rename). Plain Rust over directory fds; every overlay rule lives there.
-//! - [`fs`]: the FUSE adapter: node ids, handles, replies, kernel caching. No overlay rule.
+//! - `fs`: the FUSE adapter: node ids, handles, replies, kernel caching. No overlay rule.
 //! - [`mount`]: the overlay builder and the mount handle, the library's front door.
 //! - [`config`]: the validated [`config::SessionPlan`] a session runs from.
-//! - [`host`]: what the machine offers: id ranges, helpers, kernel features, cgroups.
-//! - [`sandbox`]: namespaces, mounts, pid 1: runs a plan over an overlay of its rootfs.
-//! - [`seccomp`]: OCI seccomp profiles compiled to BPF (below `config` and `sandbox`).
+//! - `host`: what the machine offers: id ranges, helpers, kernel features, cgroups.
+//! - `sandbox`: namespaces, mounts, pid 1: runs a plan over an overlay of its rootfs.
+//! - `seccomp`: OCI seccomp profiles compiled to BPF (below `config` and `sandbox`).
 //! - [`policy`]: what becomes of a session's changes: diff, commit, commit-atomic.
 //! - [`session`]: session ids and state directories.
 //! - `sys`: the few raw system calls nix lacks; the only `unsafe` in the crate.
 
+#![warn(unreachable_pub)]
+
 pub mod config;
 pub mod doctor;
-pub mod fs;
-pub mod host;
-pub mod layers;
+pub(crate) mod fs;
+pub(crate) mod host;
+pub(crate) mod layers;
 pub mod mount;
 pub mod policy;
-pub mod sandbox;
-pub mod seccomp;
+pub(crate) mod sandbox;
+pub(crate) mod seccomp;
 pub mod session;
 #[allow(unsafe_code)]
 pub(crate) mod sys;

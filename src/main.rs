@@ -15,10 +15,10 @@ mod stderr;
 mod usage_error;
 
 use cli::{Cli, Command, MountArgs, RunArgs};
-use ovlrun::config::oci::OciSettings;
+use ovlrun::config::OciSettings;
 use ovlrun::config::{self, SessionPlan};
 use ovlrun::mount::OverlayBuilder;
-use ovlrun::session::run::RunOptions;
+use ovlrun::session::RunOptions;
 
 /// ovlrun's own failure, as container runtimes report it.
 const EXIT_OWN_ERROR: u8 = 125;
@@ -130,7 +130,7 @@ fn session(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCode> {
     // Read first: nothing is created before the config is valid.
     let oci = match &args.config {
-        Some(path) => config::oci::load(path)?,
+        Some(path) => config::load(path)?,
         None => OciSettings::default(),
     };
     let opts = RunOptions {
@@ -141,7 +141,7 @@ fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCod
         commit_on: args.commit_on.into(),
     };
     let plan = SessionPlan::from_flags(args.into_flags(), oci)?;
-    let code = ovlrun::session::run::run(&plan, &opts, &stderr::Stderr)?;
+    let code = ovlrun::session::run(&plan, &opts, &stderr::Stderr)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_OWN_ERROR)))
 }
 
@@ -150,11 +150,7 @@ fn spec(rootfs: &std::path::Path) -> anyhow::Result<ExitCode> {
     let rootfs = rootfs
         .to_str()
         .with_context(|| format!("--rootfs {}: not UTF-8", rootfs.display()))?;
-    writeln!(
-        std::io::stdout(),
-        "{}",
-        config::oci::starting_config(rootfs)
-    )?;
+    writeln!(std::io::stdout(), "{}", config::starting_config(rootfs))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -196,21 +192,16 @@ fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         let work = args
             .work
             .clone()
-            .unwrap_or_else(|| ovlrun::layers::default_work(&args.upper));
+            .unwrap_or_else(|| ovlrun::mount::default_work(&args.upper));
         std::fs::create_dir_all(&work)
             .with_context(|| format!("cannot create {}", work.display()))?;
-        let k = ovlrun::mount::kernel::KernelMount::mount(
-            &lowers,
-            &args.upper,
-            &work,
-            &args.mountpoint,
-        )
-        .with_context(|| {
-            format!(
-                "the kernel overlayfs refused to mount on {}",
-                args.mountpoint.display()
-            )
-        })?;
+        let k = ovlrun::mount::KernelMount::mount(&lowers, &args.upper, &work, &args.mountpoint)
+            .with_context(|| {
+                format!(
+                    "the kernel overlayfs refused to mount on {}",
+                    args.mountpoint.display()
+                )
+            })?;
         signals.wait().context("cannot wait for a signal")?;
         k.unmount()
             .with_context(|| format!("cannot unmount {}", args.mountpoint.display()))?;

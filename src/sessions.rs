@@ -6,13 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ovlrun::config;
-use ovlrun::policy::CommitMode;
-use ovlrun::policy::{names, plan};
-use ovlrun::session::SessionDirs;
-use ovlrun::session::SessionError;
-use ovlrun::session::lock::Mode;
-use ovlrun::session::record::Status;
-use ovlrun::session::run::{commit_session, conflicts_of, lock_and_recover};
+use ovlrun::policy::{self, CommitMode};
+use ovlrun::session::{Kept, KeptError, Record, SessionDirs, SessionError, Status};
 
 use crate::stderr::Stderr;
 
@@ -25,8 +20,7 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
     let state = state()?;
     let sessions = SessionDirs::list(&state);
     let mut out = std::io::stdout().lock();
-    let now = ovlrun::session::record::now();
-    let status = |r: &ovlrun::session::record::Record| {
+    let status = |r: &Record| {
         if r.is_orphaned() {
             "orphaned"
         } else {
@@ -62,7 +56,7 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
             r.id,
             status(r),
             r.fs.name(),
-            age(now.saturating_sub(r.created)),
+            age(r.age()),
             size(d.upper_size()),
             r.rootfs.display()
         )?;
@@ -88,45 +82,14 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// Refuses sessions whose command still runs.
-fn finished(id: &str) -> anyhow::Result<(SessionDirs, ovlrun::session::record::Record)> {
-    Ok(SessionDirs::open_finished(&state()?, id)?)
-}
-
-/// Makes a finished session's upper what its session wrote, before anything reads it as a
-/// plain directory: removes the mount targets a killed launcher left, and gives the
-/// metadata-only copies a killed FUSE server left their data.
-/// The recorded whiteout format of `rec`'s upper.
-fn format_of(
-    rec: &ovlrun::session::record::Record,
-) -> anyhow::Result<ovlrun::layers::WhiteoutFormat> {
-    ovlrun::session::upper::format_of(rec)
-        .with_context(|| format!("cannot read the whiteout format of {}", rec.upper.display()))
-}
-
-fn complete_metacopies(rec: &ovlrun::session::record::Record) -> anyhow::Result<()> {
-    ovlrun::session::scaffold::scrub(&rec.rootfs, &rec.upper, &rec.work);
-    ovlrun::layers::complete_metacopies(&ovlrun::layers::OverlayConfig {
-        lowers: vec![rec.rootfs.clone()],
-        upper: rec.upper.clone(),
-        work: Some(rec.work.clone()),
-        whiteout: Some(format_of(rec)?),
-    })?;
-    Ok(())
-}
-
 /// `ovlrun diff ID`; `conflicts`: only the changes that conflict with the rootfs.
 pub fn diff(id: &str, json: bool, conflicts: bool) -> anyhow::Result<ExitCode> {
-    let (_, rec) = SessionDirs::open(&state()?, id)?;
-    ovlrun::sandbox::enter_owner_namespace()?;
     // A running session's server owns its upper; it completes the copies at its end.
-    if rec.status != Status::Running || rec.is_dead() {
-        complete_metacopies(&rec)?;
-    }
-    let mut p = plan::plan(&rec.rootfs, &rec.upper, format_of(&rec)?)?;
+    let kept = Kept::peek(&state()?, id)?;
+    let mut p = kept.diff()?;
     let mut why = std::collections::HashMap::new();
     if conflicts {
-        for c in conflicts_of(&rec, &p)? {
+        for c in kept.conflicts(&p)? {
             why.insert(c.path, c.why);
         }
         // A removed or replaced directory conflicts through what is beneath it.
@@ -138,7 +101,7 @@ pub fn diff(id: &str, json: bool, conflicts: bool) -> anyhow::Result<ExitCode> {
             .changes
             .iter()
             .map(|(c, path)| {
-                let mut row = names::json_fields(path);
+                let mut row = policy::json_fields(path);
                 row.insert("change".into(), c.letter().to_string().into());
                 if let Some(w) = why.get(path) {
                     row.insert("conflict".into(), serde_json::to_value(w)?);
@@ -149,7 +112,7 @@ pub fn diff(id: &str, json: bool, conflicts: bool) -> anyhow::Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         for (c, path) in &p.changes {
-            writeln!(out, "{} {}", c.letter(), names::quote(path))?;
+            writeln!(out, "{} {}", c.letter(), policy::quote(path))?;
         }
     }
     out.flush()?;
@@ -170,13 +133,8 @@ pub struct CommitFlags {
 
 /// `ovlrun commit ID`: exit 1 when conflicts refuse it.
 pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
-    let (dirs, mut rec) = finished(id)?;
-    ovlrun::sandbox::enter_owner_namespace()?;
-    complete_metacopies(&rec)?;
-    let result = commit_session(
-        &state()?,
-        &dirs,
-        &mut rec,
+    let mut kept = Kept::open(&state()?, id)?;
+    let result = kept.commit(
         if flags.atomic {
             CommitMode::Atomic
         } else {
@@ -188,7 +146,7 @@ pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
     );
     let (conflicts, refused) = match result {
         Ok(forced) => (forced, false),
-        Err(SessionError::Conflicts { conflicts, .. }) => (conflicts, true),
+        Err(KeptError::Session(SessionError::Conflicts { conflicts, .. })) => (conflicts, true),
         Err(e) => return Err(e.into()),
     };
     if flags.json {
@@ -212,16 +170,18 @@ pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
             c.why
         );
     }
+    let rec = kept.record();
     if refused {
+        let id = kept.id();
         eprintln!(
             "ovlrun: session {} not committed: {} of the paths it changes changed in {} since \
              it began; nothing was applied and the session is kept; commit over them with \
              `ovlrun commit --force {}`, drop it with `ovlrun discard {}`",
-            dirs.id.0,
+            id,
             conflicts.len(),
             rec.rootfs.display(),
-            dirs.id.0,
-            dirs.id.0
+            id,
+            id
         );
         return Ok(ExitCode::FAILURE);
     }
@@ -239,10 +199,9 @@ pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
 
 /// `ovlrun discard ID`.
 pub fn discard(id: &str) -> anyhow::Result<ExitCode> {
-    let (dirs, _) = finished(id)?;
     // Files the session made as sub-ids are removable only in a namespace that maps them.
-    ovlrun::sandbox::enter_owner_namespace()?;
-    dirs.discard()
+    Kept::open(&state()?, id)?
+        .discard()
         .with_context(|| format!("cannot discard session {id}"))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -250,35 +209,29 @@ pub fn discard(id: &str) -> anyhow::Result<ExitCode> {
 /// `ovlrun recover --rootfs DIR`.
 pub fn recover(rootfs: &Path) -> anyhow::Result<ExitCode> {
     let rootfs = config::check_rootfs(rootfs)?;
-    ovlrun::sandbox::enter_owner_namespace()?;
-    let _lock = lock_and_recover(&state()?, &rootfs, Mode::Exclusive, false, &Stderr)?;
+    ovlrun::session::recover(&state()?, &rootfs, &Stderr)?;
     eprintln!("ovlrun: {}: no interrupted commit left", rootfs.display());
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ovlrun export ID -o FILE`.
 pub fn export(id: &str, output: &Path) -> anyhow::Result<ExitCode> {
-    let (_, rec) = finished(id)?;
-    ovlrun::sandbox::enter_owner_namespace()?;
-    complete_metacopies(&rec)?;
-    let format = format_of(&rec)?;
+    let kept = Kept::open(&state()?, id)?;
     if output == Path::new("-") {
-        let mut out = ovlrun::policy::export::export(&rec.upper, format, std::io::stdout().lock())?;
+        let mut out = kept.export(std::io::stdout().lock())?;
         std::io::Write::flush(&mut out)?;
     } else {
         // Written beside the target and renamed, so a failed export leaves no partial file.
         let tmp = output.with_extension("ovlrun-partial");
         let file = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let file =
-            match ovlrun::policy::export::export(&rec.upper, format, std::io::BufWriter::new(file))
-            {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e.into());
-                }
-            };
+        let file = match kept.export(std::io::BufWriter::new(file)) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
         file.into_inner()
             .map_err(|e| e.into_error())
             .and_then(|f| f.sync_all())

@@ -4,8 +4,8 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
+use ovlrun::policy::Change;
 use ovlrun::policy::Policy;
-use ovlrun::policy::plan::Change;
 use ovlrun::session::report::{CommitSize, Note, Progress, Report};
 
 /// Prints a session's notes to stderr.

@@ -1,17 +1,19 @@
 //! What a session is to do, as validated plain data: the [`SessionPlan`].
 //!
-//! The command line (parsed by the binary into [`Flags`], merged by [`flags`] over an OCI
-//! config read by [`oci`]) is turned into a plan here and nowhere else; everything after works from the plan and never re-reads flags. Validation
+//! The command line (parsed by the binary into [`Flags`], merged by `flags` over an OCI
+//! config read by `oci`) is turned into a plan here and nowhere else; everything after works from the plan and never re-reads flags. Validation
 //! names the flag (or the config field) and the value at fault, and creates nothing.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-pub mod flags;
-pub mod oci;
-pub mod seccomp;
+pub(crate) mod flags;
+pub(crate) mod oci;
+pub(crate) mod seccomp;
 
+pub use crate::seccomp::ProfileError;
 pub use flags::{Flags, chosen_policy};
+pub use oci::{OciError, OciSettings, load, starting_config};
 
 /// How the session's network is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,11 +19,11 @@ use oci_spec::runtime::{
 use serde_json::Value;
 
 use super::{PlanError, Seccomp};
-pub use crate::seccomp::ProfileError;
+pub(crate) use crate::seccomp::ProfileError;
 
 /// The largest profile file read: podman's default profile is 40 KiB; anything far larger is
 /// not a profile.
-pub const MAX_PROFILE_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_PROFILE_BYTES: u64 = 4 << 20;
 
 /// The highest `errnoRet`: the kernel returns at most `MAX_ERRNO` (4095) from a filter.
 const MAX_ERRNO: u32 = 4095;
@@ -39,7 +39,7 @@ const NO_AGENT: &str =
 ///
 /// # Errors
 /// [`PlanError::Seccomp`] naming the file, then the field and the problem.
-pub fn parse_flag(value: &OsStr) -> Result<Seccomp, PlanError> {
+pub(crate) fn parse_flag(value: &OsStr) -> Result<Seccomp, PlanError> {
     match value.to_str() {
         Some("default") => Ok(Seccomp::Default),
         Some("unconfined") => Ok(Seccomp::Unconfined),
@@ -51,7 +51,7 @@ pub fn parse_flag(value: &OsStr) -> Result<Seccomp, PlanError> {
 ///
 /// # Errors
 /// [`PlanError::Seccomp`] naming the path, then the field and the problem.
-pub fn read_file(path: &Path) -> Result<LinuxSeccomp, PlanError> {
+pub(crate) fn read_file(path: &Path) -> Result<LinuxSeccomp, PlanError> {
     let err = |source: ProfileError| PlanError::Seccomp {
         path: PathBuf::from(path),
         source,
@@ -82,7 +82,7 @@ pub fn read_file(path: &Path) -> Result<LinuxSeccomp, PlanError> {
 ///
 /// # Errors
 /// [`ProfileError`] naming the field.
-pub fn from_value(value: &Value) -> Result<LinuxSeccomp, ProfileError> {
+pub(crate) fn from_value(value: &Value) -> Result<LinuxSeccomp, ProfileError> {
     let obj = value
         .as_object()
         .ok_or_else(|| ProfileError::new("", "expected a JSON object"))?;
@@ -189,7 +189,7 @@ fn known<T: FromStr>(field: &str, v: &Value, what: &str) -> Result<(), ProfileEr
 ///
 /// # Errors
 /// [`ProfileError`] naming the field.
-pub fn check(profile: &LinuxSeccomp) -> Result<(), ProfileError> {
+pub(crate) fn check(profile: &LinuxSeccomp) -> Result<(), ProfileError> {
     check_action(
         "defaultAction",
         profile.default_action(),

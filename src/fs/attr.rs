@@ -16,7 +16,7 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 }
 
 /// The FUSE file type of `S_IF*` bits.
-pub fn kind(mode: u32) -> FileType {
+pub(crate) fn kind(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
         libc::S_IFLNK => FileType::Symlink,
@@ -29,7 +29,7 @@ pub fn kind(mode: u32) -> FileType {
 }
 
 /// The attributes of node `node` (its id; the root's is 1) with overlay attributes `attr`.
-pub fn file_attr(node: u64, attr: &Attr) -> FileAttr {
+pub(crate) fn file_attr(node: u64, attr: &Attr) -> FileAttr {
     let st: &FileStat = &attr.st;
     FileAttr {
         ino: INodeNo(node),
@@ -52,7 +52,7 @@ pub fn file_attr(node: u64, attr: &Attr) -> FileAttr {
 
 /// The reply to a lookup of an absent name: node id 0, which the kernel keeps as a negative
 /// entry for the entry TTL instead of asking again.
-pub fn negative_entry() -> FileAttr {
+pub(crate) fn negative_entry() -> FileAttr {
     FileAttr {
         ino: INodeNo(0),
         size: 0,

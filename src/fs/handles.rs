@@ -13,7 +13,7 @@ const SHARDS: usize = 16;
 
 /// What an open handle holds.
 #[derive(Debug)]
-pub enum Handle {
+pub(crate) enum Handle {
     /// An open file of one layer.
     File(OpenFile),
     /// A directory listing snapshot, taken at the first read and again at each rewind
@@ -29,7 +29,7 @@ const UPPER: u64 = u64::MAX;
 /// page cache per inode, so once the object is copied up (through another open) that handle
 /// must read the upper copy too, or it would fill the shared cache with stale data.
 #[derive(Debug)]
-pub struct OpenFile {
+pub(crate) struct OpenFile {
     fd: RwLock<OwnedFd>,
     /// The overlay's copy-up count when the lower fd was last known current; [`UPPER`] once
     /// the fd is the upper copy.
@@ -43,7 +43,7 @@ pub struct OpenFile {
 impl OpenFile {
     /// A handle on `fd`; `lower_seen` is the copy-up count at open for a lower fd, `None`
     /// for an upper one.
-    pub fn new(node: u64, fd: OwnedFd, flags: OFlag, lower_seen: Option<u64>) -> OpenFile {
+    pub(crate) fn new(node: u64, fd: OwnedFd, flags: OFlag, lower_seen: Option<u64>) -> OpenFile {
         OpenFile {
             fd: RwLock::new(fd),
             seen: AtomicU64::new(lower_seen.unwrap_or(UPPER)),
@@ -54,14 +54,14 @@ impl OpenFile {
 
     /// True when the fd may be a stale lower copy: it is lower, and copy-ups happened since
     /// it was last checked.
-    pub fn may_be_stale(&self, copy_ups: u64) -> bool {
+    pub(crate) fn may_be_stale(&self, copy_ups: u64) -> bool {
         let seen = self.seen.load(Ordering::Acquire);
         seen != UPPER && seen != copy_ups
     }
 
     /// Records the outcome of a check: `Some(fd)` is the upper copy to use from now on,
     /// `None` means the lower copy is still current at `copy_ups`.
-    pub fn checked(&self, upper: Option<OwnedFd>, copy_ups: u64) {
+    pub(crate) fn checked(&self, upper: Option<OwnedFd>, copy_ups: u64) {
         match upper {
             Some(fd) => {
                 *self.fd.write().unwrap_or_else(|p| p.into_inner()) = fd;
@@ -72,19 +72,19 @@ impl OpenFile {
     }
 
     /// True once the fd is the upper copy (changing it never touches a lower layer).
-    pub fn is_upper(&self) -> bool {
+    pub(crate) fn is_upper(&self) -> bool {
         self.seen.load(Ordering::Acquire) == UPPER
     }
 
     /// The fd to use now.
-    pub fn fd(&self) -> RwLockReadGuard<'_, OwnedFd> {
+    pub(crate) fn fd(&self) -> RwLockReadGuard<'_, OwnedFd> {
         self.fd.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// The table of open handles.
 #[derive(Debug)]
-pub struct HandleTable {
+pub(crate) struct HandleTable {
     next: AtomicU64,
     shards: Vec<RwLock<std::collections::HashMap<u64, Arc<Handle>>>>,
 }
@@ -104,7 +104,7 @@ impl HandleTable {
     }
 
     /// Stores `handle` and returns its number.
-    pub fn insert(&self, handle: Handle) -> u64 {
+    pub(crate) fn insert(&self, handle: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         self.shard(fh)
             .write()
@@ -114,7 +114,7 @@ impl HandleTable {
     }
 
     /// The handle numbered `fh`.
-    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+    pub(crate) fn get(&self, fh: u64) -> Option<Arc<Handle>> {
         self.shard(fh)
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -123,7 +123,7 @@ impl HandleTable {
     }
 
     /// Some open file of node `node` (a slow scan: only for files whose names are all gone).
-    pub fn any_of_node(&self, node: u64) -> Option<Arc<Handle>> {
+    pub(crate) fn any_of_node(&self, node: u64) -> Option<Arc<Handle>> {
         self.shards.iter().find_map(|shard| {
             shard
                 .read()
@@ -135,7 +135,7 @@ impl HandleTable {
     }
 
     /// Drops handle `fh`.
-    pub fn remove(&self, fh: u64) {
+    pub(crate) fn remove(&self, fh: u64) {
         self.shard(fh)
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -6,11 +6,11 @@
 //! (`open`), data (`io`), directories (`dir`), metadata (`meta`), extended attributes
 //! (`xattr`).
 
-pub mod attr;
-pub mod handles;
-pub mod nodes;
-pub mod passthrough;
-pub mod prefill;
+pub(crate) mod attr;
+pub(crate) mod handles;
+pub(crate) mod nodes;
+pub(crate) mod passthrough;
+pub(crate) mod prefill;
 
 mod dir;
 mod io;
@@ -53,7 +53,7 @@ fn to_fuse(e: Errno) -> fuser::Errno {
 
 /// The overlay served over FUSE.
 #[derive(Debug)]
-pub struct OverlayFs {
+pub(crate) struct OverlayFs {
     ovl: Overlay,
     nodes: NodeTable,
     handles: HandleTable,
@@ -71,7 +71,7 @@ pub struct OverlayFs {
 
 impl OverlayFs {
     /// Serves `ovl`.
-    pub fn new(ovl: Overlay) -> OverlayFs {
+    pub(crate) fn new(ovl: Overlay) -> OverlayFs {
         OverlayFs {
             nodes: NodeTable::new(),
             ovl,
@@ -86,7 +86,7 @@ impl OverlayFs {
     /// Whether to complete metadata-only copies at unmount, so the upper left behind is one
     /// the kernel overlayfs reads (default: yes). Skip it when the upper is discarded.
     #[must_use]
-    pub fn complete_at_unmount(mut self, complete: bool) -> OverlayFs {
+    pub(crate) fn complete_at_unmount(mut self, complete: bool) -> OverlayFs {
         self.complete_at_unmount = complete;
         self
     }
@@ -95,13 +95,13 @@ impl OverlayFs {
     /// register them (root in the initial user namespace); [`PassthroughMode::Upper`] by
     /// default.
     #[must_use]
-    pub fn with_passthrough(mut self, mode: PassthroughMode) -> OverlayFs {
+    pub(crate) fn with_passthrough(mut self, mode: PassthroughMode) -> OverlayFs {
         self.passthrough = Passthrough::new(mode);
         self
     }
 
     /// The page-cache filler; attach the session's notifier to it once the session exists.
-    pub fn prefill(&self) -> Arc<Prefill> {
+    pub(crate) fn prefill(&self) -> Arc<Prefill> {
         Arc::clone(&self.prefill)
     }
 

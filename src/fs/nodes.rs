@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::layers::{Found, Loc, Lowers, RenameOutcome};
 
 /// The FUSE node id of the root.
-pub const ROOT: u64 = 1;
+pub(crate) const ROOT: u64 = 1;
 
 /// Deepest parent chain followed before giving up (a loop would otherwise hang a request).
 const MAX_DEPTH: usize = 4096;
@@ -127,7 +127,7 @@ impl Tables {
 
 /// All nodes the kernel currently knows.
 #[derive(Debug)]
-pub struct NodeTable {
+pub(crate) struct NodeTable {
     tables: RwLock<Tables>,
 }
 
@@ -139,7 +139,7 @@ impl Default for NodeTable {
 
 impl NodeTable {
     /// A table holding only the root.
-    pub fn new() -> NodeTable {
+    pub(crate) fn new() -> NodeTable {
         let mut tables = Tables::default();
         tables.nodes.insert(
             ROOT,
@@ -166,7 +166,7 @@ impl NodeTable {
     ///
     /// # Errors
     /// `ESTALE` for an unknown node, `ENOENT` for one whose every name was removed.
-    pub fn loc(&self, id: u64) -> Result<Loc, Errno> {
+    pub(crate) fn loc(&self, id: u64) -> Result<Loc, Errno> {
         let tables = self.read();
         let nodes = &tables.nodes;
         let node = nodes.get(&id).ok_or(Errno::ESTALE)?;
@@ -187,7 +187,7 @@ impl NodeTable {
     }
 
     /// Records one kernel lookup of `found`, reached as `name` in `parent`; returns its id.
-    pub fn remember(&self, parent: u64, name: &OsStr, found: &Found) -> u64 {
+    pub(crate) fn remember(&self, parent: u64, name: &OsStr, found: &Found) -> u64 {
         let id = found.attr.ino.0;
         let mut tables = self.write();
         let lowers = found.loc.lowers.clone();
@@ -217,7 +217,7 @@ impl NodeTable {
     }
 
     /// The kernel forgot `n` lookups of `id`.
-    pub fn forget(&self, id: u64, n: u64) {
+    pub(crate) fn forget(&self, id: u64, n: u64) {
         if id == ROOT {
             return;
         }
@@ -239,13 +239,13 @@ impl NodeTable {
     }
 
     /// Name `name` of `parent` no longer exists (unlink, rmdir, replaced by a rename).
-    pub fn name_removed(&self, parent: u64, name: &OsStr) {
+    pub(crate) fn name_removed(&self, parent: u64, name: &OsStr) {
         self.write().remove_name(parent, name);
     }
 
     /// Applies what [`Overlay::rename`](crate::layers::Overlay::rename) of `from` to `to`
     /// changed: the names that moved, and the lowers layers left them and everything below.
-    pub fn renamed(&self, from: (u64, &OsStr), to: (u64, &OsStr), outcome: &RenameOutcome) {
+    pub(crate) fn renamed(&self, from: (u64, &OsStr), to: (u64, &OsStr), outcome: &RenameOutcome) {
         let (source, target) = match outcome {
             RenameOutcome::Unchanged => return,
             RenameOutcome::Moved(source) => (source, None),
@@ -275,21 +275,17 @@ impl NodeTable {
 
     /// True the first time it is asked for `id` since the kernel looked it up (the first
     /// open that may fill its inode's cache); false for every later call.
-    pub fn first_open(&self, id: u64) -> bool {
+    pub(crate) fn first_open(&self, id: u64) -> bool {
         self.write()
             .nodes
             .get_mut(&id)
             .is_some_and(|n| !std::mem::replace(&mut n.opened, true))
     }
 
+    #[cfg(test)]
     /// Number of nodes held (for tests and statistics).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.read().nodes.len()
-    }
-
-    /// True when only the root is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() <= 1
     }
 }
 

@@ -34,7 +34,7 @@ pub enum PassthroughMode {
 
 /// How the kernel does I/O on one open file.
 #[derive(Debug)]
-pub enum Io {
+pub(crate) enum Io {
     /// Through this server and the FUSE page cache.
     Cached,
     /// Straight to the backing file.
@@ -43,7 +43,7 @@ pub enum Io {
 
 /// Which layer the file backing a node's opens is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backing {
+pub(crate) enum Backing {
     /// The upper copy: any open may use it.
     Upper,
     /// A lower copy: only reads, and the data may not change meanwhile.
@@ -59,7 +59,7 @@ struct NodeIo {
 
 /// The per-node I/O modes of open files.
 #[derive(Debug, Default)]
-pub struct Passthrough {
+pub(crate) struct Passthrough {
     mode: PassthroughMode,
     on: AtomicBool,
     nodes: Mutex<HashMap<u64, NodeIo>>,
@@ -67,7 +67,7 @@ pub struct Passthrough {
 
 impl Passthrough {
     /// Per-node modes for files of `mode`; off until [`Passthrough::enable`].
-    pub fn new(mode: PassthroughMode) -> Passthrough {
+    pub(crate) fn new(mode: PassthroughMode) -> Passthrough {
         Passthrough {
             mode,
             ..Passthrough::default()
@@ -75,17 +75,17 @@ impl Passthrough {
     }
 
     /// Whether to ask the kernel for passthrough at all.
-    pub fn wanted(&self) -> bool {
+    pub(crate) fn wanted(&self) -> bool {
         self.mode != PassthroughMode::Off
     }
 
     /// Turns passthrough on (the kernel granted `FUSE_PASSTHROUGH`).
-    pub fn enable(&self) {
+    pub(crate) fn enable(&self) {
         self.on.store(true, Ordering::Release);
     }
 
     /// Whether opens may be passed through.
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.on.load(Ordering::Acquire)
     }
 
@@ -94,7 +94,7 @@ impl Passthrough {
     }
 
     /// `ETXTBSY` while a lower copy backs open readers of `node`: its data must not change.
-    pub fn check_data_change(&self, node: u64) -> Result<(), Errno> {
+    pub(crate) fn check_data_change(&self, node: u64) -> Result<(), Errno> {
         if !self.is_on() {
             return Ok(());
         }
@@ -113,7 +113,7 @@ impl Passthrough {
     ///
     /// # Errors
     /// `ETXTBSY` for a writing open while a lower copy backs readers.
-    pub fn opened(
+    pub(crate) fn opened(
         &self,
         node: u64,
         layer: Backing,
@@ -170,7 +170,7 @@ impl Passthrough {
     }
 
     /// Records that one open of `node` was released; the last one frees the backing id.
-    pub fn released(&self, node: u64) {
+    pub(crate) fn released(&self, node: u64) {
         let mut table = self.table();
         if let Some(io) = table.get_mut(&node) {
             io.opens -= 1;
@@ -183,7 +183,7 @@ impl Passthrough {
 
 /// Whether this process may register backing files: the kernel asks for CAP_SYS_ADMIN in the
 /// initial user namespace.
-pub fn may_register_backing_files() -> bool {
+pub(crate) fn may_register_backing_files() -> bool {
     let initial_userns = std::fs::read_to_string("/proc/self/uid_map")
         .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
     initial_userns

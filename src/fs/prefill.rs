@@ -22,13 +22,13 @@ use fuser::{INodeNo, Notifier};
 use nix::errno::Errno;
 
 /// Largest file whose data is stored at open (the kernel's first readahead window).
-pub const PREFILL_MAX: u64 = 128 * 1024;
+pub(crate) const PREFILL_MAX: u64 = 128 * 1024;
 
 /// Stripes of the per-node lock: opens of unrelated nodes rarely share one.
 const STRIPES: u64 = 256;
 
 /// The filler: a channel to the kernel, once the session has one, and the node locks.
-pub struct Prefill {
+pub(crate) struct Prefill {
     notifier: OnceLock<Notifier>,
     stripes: Vec<Mutex<()>>,
 }
@@ -52,13 +52,13 @@ impl Default for Prefill {
 
 impl Prefill {
     /// Gives the filler the session's channel to the kernel; until then nothing is filled.
-    pub fn attach(&self, notifier: Notifier) {
+    pub(crate) fn attach(&self, notifier: Notifier) {
         // A second session would be a second filesystem: the first channel stays.
         let _ = self.notifier.set(notifier);
     }
 
     /// The lock of `node`'s data, held by a reading open until it is answered.
-    pub fn lock(&self, node: u64) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self, node: u64) -> MutexGuard<'_, ()> {
         let stripe = usize::try_from(node % STRIPES).unwrap_or(0);
         self.stripes[stripe]
             .lock()
@@ -67,12 +67,12 @@ impl Prefill {
 
     /// Waits until no fill of `node` is running: called after a change to its data, before
     /// the change is answered.
-    pub fn wait_for_fills(&self, node: u64) {
+    pub(crate) fn wait_for_fills(&self, node: u64) {
         drop(self.lock(node));
     }
 
     /// Whether an open whose fd holds `size` bytes of a lower file is worth filling.
-    pub fn wanted(&self, size: i64) -> bool {
+    pub(crate) fn wanted(&self, size: i64) -> bool {
         self.notifier.get().is_some()
             && u64::try_from(size).is_ok_and(|s| s > 0 && s <= PREFILL_MAX)
     }
@@ -83,7 +83,7 @@ impl Prefill {
     /// # Errors
     /// The read's errno, or `EIO` when the kernel refuses the data; either only means the
     /// kernel will ask with READ requests.
-    pub fn fill(&self, node: u64, fd: BorrowedFd<'_>, size: i64) -> Result<(), Errno> {
+    pub(crate) fn fill(&self, node: u64, fd: BorrowedFd<'_>, size: i64) -> Result<(), Errno> {
         let notifier = self.notifier.get().ok_or(Errno::ENOTCONN)?;
         let buf = super::io::read_at(fd, usize::try_from(size).map_err(|_| Errno::EINVAL)?, 0)?;
         debug_delay();

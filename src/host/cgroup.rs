@@ -2,7 +2,7 @@
 
 /// How the host lays out its cgroup hierarchies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CgroupLayout {
+pub(crate) enum CgroupLayout {
     /// cgroup2 at `/sys/fs/cgroup`.
     Unified,
     /// v1 controllers, with cgroup2 at `/sys/fs/cgroup/unified`.
@@ -13,7 +13,7 @@ pub enum CgroupLayout {
 
 impl CgroupLayout {
     /// Reads the host's layout from the filesystem types at `/sys/fs/cgroup`.
-    pub fn of_host() -> CgroupLayout {
+    pub(crate) fn of_host() -> CgroupLayout {
         const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
         let is_cgroup2 = |p: &str| {
             nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)

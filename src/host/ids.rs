@@ -16,7 +16,7 @@ use super::programs::{self, Helper};
 
 /// User or group ids: the two have the same kind of file, helper and map, one of each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdKind {
+pub(crate) enum IdKind {
     /// User ids.
     Uid,
     /// Group ids.
@@ -25,7 +25,7 @@ pub enum IdKind {
 
 impl IdKind {
     /// The file granting subordinate ids of this kind. See: subuid(5), subgid(5).
-    pub fn subid_file(self) -> &'static str {
+    pub(crate) fn subid_file(self) -> &'static str {
         match self {
             IdKind::Uid => "/etc/subuid",
             IdKind::Gid => "/etc/subgid",
@@ -33,7 +33,7 @@ impl IdKind {
     }
 
     /// This process's own map of this kind.
-    pub fn own_map(self) -> &'static str {
+    pub(crate) fn own_map(self) -> &'static str {
         match self {
             IdKind::Uid => "/proc/self/uid_map",
             IdKind::Gid => "/proc/self/gid_map",
@@ -41,7 +41,7 @@ impl IdKind {
     }
 
     /// The setuid helper that writes a map of this kind for a user.
-    pub fn helper(self) -> &'static str {
+    pub(crate) fn helper(self) -> &'static str {
         match self {
             IdKind::Uid => "newuidmap",
             IdKind::Gid => "newgidmap",
@@ -51,7 +51,7 @@ impl IdKind {
 
 /// The calling user, as the id probes need them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
+pub(crate) struct User {
     /// Real uid.
     pub uid: u32,
     /// Real gid.
@@ -62,7 +62,7 @@ pub struct User {
 
 impl User {
     /// The calling process's real user.
-    pub fn current() -> User {
+    pub(crate) fn current() -> User {
         let uid = Uid::current();
         User {
             uid: uid.as_raw(),
@@ -75,14 +75,14 @@ impl User {
     }
 
     /// Root, who maps ids directly.
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.uid == 0
     }
 }
 
 /// A range of subordinate ids: `count` ids from `start`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Range {
+pub(crate) struct Range {
     /// First host id.
     pub start: u32,
     /// How many.
@@ -92,7 +92,7 @@ pub struct Range {
 /// One line of `/etc/subuid` or `/etc/subgid`: `owner:start:count`, the owner a login name
 /// or a numeric uid. See: subuid(5).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubIdLine {
+pub(crate) struct SubIdLine {
     /// Login name or uid.
     pub owner: String,
     /// The ids granted.
@@ -100,7 +100,7 @@ pub struct SubIdLine {
 }
 
 /// `None` for blank, comment and malformed lines, and for empty ranges.
-pub fn parse_subid_line(line: &str) -> Option<SubIdLine> {
+pub(crate) fn parse_subid_line(line: &str) -> Option<SubIdLine> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -120,7 +120,7 @@ pub fn parse_subid_line(line: &str) -> Option<SubIdLine> {
 
 /// The ranges a subid file's `text` grants to `user`, by login name or by uid (both forms
 /// are valid), in file order. The launcher maps the first.
-pub fn ranges_of(text: &str, user: &User) -> Vec<Range> {
+pub(crate) fn ranges_of(text: &str, user: &User) -> Vec<Range> {
     let uid = user.uid.to_string();
     text.lines()
         .filter_map(parse_subid_line)
@@ -131,7 +131,7 @@ pub fn ranges_of(text: &str, user: &User) -> Vec<Range> {
 
 /// The first id past every range in a subid file's `text`, and at least 100000 (useradd's
 /// default): where a new grant can start.
-pub fn next_free_start(text: &str) -> u64 {
+pub(crate) fn next_free_start(text: &str) -> u64 {
     text.lines()
         .filter_map(parse_subid_line)
         .map(|l| u64::from(l.range.start) + u64::from(l.range.count))
@@ -140,20 +140,20 @@ pub fn next_free_start(text: &str) -> u64 {
 
 /// How many ids a `/proc/<pid>/uid_map` text maps: the sum of its `inside outside count`
 /// lines.
-pub fn mapped_ids(map: &str) -> u64 {
+pub(crate) fn mapped_ids(map: &str) -> u64 {
     map.lines()
         .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
         .sum()
 }
 
 /// A subid file's text; a missing or unreadable file grants nothing.
-pub fn read_subids(kind: IdKind) -> String {
+pub(crate) fn read_subids(kind: IdKind) -> String {
     std::fs::read_to_string(kind.subid_file()).unwrap_or_default()
 }
 
 /// The two helpers found by [`programs`]'s rule, both privileged.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapHelpers {
+pub(crate) struct MapHelpers {
     /// Writes the uid map.
     pub newuidmap: PathBuf,
     /// Writes the gid map.
@@ -163,7 +163,7 @@ pub struct MapHelpers {
 impl MapHelpers {
     /// Both helpers, looked up with `search` standing for `$PATH`; `None` unless both are
     /// found privileged.
-    pub fn find_in(search: &OsStr) -> Option<MapHelpers> {
+    pub(crate) fn find_in(search: &OsStr) -> Option<MapHelpers> {
         let find = |kind: IdKind| Helper::find_in(kind.helper(), search).ready();
         Some(MapHelpers {
             newuidmap: find(IdKind::Uid)?,
@@ -174,7 +174,7 @@ impl MapHelpers {
 
 /// How the session's ids map to the host's.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IdMap {
+pub(crate) enum IdMap {
     /// Every id to itself (the caller is root).
     Identity,
     /// Only 0, onto the caller's uid and gid.
@@ -200,7 +200,7 @@ pub enum IdMap {
 }
 
 /// The map for the calling user, from this host's files and helpers.
-pub fn choose() -> IdMap {
+pub(crate) fn choose() -> IdMap {
     let user = User::current();
     if user.is_root() {
         return IdMap::Identity;
@@ -215,7 +215,12 @@ pub fn choose() -> IdMap {
 
 /// The map for `user` given the texts of `/etc/subuid` and `/etc/subgid` and the helpers
 /// found: the first granted range of each kind, when both helpers are usable.
-pub fn choose_for(user: &User, subuid: &str, subgid: &str, helpers: Option<MapHelpers>) -> IdMap {
+pub(crate) fn choose_for(
+    user: &User,
+    subuid: &str,
+    subgid: &str,
+    helpers: Option<MapHelpers>,
+) -> IdMap {
     if user.is_root() {
         return IdMap::Identity;
     }
@@ -238,18 +243,18 @@ pub fn choose_for(user: &User, subuid: &str, subgid: &str, helpers: Option<MapHe
 impl IdMap {
     /// True when the maps must be written from outside the namespace (anything beyond the
     /// caller's own id, which only a process in the parent namespace may map).
-    pub fn needs_helpers(&self) -> bool {
+    pub(crate) fn needs_helpers(&self) -> bool {
         !matches!(self, IdMap::Single { .. })
     }
 
     /// True when processes inside may call setgroups(2) (not with a one-id map, where the
     /// kernel requires it denied).
-    pub fn allows_setgroups(&self) -> bool {
+    pub(crate) fn allows_setgroups(&self) -> bool {
         !matches!(self, IdMap::Single { .. })
     }
 
     /// A one-line note for the user about what this map cannot do, if anything.
-    pub fn limitation(&self) -> Option<String> {
+    pub(crate) fn limitation(&self) -> Option<String> {
         match self {
             IdMap::Single { .. } => Some(
                 "only uid/gid 0 exist in the session (no other owners, no setgroups); \

@@ -8,7 +8,7 @@ use std::io;
 
 /// A kernel release as `uname -r` prints it, compared by its leading numbers only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct KernelVersion {
+pub(crate) struct KernelVersion {
     major: u32,
     minor: u32,
     patch: u32,
@@ -16,7 +16,7 @@ pub struct KernelVersion {
 
 impl KernelVersion {
     /// `major.minor.patch`.
-    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+    pub(crate) const fn new(major: u32, minor: u32, patch: u32) -> Self {
         KernelVersion {
             major,
             minor,
@@ -27,7 +27,7 @@ impl KernelVersion {
     /// Parses `6.1.0-28-amd64`, `6.9`, `6.9.0-rc1+`, `5.15.167.4-microsoft-standard-WSL2`:
     /// up to three dot-separated numbers, each ending at the first non-digit. The major and
     /// minor numbers are required.
-    pub fn parse(release: &str) -> Option<Self> {
+    pub(crate) fn parse(release: &str) -> Option<Self> {
         let mut parts = release.trim().split('.').map(leading_number);
         let major = parts.next()??;
         let minor = parts.next()??;
@@ -48,15 +48,15 @@ impl fmt::Display for KernelVersion {
 }
 
 /// Linux 5.11 lets a user namespace's root mount overlayfs.
-pub const ROOTLESS_OVERLAY: KernelVersion = KernelVersion::new(5, 11, 0);
+pub(crate) const ROOTLESS_OVERLAY: KernelVersion = KernelVersion::new(5, 11, 0);
 /// Linux 6.9 added FUSE passthrough (`FUSE_PASSTHROUGH`, `CONFIG_FUSE_PASSTHROUGH`).
-pub const FUSE_PASSTHROUGH: KernelVersion = KernelVersion::new(6, 9, 0);
+pub(crate) const FUSE_PASSTHROUGH: KernelVersion = KernelVersion::new(6, 9, 0);
 
 /// The running kernel's release, trimmed (`/proc/sys/kernel/osrelease`).
 ///
 /// # Errors
 /// The read's error.
-pub fn release() -> io::Result<String> {
+pub(crate) fn release() -> io::Result<String> {
     fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned())
 }
 
@@ -64,12 +64,12 @@ pub fn release() -> io::Result<String> {
 ///
 /// # Errors
 /// The read's error.
-pub fn filesystems() -> io::Result<String> {
+pub(crate) fn filesystems() -> io::Result<String> {
     fs::read_to_string("/proc/filesystems")
 }
 
 /// Whether a `/proc/filesystems` text lists `name`, matched by whole name.
-pub fn has_filesystem(text: &str, name: &str) -> bool {
+pub(crate) fn has_filesystem(text: &str, name: &str) -> bool {
     text.lines()
         .any(|l| l.split_whitespace().last() == Some(name))
 }
@@ -79,15 +79,15 @@ pub fn has_filesystem(text: &str, name: &str) -> bool {
 const INITIAL_USER_NS: &str = "user:[4026531837]";
 
 /// Whether `link`, the target of `/proc/self/ns/user`, is the initial user namespace.
-pub fn is_initial_user_ns(link: &str) -> bool {
+pub(crate) fn is_initial_user_ns(link: &str) -> bool {
     link == INITIAL_USER_NS
 }
 
 /// See: capability(7); include/uapi/linux/capability.h.
-pub const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
 
 /// Whether the `CapEff:` line of a `/proc/<pid>/status` text has capability `cap`.
-pub fn has_effective_cap(status: &str, cap: u32) -> bool {
+pub(crate) fn has_effective_cap(status: &str, cap: u32) -> bool {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -98,7 +98,7 @@ pub fn has_effective_cap(status: &str, cap: u32) -> bool {
 /// Whether this process holds `CAP_SYS_ADMIN` in the initial user namespace: what FUSE
 /// passthrough needs. Root in a container's user namespace, or with capabilities dropped,
 /// does not.
-pub fn initial_admin() -> bool {
+pub(crate) fn initial_admin() -> bool {
     let initial_ns = fs::read_link("/proc/self/ns/user")
         .is_ok_and(|link| is_initial_user_ns(&link.to_string_lossy()));
     let admin = fs::read_to_string("/proc/self/status")

@@ -6,7 +6,7 @@
 //! Each probe reads in a thin function and judges plain values (a file's text, a search
 //! path) in another, so the judging is tested without this host.
 
-pub mod cgroup;
-pub mod ids;
-pub mod kernel;
-pub mod programs;
+pub(crate) mod cgroup;
+pub(crate) mod ids;
+pub(crate) mod kernel;
+pub(crate) mod programs;

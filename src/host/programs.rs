@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Searched after `$PATH`, in this order.
-pub const SYSTEM_DIRS: [&str; 6] = [
+pub(crate) const SYSTEM_DIRS: [&str; 6] = [
     "/usr/local/sbin",
     "/usr/local/bin",
     "/usr/sbin",
@@ -23,17 +23,17 @@ pub const SYSTEM_DIRS: [&str; 6] = [
 ];
 
 /// The calling process's `$PATH` (empty when unset: the system directories still apply).
-pub fn search_path() -> OsString {
+pub(crate) fn search_path() -> OsString {
     std::env::var_os("PATH").unwrap_or_default()
 }
 
 /// `name` found by the rule above with `$PATH` as it is now.
-pub fn find(name: &str) -> Option<PathBuf> {
+pub(crate) fn find(name: &str) -> Option<PathBuf> {
     find_in(name, &search_path())
 }
 
 /// `name` found by the rule above, with `search` standing for `$PATH`.
-pub fn find_in(name: &str, search: &OsStr) -> Option<PathBuf> {
+pub(crate) fn find_in(name: &str, search: &OsStr) -> Option<PathBuf> {
     std::env::split_paths(search)
         .chain(SYSTEM_DIRS.map(PathBuf::from))
         .map(|dir| dir.join(name))
@@ -42,7 +42,7 @@ pub fn find_in(name: &str, search: &OsStr) -> Option<PathBuf> {
 
 /// Setuid root (Debian) or carrying file capabilities (Fedora ships newuidmap with
 /// `cap_setuid=ep` and no setuid bit): able to do for a user what only root may.
-pub fn is_privileged(path: &Path) -> bool {
+pub(crate) fn is_privileged(path: &Path) -> bool {
     let setuid_root = fs::metadata(path).is_ok_and(|m| m.mode() & 0o4000 != 0 && m.uid() == 0);
     // `sys::xattr` does not follow a symlink; the helper that runs is the link's target.
     let caps = fs::canonicalize(path).is_ok_and(|p| {
@@ -53,7 +53,7 @@ pub fn is_privileged(path: &Path) -> bool {
 
 /// What the search found for a helper that must run with privilege.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Helper {
+pub(crate) enum Helper {
     /// Nowhere on the search path.
     Missing,
     /// Found, but neither setuid root nor with file capabilities: running it would fail.
@@ -64,7 +64,7 @@ pub enum Helper {
 
 impl Helper {
     /// Looks `name` up with `search` standing for `$PATH`, and checks its privilege.
-    pub fn find_in(name: &str, search: &OsStr) -> Helper {
+    pub(crate) fn find_in(name: &str, search: &OsStr) -> Helper {
         match find_in(name, search) {
             None => Helper::Missing,
             Some(path) if is_privileged(&path) => Helper::Ready(path),
@@ -73,7 +73,7 @@ impl Helper {
     }
 
     /// The path, when the helper can be used.
-    pub fn ready(self) -> Option<PathBuf> {
+    pub(crate) fn ready(self) -> Option<PathBuf> {
         match self {
             Helper::Ready(path) => Some(path),
             Helper::Missing | Helper::Unprivileged(_) => None,

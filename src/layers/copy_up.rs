@@ -28,7 +28,7 @@ impl Overlay {
     ///
     /// # Errors
     /// `ENOENT` when the object is gone; any error of the copy.
-    pub fn copy_up(&self, loc: &Loc) -> Result<(), Errno> {
+    pub(crate) fn copy_up(&self, loc: &Loc) -> Result<(), Errno> {
         if let Some(st) = self.upper_stat(&loc.path)? {
             return if is_whiteout(&st) {
                 Err(Errno::ENOENT)

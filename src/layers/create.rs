@@ -16,7 +16,7 @@ use super::{Found, LayerIdx, Loc, Lowers, Overlay};
 
 /// What to create.
 #[derive(Clone, Debug)]
-pub enum NewNode {
+pub(crate) enum NewNode {
     /// A regular file, opened with these flags (access mode and status flags).
     File {
         /// Permission bits (umask already applied).
@@ -50,7 +50,7 @@ pub enum NewNode {
 
 /// Who the new entry belongs to: the caller's ids.
 #[derive(Clone, Copy, Debug)]
-pub struct Owner {
+pub(crate) struct Owner {
     /// The caller's uid.
     pub uid: u32,
     /// The caller's gid.
@@ -68,7 +68,7 @@ impl Overlay {
     /// `EEXIST` when the merged view has the name; `EPERM` for a char device 0:0 (the
     /// whiteout), as the kernel overlayfs answers; `EINVAL` for names of the AUFS vocabulary
     /// in an AUFS-format upper (a kernel-format upper holds them as files).
-    pub fn create(
+    pub(crate) fn create(
         &self,
         parent: &Loc,
         name: &OsStr,

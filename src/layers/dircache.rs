@@ -19,7 +19,7 @@ use lru::LruCache;
 use super::LayerIdx;
 
 /// Fds held at most.
-pub const CAPACITY: usize = 1024;
+pub(super) const CAPACITY: usize = 1024;
 const SHARDS: usize = 16;
 
 type Key = (LayerIdx, PathBuf);
@@ -33,7 +33,7 @@ struct Cached {
 
 /// What the cache knows of a directory.
 #[derive(Debug)]
-pub enum Lookup {
+pub(super) enum Lookup {
     /// Not cached.
     Unknown,
     /// The layer has no directory there.
@@ -44,7 +44,7 @@ pub enum Lookup {
 
 /// The cache; cheap to share between threads (sharded locks).
 #[derive(Debug)]
-pub struct DirCache {
+pub(super) struct DirCache {
     shards: Vec<Mutex<LruCache<Key, Cached>>>,
     upper_generation: AtomicU64,
     /// Bumped when an upper directory appears (invalidates cached absences).
@@ -73,7 +73,7 @@ fn shard_of(layer: LayerIdx, path: &Path) -> usize {
 
 impl DirCache {
     /// What the cache knows of directory `path` in `layer`.
-    pub fn get(&self, layer: LayerIdx, path: &Path) -> Lookup {
+    pub(super) fn get(&self, layer: LayerIdx, path: &Path) -> Lookup {
         let current = self.generation_for(layer, false);
         let absent_current = self.generation_for(layer, true);
         let mut shard = self.shards[shard_of(layer, path)]
@@ -99,7 +99,13 @@ impl DirCache {
 
     /// Remembers directory `path` of `layer` (`None`: absent), as found at generation
     /// `generation` (read before looking, so a change in between invalidates it).
-    pub fn put(&self, layer: LayerIdx, path: &Path, fd: Option<Arc<OwnedFd>>, generation: u64) {
+    pub(super) fn put(
+        &self,
+        layer: LayerIdx,
+        path: &Path,
+        fd: Option<Arc<OwnedFd>>,
+        generation: u64,
+    ) {
         let mut shard = self.shards[shard_of(layer, path)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -107,7 +113,7 @@ impl DirCache {
     }
 
     /// The generation an entry of `layer` found now is stamped with (lowers never change).
-    pub fn generation_for(&self, layer: LayerIdx, absent: bool) -> u64 {
+    pub(super) fn generation_for(&self, layer: LayerIdx, absent: bool) -> u64 {
         match (layer == LayerIdx::UPPER, absent) {
             (false, _) => 0,
             (true, false) => self.upper_generation.load(Ordering::Acquire),
@@ -116,13 +122,13 @@ impl DirCache {
     }
 
     /// An upper directory appeared: cached absences may be wrong.
-    pub fn upper_dir_created(&self) {
+    pub(super) fn upper_dir_created(&self) {
         self.absent_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// An upper directory was moved or removed: no cached upper fd may be trusted (and a
     /// move makes a directory appear elsewhere).
-    pub fn upper_changed(&self) {
+    pub(super) fn upper_changed(&self) {
         self.upper_generation.fetch_add(1, Ordering::AcqRel);
         self.absent_generation.fetch_add(1, Ordering::AcqRel);
     }

@@ -56,14 +56,14 @@ impl WhiteoutFormat {
 
 /// The file in an upper's work directory that records the upper's format (`kernel` or
 /// `aufs`). The work directory travels with the upper and is never shown to a session.
-pub const FORMAT_RECORD: &str = "ovlrun-whiteout";
+pub(crate) const FORMAT_RECORD: &str = "ovlrun-whiteout";
 
 /// The format recorded in work directory `work`; `None` when there is no record (an upper
 /// made before formats were recorded, or one not used yet).
 ///
 /// # Errors
 /// Any read error but `ENOENT`; `InvalidData` for a record that names no format.
-pub fn recorded(work: &Path) -> std::io::Result<Option<WhiteoutFormat>> {
+pub(crate) fn recorded(work: &Path) -> std::io::Result<Option<WhiteoutFormat>> {
     let path = work.join(FORMAT_RECORD);
     match std::fs::read_to_string(&path) {
         Ok(s) => WhiteoutFormat::parse(s.trim()).map(Some).ok_or_else(|| {
@@ -81,37 +81,37 @@ pub fn recorded(work: &Path) -> std::io::Result<Option<WhiteoutFormat>> {
 ///
 /// # Errors
 /// Any I/O error.
-pub fn record(work: &Path, format: WhiteoutFormat) -> std::io::Result<()> {
+pub(crate) fn record(work: &Path, format: WhiteoutFormat) -> std::io::Result<()> {
     let tmp = work.join(format!("{FORMAT_RECORD}.tmp{}", std::process::id()));
     std::fs::write(&tmp, format!("{}\n", format.name()))?;
     std::fs::rename(&tmp, work.join(FORMAT_RECORD))
 }
 
 /// Prefix of AUFS whiteout files.
-pub const AUFS_PREFIX: &[u8] = b".wh.";
+pub(crate) const AUFS_PREFIX: &[u8] = b".wh.";
 /// The AUFS marker file of an opaque directory.
-pub const AUFS_OPAQUE: &str = ".wh..wh..opq";
+pub(crate) const AUFS_OPAQUE: &str = ".wh..wh..opq";
 /// The opaque marker some image tools write instead of [`AUFS_OPAQUE`].
-pub const AUFS_OPAQUE_ALT: &str = ".wh.__dir_opaque";
+pub(crate) const AUFS_OPAQUE_ALT: &str = ".wh.__dir_opaque";
 /// Xattrs that mark a directory opaque, in the order they are checked.
-pub const OPAQUE_XATTRS: [&str; 2] = ["user.overlay.opaque", "trusted.overlay.opaque"];
+pub(crate) const OPAQUE_XATTRS: [&str; 2] = ["user.overlay.opaque", "trusted.overlay.opaque"];
 /// The opaque xattr ovlrun writes (the kernel's `userxattr` flavour).
-pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
+pub(crate) const OPAQUE_XATTR: &str = "user.overlay.opaque";
 /// Where ovlrun keeps the stable inode number of a copied-up entry. The kernel ignores unknown
 /// names under its private prefix and never lists them.
-pub const INO_XATTR: &str = "user.overlay.ovlrun.ino";
+pub(crate) const INO_XATTR: &str = "user.overlay.ovlrun.ino";
 
 /// Marks an upper stub holding metadata only; the value names the lower layer with the data
 /// (see `metacopy.rs`).
-pub const METACOPY_XATTR: &str = "user.overlay.ovlrun.metacopy";
+pub(crate) const METACOPY_XATTR: &str = "user.overlay.ovlrun.metacopy";
 
 /// Smaller files are copied whole: a stub would save little and cost a completion later.
 /// A stub is therefore never smaller (see [`may_be_stub`]).
-pub const METACOPY_MIN_SIZE: i64 = 1 << 20;
+pub(crate) const METACOPY_MIN_SIZE: i64 = 1 << 20;
 
 /// The fields of a file's status the format rules read, so each rule is written once for
 /// `nix`'s [`FileStat`](struct@nix::sys::stat::FileStat) (layers) and `std`'s [`Metadata`] (policy, export).
-pub trait Status {
+pub(crate) trait Status {
     /// The file type bits of the mode (`S_IFMT`).
     fn type_bits(&self) -> u32;
     /// The device number a device file stands for.
@@ -153,14 +153,14 @@ impl Status for Metadata {
 }
 
 /// True when `st` is a whiteout char device (0:0).
-pub fn is_whiteout<S: Status + ?Sized>(st: &S) -> bool {
+pub(crate) fn is_whiteout<S: Status + ?Sized>(st: &S) -> bool {
     st.type_bits() == libc::S_IFCHR && st.device_number() == 0
 }
 
 /// The name upper entry `name` (status `st`) deletes in an upper of format `fmt`: its own
 /// for a char 0:0 whiteout, `<name>` for `.wh.<name>` in an AUFS-format upper; `None` for
 /// everything else.
-pub fn whiteout_target<'a, S: Status + ?Sized>(
+pub(crate) fn whiteout_target<'a, S: Status + ?Sized>(
     name: &'a OsStr,
     st: &S,
     fmt: WhiteoutFormat,
@@ -177,7 +177,7 @@ pub fn whiteout_target<'a, S: Status + ?Sized>(
 /// True when `st` may be a metadata-only stub: a large regular file with fewer blocks than
 /// its size needs (an xattr block may count). Only such files are asked for the marker, so
 /// ordinary files cost no extra syscall.
-pub fn may_be_stub<S: Status + ?Sized>(st: &S) -> bool {
+pub(crate) fn may_be_stub<S: Status + ?Sized>(st: &S) -> bool {
     st.type_bits() == libc::S_IFREG
         && st.size_bytes() >= METACOPY_MIN_SIZE
         && st.blocks_512().saturating_mul(512) < st.size_bytes()
@@ -188,7 +188,10 @@ pub fn may_be_stub<S: Status + ?Sized>(st: &S) -> bool {
 ///
 /// # Errors
 /// Any error reading the marker but its absence (`ENODATA`, `EOPNOTSUPP`).
-pub fn stub_marker<S: Status + ?Sized>(path: &Path, st: &S) -> Result<Option<Vec<u8>>, Errno> {
+pub(crate) fn stub_marker<S: Status + ?Sized>(
+    path: &Path,
+    st: &S,
+) -> Result<Option<Vec<u8>>, Errno> {
     if !may_be_stub(st) {
         return Ok(None);
     }
@@ -200,12 +203,12 @@ pub fn stub_marker<S: Status + ?Sized>(path: &Path, st: &S) -> Result<Option<Vec
 }
 
 /// True for names that belong to the AUFS vocabulary and never show in a merged view.
-pub fn is_aufs_name(name: &OsStr) -> bool {
+pub(crate) fn is_aufs_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(AUFS_PREFIX)
 }
 
 /// For `.wh.<name>`, the name it deletes; `None` for opaque markers and other names.
-pub fn aufs_whiteout_target(name: &OsStr) -> Option<&OsStr> {
+pub(crate) fn aufs_whiteout_target(name: &OsStr) -> Option<&OsStr> {
     let rest = name.as_bytes().strip_prefix(AUFS_PREFIX)?;
     if name == AUFS_OPAQUE || name == AUFS_OPAQUE_ALT || rest.is_empty() {
         return None;
@@ -214,7 +217,7 @@ pub fn aufs_whiteout_target(name: &OsStr) -> Option<&OsStr> {
 }
 
 /// The AUFS whiteout file name for `name`.
-pub fn aufs_whiteout_name(name: &OsStr) -> OsString {
+pub(crate) fn aufs_whiteout_name(name: &OsStr) -> OsString {
     let mut s = OsString::from(".wh.");
     s.push(name);
     s
@@ -230,20 +233,20 @@ fn private_prefix(name: &OsStr) -> Option<&'static [u8]> {
 }
 
 /// True for xattrs in the overlays' own namespaces (`user.overlay.*`, `trusted.overlay.*`).
-pub fn is_private_xattr(name: &OsStr) -> bool {
+pub(crate) fn is_private_xattr(name: &OsStr) -> bool {
     private_prefix(name).is_some()
 }
 
 /// True for a private-namespace xattr that belongs to the user: the escaped form
 /// `user.overlay.overlay.X` of a `user.overlay.X` set through an overlay.
-pub fn is_escaped_xattr(name: &OsStr) -> bool {
+pub(crate) fn is_escaped_xattr(name: &OsStr) -> bool {
     private_prefix(name).is_some_and(|p| name.as_bytes()[p.len()..].starts_with(b"overlay."))
 }
 
 /// The name stored in a layer for xattr `name` set through the merged view. Like the kernel
 /// overlayfs (6.7 and later), a name in an overlay namespace gets one more `overlay.`, so
 /// overlays can be stacked and the user's xattrs never pose as overlay markers.
-pub fn escape_xattr(name: &OsStr) -> OsString {
+pub(crate) fn escape_xattr(name: &OsStr) -> OsString {
     match private_prefix(name) {
         Some(p) => {
             let mut out = p.to_vec();
@@ -256,7 +259,7 @@ pub fn escape_xattr(name: &OsStr) -> OsString {
 }
 
 /// The merged view's name for layer xattr `real`; `None` for the overlay's own markers.
-pub fn unescape_xattr(real: &OsStr) -> Option<OsString> {
+pub(crate) fn unescape_xattr(real: &OsStr) -> Option<OsString> {
     let Some(p) = private_prefix(real) else {
         return Some(real.to_owned());
     };
@@ -276,7 +279,7 @@ fn xattr_says_yes(path: &Path, name: &str) -> Result<bool, Errno> {
 
 /// True when directory `name` of `dir` is opaque: by xattr, or with `aufs` also by marker
 /// file.
-pub fn dir_is_opaque(dir: BorrowedFd<'_>, name: &OsStr, aufs: bool) -> Result<bool, Errno> {
+pub(crate) fn dir_is_opaque(dir: BorrowedFd<'_>, name: &OsStr, aufs: bool) -> Result<bool, Errno> {
     let path = proc_path(dir, name);
     for x in OPAQUE_XATTRS {
         if xattr_says_yes(&path, x)? {
@@ -304,12 +307,12 @@ pub fn dir_is_opaque(dir: BorrowedFd<'_>, name: &OsStr, aufs: bool) -> Result<bo
 ///
 /// # Errors
 /// As [`dir_is_opaque`]: any error but the marker's absence.
-pub fn upper_dir_is_opaque(dir: BorrowedFd<'_>, fmt: WhiteoutFormat) -> Result<bool, Errno> {
+pub(crate) fn upper_dir_is_opaque(dir: BorrowedFd<'_>, fmt: WhiteoutFormat) -> Result<bool, Errno> {
     dir_is_opaque(dir, OsStr::new(""), fmt.has_aufs_markers())
 }
 
 /// True when `dir` holds an AUFS whiteout for `name`.
-pub fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errno> {
+pub(crate) fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errno> {
     match stat_at(dir, &aufs_whiteout_name(name)) {
         Ok(st) => Ok(st.is_some()),
         // A name too long to carry the prefix cannot have an AUFS whiteout.

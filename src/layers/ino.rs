@@ -7,7 +7,7 @@
 
 /// The inode number the merged view reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ino(pub u64);
+pub(crate) struct Ino(pub u64);
 
 /// Bits left for the real inode number; the filesystem index goes above them.
 const REAL_BITS: u32 = 56;
@@ -17,13 +17,13 @@ const ROOT_ALIAS: u64 = 1 << 63 | 1;
 
 impl Ino {
     /// Composes the number of real inode `real` on the layer filesystem `fs_index`.
-    pub fn compose(fs_index: u8, real: u64) -> Ino {
+    pub(crate) fn compose(fs_index: u8, real: u64) -> Ino {
         let n = (real & ((1 << REAL_BITS) - 1)) | (u64::from(fs_index) << REAL_BITS);
         Ino(if n == 1 { ROOT_ALIAS } else { n })
     }
 
     /// Parses the decimal form stored in an xattr.
-    pub fn parse(bytes: &[u8]) -> Option<Ino> {
+    pub(crate) fn parse(bytes: &[u8]) -> Option<Ino> {
         std::str::from_utf8(bytes)
             .ok()?
             .trim()
@@ -33,7 +33,7 @@ impl Ino {
     }
 
     /// The decimal form stored in an xattr.
-    pub fn to_xattr(self) -> Vec<u8> {
+    pub(crate) fn to_xattr(self) -> Vec<u8> {
         self.0.to_string().into_bytes()
     }
 }

@@ -34,7 +34,7 @@ impl Overlay {
     ///
     /// # Errors
     /// `ENOENT` when the merged view has no such entry; any error of the layers.
-    pub fn lookup(&self, parent: &Loc, name: &OsStr) -> Result<Found, Errno> {
+    pub(crate) fn lookup(&self, parent: &Loc, name: &OsStr) -> Result<Found, Errno> {
         check_name(name)?;
         // A `.wh.*` name is a marker in the lowers, never shown; in a kernel-format upper it
         // is an ordinary file, as the kernel overlayfs makes it.
@@ -112,7 +112,7 @@ impl Overlay {
     ///
     /// # Errors
     /// `ENOENT` when it is gone (deleted through the overlay).
-    pub fn stat(&self, loc: &Loc) -> Result<Attr, Errno> {
+    pub(crate) fn stat(&self, loc: &Loc) -> Result<Attr, Errno> {
         let upper = self.upper_stat(&loc.path)?;
         let (layer, st) = match upper {
             Some(st) if is_whiteout(&st) => return Err(Errno::ENOENT),

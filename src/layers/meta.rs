@@ -17,13 +17,13 @@ use super::{Attr, LayerIdx, Loc, Overlay};
 use crate::sys;
 
 /// True when an open with `flags` may change the file's data (so it needs the upper copy).
-pub fn opens_for_writing(flags: OFlag) -> bool {
+pub(crate) fn opens_for_writing(flags: OFlag) -> bool {
     flags.intersects(OFlag::O_WRONLY | OFlag::O_RDWR | OFlag::O_TRUNC)
 }
 
 /// A time to set.
 #[derive(Clone, Copy, Debug)]
-pub enum SetTime {
+pub(crate) enum SetTime {
     /// The current time.
     Now,
     /// This time.
@@ -32,7 +32,7 @@ pub enum SetTime {
 
 /// The changes of a setattr; `None` leaves a field as it is.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SetAttr {
+pub(crate) struct SetAttr {
     /// New permission bits.
     pub mode: Option<u32>,
     /// New owner.
@@ -131,7 +131,7 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error of copy-up or open.
-    pub fn open(&self, loc: &Loc, flags: OFlag) -> Result<OwnedFd, Errno> {
+    pub(crate) fn open(&self, loc: &Loc, flags: OFlag) -> Result<OwnedFd, Errno> {
         self.open_top(loc, flags).map(|(fd, _)| fd)
     }
 
@@ -139,7 +139,7 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error of copy-up or open.
-    pub fn open_top(&self, loc: &Loc, flags: OFlag) -> Result<(OwnedFd, LayerIdx), Errno> {
+    pub(crate) fn open_top(&self, loc: &Loc, flags: OFlag) -> Result<(OwnedFd, LayerIdx), Errno> {
         let writes = opens_for_writing(flags);
         let flags = flags & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOCTTY | OFlag::O_DIRECT);
         let layer = if writes {
@@ -163,7 +163,7 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error of copy-up or of the underlying calls.
-    pub fn setattr(
+    pub(crate) fn setattr(
         &self,
         loc: &Loc,
         changes: &SetAttr,
@@ -225,7 +225,7 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error of the underlying calls.
-    pub fn setattr_unlinked(
+    pub(crate) fn setattr_unlinked(
         &self,
         fd: BorrowedFd<'_>,
         changes: &SetAttr,
@@ -253,7 +253,7 @@ impl Overlay {
     ///
     /// # Errors
     /// `EINVAL` when it is not a symlink.
-    pub fn readlink(&self, loc: &Loc) -> Result<OsString, Errno> {
+    pub(crate) fn readlink(&self, loc: &Loc) -> Result<OsString, Errno> {
         let real = self.real(loc)?;
         readlinkat(real.dir.as_fd(), real.name.as_os_str())
     }
@@ -262,7 +262,7 @@ impl Overlay {
     ///
     /// # Errors
     /// `ENODATA` when absent.
-    pub fn getxattr(&self, loc: &Loc, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    pub(crate) fn getxattr(&self, loc: &Loc, name: &OsStr) -> Result<Vec<u8>, Errno> {
         sys::xattr::get(&self.real(loc)?.path(), &escape_xattr(name))
     }
 
@@ -270,7 +270,7 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error of the layer.
-    pub fn listxattr(&self, loc: &Loc) -> Result<Vec<OsString>, Errno> {
+    pub(crate) fn listxattr(&self, loc: &Loc) -> Result<Vec<OsString>, Errno> {
         let names = sys::xattr::list(&self.real(loc)?.path())?;
         Ok(names.iter().filter_map(|n| unescape_xattr(n)).collect())
     }
@@ -279,7 +279,13 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error of the upper.
-    pub fn setxattr(&self, loc: &Loc, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    pub(crate) fn setxattr(
+        &self,
+        loc: &Loc,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), Errno> {
         sys::xattr::set(
             &self.real_upper_meta(loc)?.path(),
             &escape_xattr(name),
@@ -292,7 +298,7 @@ impl Overlay {
     ///
     /// # Errors
     /// `ENODATA` when absent.
-    pub fn removexattr(&self, loc: &Loc, name: &OsStr) -> Result<(), Errno> {
+    pub(crate) fn removexattr(&self, loc: &Loc, name: &OsStr) -> Result<(), Errno> {
         let real = escape_xattr(name);
         // Copying up just to learn the name is absent would change the upper for nothing.
         sys::xattr::get(&self.real(loc)?.path(), &real)?;
@@ -303,7 +309,7 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error of fstatvfs(2).
-    pub fn statfs(&self) -> Result<Statvfs, Errno> {
+    pub(crate) fn statfs(&self) -> Result<Statvfs, Errno> {
         fstatvfs(self.layer_root(LayerIdx::UPPER))
     }
 }

@@ -175,7 +175,7 @@ impl Overlay {
     ///
     /// # Errors
     /// The first error of the walk or of a completion, naming nothing: callers add the upper.
-    pub fn complete_metacopies(&self) -> Result<usize, Errno> {
+    pub(crate) fn complete_metacopies(&self) -> Result<usize, Errno> {
         if !self.stubs_marked.load(Ordering::Acquire)
             && stat_at(self.work.as_fd(), OsStr::new(PENDING_MARKER))?.is_none()
         {
@@ -258,7 +258,7 @@ impl Overlay {
 /// # Errors
 /// The layers cannot be opened, or a completion failed (the stub and its lower stay as they
 /// were, nothing is lost).
-pub fn complete_metacopies(config: &OverlayConfig) -> Result<usize, super::LayerSetupError> {
+pub(crate) fn complete_metacopies(config: &OverlayConfig) -> Result<usize, super::LayerSetupError> {
     let ovl = Overlay::new(config)?;
     ovl.complete_metacopies()
         .map_err(|source| super::LayerSetupError::Metacopy {

@@ -12,7 +12,7 @@
 mod copy_up;
 mod create;
 mod dircache;
-pub mod format;
+pub(crate) mod format;
 mod index;
 mod ino;
 mod lookup;
@@ -35,24 +35,26 @@ use std::sync::atomic::AtomicU64;
 
 use nix::sys::stat::FileStat;
 
-pub use create::{NewNode, Owner};
-pub use format::METACOPY_MIN_SIZE;
+pub(crate) use create::{NewNode, Owner};
+#[cfg(test)]
+pub(crate) use format::METACOPY_MIN_SIZE;
 pub use format::WhiteoutFormat;
-pub use ino::Ino;
-pub use meta::{SetAttr, SetTime, opens_for_writing};
-pub use metacopy::complete_metacopies;
-pub use origin::ORIGIN_DIR;
-pub use readdir::DirEntry;
-pub use rename::RenameOutcome;
-pub use setup::{LayerSetupError, OverlayConfig, default_work};
+pub(crate) use ino::Ino;
+pub(crate) use meta::{SetAttr, SetTime, opens_for_writing};
+pub(crate) use metacopy::complete_metacopies;
+pub(crate) use origin::ORIGIN_DIR;
+pub(crate) use readdir::DirEntry;
+pub(crate) use rename::RenameOutcome;
+pub(crate) use setup::OverlayConfig;
+pub use setup::{LayerSetupError, default_work};
 
 /// Index of a layer: 0 is the upper, 1.. are the lowers from the top down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LayerIdx(pub u16);
+pub(crate) struct LayerIdx(pub u16);
 
 impl LayerIdx {
     /// The writable upper layer.
-    pub const UPPER: LayerIdx = LayerIdx(0);
+    pub(crate) const UPPER: LayerIdx = LayerIdx(0);
 }
 
 /// The lower layers that stand behind one merged object, top first.
@@ -60,11 +62,11 @@ impl LayerIdx {
 /// For a directory: every lower holding a directory of that path that the merged view
 /// includes (the list is cut at an opaque directory, a whiteout or a non-directory). For a
 /// non-directory: the one lower holding the visible copy, or nothing when it lives in the upper.
-pub type Lowers = Arc<[LayerIdx]>;
+pub(crate) type Lowers = Arc<[LayerIdx]>;
 
 /// Where a merged object lives: its merged path and the lowers behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Loc {
+pub(crate) struct Loc {
     /// Path relative to the overlay root; empty for the root.
     pub path: PathBuf,
     /// Lower layers behind this object (see [`Lowers`]).
@@ -73,7 +75,7 @@ pub struct Loc {
 
 impl Loc {
     /// The overlay root, given the lowers that hold a root directory.
-    pub fn root(lowers: Lowers) -> Loc {
+    pub(crate) fn root(lowers: Lowers) -> Loc {
         Loc {
             path: PathBuf::new(),
             lowers,
@@ -81,14 +83,14 @@ impl Loc {
     }
 
     /// The merged path of entry `name` inside this directory.
-    pub fn child_path(&self, name: &OsStr) -> PathBuf {
+    pub(crate) fn child_path(&self, name: &OsStr) -> PathBuf {
         self.path.join(name)
     }
 }
 
 /// The attributes of a merged object as the overlay shows them.
 #[derive(Clone, Copy, Debug)]
-pub struct Attr {
+pub(crate) struct Attr {
     /// Stable inode number (see [`Ino`]).
     pub ino: Ino,
     /// The real `stat` of the topmost copy, with the overlay's adjustments (nlink of merged
@@ -98,14 +100,14 @@ pub struct Attr {
 
 impl Attr {
     /// True for directories.
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         is_dir(&self.st)
     }
 }
 
 /// A merged entry found by a lookup or made by a create.
 #[derive(Clone, Debug)]
-pub struct Found {
+pub(crate) struct Found {
     /// Where it lives.
     pub loc: Loc,
     /// What it looks like.
@@ -126,7 +128,7 @@ struct Layer {
 ///
 /// All methods take `&self` and are safe to call from many threads at once.
 #[derive(Debug)]
-pub struct Overlay {
+pub(crate) struct Overlay {
     /// `layers[0]` is the upper; the rest are lowers, top first.
     layers: Vec<Layer>,
     /// The work directory (`O_PATH`).
@@ -158,23 +160,19 @@ pub(crate) fn is_dir(st: &FileStat) -> bool {
 }
 
 impl Overlay {
-    /// Number of lower layers.
-    pub fn lower_count(&self) -> usize {
-        self.layers.len() - 1
-    }
-
+    #[cfg(test)]
     /// The whiteout format this overlay writes.
-    pub fn format(&self) -> WhiteoutFormat {
+    pub(crate) fn format(&self) -> WhiteoutFormat {
         self.format
     }
 
     /// The real directory of a layer (for messages and tests).
-    pub fn layer_path(&self, layer: LayerIdx) -> &Path {
+    pub(crate) fn layer_path(&self, layer: LayerIdx) -> &Path {
         &self.layers[usize::from(layer.0)].path
     }
 
     /// How many copy-ups this overlay has done; it only grows.
-    pub fn copy_ups(&self) -> u64 {
+    pub(crate) fn copy_ups(&self) -> u64 {
         self.copy_ups.load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -182,14 +180,14 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error of the upper.
-    pub fn in_upper(&self, loc: &Loc) -> Result<bool, nix::errno::Errno> {
+    pub(crate) fn in_upper(&self, loc: &Loc) -> Result<bool, nix::errno::Errno> {
         Ok(self
             .upper_stat(&loc.path)?
             .is_some_and(|st| !format::is_whiteout(&st)))
     }
 
     /// The root of the merged view.
-    pub fn root_loc(&self) -> Loc {
+    pub(crate) fn root_loc(&self) -> Loc {
         Loc::root(self.root_lowers.clone())
     }
 }

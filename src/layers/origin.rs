@@ -18,7 +18,7 @@ use super::{Ino, LayerIdx, Overlay};
 use crate::sys;
 
 /// Name of the origin map inside the work directory.
-pub const ORIGIN_DIR: &str = "ovlrun-origin";
+pub(crate) const ORIGIN_DIR: &str = "ovlrun-origin";
 
 fn key(st: &FileStat) -> OsString {
     OsString::from(st.st_ino.to_string())

@@ -15,7 +15,7 @@ use super::{Ino, LayerIdx, Loc, Overlay};
 
 /// One entry of a merged listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirEntry {
+pub(crate) struct DirEntry {
     /// The entry's name.
     pub name: OsString,
     /// Its type, as `libc::S_IF*` bits.
@@ -42,7 +42,7 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error reading a layer.
-    pub fn read_dir(&self, dir: &Loc) -> Result<Vec<DirEntry>, Errno> {
+    pub(crate) fn read_dir(&self, dir: &Loc) -> Result<Vec<DirEntry>, Errno> {
         let mut out = Vec::new();
         // Names already decided: shown, or deleted by a whiteout in a higher layer.
         let mut decided: HashSet<OsString> = HashSet::new();
@@ -112,7 +112,7 @@ impl Overlay {
     ///
     /// # Errors
     /// Any error reading a layer.
-    pub fn is_empty_dir(&self, dir: &Loc) -> Result<bool, Errno> {
+    pub(crate) fn is_empty_dir(&self, dir: &Loc) -> Result<bool, Errno> {
         Ok(self.read_dir(dir)?.is_empty())
     }
 }

@@ -17,7 +17,7 @@ impl Overlay {
     ///
     /// # Errors
     /// `ENOENT` when absent, `EISDIR` for a directory.
-    pub fn unlink(&self, parent: &Loc, name: &OsStr) -> Result<(), Errno> {
+    pub(crate) fn unlink(&self, parent: &Loc, name: &OsStr) -> Result<(), Errno> {
         check_name(name)?;
         let found = self.lookup(parent, name)?;
         if found.attr.is_dir() {
@@ -32,7 +32,7 @@ impl Overlay {
     /// # Errors
     /// `ENOENT` when absent, `ENOTDIR` for a non-directory, `ENOTEMPTY` when the merged
     /// directory shows any entry.
-    pub fn rmdir(&self, parent: &Loc, name: &OsStr) -> Result<(), Errno> {
+    pub(crate) fn rmdir(&self, parent: &Loc, name: &OsStr) -> Result<(), Errno> {
         check_name(name)?;
         let found = self.lookup(parent, name)?;
         if !found.attr.is_dir() {

@@ -22,7 +22,7 @@ use super::{Found, LayerIdx, Loc, Lowers, Overlay};
 /// What a rename changed, for callers that cache [`Loc`]s: the one statement of which
 /// names moved and which lowers they and everything below them keep.
 #[derive(Clone, Debug)]
-pub enum RenameOutcome {
+pub(crate) enum RenameOutcome {
     /// Source and target were names of one object: as rename(2), both stay as they were.
     Unchanged,
     /// The source now has the target's name, at `Loc`; a target it replaced lost its name.
@@ -40,7 +40,7 @@ impl RenameOutcome {
     /// The lowers left to everything below a moved object: none. A moved directory's whole
     /// merged tree was copied into the upper (metacopies completed), so every cached `Loc`
     /// inside it must drop its lowers.
-    pub fn lowers_below(&self) -> Lowers {
+    pub(crate) fn lowers_below(&self) -> Lowers {
         Lowers::from(Vec::new())
     }
 }
@@ -51,7 +51,7 @@ impl Overlay {
     /// # Errors
     /// As rename(2): `ENOENT`, `EEXIST` (`RENAME_NOREPLACE`), `ENOTDIR`, `EISDIR`,
     /// `ENOTEMPTY`, `EINVAL` for unknown flags or AUFS names in an AUFS-format upper.
-    pub fn rename(
+    pub(crate) fn rename(
         &self,
         sparent: &Loc,
         sname: &OsStr,

@@ -21,7 +21,7 @@ const SCRATCH: &str = "ovlrun";
 
 /// What an overlay is made of.
 #[derive(Clone, Debug)]
-pub struct OverlayConfig {
+pub(crate) struct OverlayConfig {
     /// Lower directories, topmost first (as in the kernel's `lowerdir=`).
     pub lowers: Vec<PathBuf>,
     /// The writable upper directory.
@@ -197,7 +197,7 @@ impl Overlay {
     /// # Errors
     /// A [`LayerSetupError`] naming the path at fault. Nothing in the layers is changed
     /// before all paths are checked.
-    pub fn new(config: &OverlayConfig) -> Result<Overlay, LayerSetupError> {
+    pub(crate) fn new(config: &OverlayConfig) -> Result<Overlay, LayerSetupError> {
         if config.lowers.is_empty() {
             return Err(LayerSetupError::NoLower);
         }

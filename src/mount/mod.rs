@@ -11,7 +11,7 @@
 //! # Ok::<(), ovlrun::mount::MountError>(())
 //! ```
 
-pub mod kernel;
+pub(crate) mod kernel;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,9 @@ use nix::mount::{MntFlags, MsFlags};
 
 use crate::fs::OverlayFs;
 pub use crate::fs::passthrough::PassthroughMode;
-use crate::layers::{LayerSetupError, Overlay, OverlayConfig, WhiteoutFormat};
+pub use crate::layers::{LayerSetupError, WhiteoutFormat, default_work};
+use crate::layers::{Overlay, OverlayConfig};
+pub use kernel::KernelMount;
 
 /// Which filesystem serves an overlay. Stored in `session.json` by its [`Backend::name`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -25,7 +25,7 @@ const DIR: OFlag = OFlag::O_PATH
 ///
 /// # Errors
 /// Any error of open(2).
-pub fn open_top(path: &Path) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_top(path: &Path) -> std::io::Result<OwnedFd> {
     Ok(open(path, DIR, Mode::empty())?)
 }
 
@@ -33,7 +33,7 @@ pub fn open_top(path: &Path) -> std::io::Result<OwnedFd> {
 ///
 /// # Errors
 /// Any error of openat(2); `ENOTDIR` when `name` is not a directory.
-pub fn open_dir(parent: &OwnedFd, name: &OsStr) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_dir(parent: &OwnedFd, name: &OsStr) -> std::io::Result<OwnedFd> {
     Ok(openat(parent, name, DIR, Mode::empty())?)
 }
 
@@ -41,7 +41,7 @@ pub fn open_dir(parent: &OwnedFd, name: &OsStr) -> std::io::Result<OwnedFd> {
 ///
 /// # Errors
 /// Any error of opening or reading the directory.
-pub fn names(dir: &OwnedFd) -> std::io::Result<Vec<OsString>> {
+pub(crate) fn names(dir: &OwnedFd) -> std::io::Result<Vec<OsString>> {
     // A readable fd of its own: `dir` is `O_PATH`, and a fresh one starts at the first entry.
     let mut d = nix::dir::Dir::openat(
         dir,
@@ -62,12 +62,12 @@ pub fn names(dir: &OwnedFd) -> std::io::Result<Vec<OsString>> {
 }
 
 /// The short path that reaches entry `name` of `dir` (see the module docs).
-pub fn entry(dir: &OwnedFd, name: &OsStr) -> PathBuf {
+pub(crate) fn entry(dir: &OwnedFd, name: &OsStr) -> PathBuf {
     beneath::entry_path(dir, name)
 }
 
 /// The short path that reaches directory `dir` itself.
-pub fn itself(dir: &OwnedFd) -> PathBuf {
+pub(crate) fn itself(dir: &OwnedFd) -> PathBuf {
     beneath::fd_path(dir)
 }
 

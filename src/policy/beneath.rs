@@ -33,7 +33,7 @@ pub struct UnsafePath {
 ///
 /// # Errors
 /// [`UnsafePath`].
-pub fn check(path: &Path) -> Result<(), UnsafePath> {
+pub(crate) fn check(path: &Path) -> Result<(), UnsafePath> {
     // `components()` drops inner `.` and repeated `/`; compare bytes to catch them too.
     let plain = path.components().all(|c| matches!(c, Component::Normal(_)))
         && path
@@ -51,13 +51,13 @@ pub fn check(path: &Path) -> Result<(), UnsafePath> {
 }
 
 /// The path through which the kernel reaches what `fd` is (for path-based metadata calls).
-pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+pub(crate) fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd()))
 }
 
 /// The path through which the kernel reaches entry `name` of directory `parent` (the
 /// last component is then not followed by the calls that do not follow one).
-pub fn entry_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
+pub(crate) fn entry_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name)
 }
 
@@ -70,7 +70,7 @@ const STEP_BYTES: usize = 2048;
 ///
 /// # Errors
 /// As `open_beneath`.
-pub fn open_in_steps(dir: &OwnedFd, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+pub(crate) fn open_in_steps(dir: &OwnedFd, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
     if rel.as_os_str().len() < STEP_BYTES {
         return open_beneath(dir, rel, flags);
     }
@@ -94,7 +94,7 @@ pub fn open_in_steps(dir: &OwnedFd, rel: &Path, flags: OFlag) -> nix::Result<Own
 
 /// An open rootfs that plan paths are resolved beneath.
 #[derive(Debug)]
-pub struct Beneath {
+pub(crate) struct Beneath {
     fd: OwnedFd,
     /// The rootfs, for messages.
     pub path: PathBuf,
@@ -109,7 +109,7 @@ impl Beneath {
     ///
     /// # Errors
     /// Any error of open(2).
-    pub fn open(rootfs: &Path) -> std::io::Result<Beneath> {
+    pub(crate) fn open(rootfs: &Path) -> std::io::Result<Beneath> {
         let fd = nix::fcntl::open(
             rootfs,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -122,12 +122,12 @@ impl Beneath {
     }
 
     /// The rootfs's fd.
-    pub fn fd(&self) -> &OwnedFd {
+    pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
     }
 
     /// The rootfs path of `rel`, for messages.
-    pub fn show(&self, rel: &Path) -> PathBuf {
+    pub(crate) fn show(&self, rel: &Path) -> PathBuf {
         self.path.join(rel)
     }
 
@@ -136,7 +136,7 @@ impl Beneath {
     /// # Errors
     /// `EINVAL` for an unsafe path or the rootfs itself; `EXDEV`/`ELOOP` when resolving would
     /// leave the rootfs or meet a symlink; any error of openat2(2).
-    pub fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
+    pub(crate) fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
         check(rel).map_err(|_| errno_io(Errno::EINVAL))?;
         let name = rel.file_name().ok_or_else(|| errno_io(Errno::EINVAL))?;
         let parent = rel.parent().unwrap_or(Path::new(""));
@@ -149,13 +149,13 @@ impl Beneath {
     ///
     /// # Errors
     /// As [`Beneath::parent`]; `ENOTDIR` when it is not a directory.
-    pub fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+    pub(crate) fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
         check(rel).map_err(|_| errno_io(Errno::EINVAL))?;
         open_in_steps(&self.fd, rel, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(errno_io)
     }
 
     /// The status of `rel` (not following it), `None` when absent or unreachable beneath.
-    pub fn lstat(&self, rel: &Path) -> Option<FileStat> {
+    pub(crate) fn lstat(&self, rel: &Path) -> Option<FileStat> {
         if rel.as_os_str().is_empty() {
             return nix::sys::stat::fstat(&self.fd).ok();
         }

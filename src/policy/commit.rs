@@ -195,25 +195,9 @@ fn txn_err(rootfs: &Path) -> impl FnOnce(TxnError) -> CommitError + '_ {
     }
 }
 
-/// Merges `upper` into `rootfs` following `plan`; `atomic` selects `commit-atomic`. `state`
-/// is the caller's state root, which holds the transaction when the caller cannot write
-/// beside the rootfs.
-///
-/// # Errors
-/// [`CommitError`] naming the step and path. An atomic commit that fails is rolled back.
-pub fn commit(
-    rootfs: &Path,
-    upper: &Path,
-    state: &Path,
-    plan: &Plan,
-    atomic: bool,
-) -> Result<(), CommitError> {
-    commit_with_progress(rootfs, upper, state, plan, atomic, &|| {})
-}
-
 /// The number of steps [`commit_with_progress`] reports for `plan`: one per staged item,
 /// one per operation.
-pub fn progress_steps(plan: &Plan) -> u64 {
+pub(crate) fn progress_steps(plan: &Plan) -> u64 {
     let staged = plan
         .ops
         .iter()
@@ -227,7 +211,7 @@ pub fn progress_steps(plan: &Plan) -> u64 {
 ///
 /// # Errors
 /// As [`commit`].
-pub fn commit_with_progress(
+pub(crate) fn commit_with_progress(
     rootfs: &Path,
     upper: &Path,
     state: &Path,
@@ -660,7 +644,7 @@ fn remove_beneath(root: &Beneath, rel: &Path) -> std::io::Result<()> {
     }
 }
 
-/// What [`recover`] found and did.
+/// What recovering an interrupted commit found and did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recovery {
     /// No interrupted commit.
@@ -676,7 +660,7 @@ pub enum Recovery {
 
 /// Whether anything sits where a transaction of `rootfs` would be (trusted or not): a cheap
 /// look before taking the lock exclusively to [`recover`].
-pub fn pending(rootfs: &Path, state: &Path) -> bool {
+pub(crate) fn pending(rootfs: &Path, state: &Path) -> bool {
     txn::present(rootfs, state)
 }
 
@@ -691,7 +675,7 @@ pub fn pending(rootfs: &Path, state: &Path) -> bool {
 /// [`RecoverError::UnsafePath`] for a plan that leaves the rootfs (nothing is done for
 /// either), [`RecoverError::Io`] when the undo fails (the transaction is then kept for a
 /// retry).
-pub fn recover(rootfs: &Path, state: &Path) -> Result<Recovery, RecoverError> {
+pub(crate) fn recover(rootfs: &Path, state: &Path) -> Result<Recovery, RecoverError> {
     let Some(anchor) = txn::find(rootfs, state)? else {
         return Ok(Recovery::Nothing);
     };
@@ -758,7 +742,7 @@ impl TxnPlan {
 ///
 /// # Errors
 /// Any I/O error.
-pub fn copy_dir_meta(src: &Path, dst: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_dir_meta(src: &Path, dst: &Path) -> std::io::Result<()> {
     let md = src.symlink_metadata()?;
     let meta = meta_of(src, &md).map_err(|e| std::io::Error::other(e.to_string()))?;
     set_owner_xattrs(dst, &meta)?;

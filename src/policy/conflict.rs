@@ -155,7 +155,7 @@ pub struct Conflict {
 ///
 /// # Errors
 /// [`PlanError`] when the rootfs cannot be opened or a directory beneath it listed.
-pub fn find(
+pub(crate) fn find(
     rootfs: &Path,
     upper: &Path,
     work: &Path,

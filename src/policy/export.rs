@@ -72,7 +72,7 @@ fn plan_err(e: super::plan::PlanError, shown: &Path) -> ExportError {
 
 /// Writes `upper`, in whiteout format `fmt`, as an OCI layer tar to `out`. Entries are
 /// sorted, so the same upper gives the same layer. The upper is walked by directory fd
-/// ([`super::at`]), so a tree deeper than PATH_MAX is exported like any other.
+/// (`policy::at`), so a tree deeper than PATH_MAX is exported like any other.
 ///
 /// # Errors
 /// [`ExportError`] naming the path.

@@ -1,15 +1,23 @@
 //! What happens to a session's changes: the [`Policy`], the diff, and merging into the
-//! rootfs (plain or crash-safe). Reads uppers in the format [`crate::layers`] writes, through
-//! its shared vocabulary ([`crate::layers::format`]).
+//! rootfs (plain or crash-safe). Reads uppers in the format `layers` writes, through
+//! its shared vocabulary (`layers::format`).
 
-pub mod at;
-pub mod beneath;
-pub mod commit;
-pub mod conflict;
-pub mod export;
-pub mod names;
-pub mod plan;
-pub mod txn;
+pub(crate) mod at;
+pub(crate) mod beneath;
+pub(crate) mod commit;
+pub(crate) mod conflict;
+pub(crate) mod export;
+pub(crate) mod names;
+pub(crate) mod plan;
+pub(crate) mod txn;
+
+pub use beneath::UnsafePath;
+pub use commit::{CommitError, Left, RecoverError, Recovery};
+pub use conflict::{Conflict, Why};
+pub use export::{ExportError, export};
+pub use names::{json_fields, quote};
+pub use plan::{Change, Plan, PlanError, plan as diff};
+pub use txn::TxnError;
 
 /// What to do with a session's changes when its command exits. Stored in `session.json` by
 /// its [`Policy::name`].

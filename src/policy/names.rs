@@ -57,7 +57,7 @@ const SHOWN_NAME: usize = 24;
 
 /// A path as an error message shows it: whole when short, else its first two and last two
 /// components around `…`, with its depth and length, so a message stays one line.
-pub struct Short<'a>(pub &'a Path);
+pub(crate) struct Short<'a>(pub &'a Path);
 
 impl std::fmt::Display for Short<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,7 +96,7 @@ impl std::fmt::Display for Short<'_> {
 }
 
 /// What a message adds to an error that a path too long for a path-based call caused.
-pub fn too_long_note(e: &std::io::Error) -> &'static str {
+pub(crate) fn too_long_note(e: &std::io::Error) -> &'static str {
     if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
         ": the path is longer than PATH_MAX (4096 bytes)"
     } else {
@@ -105,7 +105,7 @@ pub fn too_long_note(e: &std::io::Error) -> &'static str {
 }
 
 /// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         let _ = write!(s, "{b:02x}");

@@ -48,11 +48,11 @@ impl Change {
 }
 
 /// Xattr names and values, sorted by name.
-pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Metadata applied to what a commit creates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// Permission bits.
     pub mode: u32,
     /// Owner.
@@ -69,7 +69,7 @@ pub struct Meta {
 
 /// Paths in a plan written to disk (the commit journal's `plan.json`), binary-safe: a JSON
 /// string when the path is valid UTF-8, else `{"hex": "<its bytes in hex>"}`.
-pub mod path_serde {
+pub(crate) mod path_serde {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::path::{Path, PathBuf};
 
@@ -120,7 +120,7 @@ pub mod path_serde {
     ///
     /// # Errors
     /// The serializer's.
-    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
         Wire::of(p).serialize(s)
     }
 
@@ -128,19 +128,19 @@ pub mod path_serde {
     ///
     /// # Errors
     /// The deserializer's, or bad hex.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         Wire::deserialize(d)?.path().map_err(D::Error::custom)
     }
 
     /// The same for a list of (path, value) pairs.
-    pub mod pairs {
+    pub(crate) mod pairs {
         use super::*;
 
         /// Serializes the pairs.
         ///
         /// # Errors
         /// The serializer's.
-        pub fn serialize<S: Serializer, T: Serialize>(
+        pub(crate) fn serialize<S: Serializer, T: Serialize>(
             v: &[(PathBuf, T)],
             s: S,
         ) -> Result<S::Ok, S::Error> {
@@ -151,7 +151,7 @@ pub mod path_serde {
         ///
         /// # Errors
         /// The deserializer's, or bad hex.
-        pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
             d: D,
         ) -> Result<Vec<(PathBuf, T)>, D::Error> {
             Vec::<(Wire, T)>::deserialize(d)?
@@ -164,7 +164,7 @@ pub mod path_serde {
 
 /// One step of a commit. Paths are relative to the rootfs (and the upper).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
+pub(crate) enum Op {
     /// Remove the rootfs entry (a whole tree for a directory).
     Remove(#[serde(with = "path_serde")] PathBuf),
     /// Make a directory (or, when `existed`, give the existing one the upper's metadata
@@ -207,7 +207,7 @@ pub enum Op {
 
 impl Op {
     /// The path the op acts on.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             Op::Remove(p) | Op::Install { path: p } | Op::Link { path: p, .. } => p,
             Op::MakeDir { path, .. } | Op::DirDone { path, .. } => path,
@@ -219,7 +219,7 @@ impl Op {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Steps, in order.
-    pub ops: Vec<Op>,
+    pub(crate) ops: Vec<Op>,
     /// Every change a user sees, sorted by path.
     pub changes: Vec<(Change, PathBuf)>,
 }
@@ -255,7 +255,7 @@ fn nix_io(path: &Path) -> impl FnOnce(nix::Error) -> PlanError + '_ {
 
 /// The xattrs a commit carries over: the user's, with the overlay's own markers left out and
 /// escaped names unescaped (see [`format::escape_xattr`]).
-pub fn user_xattrs(path: &Path) -> Result<Xattrs, PlanError> {
+pub(crate) fn user_xattrs(path: &Path) -> Result<Xattrs, PlanError> {
     let names = match sys::xattr::list(path) {
         Ok(n) => n,
         Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(Vec::new()),
@@ -277,7 +277,7 @@ pub fn user_xattrs(path: &Path) -> Result<Xattrs, PlanError> {
 }
 
 /// The metadata of `path` as a commit applies it.
-pub fn meta_of(path: &Path, md: &Metadata) -> Result<Meta, PlanError> {
+pub(crate) fn meta_of(path: &Path, md: &Metadata) -> Result<Meta, PlanError> {
     Ok(Meta {
         mode: md.mode() & 0o7777,
         uid: md.uid(),
@@ -372,7 +372,7 @@ struct Walker<'a> {
 
 /// Builds the plan that merges `upper`, in whiteout format `fmt`, into `rootfs`.
 ///
-/// Both trees are walked by directory fd ([`super::at`]), so an upper deeper than
+/// Both trees are walked by directory fd (`policy::at`), so an upper deeper than
 /// PATH_MAX is planned like any other.
 ///
 /// # Errors

@@ -35,7 +35,7 @@ use nix::sys::stat::{Mode, fstat};
 use crate::sys::write_atomic;
 
 /// The anchor's name beside the rootfs: `.<rootfs name>` followed by this.
-pub const ANCHOR_SUFFIX: &str = ".ovlrun-txn";
+pub(crate) const ANCHOR_SUFFIX: &str = ".ovlrun-txn";
 
 /// The prefix of a stage made inside the rootfs; 32 hex digits follow.
 const STAGE_PREFIX: &str = ".ovlrun-stage.";
@@ -88,7 +88,7 @@ fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 
 /// An open, checked directory of a transaction.
 #[derive(Debug)]
-pub struct TxnDir {
+pub(crate) struct TxnDir {
     fd: OwnedFd,
     /// Where it is, for messages.
     pub path: PathBuf,
@@ -96,13 +96,13 @@ pub struct TxnDir {
 
 impl TxnDir {
     /// The fd (a directory).
-    pub fn fd(&self) -> &OwnedFd {
+    pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
     }
 
     /// A path to `name` inside, resolved through the checked fd (never through the name the
     /// directory had when it was checked).
-    pub fn via(&self, name: impl AsRef<Path>) -> PathBuf {
+    pub(crate) fn via(&self, name: impl AsRef<Path>) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).join(name)
     }
 }
@@ -126,11 +126,6 @@ fn anchor_paths(rootfs: &Path, state: &Path) -> Vec<PathBuf> {
         );
     }
     out
-}
-
-/// The anchor beside `rootfs` (where commits put it when they can), for messages and tests.
-pub fn anchor_beside(rootfs: &Path) -> Option<PathBuf> {
-    anchor_paths(rootfs, Path::new("")).into_iter().next()
 }
 
 /// Opens `path` without following a symlink and checks it is a directory the caller owns
@@ -179,7 +174,7 @@ fn open_checked(path: &Path) -> Result<Option<TxnDir>, TxnError> {
 ///
 /// # Errors
 /// [`TxnError::Untrusted`] for a directory in an anchor's place that the caller did not make.
-pub fn find(rootfs: &Path, state: &Path) -> Result<Option<TxnDir>, TxnError> {
+pub(crate) fn find(rootfs: &Path, state: &Path) -> Result<Option<TxnDir>, TxnError> {
     for path in anchor_paths(rootfs, state) {
         if let Some(dir) = open_checked(&path)? {
             return Ok(Some(dir));
@@ -189,7 +184,7 @@ pub fn find(rootfs: &Path, state: &Path) -> Result<Option<TxnDir>, TxnError> {
 }
 
 /// Whether anything is in an anchor's place (checked or not): a cheap look before locking.
-pub fn present(rootfs: &Path, state: &Path) -> bool {
+pub(crate) fn present(rootfs: &Path, state: &Path) -> bool {
     anchor_paths(rootfs, state)
         .iter()
         .any(|p| p.symlink_metadata().is_ok())
@@ -200,7 +195,7 @@ pub fn present(rootfs: &Path, state: &Path) -> bool {
 ///
 /// # Errors
 /// [`TxnError::Untrusted`] when something is already in its place, [`TxnError::Io`].
-pub fn create(rootfs: &Path, state: &Path) -> Result<TxnDir, TxnError> {
+pub(crate) fn create(rootfs: &Path, state: &Path) -> Result<TxnDir, TxnError> {
     let paths = anchor_paths(rootfs, state);
     let mut last = None;
     for (i, path) in paths.iter().enumerate() {
@@ -234,7 +229,7 @@ pub fn create(rootfs: &Path, state: &Path) -> Result<TxnDir, TxnError> {
 
 /// Where a transaction's `new/` and `old/` items live.
 #[derive(Debug)]
-pub struct Stage {
+pub(crate) struct Stage {
     /// The stage directory (the anchor itself, or one inside the rootfs).
     pub dir: TxnDir,
     /// `new/`.
@@ -300,7 +295,11 @@ fn is_stage_name(name: &OsStr) -> bool {
 ///
 /// # Errors
 /// [`TxnError::Io`].
-pub fn create_stage(anchor: &TxnDir, root: &OwnedFd, rootfs: &Path) -> Result<Stage, TxnError> {
+pub(crate) fn create_stage(
+    anchor: &TxnDir,
+    root: &OwnedFd,
+    rootfs: &Path,
+) -> Result<Stage, TxnError> {
     if same_mount(&anchor.fd, root) {
         return Ok(Stage {
             new: sub(anchor, "new", true)?,
@@ -349,7 +348,7 @@ pub fn create_stage(anchor: &TxnDir, root: &OwnedFd, rootfs: &Path) -> Result<St
 /// # Errors
 /// [`TxnError::BadStage`] when the anchor names something that is not a stage name;
 /// [`TxnError::Untrusted`] when a stage inside the rootfs is not the caller's.
-pub fn open_stage(
+pub(crate) fn open_stage(
     anchor: &TxnDir,
     root: &OwnedFd,
     rootfs: &Path,
@@ -416,7 +415,7 @@ pub fn open_stage(
 ///
 /// # Errors
 /// [`TxnError::Io`]; what could not be removed stays (and is found again by recovery).
-pub fn remove(anchor: TxnDir, stage: Option<Stage>, root: &OwnedFd) -> Result<(), TxnError> {
+pub(crate) fn remove(anchor: TxnDir, stage: Option<Stage>, root: &OwnedFd) -> Result<(), TxnError> {
     if let Some(Stage {
         inside: Some(name),
         dir,

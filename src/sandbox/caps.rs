@@ -17,7 +17,7 @@ fn parse(names: &std::collections::BTreeSet<String>) -> CapsHashSet {
 ///
 /// # Errors
 /// Any capability call's error.
-pub fn apply_before_setuid(sets: &CapabilitySets) -> Result<(), caps::errors::CapsError> {
+pub(crate) fn apply_before_setuid(sets: &CapabilitySets) -> Result<(), caps::errors::CapsError> {
     let bounding = parse(&sets.bounding);
     for cap in caps::all() {
         if !bounding.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
@@ -34,7 +34,7 @@ pub fn apply_before_setuid(sets: &CapabilitySets) -> Result<(), caps::errors::Ca
 ///
 /// # Errors
 /// Any capability call's error, naming the set through `CapsError`'s text.
-pub fn apply_after_setuid(sets: &CapabilitySets) -> Result<(), caps::errors::CapsError> {
+pub(crate) fn apply_after_setuid(sets: &CapabilitySets) -> Result<(), caps::errors::CapsError> {
     let _ = nix::sys::prctl::set_keepcaps(false);
     let held = caps::read(None, CapSet::Permitted)?;
     let within = |names| -> CapsHashSet { parse(names).intersection(&held).copied().collect() };

@@ -59,13 +59,13 @@ pub enum HandshakeError {
 
 /// One end of a launcher channel.
 #[derive(Debug)]
-pub struct End(UnixStream);
+pub(crate) struct End(UnixStream);
 
 /// A connected pair of ends (close-on-exec).
 ///
 /// # Errors
 /// Any error of socketpair(2).
-pub fn channel() -> std::io::Result<(End, End)> {
+pub(crate) fn channel() -> std::io::Result<(End, End)> {
     let (a, b) = UnixStream::pair()?;
     Ok((End(a), End(b)))
 }
@@ -75,7 +75,7 @@ impl End {
     ///
     /// # Errors
     /// Any write error.
-    pub fn send(&mut self, msg: Msg, payload: &[u8]) -> Result<(), HandshakeError> {
+    pub(crate) fn send(&mut self, msg: Msg, payload: &[u8]) -> Result<(), HandshakeError> {
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         let mut buf = vec![msg as u8];
         buf.extend_from_slice(&len.to_le_bytes());
@@ -88,7 +88,7 @@ impl End {
     ///
     /// # Errors
     /// Any error of sendmsg(2).
-    pub fn send_fd(&mut self, msg: Msg, fd: BorrowedFd<'_>) -> Result<(), HandshakeError> {
+    pub(crate) fn send_fd(&mut self, msg: Msg, fd: BorrowedFd<'_>) -> Result<(), HandshakeError> {
         let mut head = [0u8; 5];
         head[0] = msg as u8;
         fdpass::send_with_fd(self.0.as_fd(), &head, fd).map_err(std::io::Error::from)?;
@@ -100,7 +100,7 @@ impl End {
     ///
     /// # Errors
     /// As [`End::expect`]; [`HandshakeError::NoFd`] when the message carries no fd.
-    pub fn expect_fd(&mut self, expected: Msg) -> Result<OwnedFd, HandshakeError> {
+    pub(crate) fn expect_fd(&mut self, expected: Msg) -> Result<OwnedFd, HandshakeError> {
         let mut head = [0u8; 5];
         let (n, fd) =
             fdpass::recv_with_fd(self.0.as_fd(), &mut head).map_err(std::io::Error::from)?;
@@ -117,7 +117,7 @@ impl End {
     ///
     /// # Errors
     /// [`HandshakeError::Closed`] on EOF, [`HandshakeError::Unexpected`] for another message.
-    pub fn expect(&mut self, expected: Msg) -> Result<Vec<u8>, HandshakeError> {
+    pub(crate) fn expect(&mut self, expected: Msg) -> Result<Vec<u8>, HandshakeError> {
         let mut head = [0u8; 5];
         self.read_rest(&mut head, expected)?;
         self.check_and_take_payload(head, expected)
@@ -154,7 +154,7 @@ impl End {
     ///
     /// # Errors
     /// As [`End::expect`].
-    pub fn wait_go(&mut self) -> Result<(), HandshakeError> {
+    pub(crate) fn wait_go(&mut self) -> Result<(), HandshakeError> {
         self.expect(Msg::Go).map(drop)
     }
 }

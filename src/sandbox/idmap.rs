@@ -52,7 +52,7 @@ fn write(path: &str, content: &str) -> Result<(), IdMapError> {
 ///
 /// # Errors
 /// [`IdMapError::Write`] naming the file.
-pub fn write_own(ids: &IdMap) -> Result<(), IdMapError> {
+pub(crate) fn write_own(ids: &IdMap) -> Result<(), IdMapError> {
     let IdMap::Single { uid, gid } = ids else {
         return Ok(());
     };
@@ -67,7 +67,7 @@ pub fn write_own(ids: &IdMap) -> Result<(), IdMapError> {
 ///
 /// # Errors
 /// [`IdMapError::Write`] or [`IdMapError::Helper`] with the helper's own message.
-pub fn run_helpers(ids: &IdMap, pid: Pid) -> Result<(), IdMapError> {
+pub(crate) fn run_helpers(ids: &IdMap, pid: Pid) -> Result<(), IdMapError> {
     let (uid, gid, uids, gids, helpers) = match ids {
         IdMap::Identity => {
             write(&format!("/proc/{pid}/uid_map"), "0 0 4294967295\n")?;

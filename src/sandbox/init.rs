@@ -18,7 +18,7 @@ use crate::config::SessionPlan;
 use crate::sys::process::{self, exit_now};
 
 /// Signals pid 1 passes on to the command.
-pub const FORWARDED: [Signal; 7] = [
+pub(crate) const FORWARDED: [Signal; 7] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
@@ -29,7 +29,7 @@ pub const FORWARDED: [Signal; 7] = [
 ];
 
 /// The shell-style status of a finished process.
-pub fn exit_code(status: WaitStatus) -> Option<i32> {
+pub(crate) fn exit_code(status: WaitStatus) -> Option<i32> {
     match status {
         WaitStatus::Exited(_, code) => Some(code),
         WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
@@ -38,7 +38,7 @@ pub fn exit_code(status: WaitStatus) -> Option<i32> {
 }
 
 /// What the command needs besides the plan.
-pub struct Command<'a> {
+pub(crate) struct Command<'a> {
     /// The plan.
     pub plan: &'a SessionPlan,
     /// Whether fds 0-2 are the session's own pty, which the command takes as its
@@ -51,7 +51,7 @@ pub struct Command<'a> {
 }
 
 /// Runs as pid 1: starts the command and supervises until it ends. Never returns.
-pub fn run(cmd: &Command<'_>) -> ! {
+pub(crate) fn run(cmd: &Command<'_>) -> ! {
     // Nothing the caller or the launcher had open reaches the session: not the command, and
     // not this process either, whose fds a process inside could open through /proc/1/fd.
     let keep = 3 + cmd.plan.preserve_fds;
@@ -233,7 +233,7 @@ fn cstring(s: &OsStr) -> Option<CString> {
 ///
 /// # Errors
 /// `ENOENT` when nothing is found, `EACCES` when found but not executable.
-pub fn resolve(program: &OsStr, env: &[OsString]) -> Result<PathBuf, Errno> {
+pub(crate) fn resolve(program: &OsStr, env: &[OsString]) -> Result<PathBuf, Errno> {
     if program.as_bytes().contains(&b'/') {
         return Ok(PathBuf::from(program));
     }

@@ -18,15 +18,15 @@
 //! The mount exists only in the launcher's private mount namespace, so nothing is left on
 //! the host even if ovlrun is killed; the child dies with it (`PR_SET_PDEATHSIG`).
 
-pub mod caps;
-pub mod handshake;
-pub mod idmap;
-pub mod init;
-pub mod mounts;
-pub mod plan;
-pub mod seccomp;
-pub mod terminal;
-pub mod timeout;
+pub(crate) mod caps;
+pub(crate) mod handshake;
+pub(crate) mod idmap;
+pub(crate) mod init;
+pub(crate) mod mounts;
+pub(crate) mod plan;
+pub(crate) mod seccomp;
+pub(crate) mod terminal;
+pub(crate) mod timeout;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -76,12 +76,12 @@ pub enum SandboxError {
 }
 
 /// Why a [`Filesystem`] step failed: the filesystem's own error, which the launcher passes on.
-pub type FsError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type FsError = Box<dyn std::error::Error + Send + Sync>;
 
 /// "Mount the fs here": the session's root filesystem, as the launcher is handed it. The
 /// launcher knows nothing of what it is; it calls each step once, in order, at the point the
 /// module doc names, and drops it (unmounting whatever is still mounted) when it returns.
-pub trait Filesystem {
+pub(crate) trait Filesystem {
     /// Where the filesystem is (or will be) mounted: the session's root.
     fn mountpoint(&self) -> &Path;
 
@@ -115,7 +115,7 @@ fn ns(step: &'static str) -> impl FnOnce(nix::Error) -> SandboxError {
 
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The command's exit status (128 + n when killed by signal n).
     pub code: i32,
     /// The filesystem that served the overlay.
@@ -127,7 +127,7 @@ pub struct Outcome {
 ///
 /// # Errors
 /// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
-pub fn run(plan: &SessionPlan, fs: impl Filesystem) -> Result<Outcome, SandboxError> {
+pub(crate) fn run(plan: &SessionPlan, fs: impl Filesystem) -> Result<Outcome, SandboxError> {
     run_in(plan, fs)
 }
 
@@ -137,7 +137,7 @@ pub fn run(plan: &SessionPlan, fs: impl Filesystem) -> Result<Outcome, SandboxEr
 ///
 /// # Errors
 /// As for a session's namespaces.
-pub fn enter_owner_namespace() -> Result<(), SandboxError> {
+pub(crate) fn enter_owner_namespace() -> Result<(), SandboxError> {
     if nix::unistd::geteuid().is_root() {
         return Ok(());
     }

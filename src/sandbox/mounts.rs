@@ -17,7 +17,7 @@ use super::plan::{Kind, Step};
 /// A setup step that failed, naming the step and the path inside the session.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {what} {}", .path.display())]
-pub struct SetupError {
+pub(crate) struct SetupError {
     /// What was being done ("mount proc on", "bind /etc/hosts onto", ...).
     pub what: String,
     /// The path inside the session.
@@ -58,7 +58,7 @@ fn fd_path(fd: &OwnedFd) -> PathBuf {
 ///
 /// # Errors
 /// The first [`SetupError`]; the session does not start.
-pub fn apply(root: &Path, steps: &[Step]) -> Result<Vec<String>, SetupError> {
+pub(crate) fn apply(root: &Path, steps: &[Step]) -> Result<Vec<String>, SetupError> {
     let root_fd = nix::fcntl::open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -244,7 +244,7 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
 }
 
 /// The file under `/proc/sys` of a dotted sysctl key (already checked by the config).
-pub fn sysctl_path(key: &str) -> PathBuf {
+pub(crate) fn sysctl_path(key: &str) -> PathBuf {
     Path::new("/proc/sys").join(key.replace('.', "/"))
 }
 
@@ -315,7 +315,7 @@ fn make_read_only(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
 ///
 /// # Errors
 /// The failing step.
-pub fn seal_root(root: &Path, read_only: bool) -> Result<(), SetupError> {
+pub(crate) fn seal_root(root: &Path, read_only: bool) -> Result<(), SetupError> {
     use crate::sys::mount::{MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY, set_mount_attrs};
     let fd = nix::fcntl::open(
         root,
@@ -341,7 +341,7 @@ pub fn seal_root(root: &Path, read_only: bool) -> Result<(), SetupError> {
 ///
 /// # Errors
 /// The failing step.
-pub fn enter_root(root: &Path) -> Result<Option<String>, SetupError> {
+pub(crate) fn enter_root(root: &Path) -> Result<Option<String>, SetupError> {
     nix::unistd::chdir(root).map_err(err("enter the new root", root))?;
     let note = match nix::unistd::pivot_root(".", ".") {
         Ok(()) => {

@@ -8,11 +8,11 @@ use crate::config::{Network, SessionPlan};
 use crate::host::cgroup::CgroupLayout;
 
 /// Host device nodes bound into the session's `/dev`.
-pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+pub(crate) const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// What a mount target must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A directory.
     Dir,
     /// A regular file (the target of a file bind mount).
@@ -21,7 +21,7 @@ pub enum Kind {
 
 /// One setup step; paths are absolute paths inside the session.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// A new procfs for the session's pid namespace (host `/proc` bound where refused).
     Proc(PathBuf),
     /// A tmpfs with this mode.
@@ -81,7 +81,7 @@ pub enum Step {
 /// A host file bound into a shared-network session (resolv.conf, hosts), and where: its own
 /// path, or the target of the rootfs's symlink there, as the [`super::Filesystem`] resolved it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetFile {
+pub(crate) struct NetFile {
     /// The host file.
     pub source: PathBuf,
     /// Where it goes inside (absolute, no symlink on the way).
@@ -91,7 +91,7 @@ pub struct NetFile {
 /// What the setup needs from the merged root before it starts: mount targets that must exist
 /// there. Those the launcher has to create are removed again before the session's changes
 /// are looked at, so they never show in the upper.
-pub fn targets(plan: &SessionPlan, net: &[NetFile]) -> Vec<(PathBuf, Kind)> {
+pub(crate) fn targets(plan: &SessionPlan, net: &[NetFile]) -> Vec<(PathBuf, Kind)> {
     let mut t: Vec<(PathBuf, Kind)> = ["/proc", "/dev", "/sys", "/tmp"]
         .iter()
         .map(|p| (PathBuf::from(p), Kind::Dir))
@@ -113,7 +113,7 @@ pub fn targets(plan: &SessionPlan, net: &[NetFile]) -> Vec<(PathBuf, Kind)> {
 
 /// The steps, in order: each one's target exists when it runs; `net`: the host files a
 /// shared-network session gets.
-pub fn steps(plan: &SessionPlan, cgroup: CgroupLayout, net: &[NetFile]) -> Vec<Step> {
+pub(crate) fn steps(plan: &SessionPlan, cgroup: CgroupLayout, net: &[NetFile]) -> Vec<Step> {
     let p = PathBuf::from;
     let mut s = vec![
         Step::Proc(p("/proc")),

@@ -51,7 +51,7 @@ fn pty_step(step: impl Into<String>) -> impl FnOnce(nix::Error) -> TerminalError
 
 /// Whether the session gets a pty of its own: always or never as asked, else when the
 /// caller's stdin and stdout both are terminals (a pipe on either side wants plain bytes).
-pub fn wanted(choice: Terminal) -> bool {
+pub(crate) fn wanted(choice: Terminal) -> bool {
     match choice {
         Terminal::Always => true,
         Terminal::Never => false,
@@ -72,7 +72,7 @@ fn caller_window_size() -> Option<term::WindowSize> {
 ///
 /// # Errors
 /// [`TerminalError`] naming the step; fds 0-2 are still the caller's then.
-pub fn open_in_session(end: &mut End, uid: u32, gid: u32) -> Result<(), TerminalError> {
+pub(crate) fn open_in_session(end: &mut End, uid: u32, gid: u32) -> Result<(), TerminalError> {
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(pty_step("open /dev/ptmx"))?;
     nix::pty::grantpt(&master).map_err(pty_step("grant the pty"))?;
@@ -103,7 +103,7 @@ pub fn open_in_session(end: &mut End, uid: u32, gid: u32) -> Result<(), Terminal
 ///
 /// # Errors
 /// Any error of setsid(2) or `TIOCSCTTY`.
-pub fn take_as_controlling() -> nix::Result<()> {
+pub(crate) fn take_as_controlling() -> nix::Result<()> {
     nix::unistd::setsid()?;
     term::make_controlling(std::io::stdin())
 }
@@ -111,7 +111,7 @@ pub fn take_as_controlling() -> nix::Result<()> {
 /// The caller's terminal in raw mode; dropping it restores the saved mode, on every way out
 /// of the launcher (return, error, unwinding panic).
 #[derive(Debug)]
-pub struct RawMode {
+pub(crate) struct RawMode {
     /// The caller's stdin (true) or stdout.
     stdin: bool,
     saved: Termios,
@@ -126,7 +126,7 @@ impl RawMode {
     ///
     /// # Errors
     /// Any error of tcsetattr(3).
-    pub fn enter() -> nix::Result<Option<RawMode>> {
+    pub(crate) fn enter() -> nix::Result<Option<RawMode>> {
         for stdin in [true, false] {
             let saved = match Self::get(stdin) {
                 Ok(t) => t,
@@ -171,7 +171,7 @@ impl Drop for RawMode {
 
 /// Copies the caller's window size onto the session's pty (on SIGWINCH); the kernel then
 /// signals the session's foreground group.
-pub fn copy_window_size(master: impl AsFd) {
+pub(crate) fn copy_window_size(master: impl AsFd) {
     if let Some(size) = caller_window_size() {
         let _ = term::set_window_size(master, &size);
     }
@@ -180,7 +180,7 @@ pub fn copy_window_size(master: impl AsFd) {
 /// The relay between the caller's stdio and the session's pty master, on a thread of its
 /// own until [`Relay::finish`].
 #[derive(Debug)]
-pub struct Relay {
+pub(crate) struct Relay {
     stop: OwnedFd,
     thread: std::thread::JoinHandle<()>,
 }
@@ -190,7 +190,7 @@ impl Relay {
     ///
     /// # Errors
     /// When the stop pipe, the master's flags or the thread cannot be had.
-    pub fn start(master: OwnedFd) -> std::io::Result<Relay> {
+    pub(crate) fn start(master: OwnedFd) -> std::io::Result<Relay> {
         let (stop_rx, stop) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let flags = fcntl(&master, FcntlArg::F_GETFL)?;
         // Our own open file description (pid 1 opened it), so O_NONBLOCK affects no one else.
@@ -206,7 +206,7 @@ impl Relay {
 
     /// Once the session has ended: stops reading stdin, writes out what the session left in
     /// the pty, and waits for the thread.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         let _ = nix::unistd::write(&self.stop, b"x");
         let _ = self.thread.join();
     }

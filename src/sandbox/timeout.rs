@@ -10,14 +10,14 @@ use nix::unistd::Pid;
 use crate::config::Timeout;
 
 /// `timeout(1)`'s exit status for a command it stopped.
-pub const TIMED_OUT: i32 = 124;
+pub(crate) const TIMED_OUT: i32 = 124;
 
 /// Waits for `child` to exit and reaps it, stopping it at `timeout`; true when it was
 /// stopped.
 ///
 /// # Errors
 /// The errno of `waitid` or `waitpid`.
-pub fn wait(child: Pid, timeout: Option<Timeout>) -> nix::Result<(WaitStatus, bool)> {
+pub(crate) fn wait(child: Pid, timeout: Option<Timeout>) -> nix::Result<(WaitStatus, bool)> {
     let Some(timeout) = timeout else {
         return Ok((waitpid(child, None)?, false));
     };

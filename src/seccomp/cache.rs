@@ -30,7 +30,7 @@ const INSTRUCTION_BYTES: usize = 8;
 const FLAGS_BYTES: usize = 8;
 
 /// The file under `dir` for `profile` on this machine; `None` when the key cannot be made.
-pub fn path(dir: &Path, profile: &LinuxSeccomp) -> Option<PathBuf> {
+pub(crate) fn path(dir: &Path, profile: &LinuxSeccomp) -> Option<PathBuf> {
     let version = libseccomp::ScmpVersion::current().ok()?;
     let kernel = nix::sys::utsname::uname().ok()?;
     let mut key = blake3::Hasher::new();
@@ -52,7 +52,7 @@ pub fn path(dir: &Path, profile: &LinuxSeccomp) -> Option<PathBuf> {
 }
 
 /// The program stored at `path`, if it is whole, the caller's, and writable by no one else.
-pub fn read(path: &Path) -> Option<Program> {
+pub(crate) fn read(path: &Path) -> Option<Program> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -75,7 +75,7 @@ pub fn read(path: &Path) -> Option<Program> {
 
 /// Stores `program` at `path` (made whole under a temporary name, then renamed), creating
 /// its directory private to the caller. Failures are ignored: the next start compiles.
-pub fn write(path: &Path, program: &Program) {
+pub(crate) fn write(path: &Path, program: &Program) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };

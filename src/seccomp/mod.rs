@@ -8,7 +8,7 @@
 //! conditions on distinct arguments must all hold while several on one argument are each a
 //! rule of their own.
 
-pub mod cache;
+pub(crate) mod cache;
 
 use std::io::{Read, Seek};
 
@@ -20,29 +20,30 @@ use oci_spec::runtime::{
 };
 
 /// One BPF program and the `SECCOMP_FILTER_FLAG_*` it is installed with.
-pub struct Program {
+pub(crate) struct Program {
     instructions: Vec<libc::sock_filter>,
     flags: libc::c_ulong,
 }
 
 impl Program {
     /// The number of BPF instructions.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.instructions.len()
     }
 
+    #[cfg(test)]
     /// True for a program without instructions (never one libseccomp exports).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.instructions.is_empty()
     }
 
     /// The instructions, as seccomp(2) takes them.
-    pub fn instructions(&self) -> &[libc::sock_filter] {
+    pub(crate) fn instructions(&self) -> &[libc::sock_filter] {
         &self.instructions
     }
 
     /// The `SECCOMP_FILTER_FLAG_*` to install it with.
-    pub fn flags(&self) -> libc::c_ulong {
+    pub(crate) fn flags(&self) -> libc::c_ulong {
         self.flags
     }
 }
@@ -93,7 +94,7 @@ impl ProfileError {
 /// # Errors
 /// [`ProfileError`] naming the field libseccomp refused, or with an empty field when
 /// libseccomp itself fails.
-pub fn compile_profile(profile: &LinuxSeccomp) -> Result<Program, ProfileError> {
+pub(crate) fn compile_profile(profile: &LinuxSeccomp) -> Result<Program, ProfileError> {
     let lib = |field: &str, e: libseccomp::error::SeccompError| {
         ProfileError::new(field, format!("libseccomp: {e}"))
     };

@@ -14,7 +14,7 @@ use nix::sys::stat::Mode as FileMode;
 
 /// How the lock is wanted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Many at once (running sessions).
     Shared,
     /// One alone (a commit, a recovery).
@@ -23,10 +23,8 @@ pub enum Mode {
 
 /// A held rootfs lock; released on drop.
 #[derive(Debug)]
-pub struct RootfsLock {
+pub(crate) struct RootfsLock {
     _lock: Flock<OwnedFd>,
-    /// The locked rootfs.
-    pub rootfs: PathBuf,
 }
 
 /// Why the lock was not taken.
@@ -66,7 +64,7 @@ impl RootfsLock {
     ///
     /// # Errors
     /// [`LockError::Busy`] when held and not waiting.
-    pub fn take(rootfs: &Path, mode: Mode, wait: bool) -> Result<RootfsLock, LockError> {
+    pub(crate) fn take(rootfs: &Path, mode: Mode, wait: bool) -> Result<RootfsLock, LockError> {
         // flock(2) needs an fd opened for reading (not O_PATH); O_CLOEXEC keeps it from the
         // session's command.
         let fd = nix::fcntl::open(
@@ -85,10 +83,7 @@ impl RootfsLock {
             (Mode::Exclusive, false) => FlockArg::LockExclusiveNonblock,
         };
         match Flock::lock(fd, arg) {
-            Ok(lock) => Ok(RootfsLock {
-                _lock: lock,
-                rootfs: rootfs.to_owned(),
-            }),
+            Ok(lock) => Ok(RootfsLock { _lock: lock }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Busy {
                 rootfs: rootfs.to_owned(),
             }),

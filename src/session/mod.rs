@@ -2,14 +2,25 @@
 //! the mount point, under the state root; and the root filesystem a session's launcher is
 //! handed (the overlay mounted, its mount targets made and removed).
 
-pub mod lock;
+pub(crate) mod kept;
+pub(crate) mod lock;
 pub(crate) mod netfiles;
-pub mod record;
+pub(crate) mod record;
 pub mod report;
 pub(crate) mod rootfs;
-pub mod run;
-pub mod scaffold;
-pub mod upper;
+pub(crate) mod run;
+pub(crate) mod scaffold;
+pub(crate) mod upper;
+
+pub use crate::sandbox::SandboxError;
+pub use crate::sandbox::handshake::{HandshakeError, Msg as HandshakeMsg};
+pub use crate::sandbox::idmap::IdMapError;
+pub use crate::sandbox::terminal::TerminalError;
+pub use kept::{Kept, KeptError, recover};
+pub use lock::LockError;
+pub use record::{Record, RecordError, Status};
+pub use run::{RunOptions, run};
+pub use upper::UpperError;
 
 use std::path::{Path, PathBuf};
 
@@ -102,7 +113,7 @@ pub struct SessionDirs {
 
 impl SessionDirs {
     /// Creates a new session's directories under `state_root`; `upper`, a user-given upper
-    /// already checked ([`upper::check`]), replaces the upper and work directories there.
+    /// already checked (`upper::check`), replaces the upper and work directories there.
     /// Every path is absolute and canonical.
     ///
     /// # Errors
@@ -269,7 +280,7 @@ impl SessionDirs {
 
     /// Removes the session: its upper and work directories, then its own directory. An
     /// upper outside the state root goes only when its work directory carries ovlrun's mark
-    /// for it ([`upper::marker`]), and only as far as ovlrun made it: a directory the user
+    /// for it (`upper::marker`), and only as far as ovlrun made it: a directory the user
     /// gave empty is emptied, not removed.
     ///
     /// # Errors

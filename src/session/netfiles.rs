@@ -23,7 +23,7 @@ const MAX_LINKS: usize = 40;
 
 /// The host's files a shared-network session gets, each with where it goes inside; notes for
 /// those that cannot be placed.
-pub fn resolve(plan: &SessionPlan, ovl: &Overlay) -> (Vec<NetFile>, Vec<String>) {
+pub(crate) fn resolve(plan: &SessionPlan, ovl: &Overlay) -> (Vec<NetFile>, Vec<String>) {
     let (mut files, mut notes) = (Vec::new(), Vec::new());
     if plan.net != Network::Host {
         return (files, notes);

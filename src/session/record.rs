@@ -51,10 +51,10 @@ pub struct Record {
     /// The uid that owns the session (sub-id files are removed in its user namespace).
     pub owner: u32,
     /// When the session began, for finding conflicts at commit
-    /// ([`crate::policy::conflict`]); absent in records of older versions, whose commits
+    /// ([`crate::policy::Conflict`]); absent in records of older versions, whose commits
     /// are not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<crate::policy::conflict::Stamp>,
+    pub(crate) base: Option<crate::policy::conflict::Stamp>,
 }
 
 /// A record that cannot be read or written.
@@ -101,7 +101,7 @@ pub enum RecordError {
 }
 
 /// Seconds since the epoch.
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -162,6 +162,11 @@ impl Record {
             }
         }
         Ok(())
+    }
+
+    /// Seconds since the session was created.
+    pub fn age(&self) -> u64 {
+        now().saturating_sub(self.created)
     }
 
     /// True when the process that wrote the record is gone.

@@ -17,7 +17,7 @@ use crate::sandbox::{Filesystem, FsError};
 
 /// Why the session's filesystem could not be set up or taken down.
 #[derive(Debug, thiserror::Error)]
-pub enum RootfsError {
+pub(crate) enum RootfsError {
     /// The overlay could not be mounted.
     #[error("cannot mount the overlay of the rootfs")]
     Mount(#[from] MountError),

@@ -37,7 +37,7 @@ pub struct RunOptions {
 /// # Errors
 /// [`SessionError::Lock`] when busy, [`SessionError::Recover`] when recovery fails or the
 /// transaction found is not the caller's.
-pub fn lock_and_recover(
+pub(crate) fn lock_and_recover(
     state: &Path,
     rootfs: &Path,
     mode: Mode,
@@ -280,7 +280,7 @@ fn report_kept(dirs: &SessionDirs, report: &dyn Report) {
 /// [`SessionError::Lock`] when other sessions run (the session is kept);
 /// [`SessionError::Conflicts`] (nothing applied, the session kept);
 /// [`SessionError::Commit`].
-pub fn commit_session(
+pub(crate) fn commit_session(
     state: &Path,
     dirs: &SessionDirs,
     rec: &mut Record,
@@ -360,7 +360,7 @@ fn upper_format(rec: &Record) -> Result<crate::layers::WhiteoutFormat, plan::Pla
 ///
 /// # Errors
 /// [`SessionError::Plan`] when the rootfs cannot be read.
-pub fn conflicts_of(
+pub(crate) fn conflicts_of(
     rec: &Record,
     plan: &plan::Plan,
 ) -> Result<Vec<conflict::Conflict>, SessionError> {

@@ -21,7 +21,7 @@ use crate::mount::MountError;
 use crate::sandbox::plan;
 
 /// The list of what the launcher made, in the work directory.
-pub const LIST: &str = "ovlrun-scaffold";
+pub(crate) const LIST: &str = "ovlrun-scaffold";
 
 /// An (seconds, nanoseconds) time.
 type Ts = (i64, i64);
@@ -247,7 +247,7 @@ fn open_layers(
 
 /// Removes what a killed launcher made and listed in `work`, as far as it is still as made;
 /// then the list. Nothing to do (the common case) costs one failed open.
-pub fn scrub(rootfs: &Path, upper: &Path, work: &Path) {
+pub(crate) fn scrub(rootfs: &Path, upper: &Path, work: &Path) {
     let Ok(text) = std::fs::read_to_string(work.join(LIST)) else {
         return;
     };

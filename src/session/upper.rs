@@ -22,7 +22,7 @@ use crate::policy::conflict::Stamp;
 use crate::sys::write_atomic;
 
 /// The mark's file name inside the work directory.
-pub const MARKER: &str = "ovlrun-upper";
+pub(crate) const MARKER: &str = "ovlrun-upper";
 
 /// What the mark records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ pub enum UpperError {
 /// # Errors
 /// `InvalidInput` when the part that does not exist holds `.` or `..`; any error of
 /// canonicalize(3) or getcwd(3).
-pub fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn absolute(path: &Path) -> std::io::Result<PathBuf> {
     let abs = if path.is_absolute() {
         path.to_owned()
     } else {
@@ -147,7 +147,7 @@ pub fn absolute(path: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// The mark in `work`, when it names `upper` as it is now and the caller wrote it.
-pub fn marker(upper: &Path, work: &Path) -> Option<Marker> {
+pub(crate) fn marker(upper: &Path, work: &Path) -> Option<Marker> {
     let file = work.join(MARKER);
     let md = file.symlink_metadata().ok()?;
     if !md.is_file() || md.uid() != nix::unistd::geteuid().as_raw() {
@@ -166,7 +166,7 @@ pub fn marker(upper: &Path, work: &Path) -> Option<Marker> {
 ///
 /// # Errors
 /// The record cannot be read or names no format.
-pub fn format_of(rec: &super::record::Record) -> std::io::Result<WhiteoutFormat> {
+pub(crate) fn format_of(rec: &super::record::Record) -> std::io::Result<WhiteoutFormat> {
     Ok(match format::recorded(&rec.work)? {
         Some(f) => f,
         None if rec.fs == crate::mount::Backend::Fuse => WhiteoutFormat::Aufs,
@@ -194,7 +194,7 @@ fn is_empty_dir(path: &Path) -> std::io::Result<bool> {
 ///
 /// # Errors
 /// [`UpperError`] naming what is wrong.
-pub fn check(given: &Path, rootfs: &Path, state: &Path) -> Result<Checked, UpperError> {
+pub(crate) fn check(given: &Path, rootfs: &Path, state: &Path) -> Result<Checked, UpperError> {
     let io = |step, path: &Path| {
         let (upper, path) = (given.to_owned(), path.to_owned());
         move |source| UpperError::Io {
@@ -308,7 +308,7 @@ impl Checked {
 ///
 /// # Errors
 /// Any I/O error.
-pub fn remove_or_empty(dir: &Path, made: bool) -> std::io::Result<()> {
+pub(crate) fn remove_or_empty(dir: &Path, made: bool) -> std::io::Result<()> {
     let result = if made {
         std::fs::remove_dir_all(dir)
     } else {

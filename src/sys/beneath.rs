@@ -22,7 +22,7 @@ use nix::sys::stat::Mode;
 /// # Errors
 /// `EXDEV` when the path would leave `dir`, `ELOOP` at a symlink, or any error of
 /// openat2(2) (`ENOSYS` before Linux 5.6).
-pub fn open_beneath(dir: impl AsFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+pub(crate) fn open_beneath(dir: impl AsFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
         .mode(Mode::empty())

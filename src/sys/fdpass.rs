@@ -10,7 +10,11 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 ///
 /// # Errors
 /// Any error of sendmsg(2); `EMSGSIZE` when the bytes did not all go in one message.
-pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> nix::Result<()> {
+pub(crate) fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: BorrowedFd<'_>,
+) -> nix::Result<()> {
     let fds = [fd.as_raw_fd()];
     let sent = sendmsg::<()>(
         sock.as_raw_fd(),
@@ -33,7 +37,10 @@ pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> n
 /// # Errors
 /// Any error of recvmsg(2); `ENOBUFS` when the kernel had more descriptors than fit (it
 /// closed those).
-pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<(usize, Option<OwnedFd>)> {
+pub(crate) fn recv_with_fd(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> nix::Result<(usize, Option<OwnedFd>)> {
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(

@@ -4,7 +4,7 @@
 //! Each wrapper takes borrowed fds or plain values, returns `nix::Result`, and says in one line
 //! why its `unsafe` block is sound. Nothing here knows about overlays or FUSE.
 
-pub mod xattr;
+pub(crate) mod xattr;
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -36,7 +36,7 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
 /// # Errors
 /// `EOPNOTSUPP`, `EXDEV` or `EINVAL` when the filesystem or the pair cannot share blocks;
 /// the caller then copies the data.
-pub fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
+pub(crate) fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
     // SAFETY: FICLONE takes the source fd as its integer argument and reads no memory of ours;
     // both fds are borrowed and stay open for the duration of the call.
     let res = unsafe {
@@ -49,10 +49,10 @@ pub fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
     Errno::result(res).map(drop)
 }
 
-pub mod beneath;
-pub mod fdpass;
-pub mod mount;
-pub mod net;
-pub mod process;
-pub mod seccomp;
-pub mod term;
+pub(crate) mod beneath;
+pub(crate) mod fdpass;
+pub(crate) mod mount;
+pub(crate) mod net;
+pub(crate) mod process;
+pub(crate) mod seccomp;
+pub(crate) mod term;

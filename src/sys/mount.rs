@@ -6,9 +6,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use nix::errno::Errno;
 
 /// Read-only (`MOUNT_ATTR_RDONLY`).
-pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 /// No device nodes (`MOUNT_ATTR_NODEV`).
-pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 
 /// `struct mount_attr` of the kernel's uapi (linux/mount.h).
 #[repr(C)]
@@ -24,7 +24,7 @@ struct MountAttr {
 ///
 /// # Errors
 /// Any error of mount_setattr(2) (`EPERM` for a mount this namespace may not change).
-pub fn set_mount_attrs(fd: impl AsFd, attrs: u64, recursive: bool) -> nix::Result<()> {
+pub(crate) fn set_mount_attrs(fd: impl AsFd, attrs: u64, recursive: bool) -> nix::Result<()> {
     let attr = MountAttr {
         attr_set: attrs,
         attr_clr: 0,
@@ -56,7 +56,7 @@ pub fn set_mount_attrs(fd: impl AsFd, attrs: u64, recursive: bool) -> nix::Resul
 ///
 /// # Errors
 /// The `statx` error; `ENOSYS` when the kernel does not report mount ids (before 5.8).
-pub fn mount_id(fd: impl AsFd) -> nix::Result<u64> {
+pub(crate) fn mount_id(fd: impl AsFd) -> nix::Result<u64> {
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: the path is a NUL-terminated empty string, so with AT_EMPTY_PATH the kernel
     // stats the borrowed, open fd; it writes at most one `struct statx` into `stx`, which is

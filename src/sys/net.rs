@@ -9,7 +9,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 ///
 /// # Errors
 /// Any error of the socket or the ioctls.
-pub fn loopback_up() -> nix::Result<()> {
+pub(crate) fn loopback_up() -> nix::Result<()> {
     let sock = socket(
         AddressFamily::Inet,
         SockType::Datagram,

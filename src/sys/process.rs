@@ -16,7 +16,7 @@ fn single_threaded() -> bool {
 /// # Errors
 /// `EDEADLK` when other threads exist (a forked child could inherit a lock held by one of
 /// them, forever); any error of fork(2).
-pub fn fork() -> nix::Result<ForkResult> {
+pub(crate) fn fork() -> nix::Result<ForkResult> {
     if !single_threaded() {
         return Err(Errno::EDEADLK);
     }
@@ -31,7 +31,7 @@ pub fn fork() -> nix::Result<ForkResult> {
 ///
 /// # Errors
 /// `EDEADLK` when other threads exist; any error of clone(2).
-pub fn clone_with_namespaces(
+pub(crate) fn clone_with_namespaces(
     child: Box<dyn FnMut() -> isize + '_>,
     flags: CloneFlags,
 ) -> nix::Result<Pid> {
@@ -61,7 +61,7 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 ///
 /// # Errors
 /// Any error of sigaction(2).
-pub fn catch_for_sigwait(signals: &SigSet) -> nix::Result<()> {
+pub(crate) fn catch_for_sigwait(signals: &SigSet) -> nix::Result<()> {
     let action = SigAction::new(
         SigHandler::Handler(ignore_signal),
         SaFlags::SA_RESTART,
@@ -77,7 +77,7 @@ pub fn catch_for_sigwait(signals: &SigSet) -> nix::Result<()> {
 
 /// Restores the default disposition of every catchable signal, as a process about to
 /// exec a user's command should have.
-pub fn reset_signal_dispositions() {
+pub(crate) fn reset_signal_dispositions() {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
         if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
@@ -90,13 +90,13 @@ pub fn reset_signal_dispositions() {
 
 /// Ends the calling process at once, without running Rust destructors or atexit handlers
 /// (a forked child must not flush or free what belongs to its parent).
-pub fn exit_now(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit(2) has no preconditions and never returns.
     unsafe { libc::_exit(code) }
 }
 
 /// Maps an `Errno` to the conventional shell status for a failed exec.
-pub fn exec_failure_status(e: Errno) -> i32 {
+pub(crate) fn exec_failure_status(e: Errno) -> i32 {
     match e {
         Errno::ENOENT | Errno::ENOTDIR => 127,
         _ => 126,
@@ -109,7 +109,7 @@ pub fn exec_failure_status(e: Errno) -> i32 {
 ///
 /// # Errors
 /// Any error of close_range(2).
-pub fn close_fds_from(first: u32, cloexec: bool) -> nix::Result<()> {
+pub(crate) fn close_fds_from(first: u32, cloexec: bool) -> nix::Result<()> {
     let flags = if cloexec {
         libc::CLOSE_RANGE_CLOEXEC
     } else {

@@ -10,7 +10,10 @@ use nix::errno::Errno;
 /// # Errors
 /// `EINVAL` for a program longer than the kernel takes or one it rejects; `EACCES` without
 /// no_new_privs and the capability; any other error of seccomp(2).
-pub fn set_mode_filter(program: &[libc::sock_filter], flags: libc::c_ulong) -> nix::Result<()> {
+pub(crate) fn set_mode_filter(
+    program: &[libc::sock_filter],
+    flags: libc::c_ulong,
+) -> nix::Result<()> {
     let len = u16::try_from(program.len()).map_err(|_| Errno::EINVAL)?;
     let prog = libc::sock_fprog {
         len,

@@ -5,13 +5,13 @@ use std::os::fd::{AsFd, AsRawFd};
 use nix::errno::Errno;
 
 /// A terminal's size in characters and pixels (`struct winsize`).
-pub type WindowSize = libc::winsize;
+pub(crate) type WindowSize = libc::winsize;
 
 /// The window size of the terminal `fd` (`TIOCGWINSZ`).
 ///
 /// # Errors
 /// `ENOTTY` when `fd` is not a terminal.
-pub fn window_size(fd: impl AsFd) -> nix::Result<WindowSize> {
+pub(crate) fn window_size(fd: impl AsFd) -> nix::Result<WindowSize> {
     let mut size = WindowSize {
         ws_row: 0,
         ws_col: 0,
@@ -28,7 +28,7 @@ pub fn window_size(fd: impl AsFd) -> nix::Result<WindowSize> {
 ///
 /// # Errors
 /// `ENOTTY` when `fd` is not a terminal.
-pub fn set_window_size(fd: impl AsFd, size: &WindowSize) -> nix::Result<()> {
+pub(crate) fn set_window_size(fd: impl AsFd, size: &WindowSize) -> nix::Result<()> {
     // SAFETY: TIOCSWINSZ reads one `struct winsize` from `size`, which lives across the call.
     let res = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSWINSZ, size) };
     Errno::result(res).map(drop)
@@ -39,7 +39,7 @@ pub fn set_window_size(fd: impl AsFd, size: &WindowSize) -> nix::Result<()> {
 ///
 /// # Errors
 /// `EPERM` when the caller is no session leader or the terminal belongs to another session.
-pub fn make_controlling(fd: impl AsFd) -> nix::Result<()> {
+pub(crate) fn make_controlling(fd: impl AsFd) -> nix::Result<()> {
     // SAFETY: TIOCSCTTY takes an integer argument and touches no memory of ours.
     let res = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSCTTY, 0 as libc::c_int) };
     Errno::result(res).map(drop)

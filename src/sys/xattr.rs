@@ -19,7 +19,7 @@ fn cstr(bytes: &[u8]) -> nix::Result<CString> {
 ///
 /// # Errors
 /// `ENODATA` when the attribute is absent; any error of `lgetxattr(2)`.
-pub fn get(path: &Path, name: &OsStr) -> nix::Result<Vec<u8>> {
+pub(crate) fn get(path: &Path, name: &OsStr) -> nix::Result<Vec<u8>> {
     let path = cstr(path.as_os_str().as_bytes())?;
     let name = cstr(name.as_bytes())?;
     let mut buf: Vec<u8> = Vec::new();
@@ -54,7 +54,7 @@ pub fn get(path: &Path, name: &OsStr) -> nix::Result<Vec<u8>> {
 ///
 /// # Errors
 /// Any error of `llistxattr(2)`.
-pub fn list(path: &Path) -> nix::Result<Vec<OsString>> {
+pub(crate) fn list(path: &Path) -> nix::Result<Vec<OsString>> {
     let path = cstr(path.as_os_str().as_bytes())?;
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -86,7 +86,7 @@ pub fn list(path: &Path) -> nix::Result<Vec<OsString>> {
 ///
 /// # Errors
 /// Any error of `lsetxattr(2)`.
-pub fn set(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> nix::Result<()> {
+pub(crate) fn set(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> nix::Result<()> {
     let path = cstr(path.as_os_str().as_bytes())?;
     let name = cstr(name.as_bytes())?;
     // SAFETY: NUL-terminated strings; `value` is readable for `value.len()` bytes.
@@ -106,7 +106,7 @@ pub fn set(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> nix::Result<(
 ///
 /// # Errors
 /// `ENODATA` when absent; any error of `lremovexattr(2)`.
-pub fn remove(path: &Path, name: &OsStr) -> nix::Result<()> {
+pub(crate) fn remove(path: &Path, name: &OsStr) -> nix::Result<()> {
     let path = cstr(path.as_os_str().as_bytes())?;
     let name = cstr(name.as_bytes())?;
     // SAFETY: both strings are NUL-terminated and live across the call.

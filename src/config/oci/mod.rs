@@ -31,13 +31,13 @@ mod reject;
 mod tests;
 
 /// Annotation: what to do with the changes (`preserve|discard|commit|commit-atomic|ask`).
-pub const ANNOTATION_POLICY: &str = "org.ovlrun.policy";
+pub(crate) const ANNOTATION_POLICY: &str = "org.ovlrun.policy";
 /// Annotation: the upper directory (relative to the config file's directory).
-pub const ANNOTATION_UPPER: &str = "org.ovlrun.upper";
+pub(crate) const ANNOTATION_UPPER: &str = "org.ovlrun.upper";
 /// Annotation: the whiteout format (`kernel|aufs`).
-pub const ANNOTATION_WHITEOUT: &str = "org.ovlrun.whiteout";
+pub(crate) const ANNOTATION_WHITEOUT: &str = "org.ovlrun.whiteout";
 /// Annotation: which filesystem serves the overlay (`auto|kernel|fuse`).
-pub const ANNOTATION_FS: &str = "org.ovlrun.fs";
+pub(crate) const ANNOTATION_FS: &str = "org.ovlrun.fs";
 
 /// What a config file says, as ovlrun's settings. `None` (or empty) means the file does
 /// not say, and the flag or ovlrun's default applies.
@@ -100,7 +100,7 @@ pub struct OciSettings {
 
 /// The caller, as far as reading a config depends on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// The caller is root (so a config without a user namespace can be honoured).
     pub root: bool,
     /// The id maps ovlrun would write for a new user namespace.
@@ -109,7 +109,7 @@ pub struct Caller {
 
 impl Caller {
     /// The calling process.
-    pub fn current() -> Caller {
+    pub(crate) fn current() -> Caller {
         Caller {
             root: nix::unistd::geteuid().is_root(),
             idmap: crate::host::ids::choose(),
@@ -180,7 +180,7 @@ pub fn load(path: &Path) -> Result<OciSettings, OciError> {
 }
 
 /// The most a config file may hold.
-pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// Reads `path` as text, at most [`MAX_CONFIG_BYTES`] of it.
 ///
@@ -209,7 +209,7 @@ fn read_bounded(path: &Path) -> Result<String, OciError> {
 ///
 /// # Errors
 /// [`OciError::Parse`] with line and column.
-pub fn parse(path: &Path, text: &str) -> Result<Spec, OciError> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Spec, OciError> {
     let positioned = |e: serde_json::Error| {
         let message = e.to_string();
         // serde_json appends the position, which the error shows in front instead.
@@ -241,7 +241,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Spec, OciError> {
 ///
 /// # Errors
 /// [`OciError::Field`] naming the first field ovlrun cannot honour.
-pub fn settings(spec: &Spec, path: &Path, caller: &Caller) -> Result<OciSettings, OciError> {
+pub(crate) fn settings(spec: &Spec, path: &Path, caller: &Caller) -> Result<OciSettings, OciError> {
     let ctx = Ctx {
         path,
         dir: match path.parent() {

@@ -28,7 +28,7 @@ use crate::seccomp::ProfileError;
 
 /// Allowed to every session: what both profiles allow to every container.
 #[rustfmt::skip]
-pub const ALLOWED: &[&str] = &[
+pub(crate) const ALLOWED: &[&str] = &[
     "_llseek", "_newselect", "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk",
     "cachestat", "capget", "capset", "chdir", "chmod", "chown", "chown32", "clock_adjtime",
     "clock_adjtime64", "clock_getres", "clock_getres_time64", "clock_gettime", "clock_gettime64",
@@ -91,7 +91,7 @@ pub const ALLOWED: &[&str] = &[
 /// Allowed where they exist: each is a system call of some architectures only, and
 /// libseccomp leaves a name out where it does not exist.
 #[rustfmt::skip]
-pub const ALLOWED_BY_ARCH: &[&str] = &[
+pub(crate) const ALLOWED_BY_ARCH: &[&str] = &[
     "arch_prctl", "modify_ldt", "arm_fadvise64_64", "arm_sync_file_range", "breakpoint",
     "cacheflush", "set_tls", "sync_file_range2", "swapcontext", "s390_pci_mmio_read",
     "s390_pci_mmio_write", "s390_runtime_instr", "riscv_flush_icache",
@@ -102,7 +102,7 @@ pub const ALLOWED_BY_ARCH: &[&str] = &[
 /// over the namespace they act on, which a session's own namespaces do not grant without
 /// `--cap-add SYS_ADMIN`, and a filter cannot tell a session's namespace from a nested one.
 #[rustfmt::skip]
-pub const NESTED_SANDBOXES: &[&str] = &[
+pub(crate) const NESTED_SANDBOXES: &[&str] = &[
     "clone", "clone3", "unshare", "setns", "mount", "umount", "umount2", "pivot_root",
     "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
 ];
@@ -111,14 +111,14 @@ pub const NESTED_SANDBOXES: &[&str] = &[
 /// reach state no namespace separates (kernel keyrings, swap, page faults served by user
 /// space, a well-known tool of kernel exploits).
 #[rustfmt::skip]
-pub const REFUSED: &[&str] = &[
+pub(crate) const REFUSED: &[&str] = &[
     "kexec_load", "kexec_file_load", "keyctl", "add_key", "request_key", "swapon", "swapoff",
     "userfaultfd",
 ];
 
 /// Obsolete interfaces nothing current needs, refused as both profiles refuse them.
 #[rustfmt::skip]
-pub const OBSOLETE: &[&str] = &[
+pub(crate) const OBSOLETE: &[&str] = &[
     "_sysctl", "afs_syscall", "bdflush", "create_module", "get_kernel_syms", "nfsservctl",
     "oldfstat", "oldlstat", "oldolduname", "oldstat", "olduname", "pciconfig_iobase",
     "pciconfig_read", "pciconfig_write", "sgetmask", "ssetmask", "sysfs", "uselib", "ustat",
@@ -128,7 +128,7 @@ pub const OBSOLETE: &[&str] = &[
 /// System calls allowed only when the session's bounding set holds one of `caps`, and
 /// refused otherwise.
 #[derive(Debug)]
-pub struct ByCapability {
+pub(crate) struct ByCapability {
     /// Any one of these allows the calls.
     pub caps: &'static [&'static str],
     /// The calls.
@@ -136,7 +136,7 @@ pub struct ByCapability {
 }
 
 /// The capability-bound groups, each with why it is bound.
-pub const BY_CAPABILITY: &[ByCapability] = &[
+pub(crate) const BY_CAPABILITY: &[ByCapability] = &[
     // Kernel modules: code in the host's kernel.
     ByCapability {
         caps: &["CAP_SYS_MODULE"],
@@ -223,16 +223,16 @@ pub const BY_CAPABILITY: &[ByCapability] = &[
 /// `personality(2)` values allowed: Linux, 32-bit Linux, UNAME26, both, and the query. Others
 /// (`ADDR_NO_RANDOMIZE`, `READ_IMPLIES_EXEC`, ...) undo hardening; they fall to ENOSYS, as
 /// under podman (a filter cannot say "none of these values" in one rule).
-pub const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
+pub(crate) const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 
 /// Terminal ioctls refused: TIOCSTI pushes input into the terminal (typed by the caller's
 /// shell once the session ends), TIOCLINUX can paste the console's selection as input.
 #[allow(clippy::unnecessary_cast)] // libc's type for ioctl numbers differs between targets
-pub const REFUSED_IOCTLS: &[u64] = &[libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
+pub(crate) const REFUSED_IOCTLS: &[u64] = &[libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
 
 /// Socket families refused, as docker refuses them: the kernel's crypto API (AF_ALG), and
 /// the hypervisor's host (AF_VSOCK), which no network namespace separates.
-pub const REFUSED_SOCKET_FAMILIES: &[u64] = &[libc::AF_ALG as u64, libc::AF_VSOCK as u64];
+pub(crate) const REFUSED_SOCKET_FAMILIES: &[u64] = &[libc::AF_ALG as u64, libc::AF_VSOCK as u64];
 
 /// The kernel takes an ioctl's request as `unsigned int`: only the low 32 bits count, so the
 /// rule compares only those (else setting a high bit would get past it).
@@ -245,7 +245,7 @@ const ENOSYS: u32 = libc::ENOSYS as u32;
 /// runs (x86 on x86-64, ARM on aarch64). A system call of another architecture kills the
 /// caller: so it does for x32, which both profiles list but which kernels leave off unless
 /// booted with `syscall.x32=y`, and which would triple the time libseccomp takes to compile.
-pub fn architectures() -> Vec<Arch> {
+pub(crate) fn architectures() -> Vec<Arch> {
     match libseccomp::ScmpArch::native() {
         libseccomp::ScmpArch::X8664 => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86],
         libseccomp::ScmpArch::Aarch64 => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
@@ -295,7 +295,7 @@ fn held(bounding: &BTreeSet<String>, caps: &[&str]) -> bool {
 ///
 /// # Errors
 /// None in practice (see `condition`).
-pub fn profile(bounding: &BTreeSet<String>) -> Result<LinuxSeccomp, ProfileError> {
+pub(crate) fn profile(bounding: &BTreeSet<String>) -> Result<LinuxSeccomp, ProfileError> {
     let mut calls = vec![
         allow(ALLOWED),
         allow(ALLOWED_BY_ARCH),
@@ -332,7 +332,7 @@ pub fn profile(bounding: &BTreeSet<String>) -> Result<LinuxSeccomp, ProfileError
 ///
 /// # Errors
 /// None in practice (see `condition`).
-pub fn refinements(bounding: &BTreeSet<String>) -> Result<LinuxSeccomp, ProfileError> {
+pub(crate) fn refinements(bounding: &BTreeSet<String>) -> Result<LinuxSeccomp, ProfileError> {
     let mut calls = Vec::new();
     for request in REFUSED_IOCTLS {
         let mut call = refuse(&["ioctl"]);

@@ -6,7 +6,7 @@
 //! fails before anything is mounted, and the child only hands the kernel instructions it
 //! already holds (it allocates nothing).
 
-pub mod default;
+pub(crate) mod default;
 
 use std::path::Path;
 
@@ -18,13 +18,14 @@ use crate::seccomp::{ProfileError, Program, cache, compile_profile};
 /// A compiled filter: programs installed in order, all of which every system call then
 /// passes (the kernel takes the most restrictive answer).
 #[derive(Debug)]
-pub struct Filter {
+pub(crate) struct Filter {
     programs: Vec<Program>,
 }
 
 impl Filter {
+    #[cfg(test)]
     /// The programs, in the order they are installed.
-    pub fn programs(&self) -> &[Program] {
+    pub(crate) fn programs(&self) -> &[Program] {
         &self.programs
     }
 
@@ -33,7 +34,7 @@ impl Filter {
     ///
     /// # Errors
     /// The first error of seccomp(2).
-    pub fn load(&self) -> nix::Result<()> {
+    pub(crate) fn load(&self) -> nix::Result<()> {
         for p in &self.programs {
             crate::sys::seccomp::set_mode_filter(p.instructions(), p.flags())?;
         }
@@ -48,7 +49,7 @@ impl Filter {
 ///
 /// # Errors
 /// [`ProfileError`] naming the field of the profile libseccomp refused.
-pub fn compile(
+pub(crate) fn compile(
     choice: &Seccomp,
     caps: &CapabilitySets,
     cache: Option<&Path>,
