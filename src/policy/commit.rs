@@ -15,8 +15,9 @@
 //! `OVLRUN_FAULT_AFTER=N` kills the process with SIGKILL after N journal records, for the
 //! crash tests.
 
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -785,9 +786,28 @@ fn set_owner_xattrs(path: &Path, meta: &Meta) -> std::io::Result<()> {
         Err(e) => return Err(e.into()),
     }
     for (name, value) in &meta.xattrs {
-        let name = OsString::from(String::from_utf8_lossy(name).into_owned());
-        match sys::xattr::set(path, &name, value, 0) {
-            Ok(()) | Err(nix::errno::Errno::EPERM | nix::errno::Errno::EOPNOTSUPP) => {}
+        match sys::xattr::set(path, OsStr::from_bytes(name), value, 0) {
+            Ok(()) | Err(Errno::EPERM | Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // An existing directory keeps xattrs the upper's copy no longer has (the session removed
+    // them), and an undo must take off what the commit added: both would differ from `meta`.
+    let present = match sys::xattr::list(path) {
+        Ok(names) => names,
+        Err(Errno::EOPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for name in present {
+        let wanted = meta
+            .xattrs
+            .iter()
+            .any(|(n, _)| n.as_slice() == name.as_bytes());
+        if wanted || crate::layers::format::is_private_xattr(&name) {
+            continue;
+        }
+        match sys::xattr::remove(path, &name) {
+            Ok(()) | Err(Errno::EPERM | Errno::EACCES | Errno::ENODATA | Errno::EOPNOTSUPP) => {}
             Err(e) => return Err(e.into()),
         }
     }
