@@ -5,6 +5,8 @@
 pub(crate) mod at;
 pub(crate) mod beneath;
 pub(crate) mod commit;
+#[cfg(test)]
+mod commit_props;
 pub(crate) mod conflict;
 pub(crate) mod export;
 pub(crate) mod names;
