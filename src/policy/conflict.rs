@@ -3,9 +3,9 @@
 //!
 //! # Design
 //!
-//! A session records one number when it starts: its [`Stamp`], the kernel's coarse wall clock
-//! (`CLOCK_REALTIME_COARSE`), taken under the rootfs's shared lock, so no ovlrun commit runs
-//! at that moment. Nothing else is recorded then, and nothing while the session runs, so this
+//! A session records one number when it starts: its [`Stamp`], the kernel's fine wall clock
+//! (`CLOCK_REALTIME`), taken under the rootfs's shared lock, so no ovlrun commit runs at that
+//! moment; the session reads nothing of the rootfs until the coarse clock is past it. Nothing else is recorded then, and nothing while the session runs, so this
 //! costs the same on both backends and for any size of tree: what the session changed is read
 //! from its upper at commit time, and what the rootfs changed is read from the ctimes of just
 //! those paths.
@@ -72,6 +72,35 @@ impl Stamp {
         Stamp {
             sec: ts.tv_sec(),
             nsec: ts.tv_nsec(),
+        }
+    }
+
+    /// Now, on the fine clock: every ctime set before this call is at or before it, whether
+    /// stamped from the coarse clock or (multigrain timestamps) the fine one. A session's start
+    /// takes this, and reads nothing of the rootfs until [`Stamp::wait_coarse_past`] returns,
+    /// so a coarse-stamped change made after its first read still shows as later.
+    pub fn fine_now() -> Stamp {
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+            .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
+        Stamp {
+            sec: ts.tv_sec(),
+            nsec: ts.tv_nsec(),
+        }
+    }
+
+    /// Waits (a clock tick at most, usually not at all: a session's setup takes longer) until
+    /// the coarse clock is past this stamp and its slack, so any ctime set from now on is after
+    /// it.
+    pub fn wait_coarse_past(self) {
+        let past = total(self.sec, self.nsec) + i128::from(2 * FINE_GRAIN_SLACK_NS);
+        for _ in 0..500 {
+            let coarse = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE)
+                .map(|ts| total(ts.tv_sec(), ts.tv_nsec()))
+                .unwrap_or(i128::MAX);
+            if coarse > past {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
         }
     }
 

@@ -12,6 +12,7 @@ use crate::config::SessionPlan;
 use crate::layers::format::{self, WhiteoutFormat};
 use crate::mount::kernel::KernelMount;
 use crate::mount::{Backend, MountError, MountHandle, OverlayBuilder, UnservedMount};
+use crate::policy::conflict::Stamp;
 use crate::sandbox::plan::NetFile;
 use crate::sandbox::{Filesystem, FsError};
 
@@ -53,6 +54,8 @@ pub(crate) struct SessionRootfs<'a> {
     kept: bool,
     mounted: Option<Mounted>,
     scaffold: Scaffold,
+    /// The session's start: nothing of the rootfs is read before the coarse clock passed it.
+    not_before: Option<Stamp>,
 }
 
 impl<'a> SessionRootfs<'a> {
@@ -65,7 +68,15 @@ impl<'a> SessionRootfs<'a> {
             kept,
             mounted: None,
             scaffold: Scaffold::default(),
+            not_before: None,
         }
+    }
+
+    /// Reads nothing of the rootfs before the coarse clock is past `start` (see
+    /// [`Stamp::wait_coarse_past`]), so the session's conflicts are sound.
+    pub(crate) fn not_before(mut self, start: Option<Stamp>) -> Self {
+        self.not_before = start;
+        self
     }
 
     fn kernel(&self) -> Result<Mounted, RootfsError> {
@@ -149,6 +160,9 @@ impl Filesystem for SessionRootfs<'_> {
     }
 
     fn mount(&mut self) -> Result<Vec<NetFile>, FsError> {
+        if let Some(start) = self.not_before {
+            start.wait_coarse_past();
+        }
         // Made inside the namespace, so it sees owners as the removal afterwards will.
         let (made, net) = scaffold::make_targets(self.plan, &self.dirs.upper, &self.dirs.work)?;
         self.scaffold = made;

@@ -136,7 +136,7 @@ pub fn run(
         opts.resume.is_some() || checked.as_ref().is_some_and(|c| c.reused.is_some());
     rec.save(&dirs.root)?;
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
-    let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard);
+    let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard).not_before(rec.base);
     let code = match crate::sandbox::run(plan, fs) {
         Ok(outcome) => {
             rec.fs = outcome.fs;
@@ -197,7 +197,9 @@ fn new_session(
         // keeps the start of its first session, when its earliest changes were based.
         base: match upper.and_then(|u| u.reused.as_ref()) {
             Some(mark) => mark.base,
-            None => Some(Stamp::now()),
+            // The fine clock: an entry changed just before the start, in the same coarse
+            // tick, may carry a fine-grained ctime past the coarse clock (multigrain).
+            None => Some(Stamp::fine_now()),
         },
     };
     Ok((dirs, rec))
