@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::SessionDirs;
+use super::record::Record;
 use super::scaffold::{self, Scaffold};
 use crate::config::SessionPlan;
 use crate::layers::format::{self, WhiteoutFormat};
@@ -53,18 +54,28 @@ pub(crate) struct SessionRootfs<'a> {
     kept: bool,
     mounted: Option<Mounted>,
     scaffold: Scaffold,
+    /// The session's record, saved with the backend that serves once it is known, so `ls`
+    /// names it while the session runs.
+    record: &'a Record,
 }
 
 impl<'a> SessionRootfs<'a> {
     /// Nothing done yet; `kept` says whether the upper outlives the session (it must then be
-    /// whole, readable by the kernel overlayfs and by the policies).
-    pub(crate) fn new(plan: &'a SessionPlan, dirs: &'a SessionDirs, kept: bool) -> Self {
+    /// whole, readable by the kernel overlayfs and by the policies); `record` is the
+    /// session's, as saved.
+    pub(crate) fn new(
+        plan: &'a SessionPlan,
+        dirs: &'a SessionDirs,
+        kept: bool,
+        record: &'a Record,
+    ) -> Self {
         SessionRootfs {
             plan,
             dirs,
             kept,
             mounted: None,
             scaffold: Scaffold::default(),
+            record,
         }
     }
 
@@ -167,6 +178,14 @@ impl Filesystem for SessionRootfs<'_> {
             None => return Err(RootfsError::NotMounted.into()),
         };
         self.mounted = Some(mounted);
+        if self.record.fs != fs {
+            // Best effort: the record gets the backend at the end anyway.
+            let _ = Record {
+                fs,
+                ..self.record.clone()
+            }
+            .save(&self.dirs.root);
+        }
         Ok(fs)
     }
 
