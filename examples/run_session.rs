@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         resume: None,
         commit_on: CommitOn::Success,
     };
-    let code = run(&plan, &opts, &Stdout)?;
+    let code = run(&plan, &opts, &Stdout)?.code.unwrap_or(125);
     println!("policy {}: the command exited with {code}", policy.name());
     std::process::exit(code)
 }

@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// commit) instead of failing.
     #[arg(long)]
     pub wait: bool,
+    /// When the session ends (also when it cannot start), write its result to FILE as JSON:
+    /// id, backend, exit_code and signal, outcome (kept, discarded, committed, conflict,
+    /// not-committed), changes (added, changed, deleted), upper, error. A regular file is
+    /// replaced atomically; /dev/fd/N writes to an open descriptor.
+    #[arg(long, value_name = "FILE", value_parser = json_status_path)]
+    pub json_status: Option<PathBuf>,
     /// Which filesystem serves the overlay: the kernel overlayfs where it mounts, else
     /// ovlrun's FUSE filesystem (auto); always the kernel's; always FUSE (for its
     /// semantics: renaming lower directories, stable st_ino, hard links kept) [default: auto].
@@ -191,6 +197,20 @@ impl RunArgs {
             cmd: self.cmd,
         }
     }
+}
+
+/// `--json-status`'s FILE, absolute, so the session's own directory changes cannot move it.
+/// Not `-`: stdout and stderr carry the command's output, which a reader would have to
+/// separate from the JSON.
+fn json_status_path(s: &str) -> Result<PathBuf, String> {
+    if s == "-" {
+        return Err(
+            "not `-`: stdout is the command's; give a file, or /dev/fd/N for an \
+                    open descriptor"
+                .into(),
+        );
+    }
+    std::path::absolute(s).map_err(|e| e.to_string())
 }
 
 /// `ovlrun run`.

@@ -18,7 +18,7 @@ use cli::{Cli, Command, MountArgs, RunArgs};
 use ovlrun::config::OciSettings;
 use ovlrun::config::{self, SessionPlan};
 use ovlrun::mount::OverlayBuilder;
-use ovlrun::session::RunOptions;
+use ovlrun::session::{Ended, Failed, RunOptions};
 
 /// ovlrun's own failure, as container runtimes report it.
 const EXIT_OWN_ERROR: u8 = 125;
@@ -128,9 +128,30 @@ fn session(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCode> {
+    let Some(status) = args.json_status.clone() else {
+        return exit_of(session_run(args, resume));
+    };
+    let result = session_run(args, resume);
+    let (ended, error) = match &result {
+        Ok(ended) => (Some(ended), None),
+        Err(e @ SessionFailed::Setup(_)) => (None, Some(chain(e))),
+        Err(SessionFailed::Run(f)) => (f.ended.as_deref(), Some(chain(f))),
+    };
+    let json = ovlrun::session::ended::status_json(ended, error.as_deref());
+    if let Err(e) = ovlrun::session::ended::write_status(&status, &json) {
+        // The session's own error comes first: it says what happened to the changes.
+        if let Err(run) = result {
+            eprintln!("ovlrun: {:#}", anyhow::Error::from(run));
+        }
+        anyhow::bail!("cannot write --json-status {}: {e}", status.display());
+    }
+    exit_of(result)
+}
+
+fn session_run(args: RunArgs, resume: Option<String>) -> Result<Ended, SessionFailed> {
     // Read first: nothing is created before the config is valid.
     let oci = match &args.config {
-        Some(path) => config::load(path)?,
+        Some(path) => config::load(path).map_err(anyhow::Error::from)?,
         None => OciSettings::default(),
     };
     let opts = RunOptions {
@@ -140,8 +161,36 @@ fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCod
         resume,
         commit_on: args.commit_on.into(),
     };
-    let plan = SessionPlan::from_flags(args.into_flags(), oci)?;
-    let code = ovlrun::session::run(&plan, &opts, &stderr::Stderr)?;
+    let plan = SessionPlan::from_flags(args.into_flags(), oci).map_err(anyhow::Error::from)?;
+    Ok(ovlrun::session::run(&plan, &opts, &stderr::Stderr)?)
+}
+
+/// A session that did not end well: before it had begun (reading the config, the flags) or
+/// while it ran.
+#[derive(Debug, thiserror::Error)]
+enum SessionFailed {
+    #[error(transparent)]
+    Setup(#[from] anyhow::Error),
+    #[error(transparent)]
+    Run(#[from] Failed),
+}
+
+/// `e` and its causes on one line, as `{:#}` shows an `anyhow::Error`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
+/// The exit status of a session: the command's, or ovlrun's own error.
+fn exit_of(result: Result<Ended, SessionFailed>) -> anyhow::Result<ExitCode> {
+    let ended = result?;
+    let code = ended.code.unwrap_or(i32::from(EXIT_OWN_ERROR));
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_OWN_ERROR)))
 }
 

@@ -37,6 +37,9 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
             .map(|(d, r)| {
                 let mut v = serde_json::to_value(r).unwrap_or_default();
                 v["state"] = status(r).into();
+                // Sessions have no names yet (issue 16 item 5); the key is there for readers.
+                v["name"] = serde_json::Value::Null;
+                v["command"] = r.command.clone().into();
                 v["size"] = d.upper_size().into();
                 v
             })
@@ -224,7 +227,7 @@ pub fn export(id: &str, output: &Path) -> anyhow::Result<ExitCode> {
         // Written beside the target and renamed, so a failed export leaves no partial file.
         let tmp = output.with_extension("ovlrun-partial");
         let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+            .with_context(|| format!("cannot write {}", output.display()))?;
         let file = match kept.export(std::io::BufWriter::new(file)) {
             Ok(f) => f,
             Err(e) => {
@@ -235,7 +238,7 @@ pub fn export(id: &str, output: &Path) -> anyhow::Result<ExitCode> {
         file.into_inner()
             .map_err(|e| e.into_error())
             .and_then(|f| f.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+            .with_context(|| format!("cannot write {}", output.display()))?;
         std::fs::rename(&tmp, output)
             .with_context(|| format!("cannot write {}", output.display()))?;
     }

@@ -53,22 +53,62 @@ impl Report for Stderr {
         if changes.len() > 20 {
             eprintln!("  ... ({} more: `ovlrun diff {id}`)", changes.len() - 20);
         }
+        let answers = answers();
         loop {
-            eprint!("ovlrun: [c]ommit, commit [a]tomically, [p]reserve or [d]iscard? ");
+            eprint!("ovlrun: [c]ommit, commit [a]tomically, [P]reserve or [d]iscard? ");
             let _ = std::io::stderr().flush();
-            let mut line = String::new();
-            if std::io::stdin().lock().read_line(&mut line).unwrap_or(0) == 0 {
+            // End of input or Ctrl-C: keep the session, as the default does.
+            let Ok(Some(line)) = answers.recv() else {
+                eprintln!();
+                eprintln!("ovlrun: no answer: keeping the session");
                 return Policy::Preserve;
-            }
+            };
             match line.trim() {
+                "" | "p" | "preserve" => return Policy::Preserve,
                 "c" | "commit" => return Policy::Commit,
                 "a" | "atomic" => return Policy::CommitAtomic,
-                "p" | "preserve" => return Policy::Preserve,
                 "d" | "discard" => return Policy::Discard,
                 _ => {}
             }
         }
     }
+}
+
+/// The lines typed at the prompt, each `Some`; `None` (or a closed channel) when input ends
+/// or an interrupt comes (INT, TERM, HUP: blocked here, so they end the prompt instead of
+/// ovlrun, or of nothing when the launcher left them blocked). The threads outlive an answer;
+/// ovlrun exits soon after.
+fn answers() -> std::sync::mpsc::Receiver<Option<String>> {
+    use nix::sys::signal::{SigSet, Signal};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut interrupts = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        interrupts.add(s);
+    }
+    // Blocked before the threads start, so they inherit the mask and sigwait sees them.
+    if interrupts.thread_block().is_ok() {
+        let on_signal = tx.clone();
+        std::thread::spawn(move || {
+            if interrupts.wait().is_ok() {
+                let _ = on_signal.send(None);
+            }
+        });
+    }
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        loop {
+            let mut line = String::new();
+            let answer = match stdin.lock().read_line(&mut line) {
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(line),
+            };
+            let end = answer.is_none();
+            if tx.send(answer).is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A commit's progress bar, cleared when the commit ends.

@@ -155,6 +155,7 @@ impl Kept {
             wait,
             force,
             report,
+            &mut None,
         )?)
     }
 

@@ -55,6 +55,10 @@ pub struct Record {
     /// are not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) base: Option<crate::policy::conflict::Stamp>,
+    /// The command the session runs (its argv, bytes that are not UTF-8 replaced); empty in
+    /// records of older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
 }
 
 /// A record that cannot be read or written.
@@ -201,6 +205,7 @@ mod tests {
             exit_code: None,
             owner: 0,
             base: Some(crate::policy::conflict::Stamp { sec: 1, nsec: 2 }),
+            command: vec!["sh".into(), "-c".into(), "true".into()],
         };
         rec.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()).unwrap(), rec);

@@ -101,7 +101,15 @@ pub enum Note<'a> {
         /// Why.
         error: &'a StateError,
     },
-    /// `--policy ask` found no changes: the session is discarded.
+    /// `--wait`: the lock of `rootfs` is busy; waiting for it.
+    Waiting {
+        /// The rootfs.
+        rootfs: &'a Path,
+        /// The sessions of this state root that run on it or commit into it (others, of
+        /// other state roots or users, are not seen).
+        holders: &'a [String],
+    },
+    /// `--policy ask` or `preserve` found no changes: the session is discarded.
     NoChanges,
 }
 
@@ -152,7 +160,17 @@ impl fmt::Display for Note<'_> {
             Note::NotRemoved { id, error } => {
                 write!(f, "committed, but cannot remove session {id}: {error}")
             }
-            Note::NoChanges => f.write_str("no changes"),
+            Note::Waiting { rootfs, holders } => write!(
+                f,
+                "waiting for the lock on {} held by {}",
+                rootfs.display(),
+                match holders {
+                    [] => "another ovlrun (a session or a commit of another state root)".to_owned(),
+                    [one] => format!("session {one}"),
+                    many => format!("sessions {}", many.join(", ")),
+                }
+            ),
+            Note::NoChanges => f.write_str("no changes; nothing kept"),
         }
     }
 }

@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use super::SessionDirs;
+use super::record::Record;
 use super::scaffold::{self, Scaffold};
 use crate::config::SessionPlan;
 use crate::layers::format::{self, WhiteoutFormat};
 use crate::mount::kernel::KernelMount;
 use crate::mount::{Backend, MountError, MountHandle, OverlayBuilder, UnservedMount};
-use crate::policy::conflict::Stamp;
 use crate::sandbox::plan::NetFile;
 use crate::sandbox::{Filesystem, FsError};
 
@@ -54,29 +54,29 @@ pub(crate) struct SessionRootfs<'a> {
     kept: bool,
     mounted: Option<Mounted>,
     scaffold: Scaffold,
-    /// The session's start: nothing of the rootfs is read before the coarse clock passed it.
-    not_before: Option<Stamp>,
+    /// The session's record, saved with the backend that serves once it is known, so `ls`
+    /// names it while the session runs.
+    record: &'a Record,
 }
 
 impl<'a> SessionRootfs<'a> {
     /// Nothing done yet; `kept` says whether the upper outlives the session (it must then be
-    /// whole, readable by the kernel overlayfs and by the policies).
-    pub(crate) fn new(plan: &'a SessionPlan, dirs: &'a SessionDirs, kept: bool) -> Self {
+    /// whole, readable by the kernel overlayfs and by the policies); `record` is the
+    /// session's, as saved.
+    pub(crate) fn new(
+        plan: &'a SessionPlan,
+        dirs: &'a SessionDirs,
+        kept: bool,
+        record: &'a Record,
+    ) -> Self {
         SessionRootfs {
             plan,
             dirs,
             kept,
             mounted: None,
             scaffold: Scaffold::default(),
-            not_before: None,
+            record,
         }
-    }
-
-    /// Reads nothing of the rootfs before the coarse clock is past `start` (see
-    /// [`Stamp::wait_coarse_past`]), so the session's conflicts are sound.
-    pub(crate) fn not_before(mut self, start: Option<Stamp>) -> Self {
-        self.not_before = start;
-        self
     }
 
     fn kernel(&self) -> Result<Mounted, RootfsError> {
@@ -160,7 +160,9 @@ impl Filesystem for SessionRootfs<'_> {
     }
 
     fn mount(&mut self) -> Result<Vec<NetFile>, FsError> {
-        if let Some(start) = self.not_before {
+        // Nothing of the rootfs is read before the coarse clock is past the session's start
+        // (see `Stamp::wait_coarse_past`), so its conflicts are sound.
+        if let Some(start) = self.record.base {
             start.wait_coarse_past();
         }
         // Made inside the namespace, so it sees owners as the removal afterwards will.
@@ -181,6 +183,14 @@ impl Filesystem for SessionRootfs<'_> {
             None => return Err(RootfsError::NotMounted.into()),
         };
         self.mounted = Some(mounted);
+        if self.record.fs != fs {
+            // Best effort: the record gets the backend at the end anyway.
+            let _ = Record {
+                fs,
+                ..self.record.clone()
+            }
+            .save(&self.dirs.root);
+        }
         Ok(fs)
     }
 

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::ended::{Counts, Ended, Failed, Outcome};
 use super::lock::{Mode, RootfsLock};
 use super::record::{Record, Status, now};
 use super::report::{CommitSize, Note, Report};
@@ -45,7 +46,7 @@ pub(crate) fn lock_and_recover(
     report: &dyn Report,
 ) -> Result<RootfsLock, SessionError> {
     loop {
-        let lock = RootfsLock::take(rootfs, mode, wait)?;
+        let lock = take(state, rootfs, mode, wait, report)?;
         // Only an interrupted commit leaves a transaction behind (a running one holds the
         // lock), so sessions starting side by side never contend for the exclusive lock just
         // to look.
@@ -56,7 +57,7 @@ pub(crate) fn lock_and_recover(
             Mode::Exclusive => lock,
             Mode::Shared => {
                 drop(lock);
-                RootfsLock::take(rootfs, Mode::Exclusive, wait)?
+                take(state, rootfs, Mode::Exclusive, wait, report)?
             }
         };
         recover_locked(state, rootfs, report)?;
@@ -64,6 +65,33 @@ pub(crate) fn lock_and_recover(
             return Ok(exclusive);
         }
         // Look again under the shared lock: another commit may have crashed meanwhile.
+    }
+}
+
+/// Takes `rootfs`'s lock; with `wait`, when it is busy, says so (naming the sessions of
+/// `state` that hold it) and blocks until it is free.
+fn take(
+    state: &Path,
+    rootfs: &Path,
+    mode: Mode,
+    wait: bool,
+    report: &dyn Report,
+) -> Result<RootfsLock, SessionError> {
+    match RootfsLock::take(rootfs, mode, false) {
+        Err(super::LockError::Busy { .. }) if wait => {
+            let holders: Vec<String> = SessionDirs::list(state)
+                .into_iter()
+                .filter(|(_, r)| r.rootfs == rootfs && r.status != Status::Preserved)
+                .filter(|(_, r)| !r.is_dead())
+                .map(|(_, r)| r.id.0)
+                .collect();
+            report.note(Note::Waiting {
+                rootfs,
+                holders: &holders,
+            });
+            Ok(RootfsLock::take(rootfs, mode, true)?)
+        }
+        taken => Ok(taken?),
     }
 }
 
@@ -106,15 +134,26 @@ fn settle_committing_sessions(state: &Path, rootfs: &Path, outcome: Recovery, af
 }
 
 /// Runs `plan` as a session and applies the policy, telling `report` what the user should
-/// know; returns the command's exit status.
+/// know; returns how it ended (the command's exit status is [`Ended::code`]).
 ///
 /// # Errors
-/// [`SessionError`]; when it comes after the command ran, the session is kept and named.
-pub fn run(
+/// [`Failed`]: the [`SessionError`], with the session as far as it got once it had an id;
+/// when the error comes after the command ran, the session is kept and named.
+pub fn run(plan: &SessionPlan, opts: &RunOptions, report: &dyn Report) -> Result<Ended, Failed> {
+    let mut so_far = None;
+    run_tracked(plan, opts, report, &mut so_far).map_err(|error| Failed {
+        ended: so_far.map(Box::new),
+        error: Box::new(error),
+    })
+}
+
+/// [`run`], leaving in `so_far` what became of the session, for its error.
+fn run_tracked(
     plan: &SessionPlan,
     opts: &RunOptions,
     report: &dyn Report,
-) -> Result<i32, SessionError> {
+    so_far: &mut Option<Ended>,
+) -> Result<Ended, SessionError> {
     // A user-given upper is checked before anything is locked, created or changed.
     let checked = match (&opts.resume, &opts.upper) {
         (None, Some(u)) => Some(super::upper::check(u, &plan.rootfs, &plan.state_root)?),
@@ -134,12 +173,22 @@ pub fn run(
     // An upper used again holds earlier work, which a failed launch must not take away.
     let earlier_work =
         opts.resume.is_some() || checked.as_ref().is_some_and(|c| c.reused.is_some());
+    // Until something else is known, the changes are kept where they are.
+    let ended = so_far.insert(Ended {
+        id: dirs.id.0.clone(),
+        fs: None,
+        code: None,
+        outcome: Outcome::Kept,
+        changes: None,
+        upper: Some(dirs.upper.clone()),
+    });
     rec.save(&dirs.root)?;
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
-    let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard).not_before(rec.base);
+    let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard, &rec);
     let code = match crate::sandbox::run(plan, fs) {
         Ok(outcome) => {
             rec.fs = outcome.fs;
+            ended.fs = Some(outcome.fs);
             outcome.code
         }
         Err(e) => {
@@ -152,10 +201,13 @@ pub fn run(
             } else {
                 // The command never ran; nothing but launcher scaffolding is in the upper.
                 let _ = dirs.discard();
+                ended.outcome = Outcome::Discarded;
+                ended.upper = None;
             }
             return Err(e.into());
         }
     };
+    ended.code = Some(code);
     rec.status = Status::Preserved;
     rec.ended = Some(now());
     rec.exit_code = Some(code);
@@ -164,8 +216,8 @@ pub fn run(
         rec.save(&dirs.root)?;
     }
     drop(shared);
-    apply_policy(plan, opts, &dirs, &mut rec, code, report)?;
-    Ok(code)
+    apply_policy(&plan.state_root, opts, &dirs, &mut rec, code, report, ended)?;
+    Ok(ended.clone())
 }
 
 fn new_session(
@@ -201,8 +253,17 @@ fn new_session(
             // tick, may carry a fine-grained ctime past the coarse clock (multigrain).
             None => Some(Stamp::fine_now()),
         },
+        command: command_of(plan),
     };
     Ok((dirs, rec))
+}
+
+/// `plan`'s argv as the record shows it.
+fn command_of(plan: &SessionPlan) -> Vec<String> {
+    plan.argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Reopens kept session `id` to run a new command on its changes.
@@ -212,27 +273,53 @@ fn resume(plan: &SessionPlan, id: &str) -> Result<(SessionDirs, Record), Session
     rec.pid = std::process::id();
     rec.ended = None;
     rec.exit_code = None;
+    rec.command = command_of(plan);
     Ok((dirs, rec))
 }
 
+/// Applies `opts.policy` to the finished session, recording in `ended` what became of it.
 fn apply_policy(
-    plan: &SessionPlan,
+    state: &Path,
     opts: &RunOptions,
     dirs: &SessionDirs,
     rec: &mut Record,
     code: i32,
     report: &dyn Report,
+    ended: &mut Ended,
 ) -> Result<(), SessionError> {
+    // Only a new session with its upper in the state root is dropped for changing nothing.
+    let fresh = opts.resume.is_none() && dirs.upper.starts_with(&dirs.root);
     let policy = match opts.policy {
-        Policy::Ask => ask(plan, dirs, rec, report)?,
+        Policy::Ask => {
+            let diff = plan::plan(&rec.rootfs, &rec.upper, upper_format(rec)?)?;
+            ended.changes = Some(Counts::of(&diff.changes));
+            if diff.changes.is_empty() {
+                report.note(Note::NoChanges);
+                Policy::Discard
+            } else {
+                report.ask(&dirs.id.0, &diff.changes)
+            }
+        }
         Policy::Commit | Policy::CommitAtomic if !opts.commit_on.commits(code) => {
+            ended.changes = counts(rec);
             report.note(Note::NotCommitted {
                 id: &dirs.id.0,
                 upper: &dirs.upper,
                 code,
                 atomic: opts.policy == Policy::CommitAtomic,
             });
+            ended.outcome = Outcome::NotCommitted;
             return Ok(());
+        }
+        Policy::Preserve => {
+            // A diff that cannot be read keeps the session: it may hold work.
+            ended.changes = counts(rec);
+            if fresh && ended.changes == Some(Counts::default()) {
+                report.note(Note::NoChanges);
+                Policy::Discard
+            } else {
+                Policy::Preserve
+            }
         }
         p => p,
     };
@@ -245,24 +332,51 @@ fn apply_policy(
                 });
                 // The record goes last in a discard, so it is still there to say so.
                 rec.save(&dirs.root)?;
+                return Ok(());
             }
+            ended.outcome = Outcome::Discarded;
+            ended.upper = None;
             Ok(())
         }
-        Policy::Commit | Policy::CommitAtomic => commit_session(
-            &plan.state_root,
-            dirs,
-            rec,
-            policy.commit_mode().unwrap_or(CommitMode::Plain),
-            opts.wait,
-            false,
-            report,
-        )
-        .map(drop),
+        Policy::Commit | Policy::CommitAtomic => {
+            let mut planned = None;
+            let result = commit_session(
+                state,
+                dirs,
+                rec,
+                policy.commit_mode().unwrap_or(CommitMode::Plain),
+                opts.wait,
+                false,
+                report,
+                &mut planned,
+            );
+            ended.changes = planned.or(ended.changes);
+            match result {
+                Ok(_) => {
+                    ended.outcome = Outcome::Committed;
+                    ended.upper = None;
+                    Ok(())
+                }
+                Err(e) => {
+                    if matches!(e, SessionError::Conflicts { .. }) {
+                        ended.outcome = Outcome::Conflict;
+                    }
+                    Err(e)
+                }
+            }
+        }
         Policy::Preserve | Policy::Ask => {
             report_kept(dirs, report);
             Ok(())
         }
     }
+}
+
+/// The counts of `rec`'s changes, or `None` when its diff cannot be read.
+fn counts(rec: &Record) -> Option<Counts> {
+    let format = upper_format(rec).ok()?;
+    let diff = plan::plan(&rec.rootfs, &rec.upper, format).ok()?;
+    Some(Counts::of(&diff.changes))
 }
 
 /// Tells `report` where a kept session is.
@@ -281,7 +395,8 @@ fn report_kept(dirs: &SessionDirs, report: &dyn Report) {
 /// # Errors
 /// [`SessionError::Lock`] when other sessions run (the session is kept);
 /// [`SessionError::Conflicts`] (nothing applied, the session kept);
-/// [`SessionError::Commit`].
+/// [`SessionError::Commit`]. `planned` gets the counts of the changes once they are known.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn commit_session(
     state: &Path,
     dirs: &SessionDirs,
@@ -290,6 +405,7 @@ pub(crate) fn commit_session(
     wait: bool,
     force: bool,
     report: &dyn Report,
+    planned: &mut Option<Counts>,
 ) -> Result<Vec<conflict::Conflict>, SessionError> {
     let _lock = match lock_and_recover(state, &rec.rootfs, Mode::Exclusive, wait, report) {
         Ok(l) => l,
@@ -299,6 +415,7 @@ pub(crate) fn commit_session(
         }
     };
     let plan = plan::plan(&rec.rootfs, &rec.upper, upper_format(rec)?)?;
+    *planned = Some(Counts::of(&plan.changes));
     let conflicts = conflicts_of(rec, &plan)?;
     if !conflicts.is_empty() && !force {
         return Err(SessionError::Conflicts {
@@ -376,19 +493,4 @@ pub(crate) fn conflicts_of(
         )?),
         None => Ok(Vec::new()),
     }
-}
-
-/// `--policy ask`: discards a session without changes, else lets `report` choose.
-fn ask(
-    plan: &SessionPlan,
-    dirs: &SessionDirs,
-    rec: &Record,
-    report: &dyn Report,
-) -> Result<Policy, SessionError> {
-    let diff = plan::plan(&plan.rootfs, &dirs.upper, upper_format(rec)?)?;
-    if diff.changes.is_empty() {
-        report.note(Note::NoChanges);
-        return Ok(Policy::Discard);
-    }
-    Ok(report.ask(&dirs.id.0, &diff.changes))
 }

@@ -295,7 +295,10 @@ impl Checked {
             ino: md.ino(),
             made_upper: self.reused.as_ref().map_or(made_upper, |m| m.made_upper),
             made_work: self.reused.as_ref().map_or(made_work, |m| m.made_work),
-            base: self.reused.as_ref().map_or(Some(Stamp::fine_now()), |m| m.base),
+            base: self
+                .reused
+                .as_ref()
+                .map_or(Some(Stamp::fine_now()), |m| m.base),
         };
         let json =
             serde_json::to_vec_pretty(&mark).map_err(|e| io("write", &self.work)(e.into()))?;

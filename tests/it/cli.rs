@@ -415,3 +415,295 @@ fn a_timed_out_run_is_kept_not_committed() {
     );
     ovlrun(&dir, &["discard", &id]).expect_ok();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The result of a run for machines (`--json-status`), `ls --json`, and the small ones
+
+/// A copy of the example rootfs in `dir`, for runs that commit.
+fn rootfs_copy(dir: &TestDir) -> String {
+    let copy = dir.join("rootfs");
+    support::run_within(
+        Command::new("cp")
+            .arg("-a")
+            .arg(example_rootfs())
+            .arg(&copy),
+        RUN_TIMEOUT,
+    )
+    .expect_ok();
+    copy.to_string_lossy().into_owned()
+}
+
+/// The ids of the sessions kept in `dir`'s state root.
+fn kept_ids(dir: &TestDir) -> Vec<String> {
+    std::fs::read_dir(dir.join("state/sessions"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A run with `--json-status` and its status, read back.
+fn run_with_status(dir: &TestDir, args: &[&str]) -> (Out, serde_json::Value) {
+    let status = dir.join("status.json");
+    let _ = std::fs::remove_file(&status);
+    let status_arg = status.to_string_lossy().into_owned();
+    let mut all = vec!["--json-status", &status_arg];
+    all.extend_from_slice(args);
+    let out = ovlrun(dir, &all);
+    let text = std::fs::read_to_string(&status)
+        .unwrap_or_else(|e| panic!("no status file: {e}\n{}", out.context()));
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status is not JSON ({e}): {text}\n{}", out.context()));
+    (out, json)
+}
+
+fn changes(json: &serde_json::Value) -> [u64; 3] {
+    let c = &json["changes"];
+    ["added", "changed", "deleted"].map(|k| {
+        c[k].as_u64()
+            .unwrap_or_else(|| panic!("no {k} count in {json}"))
+    })
+}
+
+#[test]
+fn json_status_of_a_preserved_run_names_the_session_and_its_changes() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    let (out, json) = run_with_status(
+        &dir,
+        &[
+            "--rootfs",
+            &r,
+            "--policy",
+            "preserve",
+            "sh",
+            "-c",
+            "echo new > /new; echo changed >> /etc/hostname; rm /etc/passwd",
+        ],
+    );
+    out.expect_ok();
+    let ids = kept_ids(&dir);
+    assert_eq!(ids.len(), 1, "{}", out.context());
+    let id = &ids[0];
+    assert_eq!(json["id"], id.as_str(), "{json}");
+    assert_eq!(json["outcome"], "kept", "{json}");
+    assert_eq!(json["exit_code"], 0, "{json}");
+    assert!(json["signal"].is_null() && json["error"].is_null() && json["name"].is_null());
+    assert!(
+        matches!(json["backend"].as_str(), Some("kernel" | "fuse")),
+        "{json}"
+    );
+    assert_eq!(changes(&json), [1, 1, 1], "{json}");
+    let upper = std::path::PathBuf::from(json["upper"].as_str().unwrap());
+    assert!(upper.join("new").is_file(), "{json}");
+    assert!(upper.ends_with(format!("{id}/upper")), "{json}");
+
+    let ls = ovlrun(&dir, &["ls", "--json"]);
+    ls.expect_ok();
+    let rows: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["id"], id.as_str(), "{row}");
+    assert_eq!(row["command"][0], "sh", "{row}");
+    assert_eq!(row["command"].as_array().map(Vec::len), Some(3), "{row}");
+    assert!(row.get("name").is_some_and(|n| n.is_null()), "{row}");
+    assert!(row["created"].is_u64() && row["ended"].is_u64(), "{row}");
+    assert_eq!(row["fs"], json["backend"], "{row}");
+    ovlrun(&dir, &["discard", id]).expect_ok();
+}
+
+#[test]
+fn json_status_of_a_discarded_run_has_its_status_and_no_upper() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    let (out, json) = run_with_status(&dir, &["--rootfs", &r, "sh", "-c", "touch /x; exit 3"]);
+    out.expect_code(3);
+    assert_eq!(json["outcome"], "discarded", "{json}");
+    assert_eq!(json["exit_code"], 3, "{json}");
+    assert!(json["id"].is_string(), "{json}");
+    assert!(
+        json["changes"].is_null() && json["upper"].is_null(),
+        "{json}"
+    );
+    assert!(kept_ids(&dir).is_empty(), "{}", out.context());
+}
+
+#[test]
+fn json_status_of_commits_and_of_a_failed_run_under_commit() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let copy = rootfs_copy(&dir);
+    let (out, json) = run_with_status(
+        &dir,
+        &["--rootfs", &copy, "--policy", "commit", "touch", "/made"],
+    );
+    out.expect_ok();
+    assert_eq!(json["outcome"], "committed", "{json}");
+    assert_eq!(changes(&json), [1, 0, 0], "{json}");
+    assert!(json["upper"].is_null(), "{json}");
+    assert!(dir.join("rootfs/made").is_file(), "{}", out.context());
+
+    let (out, json) = run_with_status(
+        &dir,
+        &[
+            "--rootfs",
+            &copy,
+            "--policy",
+            "commit",
+            "sh",
+            "-c",
+            "touch /half; kill -9 $$",
+        ],
+    );
+    out.expect_code(137);
+    assert_eq!(json["outcome"], "not-committed", "{json}");
+    assert_eq!(
+        (&json["exit_code"], &json["signal"]),
+        (&137.into(), &9.into())
+    );
+    assert_eq!(changes(&json), [1, 0, 0], "{json}");
+    let id = json["id"].as_str().unwrap();
+    assert_eq!(kept_ids(&dir), [id], "{}", out.context());
+    assert!(!dir.join("rootfs/half").exists(), "{}", out.context());
+    ovlrun(&dir, &["discard", id]).expect_ok();
+}
+
+#[test]
+fn json_status_of_a_session_that_cannot_start_has_the_error() {
+    let dir = TestDir::new();
+    let missing = dir.join("no-such-rootfs").to_string_lossy().into_owned();
+    let (out, json) = run_with_status(&dir, &["--rootfs", &missing, "true"]);
+    out.expect_own_error(&["no-such-rootfs"]);
+    assert!(
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-rootfs")),
+        "{json}"
+    );
+    assert!(
+        json["id"].is_null() && json["exit_code"].is_null(),
+        "{json}"
+    );
+    // Not `-`: stdout is the command's.
+    expect_usage_error(
+        &ovlrun(&dir, &["--json-status", "-", "--rootfs", &rootfs(), "true"]),
+        &["--json-status", "stdout"],
+    );
+}
+
+#[test]
+fn json_status_goes_to_an_open_descriptor() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let out = support::run_within(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} --json-status /dev/fd/3 --rootfs {} sh -c 'exit 5' 3>&1 >/dev/null",
+                support::ovlrun_bin(),
+                rootfs()
+            ))
+            .env("OVLRUN_STATE", dir.join("state")),
+        RUN_TIMEOUT,
+    );
+    out.expect_code(5);
+    let json: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", out.context()));
+    assert_eq!(json["exit_code"], 5, "{json}");
+}
+
+#[test]
+fn a_preserve_run_that_changed_nothing_keeps_no_session() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    let (out, json) = run_with_status(
+        &dir,
+        &[
+            "--rootfs",
+            &r,
+            "--policy",
+            "preserve",
+            "cat",
+            "/etc/hostname",
+        ],
+    );
+    out.expect_ok();
+    assert!(
+        out.stderr.contains("no changes; nothing kept"),
+        "{}",
+        out.context()
+    );
+    assert!(kept_ids(&dir).is_empty(), "{}", out.context());
+    assert_eq!(json["outcome"], "discarded", "{json}");
+    assert_eq!(changes(&json), [0, 0, 0], "{json}");
+}
+
+#[test]
+fn ls_shows_the_backend_serving_a_running_session_and_commit_wait_says_it_waits() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let copy = rootfs_copy(&dir);
+    let kept = ovlrun(
+        &dir,
+        &["--rootfs", &copy, "--policy", "preserve", "touch", "/kept"],
+    );
+    kept.expect_ok();
+    let [kept_id] = <[String; 1]>::try_from(kept_ids(&dir)).unwrap();
+    let mut running = support::Bg::spawn(
+        Command::new(support::ovlrun_bin())
+            .env("OVLRUN_STATE", dir.join("state"))
+            .env("OVLRUN_FS", "auto")
+            .args(["--rootfs", &copy, "sh", "-c", "echo ready; sleep 8"]),
+        RUN_TIMEOUT,
+    );
+    running.wait_line("ready");
+    let ls = ovlrun(&dir, &["ls"]);
+    ls.expect_ok();
+    let line = ls
+        .stdout
+        .lines()
+        // The status column: the test's own paths hold the word too.
+        .find(|l| l.split_whitespace().nth(1) == Some("running"))
+        .unwrap_or_else(|| panic!("no running session\n{}", ls.context()));
+    assert!(
+        matches!(line.split_whitespace().nth(2), Some("kernel" | "fuse")),
+        "{line}\n{}",
+        ls.context()
+    );
+    let running_id = line.split_whitespace().next().unwrap().to_owned();
+    // Long enough for a loaded machine to reach the lock while the session runs.
+    let commit = ovlrun(&dir, &["commit", "--wait", &kept_id]);
+    commit.expect_ok();
+    running.wait().expect_ok();
+    let want = format!(
+        "ovlrun: waiting for the lock on {} held by session {running_id}",
+        std::fs::canonicalize(&copy).unwrap().display()
+    );
+    assert!(
+        commit.stderr.contains(&want),
+        "{want}\n{}",
+        commit.context()
+    );
+    assert!(dir.join("rootfs/kept").is_file(), "{}", commit.context());
+}
+
+#[test]
+fn export_to_a_missing_directory_names_the_users_path() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    ovlrun(
+        &dir,
+        &["--rootfs", &r, "--policy", "preserve", "touch", "/x"],
+    )
+    .expect_ok();
+    let [id] = <[String; 1]>::try_from(kept_ids(&dir)).unwrap();
+    let target = dir.join("missing/x.tar").to_string_lossy().into_owned();
+    let out = ovlrun(&dir, &["export", &id, "-o", &target]);
+    out.expect_own_error(&[&target]);
+    assert!(!out.stderr.contains("ovlrun-partial"), "{}", out.context());
+    ovlrun(&dir, &["discard", &id]).expect_ok();
+}
