@@ -74,6 +74,13 @@ pub struct RunArgs {
     /// gid of the command inside the session [default: 0].
     #[arg(long)]
     pub gid: Option<u32>,
+    /// Run the command as NAME|UID[:GROUP|GID], looked up in the rootfs's /etc/passwd and
+    /// /etc/group: uid, primary gid, supplementary groups and HOME.
+    #[arg(long, value_name = "USER", conflicts_with_all = ["uid", "gid"])]
+    pub user: Option<String>,
+    /// Bind a host device node into the session's /dev: SRC[:DST] (repeatable).
+    #[arg(long, value_name = "SRC[:DST]")]
+    pub dev_bind: Vec<String>,
     /// Network: the host's (shared), or a new namespace with only `lo` [default: host].
     #[arg(long, value_enum)]
     pub net: Option<Net>,
@@ -166,6 +173,8 @@ impl RunArgs {
             no_userns: self.no_userns,
             uid: self.uid,
             gid: self.gid,
+            user: self.user,
+            dev_bind: self.dev_bind,
             net: self.net.map(Into::into),
             bind: self.bind,
             tmpfs: self.tmpfs,
