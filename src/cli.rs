@@ -275,7 +275,11 @@ pub enum Net {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check what ovlrun needs on this machine, for this user, and print the fix for each gap.
-    Doctor,
+    Doctor {
+        /// Also check that sessions of this user can act as the owner of this tree.
+        #[arg(long, value_name = "DIR")]
+        rootfs: Option<PathBuf>,
+    },
     /// Run a session: the same flags as without a subcommand, plus --resume and --bundle.
     Run(Box<RunCommand>),
     /// List kept and running sessions.

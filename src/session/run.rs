@@ -135,6 +135,14 @@ pub fn run(
     let earlier_work =
         opts.resume.is_some() || checked.as_ref().is_some_and(|c| c.reused.is_some());
     rec.save(&dirs.root)?;
+    if plan.userns != crate::config::UserNs::Host {
+        if let Some(owner) = crate::config::unmapped_rootfs_owner(&plan.rootfs) {
+            report.note(Note::UnmappedOwner {
+                rootfs: &plan.rootfs,
+                owner,
+            });
+        }
+    }
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
     let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard);
     let code = match crate::sandbox::run(plan, fs) {

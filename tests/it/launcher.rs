@@ -1561,6 +1561,82 @@ fn unprivileged_doctor_reports_no_problems() {
     assert!(out.stdout.contains(" 0 problems"), "{}", out.context());
 }
 
+/// A user over a root-owned tree: the session says at start why root inside cannot act as
+/// the files' owner and what fixes it, and `doctor --rootfs` says the same; a tree the user
+/// owns draws neither.
+#[test]
+fn unprivileged_over_a_root_owned_tree_is_told_why_and_the_fix() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let out = u.sh(&[], "true");
+    out.expect_ok();
+    let note: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("does not map"))
+        .collect();
+    assert_eq!(note.len(), 1, "{}", out.context());
+    for part in [
+        "belongs to uid 0",
+        "mmdebstrap --mode=unshare",
+        "unshare -r",
+    ] {
+        assert!(note[0].contains(part), "{part}\n{}", out.context());
+    }
+    let doctor = |rootfs: &Path| {
+        let mut cmd = Command::new(support::ovlrun_bin());
+        cmd.args(["doctor", "--rootfs"])
+            .arg(rootfs)
+            .env_clear()
+            .env("HOME", &u.home)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .current_dir(&u.home)
+            .uid(u.who.user.uid.as_raw())
+            .gid(u.who.user.gid.as_raw());
+        run(&mut cmd)
+    };
+    let out = doctor(&u.f.rootfs);
+    assert!(
+        out.stdout.contains("rootfs owner:") && out.stdout.contains("does not map"),
+        "{}",
+        out.context()
+    );
+    assert!(
+        out.stdout.contains("fix: create the tree"),
+        "{}",
+        out.context()
+    );
+    // The user's own tree is fine, in a session and for doctor.
+    let own = u.home.join("own");
+    copy_tree(&example_rootfs(), &own);
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{}:{}", u.who.user.uid, u.who.user.gid)])
+        .arg(&own)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let mut cmd2 = Command::new(support::ovlrun_bin());
+    cmd2.env_clear()
+        .env("HOME", &u.home)
+        .env("OVLRUN_STATE", &u.f.state)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(&u.home)
+        .uid(u.who.user.uid.as_raw())
+        .gid(u.who.user.gid.as_raw())
+        .arg("--rootfs")
+        .arg(&own)
+        .args(["--", "true"]);
+    let out = run(&mut cmd2);
+    out.expect_ok();
+    assert!(!out.stderr.contains("does not map"), "{}", out.context());
+    let out = doctor(&own);
+    assert!(
+        out.stdout.contains("rootfs owner:") && !out.stdout.contains("does not map"),
+        "{}",
+        out.context()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // A terminal
 
