@@ -80,6 +80,13 @@ pub struct RunArgs {
     /// gid of the command inside the session [default: 0].
     #[arg(long)]
     pub gid: Option<u32>,
+    /// Run the command as NAME|UID[:GROUP|GID], looked up in the rootfs's /etc/passwd and
+    /// /etc/group: uid, primary gid, supplementary groups and HOME.
+    #[arg(long, value_name = "USER", conflicts_with_all = ["uid", "gid"])]
+    pub user: Option<String>,
+    /// Bind a host device node into the session's /dev: SRC[:DST] (repeatable).
+    #[arg(long, value_name = "SRC[:DST]")]
+    pub dev_bind: Vec<String>,
     /// Network: the host's (shared), or a new namespace with only `lo` [default: host].
     #[arg(long, value_enum)]
     pub net: Option<Net>,
@@ -172,6 +179,8 @@ impl RunArgs {
             no_userns: self.no_userns,
             uid: self.uid,
             gid: self.gid,
+            user: self.user,
+            dev_bind: self.dev_bind,
             net: self.net.map(Into::into),
             bind: self.bind,
             tmpfs: self.tmpfs,
@@ -286,7 +295,11 @@ pub enum Net {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check what ovlrun needs on this machine, for this user, and print the fix for each gap.
-    Doctor,
+    Doctor {
+        /// Also check that sessions of this user can act as the owner of this tree.
+        #[arg(long, value_name = "DIR")]
+        rootfs: Option<PathBuf>,
+    },
     /// Run a session: the same flags as without a subcommand, plus --resume and --bundle.
     Run(Box<RunCommand>),
     /// List kept and running sessions.

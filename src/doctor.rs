@@ -15,6 +15,7 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::host::ids::{self, IdKind, User};
@@ -180,6 +181,40 @@ pub fn run() -> Report {
     checks.push(judge_rootless_overlay(kernel));
     checks.push(judge_passthrough(kernel, &me));
     Report { checks }
+}
+
+/// `doctor --rootfs DIR`: whether the caller's id map covers the tree's owner.
+#[must_use]
+pub fn rootfs(dir: &Path) -> Check {
+    use std::os::unix::fs::MetadataExt;
+    const NAME: &str = "rootfs owner";
+    let owner = match fs::metadata(dir) {
+        Ok(m) => m.uid(),
+        Err(e) => return Check::problem(NAME, format!("{}: {e}", dir.display()), None),
+    };
+    judge_rootfs_owner(dir, owner, &ids::choose())
+}
+
+fn judge_rootfs_owner(dir: &Path, owner: u32, map: &ids::IdMap) -> Check {
+    const NAME: &str = "rootfs owner";
+    if map.maps_host_uid(owner) {
+        return Check::ok(
+            NAME,
+            format!(
+                "{} belongs to uid {owner}, which sessions map",
+                dir.display()
+            ),
+        );
+    }
+    Check::warn(
+        NAME,
+        format!(
+            "{} belongs to uid {owner}, which your user namespace does not map: its files show \
+             as nobody, and root in a session cannot open those only their owner may",
+            dir.display()
+        ),
+        Some(ids::UNMAPPED_TREE_FIX.to_owned()),
+    )
 }
 
 /// Who runs the checks: what they need differs for root.

@@ -66,7 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Mount(args)) => mount(args),
         Some(Command::Run(cmd)) => run_command(*cmd),
-        Some(Command::Doctor) => doctor(),
+        Some(Command::Doctor { rootfs }) => doctor(rootfs.as_deref()),
         Some(Command::Ls { json }) => sessions::ls(json),
         Some(Command::Diff {
             id,
@@ -97,8 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Exit 0 when nothing blocks a session, 1 when a check found a problem.
-fn doctor() -> anyhow::Result<ExitCode> {
-    let report = ovlrun::doctor::run();
+fn doctor(rootfs: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let mut report = ovlrun::doctor::run();
+    report.checks.extend(rootfs.map(ovlrun::doctor::rootfs));
     write!(std::io::stdout(), "{report}")?;
     Ok(if report.passed() {
         ExitCode::SUCCESS

@@ -11,7 +11,7 @@ use super::oci::OciSettings;
 use super::{
     CapabilitySets, Network, PlanError, Seccomp, SessionPlan, Terminal, Timeout, UserNs, check_id,
     check_preserved_fds, check_rootfs, default_env, default_masked_paths, parse_bind,
-    parse_capability, parse_rlimit, parse_sysctl, state_root,
+    parse_capability, parse_dev_bind, parse_rlimit, parse_sysctl, state_root,
 };
 use crate::layers::WhiteoutFormat;
 use crate::mount::Backend;
@@ -31,6 +31,10 @@ pub struct Flags {
     pub uid: Option<u32>,
     /// `--gid`.
     pub gid: Option<u32>,
+    /// `--user NAME|UID[:GROUP|GID]`, resolved in the rootfs.
+    pub user: Option<String>,
+    /// `--dev-bind SRC[:DST]`, each.
+    pub dev_bind: Vec<String>,
     /// `--net`.
     pub net: Option<Network>,
     /// `--bind SRC:DST[:ro]`, each.
@@ -118,8 +122,22 @@ impl SessionPlan {
         let cwd = flags.cwd.or(oci.cwd).unwrap_or_else(|| "/".into());
         let mut tmpfs = oci.tmpfs;
         tmpfs.extend(flags.tmpfs);
-        let uid = check_id("--uid", flags.uid.or(oci.uid).unwrap_or(0))?;
-        let gid = check_id("--gid", flags.gid.or(oci.gid).unwrap_or(0))?;
+        let mut dev_binds = Vec::new();
+        for d in &flags.dev_bind {
+            dev_binds.push(parse_dev_bind(d)?);
+        }
+        let user = match &flags.user {
+            Some(spec) => Some(super::user::lookup(spec, &rootfs)?),
+            None => None,
+        };
+        let (uid, gid, groups) = match &user {
+            Some(u) => (u.uid, u.gid, u.groups.clone()),
+            None => (
+                check_id("--uid", flags.uid.or(oci.uid).unwrap_or(0))?,
+                check_id("--gid", flags.gid.or(oci.gid).unwrap_or(0))?,
+                Vec::new(),
+            ),
+        };
         // The file's sets first, then the flags: a flag undoes the file's opposite choice.
         let mut capabilities = oci
             .capabilities
@@ -133,7 +151,10 @@ impl SessionPlan {
         let env = environment(
             oci.env,
             flags.clear_env,
-            uid,
+            Home {
+                uid,
+                user: user.as_ref().map(|u| u.home.as_str()),
+            },
             &cwd,
             EnvFlags {
                 files: &flags.env_file,
@@ -207,9 +228,11 @@ impl SessionPlan {
             hostname,
             uid,
             gid,
+            groups,
             userns,
             net,
             binds,
+            dev_binds,
             tmpfs,
             capabilities,
             state_root: state_root()?,
@@ -256,6 +279,15 @@ struct EnvFlags<'a> {
     unset: &'a [String],
 }
 
+/// Whose `HOME` the command gets.
+struct Home<'a> {
+    /// The command's uid: `/root` for 0, else `/`, where the environment has none.
+    uid: u32,
+    /// `--user`'s home from the rootfs's passwd: over the caller's `HOME`, under the config
+    /// file's and the `--env` flags.
+    user: Option<&'a str>,
+}
+
 /// The command's environment: the file's (the whole environment, as for any OCI runtime),
 /// else the defaults with `--clear-env`, else the caller's with `PWD` the session's `cwd`
 /// (and no `OLDPWD`: both name the caller's directories); then each `--env-file` line and
@@ -263,20 +295,36 @@ struct EnvFlags<'a> {
 fn environment(
     file: Option<Vec<OsString>>,
     clear_env: bool,
-    uid: u32,
+    home: Home<'_>,
     cwd: &Path,
     flags: EnvFlags<'_>,
 ) -> Result<Vec<OsString>, PlanError> {
-    let home = if uid == 0 { "/root" } else { "/" };
+    let default_home = if home.uid == 0 { "/root" } else { "/" };
+    let user_home = |env: &mut Vec<OsString>, keep_given: bool| {
+        if let Some(h) = home.user {
+            if !(keep_given && env.iter().any(|e| e.as_bytes().starts_with(b"HOME="))) {
+                set_var(env, "HOME", key_value("HOME".as_ref(), h.as_ref()));
+            }
+        }
+    };
     let mut env: Vec<OsString> = match file {
-        Some(env) => env,
-        None if clear_env => default_env(home),
+        Some(mut env) => {
+            user_home(&mut env, true);
+            env
+        }
+        None if clear_env => {
+            let mut env = default_env(home.user.unwrap_or(default_home));
+            user_home(&mut env, false);
+            env
+        }
         None => {
             let mut env: Vec<OsString> = std::env::vars_os()
                 .filter(|(k, _)| k != "PWD" && k != "OLDPWD")
                 .map(|(k, v)| key_value(&k, &v))
                 .collect();
             env.push(key_value("PWD".as_ref(), cwd.as_os_str()));
+            // The caller's HOME is the caller's, not the --user's.
+            user_home(&mut env, false);
             env
         }
     };

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub(crate) mod flags;
 pub(crate) mod oci;
 pub(crate) mod seccomp;
+pub(crate) mod user;
 
 pub use crate::seccomp::ProfileError;
 pub use flags::{Flags, chosen_policy};
@@ -226,12 +227,16 @@ pub struct SessionPlan {
     pub uid: u32,
     /// gid inside the session.
     pub gid: u32,
+    /// Supplementary gids of the command besides `gid` (`--user`'s groups).
+    pub groups: Vec<u32>,
     /// User namespace choice.
     pub userns: UserNs,
     /// Network choice.
     pub net: Network,
     /// Extra bind mounts, in order.
     pub binds: Vec<Bind>,
+    /// Host device nodes bound into the session's `/dev` (`--dev-bind`; never read-only).
+    pub dev_binds: Vec<Bind>,
     /// Extra tmpfs mounts (absolute paths inside).
     pub tmpfs: Vec<PathBuf>,
     /// The command's capability sets.
@@ -290,9 +295,11 @@ impl SessionPlan {
             hostname: "ovlrun".into(),
             uid: 0,
             gid: 0,
+            groups: Vec::new(),
             userns: UserNs::New,
             net: Network::Host,
             binds: Vec::new(),
+            dev_binds: Vec::new(),
             tmpfs: Vec::new(),
             capabilities: CapabilitySets::container_default(0),
             state_root,
@@ -345,6 +352,22 @@ pub enum PlanError {
     /// A `--bind` value is malformed or its source is missing.
     #[error("--bind {value}: {problem}")]
     Bind {
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A `--dev-bind` value is malformed or its source is no device node.
+    #[error("--dev-bind {value}: {problem}")]
+    DevBind {
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A `--user` that cannot be resolved in the rootfs.
+    #[error("--user {value}: {problem}")]
+    User {
         /// The value given.
         value: String,
         /// What is wrong.
@@ -657,6 +680,45 @@ pub fn parse_bind(value: &str) -> Result<Bind, PlanError> {
     })
 }
 
+/// Checks `--dev-bind SRC[:DST]`: SRC a host character or block device, DST (default SRC)
+/// a plain absolute path under `/dev` (the session's own tmpfs, where its node is made).
+///
+/// # Errors
+/// [`PlanError::DevBind`] naming the value.
+pub fn parse_dev_bind(value: &str) -> Result<Bind, PlanError> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |problem: String| PlanError::DevBind {
+        value: value.to_owned(),
+        problem,
+    };
+    let (source, dest) = value.split_once(':').unwrap_or((value, value));
+    let meta = std::fs::metadata(source).map_err(|e| err(format!("source: {e}")))?;
+    let kind = meta.file_type();
+    if !kind.is_char_device() && !kind.is_block_device() {
+        return Err(err(format!(
+            "{source} is not a device node (use --bind for files and directories)"
+        )));
+    }
+    let dest = Path::new(dest);
+    let plain = dest
+        .components()
+        .skip(1)
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !dest.starts_with("/dev") || dest == Path::new("/dev") || !dest.is_absolute() || !plain {
+        return Err(err(
+            "DST must be a path under /dev inside the session (no . or ..)".into(),
+        ));
+    }
+    let source = Path::new(source)
+        .canonicalize()
+        .map_err(|e| err(format!("source: {e}")))?;
+    Ok(Bind {
+        source,
+        dest: dest.to_owned(),
+        read_only: false,
+    })
+}
+
 /// The largest uid or gid: one more is `(uid_t)-1`.
 pub const MAX_ID: u32 = u32::MAX - 1;
 
@@ -671,6 +733,18 @@ pub fn check_id(flag: &'static str, value: u32) -> Result<u32, PlanError> {
         Err(PlanError::Id { flag, value })
     }
 }
+
+/// The host uid owning `rootfs`'s top directory when the calling user's id map does not
+/// cover it (a non-root caller over a root-owned tree): the session's root cannot act as
+/// that owner. `None` for root, for a covered owner, or when it cannot be read.
+pub(crate) fn unmapped_rootfs_owner(rootfs: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(rootfs).ok()?.uid();
+    (!crate::host::ids::choose().maps_host_uid(owner)).then_some(owner)
+}
+
+/// What fixes a rootfs [`unmapped_rootfs_owner`] found.
+pub(crate) const UNMAPPED_ROOTFS_FIX: &str = crate::host::ids::UNMAPPED_TREE_FIX;
 
 /// Checks `--rootfs` and returns it absolute.
 ///

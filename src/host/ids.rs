@@ -172,6 +172,11 @@ impl MapHelpers {
     }
 }
 
+/// What fixes a tree whose owner the caller's id map does not cover.
+pub(crate) const UNMAPPED_TREE_FIX: &str = "create the tree in your own user namespace \
+     (mmdebstrap --mode=unshare, or copy it with `unshare -r cp -a`, or `podman unshare`); \
+     ovlrun does not shift a tree's owners into your range";
+
 /// How the session's ids map to the host's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum IdMap {
@@ -251,6 +256,20 @@ impl IdMap {
     /// kernel requires it denied).
     pub(crate) fn allows_setgroups(&self) -> bool {
         !matches!(self, IdMap::Single { .. })
+    }
+
+    /// True when host uid `uid` has an id in the session (an unmapped owner shows as the
+    /// overflow uid, and the session's root cannot act as that owner).
+    pub(crate) fn maps_host_uid(&self, uid: u32) -> bool {
+        match self {
+            IdMap::Identity => true,
+            IdMap::Single { uid: own, .. } => uid == *own,
+            IdMap::Sub { uid: own, uids, .. } => {
+                uid == *own
+                    || (uid >= uids.start
+                        && u64::from(uid) < u64::from(uids.start) + u64::from(uids.count))
+            }
+        }
     }
 
     /// A one-line note for the user about what this map cannot do, if anything.
@@ -355,6 +374,30 @@ mod tests {
             4_294_967_295
         );
         assert_eq!(mapped_ids("0 1000 1\n1 100000 65536\n"), 65537);
+    }
+
+    #[test]
+    fn a_map_covers_the_caller_and_its_range_only() {
+        let sub = IdMap::Sub {
+            uid: 1000,
+            gid: 1000,
+            uids: range(100_000, 65536),
+            gids: range(100_000, 65536),
+            helpers: MapHelpers {
+                newuidmap: "/x".into(),
+                newgidmap: "/y".into(),
+            },
+        };
+        assert!(
+            sub.maps_host_uid(1000) && sub.maps_host_uid(100_000) && sub.maps_host_uid(165_535)
+        );
+        assert!(!sub.maps_host_uid(0) && !sub.maps_host_uid(165_536) && !sub.maps_host_uid(99_999));
+        let single = IdMap::Single {
+            uid: 1000,
+            gid: 1000,
+        };
+        assert!(single.maps_host_uid(1000) && !single.maps_host_uid(0));
+        assert!(IdMap::Identity.maps_host_uid(0));
     }
 
     #[test]

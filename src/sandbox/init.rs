@@ -138,9 +138,17 @@ fn exec_command(cmd: &Command<'_>) -> ! {
         }
     }
     if cmd.setgroups {
-        if let Err(e) = nix::unistd::setgroups(&[Gid::from_raw(plan.gid)]) {
+        let mut groups = vec![Gid::from_raw(plan.gid)];
+        groups.extend(plan.groups.iter().map(|g| Gid::from_raw(*g)));
+        if let Err(e) = nix::unistd::setgroups(&groups) {
             fail("cannot set supplementary groups", &e, 125);
         }
+    } else if !plan.groups.is_empty() {
+        fail(
+            "--user: cannot set supplementary groups",
+            &"setgroups(2) is denied in this user namespace",
+            125,
+        );
     }
     for r in &plan.rlimits {
         if let Err(e) = nix::sys::resource::setrlimit(r.resource, r.soft, r.hard) {

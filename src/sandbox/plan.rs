@@ -134,6 +134,31 @@ pub(crate) fn steps(plan: &SessionPlan, cgroup: CgroupLayout, net: &[NetFile]) -
             read_only: false,
         });
     }
+    // Made in the session's own /dev tmpfs, never in the upper: the nodes stay usable as the
+    // bind keeps the host mount's flags (no nodev), unlike the tmpfs around them.
+    for dev in &plan.dev_binds {
+        let parents: Vec<&Path> = dev
+            .dest
+            .ancestors()
+            .skip(1)
+            .take_while(|a| *a != Path::new("/dev"))
+            .collect();
+        for dir in parents.into_iter().rev() {
+            s.push(Step::Create {
+                dest: dir.to_owned(),
+                kind: Kind::Dir,
+            });
+        }
+        s.push(Step::Create {
+            dest: dev.dest.clone(),
+            kind: Kind::File,
+        });
+        s.push(Step::Bind {
+            source: dev.source.clone(),
+            dest: dev.dest.clone(),
+            read_only: false,
+        });
+    }
     s.push(Step::Create {
         dest: p("/dev/pts"),
         kind: Kind::Dir,
@@ -327,6 +352,43 @@ mod tests {
         assert!(dev < null);
         assert!(
             matches!(s.last(), Some(Step::Bind { dest, read_only: true, .. }) if dest == Path::new("/host-etc"))
+        );
+    }
+
+    /// A device's target is made in the session's /dev tmpfs (its directories first), never
+    /// asked of the merged root, where it would land in the upper.
+    #[test]
+    fn dev_binds_are_made_inside_the_dev_tmpfs() {
+        let mut p = plan(Network::Host);
+        p.dev_binds = vec![Bind {
+            source: PathBuf::from("/dev/dri/card0"),
+            dest: PathBuf::from("/dev/dri/card0"),
+            read_only: false,
+        }];
+        let s = steps(&p, CgroupLayout::Hybrid, &net_files(&p));
+        let at = |want: &Step| s.iter().position(|x| x == want).unwrap();
+        let dev = at(&Step::Tmpfs {
+            dest: PathBuf::from("/dev"),
+            mode: 0o755,
+        });
+        let dir = at(&Step::Create {
+            dest: PathBuf::from("/dev/dri"),
+            kind: Kind::Dir,
+        });
+        let node = at(&Step::Create {
+            dest: PathBuf::from("/dev/dri/card0"),
+            kind: Kind::File,
+        });
+        let bind = at(&Step::Bind {
+            source: PathBuf::from("/dev/dri/card0"),
+            dest: PathBuf::from("/dev/dri/card0"),
+            read_only: false,
+        });
+        assert!(dev < dir && dir < node && node < bind);
+        assert!(
+            !targets(&p, &[])
+                .iter()
+                .any(|(t, _)| t.starts_with("/dev/dri"))
         );
     }
 

@@ -111,6 +111,13 @@ pub enum Note<'a> {
     },
     /// `--policy ask` or `preserve` found no changes: the session is discarded.
     NoChanges,
+    /// The rootfs's owner has no id in the caller's user namespace.
+    UnmappedOwner {
+        /// The rootfs.
+        rootfs: &'a Path,
+        /// Its owner on the host.
+        owner: u32,
+    },
 }
 
 impl fmt::Display for Note<'_> {
@@ -171,6 +178,14 @@ impl fmt::Display for Note<'_> {
                 }
             ),
             Note::NoChanges => f.write_str("no changes; nothing kept"),
+            Note::UnmappedOwner { rootfs, owner } => write!(
+                f,
+                "{} belongs to uid {owner}, which your user namespace does not map: its files \
+                 show as nobody, and root in the session cannot open those only their owner \
+                 may (dpkg's locks, 0600 files); fix: {}",
+                rootfs.display(),
+                crate::config::UNMAPPED_ROOTFS_FIX
+            ),
         }
     }
 }

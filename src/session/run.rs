@@ -183,6 +183,14 @@ fn run_tracked(
         upper: Some(dirs.upper.clone()),
     });
     rec.save(&dirs.root)?;
+    if plan.userns != crate::config::UserNs::Host {
+        if let Some(owner) = crate::config::unmapped_rootfs_owner(&plan.rootfs) {
+            report.note(Note::UnmappedOwner {
+                rootfs: &plan.rootfs,
+                owner,
+            });
+        }
+    }
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
     let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard, &rec);
     let code = match crate::sandbox::run(plan, fs) {

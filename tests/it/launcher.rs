@@ -830,6 +830,89 @@ fn uid_and_gid_flags() {
     );
 }
 
+/// `--user NAME` is looked up in the rootfs's own passwd and group files (this host has no
+/// `bob`): uid, primary gid, supplementary groups from the member lists, and HOME.
+#[test]
+fn user_flag_resolves_in_the_rootfs() {
+    require_launcher!();
+    let f = Fixture::copied();
+    let etc = f.rootfs.join("etc");
+    let append = |file: &str, line: &str| {
+        let mut text = support::read_string(etc.join(file));
+        text.push_str(line);
+        support::write(etc.join(file), text);
+    };
+    append("passwd", "bob:x:2345:2400:Bob:/home/bob:/bin/sh\n");
+    append(
+        "group",
+        "bobs:x:2400:\nwheel:x:2401:root,bob\naudio:x:2402:bob\n",
+    );
+    let script =
+        r#"echo "uid=$(id -u)"; echo "gid=$(id -g)"; echo "groups=$(id -G)"; echo "home=$HOME""#;
+    let out = f.sh(&["--user", "bob"], script);
+    out.expect_ok();
+    assert_eq!(out.value("uid"), "2345", "{}", out.context());
+    assert_eq!(out.value("gid"), "2400", "{}", out.context());
+    assert_eq!(out.value("groups"), "2400 2401 2402", "{}", out.context());
+    assert_eq!(out.value("home"), "/home/bob", "{}", out.context());
+    // An explicit group is the primary one; --env HOME wins over the passwd entry.
+    let out = f.sh(&["--user", "bob:audio", "--env", "HOME=/x"], script);
+    out.expect_ok();
+    assert_eq!(out.value("gid"), "2402", "{}", out.context());
+    assert_eq!(out.value("groups"), "2402 2401", "{}", out.context());
+    assert_eq!(out.value("home"), "/x", "{}", out.context());
+    // A uid with no entry: gid 0, HOME=/.
+    let out = f.sh(&["--user", "4321"], script);
+    out.expect_ok();
+    assert_eq!(out.value("uid"), "4321", "{}", out.context());
+    assert_eq!(out.value("gid"), "0", "{}", out.context());
+    assert_eq!(out.value("home"), "/", "{}", out.context());
+    let out = f.sh(&["--user", "alice"], "id");
+    out.expect_own_error(&["--user alice: no such user in", "etc/passwd"]);
+    assert!(out.stdout.is_empty(), "{}", out.context());
+    // The tree's passwd is never followed out of it.
+    fs::remove_file(etc.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", etc.join("passwd")).unwrap();
+    f.sh(&["--user", "root"], "id")
+        .expect_own_error(&["--user root", "symlink"]);
+}
+
+/// `--dev-bind` binds a host device node into the session's own /dev, usable there; a
+/// path that is no device is refused.
+#[test]
+fn dev_bind_gives_a_usable_device_node() {
+    require_launcher!();
+    require!(
+        Path::new("/dev/fuse").exists(),
+        "find /dev/fuse on this host"
+    );
+    let f = Fixture::shared();
+    let out = f.sh(
+        &[
+            "--dev-bind",
+            "/dev/fuse",
+            "--dev-bind",
+            "/dev/null:/dev/sub/null2",
+        ],
+        r#"echo "kind=$(stat -c %F:%t,%T /dev/fuse)"
+           exec 3<>/dev/fuse && echo "open=yes"
+           echo x > /dev/sub/null2 && echo "null2=yes""#,
+    );
+    out.expect_ok();
+    assert_eq!(
+        out.value("kind"),
+        "character special file:a,e5",
+        "{}",
+        out.context()
+    );
+    assert_eq!(out.value("open"), "yes", "{}", out.context());
+    assert_eq!(out.value("null2"), "yes", "{}", out.context());
+    let out = f.sh(&["--dev-bind", "/etc/passwd"], "true");
+    out.expect_own_error(&["--dev-bind /etc/passwd", "not a device node"]);
+    f.sh(&["--dev-bind", "/dev/null:/etc/null"], "true")
+        .expect_own_error(&["--dev-bind /dev/null:/etc/null", "under /dev"]);
+}
+
 #[test]
 fn net_none_has_only_lo_and_it_is_up() {
     require_launcher!();
@@ -1476,6 +1559,82 @@ fn unprivileged_doctor_reports_no_problems() {
     let out = run(&mut cmd);
     out.expect_ok();
     assert!(out.stdout.contains(" 0 problems"), "{}", out.context());
+}
+
+/// A user over a root-owned tree: the session says at start why root inside cannot act as
+/// the files' owner and what fixes it, and `doctor --rootfs` says the same; a tree the user
+/// owns draws neither.
+#[test]
+fn unprivileged_over_a_root_owned_tree_is_told_why_and_the_fix() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let out = u.sh(&[], "true");
+    out.expect_ok();
+    let note: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("does not map"))
+        .collect();
+    assert_eq!(note.len(), 1, "{}", out.context());
+    for part in [
+        "belongs to uid 0",
+        "mmdebstrap --mode=unshare",
+        "unshare -r",
+    ] {
+        assert!(note[0].contains(part), "{part}\n{}", out.context());
+    }
+    let doctor = |rootfs: &Path| {
+        let mut cmd = Command::new(support::ovlrun_bin());
+        cmd.args(["doctor", "--rootfs"])
+            .arg(rootfs)
+            .env_clear()
+            .env("HOME", &u.home)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .current_dir(&u.home)
+            .uid(u.who.user.uid.as_raw())
+            .gid(u.who.user.gid.as_raw());
+        run(&mut cmd)
+    };
+    let out = doctor(&u.f.rootfs);
+    assert!(
+        out.stdout.contains("rootfs owner:") && out.stdout.contains("does not map"),
+        "{}",
+        out.context()
+    );
+    assert!(
+        out.stdout.contains("fix: create the tree"),
+        "{}",
+        out.context()
+    );
+    // The user's own tree is fine, in a session and for doctor.
+    let own = u.home.join("own");
+    copy_tree(&example_rootfs(), &own);
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{}:{}", u.who.user.uid, u.who.user.gid)])
+        .arg(&own)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let mut cmd2 = Command::new(support::ovlrun_bin());
+    cmd2.env_clear()
+        .env("HOME", &u.home)
+        .env("OVLRUN_STATE", &u.f.state)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(&u.home)
+        .uid(u.who.user.uid.as_raw())
+        .gid(u.who.user.gid.as_raw())
+        .arg("--rootfs")
+        .arg(&own)
+        .args(["--", "true"]);
+    let out = run(&mut cmd2);
+    out.expect_ok();
+    assert!(!out.stderr.contains("does not map"), "{}", out.context());
+    let out = doctor(&own);
+    assert!(
+        out.stdout.contains("rootfs owner:") && !out.stdout.contains("does not map"),
+        "{}",
+        out.context()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
