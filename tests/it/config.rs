@@ -123,7 +123,7 @@ fn config_namespaces_mounts_and_policy_reach_the_session() {
     let sessions = b.state().join("sessions");
     let count = || fs::read_dir(&sessions).map_or(0, |d| d.count());
     let script = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; cat /mnt/note; \
-                  touch /mnt/x 2>/dev/null || echo ro; grep ' /scratch ' /proc/mounts | cut -d' ' -f3";
+                  touch /mnt/x 2>/dev/null || echo ro; grep ' /scratch ' /proc/mounts | cut -d' ' -f3; touch /kept";
     b.sh(&[], script)
         .expect_ok()
         .expect_stdout(&["lo", "from the host", "ro", "tmpfs"]);

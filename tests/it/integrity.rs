@@ -537,12 +537,15 @@ fn a_dangling_resolv_conf_link_gets_the_host_resolver() {
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(target, &link).unwrap();
         let before = Frozen::take(&f.rootfs);
-        let out = f.sh(&["--policy", "preserve"], "cat /etc/resolv.conf");
+        let out = f.sh(
+            &["--policy", "preserve"],
+            "cat /etc/resolv.conf; touch /kept",
+        );
         out.expect_ok();
         assert_eq!(out.stdout, want, "link {target}\n{}", out.context());
         let (id, _) = out.kept_session();
         let diff = run_cmd(&mut f.ovlrun(&["diff", &id]));
-        diff.expect_stdout(&[]);
+        diff.expect_stdout(&["A /kept"]);
         before.assert_unchanged(&f.rootfs, "a session with a dangling resolv.conf");
     }
 }
