@@ -443,11 +443,14 @@ fn parse_duration(flag: &'static str, value: &str) -> Result<std::time::Duration
 }
 
 /// The rootfs's `/etc/hostname`, else "ovlrun".
+/// The tree's `/etc/hostname`, read beneath the rootfs without following a symlink (the
+/// tree's files are not trusted: a link to a host file would show its first line inside);
+/// its first line, or `ovlrun`.
 fn rootfs_hostname(rootfs: &Path) -> String {
-    std::fs::read_to_string(rootfs.join("etc/hostname"))
+    super::user::read_account_file(rootfs, "etc/hostname", "")
         .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
+        .and_then(|h| h.lines().next().map(|l| l.trim().to_owned()))
+        .filter(|h| !h.is_empty() && h.len() <= 64)
         .unwrap_or_else(|| "ovlrun".into())
 }
 

@@ -1388,3 +1388,31 @@ fn debian_tools_work_under_the_default_filter_as_user() {
     );
     debian_tools_work(trees.user.as_ref().unwrap(), caller, false);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 15. The tree's own files
+
+/// A tree whose `/etc/hostname` is a symlink to a host file (absolute, or climbing out with
+/// `..`): the session's hostname is the default, never the host file's first line, which a
+/// root caller could otherwise read into the session.
+#[test]
+fn a_hostname_symlink_out_of_the_tree_is_not_followed() {
+    let caller = require_caller!(root);
+    let s = Session::new(caller);
+    let secret = s.dir.join("host-secret");
+    support::write(&secret, "host-secret-line\n");
+    let link = s.rootfs.join("etc/hostname");
+    let climb = format!("../../../../../../../..{}", secret.display());
+    for target in [secret.display().to_string(), climb] {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let out = s.sh(&[], "hostname");
+        out.expect_ok();
+        assert_eq!(
+            out.stdout.trim(),
+            "ovlrun",
+            "/etc/hostname -> {target}: the session took its hostname through the link\n{}",
+            out.context()
+        );
+    }
+}
