@@ -27,3 +27,16 @@ pub(crate) mod seccomp;
 pub mod session;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
+
+/// `e` and its causes on one line, `: `-separated, as `{:#}` shows an `anyhow::Error`: how
+/// the binary, and the launcher's children that have no caller to return to, print an error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}

@@ -135,8 +135,8 @@ fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCod
     let result = session_run(args, resume);
     let (ended, error) = match &result {
         Ok(ended) => (Some(ended), None),
-        Err(e @ SessionFailed::Setup(_)) => (None, Some(chain(e))),
-        Err(SessionFailed::Run(f)) => (f.ended.as_deref(), Some(chain(f))),
+        Err(e @ SessionFailed::Setup(_)) => (None, Some(ovlrun::error_chain(e))),
+        Err(SessionFailed::Run(f)) => (f.ended.as_deref(), Some(ovlrun::error_chain(f))),
     };
     let json = ovlrun::session::ended::status_json(ended, error.as_deref());
     if let Err(e) = ovlrun::session::ended::write_status(&status, &json) {
@@ -174,18 +174,6 @@ enum SessionFailed {
     Setup(#[from] anyhow::Error),
     #[error(transparent)]
     Run(#[from] Failed),
-}
-
-/// `e` and its causes on one line, as `{:#}` shows an `anyhow::Error`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
 }
 
 /// The exit status of a session: the command's, or ovlrun's own error.

@@ -407,7 +407,7 @@ mod tests {
                 "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_FOO"}]}"#,
         )
         .unwrap();
-        let e = format_chain(&parse_flag(bad.as_os_str()).unwrap_err());
+        let e = crate::error_chain(&parse_flag(bad.as_os_str()).unwrap_err());
         assert_eq!(
             e,
             format!(
@@ -416,28 +416,16 @@ mod tests {
             )
         );
         std::fs::write(&bad, "{\n  \"defaultAction\": \n").unwrap();
-        let e = format_chain(&parse_flag(bad.as_os_str()).unwrap_err());
+        let e = crate::error_chain(&parse_flag(bad.as_os_str()).unwrap_err());
         assert!(e.contains("prof.json: line 3 column 0: not JSON"), "{e}");
         let big = dir.path().join("big.json");
         std::fs::write(&big, vec![b' '; MAX_PROFILE_BYTES as usize + 1]).unwrap();
-        let e = format_chain(&parse_flag(big.as_os_str()).unwrap_err());
+        let e = crate::error_chain(&parse_flag(big.as_os_str()).unwrap_err());
         assert!(e.contains("big.json: larger than"), "{e}");
-        let e = format_chain(&parse_flag("/nonexistent/prof.json".as_ref()).unwrap_err());
+        let e = crate::error_chain(&parse_flag("/nonexistent/prof.json".as_ref()).unwrap_err());
         assert!(
             e.starts_with("--seccomp /nonexistent/prof.json: No such file"),
             "{e}"
         );
-    }
-
-    /// The error and its sources, as the binary prints them.
-    fn format_chain(e: &dyn std::error::Error) -> String {
-        let mut s = e.to_string();
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            cur = c.source();
-        }
-        s
     }
 }

@@ -347,7 +347,7 @@ fn start_child(
         // Inside the session's own devpts, before init closes the handshake socket.
         if pty {
             if let Err(e) = terminal::open_in_session(&mut end, plan.uid, plan.gid) {
-                eprintln!("ovlrun: {}", format_chain(&e));
+                eprintln!("ovlrun: {}", crate::error_chain(&e));
                 exit_now(125);
             }
         }
@@ -371,15 +371,15 @@ fn setup_child(plan: &SessionPlan, net: &[plan::NetFile], root: &Path) {
     };
     match mounts::apply(root, &plan::steps(plan, CgroupLayout::of_host(), net)) {
         Ok(notes) => notes.iter().for_each(|n| eprintln!("ovlrun: note: {n}")),
-        Err(e) => fail(&format_chain(&e)),
+        Err(e) => fail(&crate::error_chain(&e)),
     }
     if let Err(e) = mounts::seal_root(root, plan.read_only_root) {
-        fail(&format_chain(&e));
+        fail(&crate::error_chain(&e));
     }
     match mounts::enter_root(root) {
         Ok(Some(note)) => eprintln!("ovlrun: note: {note}"),
         Ok(None) => {}
-        Err(e) => fail(&format_chain(&e)),
+        Err(e) => fail(&crate::error_chain(&e)),
     }
     if let Err(e) = nix::unistd::sethostname(&plan.hostname) {
         fail(&format!("--hostname {}: {e}", plan.hostname));
@@ -389,17 +389,6 @@ fn setup_child(plan: &SessionPlan, net: &[plan::NetFile], root: &Path) {
             fail(&format!("cannot bring up lo: {e}"));
         }
     }
-}
-
-fn format_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Brings up `lo` in a new network namespace (an ioctl on a datagram socket).
