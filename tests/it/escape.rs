@@ -26,11 +26,10 @@
 //! `--no-tty`).
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::support::session::{Caller, SESSION_TIMEOUT, Session};
@@ -639,38 +638,7 @@ fn on_a_pty(s: &Session, outer: &Path) -> Vec<String> {
     let mut cmd = Command::new("script");
     cmd.args(["-qec", &format!("bash {}", outer.display()), "/dev/null"]);
     s.caller.apply(&mut cmd, &s.home);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line.trim_end_matches('\r').to_owned());
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let done = line == "DONE";
-                lines.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    drop(child.stdin.take());
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    lines
+    support::pty::on_a_pty(cmd, |_, _| {})
 }
 
 /// Inside, `/attack tiocsti` pushes `echo INJECTED > MARKER` and a newline into its stdin, a

@@ -7,17 +7,16 @@
 //! here mounts anything itself: the launcher's mounts live in its own mount namespace.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, User};
 
+use crate::support::pty::on_a_pty;
 use crate::support::{self, Bg, EXIT_OWN_ERROR, Frozen, Out, TestDir, example_rootfs};
 
 /// How long one session may take before its test fails (a debug build on a busy CI machine
@@ -1667,50 +1666,6 @@ fn script_cmd(outer: &Path, as_user: Option<&UserFixture>) -> Command {
         cmd.env("OVLRUN_FS", fs);
     }
     cmd
-}
-
-/// Runs `cmd` (a [`script_cmd`]) and returns its output lines (without the pty's `\r\n`)
-/// up to a line `DONE`, or what came within 30 s; `on_line` sees each line and may type
-/// into the pty. The `script` process is killed afterwards, whatever happened.
-fn on_a_pty(
-    mut cmd: Command,
-    mut on_line: impl FnMut(&str, &mut std::process::ChildStdin),
-) -> Vec<String> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        // `lines` takes the pty's `\r\n` as one line end.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    let mut stdin = child.stdin.take().unwrap();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                on_line(&line, &mut stdin);
-                let done = line == "DONE";
-                lines.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    drop(stdin);
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    lines
 }
 
 /// The value of the first word `KEY=VALUE` with this key on any line, else a panic

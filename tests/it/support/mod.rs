@@ -66,6 +66,7 @@ macro_rules! require_launcher {
 }
 
 mod process;
+pub mod pty;
 #[macro_use]
 pub mod session;
 
