@@ -734,18 +734,6 @@ pub fn check_id(flag: &'static str, value: u32) -> Result<u32, PlanError> {
     }
 }
 
-/// The host uid owning `rootfs`'s top directory when the calling user's id map does not
-/// cover it (a non-root caller over a root-owned tree): the session's root cannot act as
-/// that owner. `None` for root, for a covered owner, or when it cannot be read.
-pub(crate) fn unmapped_rootfs_owner(rootfs: &Path) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(rootfs).ok()?.uid();
-    (!crate::host::ids::choose().maps_host_uid(owner)).then_some(owner)
-}
-
-/// What fixes a rootfs [`unmapped_rootfs_owner`] found.
-pub(crate) const UNMAPPED_ROOTFS_FIX: &str = crate::host::ids::UNMAPPED_TREE_FIX;
-
 /// Checks `--rootfs` and returns it absolute.
 ///
 /// # Errors

@@ -172,6 +172,15 @@ impl MapHelpers {
     }
 }
 
+/// The owner of the tree at `rootfs` when `map` does not map it (its files then show as
+/// nobody inside, and the session's root cannot act as that owner); `None` when it does,
+/// or the tree cannot be read.
+pub(crate) fn unmapped_owner(rootfs: &std::path::Path, map: &IdMap) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(rootfs).ok()?.uid();
+    (!map.maps_host_uid(owner)).then_some(owner)
+}
+
 /// What fixes a tree whose owner the caller's id map does not cover.
 pub(crate) const UNMAPPED_TREE_FIX: &str = "create the tree in your own user namespace \
      (mmdebstrap --mode=unshare, or copy it with `unshare -r cp -a`, or `podman unshare`); \

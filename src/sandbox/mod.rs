@@ -127,8 +127,28 @@ pub(crate) struct Outcome {
 ///
 /// # Errors
 /// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
-pub(crate) fn run(plan: &SessionPlan, fs: impl Filesystem) -> Result<Outcome, SandboxError> {
-    run_in(plan, fs)
+/// `ids` is the map [`id_map`] chose for `plan`, chosen once by the caller, which judges the
+/// rootfs against it too.
+pub(crate) fn run(
+    plan: &SessionPlan,
+    ids: Option<IdMap>,
+    fs: impl Filesystem,
+) -> Result<Outcome, SandboxError> {
+    run_in(plan, ids, fs)
+}
+
+/// The ids a session of `plan` maps: none without a user namespace (`--no-userns`), the
+/// caller's own for a config that asks for just that, else the caller's subordinate range
+/// where it has one.
+pub(crate) fn id_map(plan: &SessionPlan) -> Option<IdMap> {
+    match plan.userns {
+        UserNs::New => Some(host_ids::choose()),
+        UserNs::Host => None,
+        UserNs::OwnId => Some(IdMap::Single {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }),
+    }
 }
 
 /// For a non-root caller: enters a user (and mount) namespace mapping the caller's
@@ -144,7 +164,11 @@ pub(crate) fn enter_owner_namespace() -> Result<(), SandboxError> {
     enter_namespaces(Some(&host_ids::choose()))
 }
 
-fn run_in(plan: &SessionPlan, mut fs: impl Filesystem) -> Result<Outcome, SandboxError> {
+fn run_in(
+    plan: &SessionPlan,
+    ids: Option<IdMap>,
+    mut fs: impl Filesystem,
+) -> Result<Outcome, SandboxError> {
     // Compiled first (or read from the state's cache, as the caller, before any namespace):
     // a profile libseccomp refuses fails before anything is mounted, and the child only
     // installs what it is handed.
@@ -155,14 +179,6 @@ fn run_in(plan: &SessionPlan, mut fs: impl Filesystem) -> Result<Outcome, Sandbo
     // wait for the forwarding thread (a serving thread would otherwise die of them).
     let forwarded = forwarded_set();
     forwarded.thread_block().map_err(ns("block signals"))?;
-    let ids = match plan.userns {
-        UserNs::New => Some(host_ids::choose()),
-        UserNs::Host => None,
-        UserNs::OwnId => Some(IdMap::Single {
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-        }),
-    };
     // A map the config asked for (`UserNs::OwnId`) is no limitation to point out.
     let asked = plan.userns == UserNs::OwnId;
     if let Some(note) = ids.as_ref().and_then(IdMap::limitation).filter(|_| !asked) {

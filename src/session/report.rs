@@ -184,7 +184,7 @@ impl fmt::Display for Note<'_> {
                  show as nobody, and root in the session cannot open those only their owner \
                  may (dpkg's locks, 0600 files); fix: {}",
                 rootfs.display(),
-                crate::config::UNMAPPED_ROOTFS_FIX
+                crate::host::ids::UNMAPPED_TREE_FIX
             ),
         }
     }

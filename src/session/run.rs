@@ -183,17 +183,19 @@ fn run_tracked(
         upper: Some(dirs.upper.clone()),
     });
     rec.save(&dirs.root)?;
-    if plan.userns != crate::config::UserNs::Host {
-        if let Some(owner) = crate::config::unmapped_rootfs_owner(&plan.rootfs) {
-            report.note(Note::UnmappedOwner {
-                rootfs: &plan.rootfs,
-                owner,
-            });
-        }
+    let ids = crate::sandbox::id_map(plan);
+    if let Some(owner) = ids
+        .as_ref()
+        .and_then(|map| crate::host::ids::unmapped_owner(&plan.rootfs, map))
+    {
+        report.note(Note::UnmappedOwner {
+            rootfs: &plan.rootfs,
+            owner,
+        });
     }
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
     let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard, &rec);
-    let code = match crate::sandbox::run(plan, fs) {
+    let code = match crate::sandbox::run(plan, ids, fs) {
         Ok(outcome) => {
             rec.fs = outcome.fs;
             ended.fs = Some(outcome.fs);
