@@ -109,18 +109,7 @@ impl Stamp {
     /// they set, which may come from the finer clock, and returns that moment. A session
     /// that starts later, or retries its commit from here, never takes them for conflicts.
     pub fn settled() -> Stamp {
-        let read = |clock| {
-            nix::time::clock_gettime(clock)
-                .map(|ts| total(ts.tv_sec(), ts.tv_nsec()))
-                .unwrap_or(0)
-        };
-        let fine = read(nix::time::ClockId::CLOCK_REALTIME) + i128::from(2 * FINE_GRAIN_SLACK_NS);
-        for _ in 0..50 {
-            if read(nix::time::ClockId::CLOCK_REALTIME_COARSE) >= fine {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        Stamp::fine_now().wait_coarse_past();
         Stamp::now()
     }
 
