@@ -96,22 +96,12 @@ pub(crate) mod path_serde {
         fn path(self) -> Result<PathBuf, String> {
             match self {
                 Wire::Text(s) => Ok(PathBuf::from(s)),
-                Wire::Bytes { hex } => {
-                    let digits = hex.as_bytes();
-                    if digits.len() % 2 != 0 {
-                        return Err(format!("odd-length hex path {hex:?}"));
-                    }
-                    digits
-                        .chunks(2)
-                        .map(|d| {
-                            std::str::from_utf8(d)
-                                .ok()
-                                .and_then(|d| u8::from_str_radix(d, 16).ok())
-                                .ok_or_else(|| format!("bad hex path {hex:?}"))
-                        })
-                        .collect::<Result<Vec<u8>, _>>()
-                        .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+                Wire::Bytes { hex } if hex.len() % 2 != 0 => {
+                    Err(format!("odd-length hex path {hex:?}"))
                 }
+                Wire::Bytes { hex } => crate::policy::names::unhex(&hex)
+                    .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+                    .ok_or_else(|| format!("bad hex path {hex:?}")),
             }
         }
     }

@@ -53,7 +53,7 @@ impl SessionId {
             let mixed = (t as u64) ^ (u64::from(std::process::id()) << 32);
             rnd.copy_from_slice(&mixed.to_le_bytes()[..6]);
         }
-        SessionId(hex(&rnd))
+        SessionId(crate::policy::names::hex(&rnd))
     }
 }
 
@@ -79,10 +79,6 @@ impl Default for SessionId {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Why session state could not be prepared or removed.

@@ -62,13 +62,7 @@ fn owner_of(path: &Path) -> Option<(u32, u32, u32)> {
 impl Scaffold {
     /// The list's text: one line per entry, paths in hex so any byte survives.
     fn to_text(&self) -> String {
-        let hex = |p: &Path| -> String {
-            p.as_os_str()
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        };
+        let hex = |p: &Path| -> String { crate::policy::names::hex(p.as_os_str().as_bytes()) };
         let ts = |t: Option<Ts>| t.map_or("-".to_owned(), |(s, ns)| format!("{s}.{ns}"));
         let mut out = String::new();
         for m in &self.made {
@@ -90,14 +84,11 @@ impl Scaffold {
     /// is acted on not at all).
     fn from_text(text: &str) -> Option<Scaffold> {
         fn path(hex: &str) -> Option<PathBuf> {
-            if hex.len() % 2 != 0 || hex.is_empty() {
+            if hex.is_empty() {
                 return None;
             }
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect();
-            let p = PathBuf::from(OsStr::from_bytes(&bytes?));
+            let bytes = crate::policy::names::unhex(hex)?;
+            let p = PathBuf::from(OsStr::from_bytes(&bytes));
             // Merged paths: relative, plain names only.
             p.components()
                 .all(|c| matches!(c, std::path::Component::Normal(_)))
