@@ -9,7 +9,6 @@
 //! See: <https://github.com/opencontainers/runtime-spec/blob/main/config-linux.md#seccomp>
 
 use std::ffi::OsStr;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -56,16 +55,15 @@ pub(crate) fn read_file(path: &Path) -> Result<LinuxSeccomp, PlanError> {
         path: PathBuf::from(path),
         source,
     };
-    let mut text = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PROFILE_BYTES + 1).read_to_end(&mut text))
-        .map_err(|e| err(ProfileError::new("", e.to_string())))?;
-    if text.len() as u64 > MAX_PROFILE_BYTES {
-        return Err(err(ProfileError::new(
-            "",
-            format!("larger than {MAX_PROFILE_BYTES} bytes: not a seccomp profile"),
-        )));
-    }
+    let text = std::fs::File::open(path)
+        .and_then(|f| crate::sys::read_at_most(f, MAX_PROFILE_BYTES))
+        .map_err(|e| err(ProfileError::new("", e.to_string())))?
+        .ok_or_else(|| {
+            err(ProfileError::new(
+                "",
+                format!("larger than {MAX_PROFILE_BYTES} bytes: not a seccomp profile"),
+            ))
+        })?;
     let value: Value = serde_json::from_slice(&text).map_err(|e| {
         err(ProfileError::new(
             "",

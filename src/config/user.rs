@@ -5,7 +5,6 @@
 //! beneath the rootfs with no symlink followed (`sys::beneath`), regular files only, and
 //! at most [`MAX_ACCOUNT_FILE`] bytes.
 
-use std::io::Read;
 use std::path::Path;
 
 use nix::fcntl::OFlag;
@@ -180,14 +179,11 @@ pub(crate) fn read_account_file(rootfs: &Path, rel: &str, spec: &str) -> Result<
     if !meta.is_file() {
         return Err(err("not a regular file".into()));
     }
-    let mut text = String::new();
-    file.take(MAX_ACCOUNT_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| err(e.to_string()))?;
-    if text.len() as u64 > MAX_ACCOUNT_FILE {
-        return Err(err(format!("larger than {MAX_ACCOUNT_FILE} bytes")));
-    }
-    Ok(text)
+    let bytes = crate::sys::read_at_most(file, MAX_ACCOUNT_FILE)
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err(format!("larger than {MAX_ACCOUNT_FILE} bytes")))?;
+    // As read_to_string says it.
+    String::from_utf8(bytes).map_err(|_| err("stream did not contain valid UTF-8".into()))
 }
 
 /// `--user spec` resolved in the tree at `rootfs`.

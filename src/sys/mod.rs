@@ -10,6 +10,21 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use nix::errno::Errno;
 
+/// All of `from`, when it holds at most `limit` bytes; `None` when it holds more (a file a
+/// user or a tree handed ovlrun is never read without a bound).
+///
+/// # Errors
+/// Any read error.
+pub(crate) fn read_at_most(
+    from: impl std::io::Read,
+    limit: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    from.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the
 /// directory. (No `unsafe`; it lives here, the lowest room, so `session` and `policy` share
 /// it without importing each other.)

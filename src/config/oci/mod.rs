@@ -187,20 +187,16 @@ pub(crate) const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// # Errors
 /// [`OciError::TooLarge`], or [`OciError::Read`] (not UTF-8 included).
 fn read_bounded(path: &Path) -> Result<String, OciError> {
-    use std::io::Read;
     let read_err = |source| OciError::Read {
         path: path.to_owned(),
         source,
     };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(OciError::TooLarge {
+    let bytes = std::fs::File::open(path)
+        .and_then(|f| crate::sys::read_at_most(f, MAX_CONFIG_BYTES))
+        .map_err(read_err)?
+        .ok_or_else(|| OciError::TooLarge {
             path: path.to_owned(),
-        });
-    }
+        })?;
     String::from_utf8(bytes)
         .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
