@@ -123,7 +123,6 @@ PRINT_ALLOWED=(
     src/main.rs src/sessions.rs src/cli.rs src/stderr.rs # the binary
     src/sandbox/init.rs      # the session's pid 1: fatal setup errors
     src/sandbox/mod.rs       # the cloned child's fatal setup errors; launcher notes (to move)
-    src/session/scaffold.rs  # the resolver-file note (to move with the launcher's notes)
     src/sandbox/timeout.rs   # the --timeout note (to move with the launcher's notes)
     src/sandbox/seccomp/mod.rs # a unit test's timing line
     src/policy/commit_props.rs # the planner's property test: its seed and coverage

@@ -21,9 +21,18 @@ use crate::sandbox::plan::NetFile;
 /// Symlinks followed at most, as the kernel's `MAXSYMLINKS`.
 const MAX_LINKS: usize = 40;
 
-/// The host's files a shared-network session gets, each with where it goes inside; notes for
-/// those that cannot be placed.
-pub(crate) fn resolve(plan: &SessionPlan, ovl: &Overlay) -> (Vec<NetFile>, Vec<String>) {
+/// A host file a shared-network session does not get, and why.
+#[derive(Debug)]
+pub(crate) struct NotPlaced {
+    /// The host's file (`/etc/resolv.conf`, `/etc/hosts`).
+    pub host: &'static Path,
+    /// What the rootfs has in its place, as a phrase.
+    pub problem: String,
+}
+
+/// The host's files a shared-network session gets, each with where it goes inside, and those
+/// that cannot be placed.
+pub(crate) fn resolve(plan: &SessionPlan, ovl: &Overlay) -> (Vec<NetFile>, Vec<NotPlaced>) {
     let (mut files, mut notes) = (Vec::new(), Vec::new());
     if plan.net != Network::Host {
         return (files, notes);
@@ -37,10 +46,7 @@ pub(crate) fn resolve(plan: &SessionPlan, ovl: &Overlay) -> (Vec<NetFile>, Vec<S
                 source: host.to_owned(),
                 dest,
             }),
-            Err(problem) => notes.push(format!(
-                "{} in the rootfs {problem}: the session does not get the host's",
-                host.display()
-            )),
+            Err(problem) => notes.push(NotPlaced { host, problem }),
         }
     }
     (files, notes)

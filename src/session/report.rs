@@ -111,6 +111,14 @@ pub enum Note<'a> {
     },
     /// `--policy ask` or `preserve` found no changes: the session is discarded.
     NoChanges,
+    /// A shared-network session does not get the host's `host` file (`/etc/resolv.conf`,
+    /// `/etc/hosts`): the rootfs's own is in the way.
+    HostFileNotShared {
+        /// The host's file.
+        host: &'a Path,
+        /// What the rootfs has in its place.
+        problem: &'a str,
+    },
     /// The rootfs's owner has no id in the caller's user namespace.
     UnmappedOwner {
         /// The rootfs.
@@ -178,6 +186,11 @@ impl fmt::Display for Note<'_> {
                 }
             ),
             Note::NoChanges => f.write_str("no changes; nothing kept"),
+            Note::HostFileNotShared { host, problem } => write!(
+                f,
+                "{} in the rootfs {problem}: the session does not get the host's",
+                host.display()
+            ),
             Note::UnmappedOwner { rootfs, owner } => write!(
                 f,
                 "{} belongs to uid {owner}, which your user namespace does not map: its files \

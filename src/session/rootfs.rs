@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::SessionDirs;
 use super::record::Record;
+use super::report::{Note, Report};
 use super::scaffold::{self, Scaffold};
 use crate::config::SessionPlan;
 use crate::layers::format::{self, WhiteoutFormat};
@@ -57,6 +58,8 @@ pub(crate) struct SessionRootfs<'a> {
     /// The session's record, saved with the backend that serves once it is known, so `ls`
     /// names it while the session runs.
     record: &'a Record,
+    /// Where the notes of the mount go (resolver files the session does not get).
+    report: &'a dyn Report,
 }
 
 impl<'a> SessionRootfs<'a> {
@@ -68,6 +71,7 @@ impl<'a> SessionRootfs<'a> {
         dirs: &'a SessionDirs,
         kept: bool,
         record: &'a Record,
+        report: &'a dyn Report,
     ) -> Self {
         SessionRootfs {
             plan,
@@ -76,6 +80,7 @@ impl<'a> SessionRootfs<'a> {
             mounted: None,
             scaffold: Scaffold::default(),
             record,
+            report,
         }
     }
 
@@ -166,7 +171,14 @@ impl Filesystem for SessionRootfs<'_> {
             start.wait_coarse_past();
         }
         // Made inside the namespace, so it sees owners as the removal afterwards will.
-        let (made, net) = scaffold::make_targets(self.plan, &self.dirs.upper, &self.dirs.work)?;
+        let (made, net, not_placed) =
+            scaffold::make_targets(self.plan, &self.dirs.upper, &self.dirs.work)?;
+        for n in &not_placed {
+            self.report.note(Note::HostFileNotShared {
+                host: n.host,
+                problem: &n.problem,
+            });
+        }
         self.scaffold = made;
         self.mounted = Some(self.mount_overlay()?);
         Ok(net)

@@ -194,7 +194,7 @@ fn run_tracked(
         });
     }
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
-    let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard, &rec);
+    let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard, &rec, report);
     let code = match crate::sandbox::run(plan, ids, fs) {
         Ok(outcome) => {
             rec.fs = outcome.fs;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
-use super::netfiles;
+use super::netfiles::{self, NotPlaced};
 use super::rootfs::RootfsError;
 use crate::config::SessionPlan;
 use crate::layers::{LayerSetupError, NewNode, Overlay, OverlayConfig, Owner, WhiteoutFormat};
@@ -133,12 +133,12 @@ impl Scaffold {
 
 /// Creates the mount targets the rootfs lacks, through the overlay's own rules (before it is
 /// mounted), so copied-up parents keep their metadata; returns what it made for [`remove`],
-/// and where the host's resolver files go. First scrubs what a killed launcher left.
+/// where the host's resolver files go, and those that cannot go in. First scrubs what a killed launcher left.
 pub(crate) fn make_targets(
     plan: &SessionPlan,
     upper: &Path,
     work: &Path,
-) -> Result<(Scaffold, Vec<plan::NetFile>), RootfsError> {
+) -> Result<(Scaffold, Vec<plan::NetFile>, Vec<NotPlaced>), RootfsError> {
     scrub(&plan.rootfs, upper, work);
     let ovl = open_layers(&plan.rootfs, upper, work, plan.whiteout)?;
     // A resumed upper may hold metadata-only copies a killed server left; the kernel
@@ -149,10 +149,7 @@ pub(crate) fn make_targets(
             source,
         }))
     })?;
-    let (net, notes) = netfiles::resolve(plan, &ovl);
-    for n in notes {
-        eprintln!("ovlrun: note: {n}");
-    }
+    let (net, not_placed) = netfiles::resolve(plan, &ovl);
     let owner = Owner { uid: 0, gid: 0 };
     let mut scaffold = Scaffold::default();
     for (target, kind) in plan::targets(plan, &net) {
@@ -216,7 +213,7 @@ pub(crate) fn make_targets(
             };
         }
     }
-    Ok((scaffold, net))
+    Ok((scaffold, net, not_placed))
 }
 
 /// The layers of a session's overlay; `whiteout` as the plan asks (the first opening of an

@@ -550,6 +550,44 @@ fn a_dangling_resolv_conf_link_gets_the_host_resolver() {
     }
 }
 
+/// A rootfs whose `/etc/resolv.conf` is a directory: the session still runs with the
+/// rootfs's own (nothing is mounted over it) and the user is told, once, why it does not get
+/// the host's resolver.
+#[test]
+fn a_resolv_conf_directory_is_left_alone_with_a_note() {
+    require_sessions!();
+    require!(
+        Path::new("/etc/resolv.conf").exists(),
+        "find the host's /etc/resolv.conf"
+    );
+    let f = Fixture::new();
+    let conf = f.rootfs.join("etc/resolv.conf");
+    let _ = fs::remove_file(&conf);
+    mkdir_p(&conf);
+    fs::write(conf.join("inside"), "rootfs's own\n").unwrap();
+    let before = Frozen::take(&f.rootfs);
+    let out = f.sh(&[], "cat /etc/resolv.conf/inside");
+    out.expect_ok();
+    assert_eq!(out.stdout, "rootfs's own\n", "{}", out.context());
+    let notes: Vec<_> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("/etc/resolv.conf in the rootfs leads to"))
+        .collect();
+    assert_eq!(
+        notes.len(),
+        1,
+        "want one note naming the directory in the way\n{}",
+        out.context()
+    );
+    assert!(
+        notes[0].starts_with("ovlrun: ") && notes[0].contains("a directory"),
+        "{}",
+        out.context()
+    );
+    before.assert_unchanged(&f.rootfs, "a session over a resolv.conf directory");
+}
+
 /// A rootfs that is the root of its own filesystem, in a read-only directory: its commit keeps
 /// the transaction in the state root and stages inside the rootfs under an unguessable name.
 /// Killed midway, the commit is rolled back by `recover` to exactly the old tree (no stage
