@@ -63,7 +63,7 @@ pub enum Terminal {
 impl Terminal {
     /// The choice from `-t/--tty`, `--no-tty` and a config's `process.terminal`: a flag
     /// wins over the config, the config over the default.
-    pub fn chosen(tty: bool, no_tty: bool, config: Option<bool>) -> Terminal {
+    pub(crate) fn chosen(tty: bool, no_tty: bool, config: Option<bool>) -> Terminal {
         match (tty, no_tty, config) {
             (true, _, _) | (false, false, Some(true)) => Terminal::Always,
             (false, true, _) | (false, false, Some(false)) => Terminal::Never,
@@ -100,7 +100,7 @@ pub struct Rlimit {
 
 /// Paths under `/proc` and `/sys` hidden from every session (runc's default `maskedPaths`):
 /// a file gets `/dev/null` over it, a directory an empty read-only tmpfs.
-pub const DEFAULT_MASKED_PATHS: [&str; 10] = [
+pub(crate) const DEFAULT_MASKED_PATHS: [&str; 10] = [
     "/proc/acpi",
     "/proc/asound",
     "/proc/kcore",
@@ -114,10 +114,10 @@ pub const DEFAULT_MASKED_PATHS: [&str; 10] = [
 ];
 
 /// More masked paths past runc's list: the host's power and thermal controls.
-pub const EXTRA_MASKED_PATHS: [&str; 1] = ["/sys/devices/virtual/powercap"];
+pub(crate) const EXTRA_MASKED_PATHS: [&str; 1] = ["/sys/devices/virtual/powercap"];
 
 /// Paths under `/proc` read-only in every session (runc's default `readonlyPaths`).
-pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
+pub(crate) const DEFAULT_READONLY_PATHS: [&str; 5] = [
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",
@@ -126,7 +126,7 @@ pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
 ];
 
 /// What root in a session may do by default.
-pub const DEFAULT_CAPABILITIES: [caps::Capability; 14] = [
+pub(crate) const DEFAULT_CAPABILITIES: [caps::Capability; 14] = [
     caps::Capability::CAP_CHOWN,
     caps::Capability::CAP_DAC_OVERRIDE,
     caps::Capability::CAP_FSETID,
@@ -321,7 +321,7 @@ impl SessionPlan {
 }
 
 /// runc's masked paths and ours.
-pub fn default_masked_paths() -> Vec<PathBuf> {
+pub(crate) fn default_masked_paths() -> Vec<PathBuf> {
     DEFAULT_MASKED_PATHS
         .iter()
         .chain(EXTRA_MASKED_PATHS.iter())
@@ -505,7 +505,7 @@ const RLIMITS: [(&str, nix::sys::resource::Resource); 16] = {
 ///
 /// # Errors
 /// [`PlanError::Rlimit`] for an unknown name or a soft limit above the hard one.
-pub fn rlimit(flag: &str, name: &str, soft: u64, hard: u64) -> Result<Rlimit, PlanError> {
+pub(crate) fn rlimit(flag: &str, name: &str, soft: u64, hard: u64) -> Result<Rlimit, PlanError> {
     let bad = |problem: String| PlanError::Rlimit {
         flag: flag.to_owned(),
         value: name.to_owned(),
@@ -541,7 +541,7 @@ pub fn rlimit(flag: &str, name: &str, soft: u64, hard: u64) -> Result<Rlimit, Pl
 ///
 /// # Errors
 /// [`PlanError::Rlimit`] naming the value.
-pub fn parse_rlimit(value: &str) -> Result<Rlimit, PlanError> {
+pub(crate) fn parse_rlimit(value: &str) -> Result<Rlimit, PlanError> {
     let bad = |problem: &str| PlanError::Rlimit {
         flag: "--rlimit".into(),
         value: value.to_owned(),
@@ -576,7 +576,7 @@ pub fn parse_rlimit(value: &str) -> Result<Rlimit, PlanError> {
 ///
 /// # Errors
 /// [`PlanError::Sysctl`] naming the key.
-pub fn check_sysctl(flag: &str, key: &str, net: Network) -> Result<(), PlanError> {
+pub(crate) fn check_sysctl(flag: &str, key: &str, net: Network) -> Result<(), PlanError> {
     let bad = |problem: &str| PlanError::Sysctl {
         flag: flag.to_owned(),
         key: key.to_owned(),
@@ -623,7 +623,7 @@ pub fn check_sysctl(flag: &str, key: &str, net: Network) -> Result<(), PlanError
 ///
 /// # Errors
 /// [`PlanError::Sysctl`] naming the key.
-pub fn parse_sysctl(value: &str, net: Network) -> Result<(String, String), PlanError> {
+pub(crate) fn parse_sysctl(value: &str, net: Network) -> Result<(String, String), PlanError> {
     let (key, val) = value.split_once('=').ok_or_else(|| PlanError::Sysctl {
         flag: "--sysctl".into(),
         key: value.to_owned(),
@@ -638,7 +638,7 @@ pub fn parse_sysctl(value: &str, net: Network) -> Result<(String, String), PlanE
 ///
 /// # Errors
 /// [`PlanError::PreserveFds`] naming the first fd that is not open.
-pub fn check_preserved_fds(count: u32) -> Result<(), PlanError> {
+pub(crate) fn check_preserved_fds(count: u32) -> Result<(), PlanError> {
     for fd in 3..3u32.saturating_add(count) {
         if std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_err() {
             return Err(PlanError::PreserveFds { count, fd });
@@ -651,7 +651,7 @@ pub fn check_preserved_fds(count: u32) -> Result<(), PlanError> {
 ///
 /// # Errors
 /// [`PlanError::Bind`] naming the value.
-pub fn parse_bind(value: &str) -> Result<Bind, PlanError> {
+pub(crate) fn parse_bind(value: &str) -> Result<Bind, PlanError> {
     let err = |problem: &str| PlanError::Bind {
         value: value.to_owned(),
         problem: problem.to_owned(),
@@ -685,7 +685,7 @@ pub fn parse_bind(value: &str) -> Result<Bind, PlanError> {
 ///
 /// # Errors
 /// [`PlanError::DevBind`] naming the value.
-pub fn parse_dev_bind(value: &str) -> Result<Bind, PlanError> {
+pub(crate) fn parse_dev_bind(value: &str) -> Result<Bind, PlanError> {
     use std::os::unix::fs::FileTypeExt;
     let err = |problem: String| PlanError::DevBind {
         value: value.to_owned(),
@@ -720,13 +720,13 @@ pub fn parse_dev_bind(value: &str) -> Result<Bind, PlanError> {
 }
 
 /// The largest uid or gid: one more is `(uid_t)-1`.
-pub const MAX_ID: u32 = u32::MAX - 1;
+pub(crate) const MAX_ID: u32 = u32::MAX - 1;
 
 /// Checks a uid or gid given as `flag`.
 ///
 /// # Errors
 /// [`PlanError::Id`] for `(uid_t)-1`.
-pub fn check_id(flag: &'static str, value: u32) -> Result<u32, PlanError> {
+pub(crate) fn check_id(flag: &'static str, value: u32) -> Result<u32, PlanError> {
     if value <= MAX_ID {
         Ok(value)
     } else {
@@ -754,7 +754,7 @@ pub fn check_rootfs(path: &Path) -> Result<PathBuf, PlanError> {
 ///
 /// # Errors
 /// [`PlanError::Capability`] for names capabilities(7) does not know.
-pub fn parse_capability(flag: &'static str, value: &str) -> Result<String, PlanError> {
+pub(crate) fn parse_capability(flag: &'static str, value: &str) -> Result<String, PlanError> {
     let upper = value.to_ascii_uppercase();
     let name = if upper.starts_with("CAP_") {
         upper
@@ -793,7 +793,7 @@ pub fn state_root() -> Result<PathBuf, PlanError> {
 
 /// The environment a command gets by default: `PATH`, `HOME`, `TERM` (from the host when
 /// set).
-pub fn default_env(home: &str) -> Vec<OsString> {
+pub(crate) fn default_env(home: &str) -> Vec<OsString> {
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
     vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),

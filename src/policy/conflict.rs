@@ -52,7 +52,7 @@ use crate::sys;
 
 /// A moment on the clock filesystems stamp ctimes from: when a session began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     /// Seconds since the epoch.
     pub sec: i64,
     /// Nanoseconds.
@@ -65,7 +65,7 @@ const FINE_GRAIN_SLACK_NS: i64 = 1_000;
 
 impl Stamp {
     /// Now, on the coarse clock: any ctime set after this call is at or after it.
-    pub fn now() -> Stamp {
+    pub(crate) fn now() -> Stamp {
         // The coarse clock cannot fail on Linux; 0 would only make every entry a conflict.
         let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE)
             .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
@@ -79,7 +79,7 @@ impl Stamp {
     /// stamped from the coarse clock or (multigrain timestamps) the fine one. A session's start
     /// takes this, and reads nothing of the rootfs until [`Stamp::wait_coarse_past`] returns,
     /// so a coarse-stamped change made after its first read still shows as later.
-    pub fn fine_now() -> Stamp {
+    pub(crate) fn fine_now() -> Stamp {
         let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
             .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
         Stamp {
@@ -91,7 +91,7 @@ impl Stamp {
     /// Waits (a clock tick at most, usually not at all: a session's setup takes longer) until
     /// the coarse clock is past this stamp and its slack, so any ctime set from now on is after
     /// it.
-    pub fn wait_coarse_past(self) {
+    pub(crate) fn wait_coarse_past(self) {
         let past = total(self.sec, self.nsec) + i128::from(2 * FINE_GRAIN_SLACK_NS);
         for _ in 0..500 {
             let coarse = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE)
@@ -108,13 +108,13 @@ impl Stamp {
     /// still held: waits (a clock tick at most) until the coarse clock has passed every ctime
     /// they set, which may come from the finer clock, and returns that moment. A session
     /// that starts later, or retries its commit from here, never takes them for conflicts.
-    pub fn settled() -> Stamp {
+    pub(crate) fn settled() -> Stamp {
         Stamp::fine_now().wait_coarse_past();
         Stamp::now()
     }
 
     /// Whether an entry with this ctime may have changed at or after the stamp.
-    pub fn changed_since(self, ctime_sec: i64, ctime_nsec: i64) -> bool {
+    pub(crate) fn changed_since(self, ctime_sec: i64, ctime_nsec: i64) -> bool {
         let ctime = total(ctime_sec, ctime_nsec);
         let base = total(self.sec, self.nsec) - i128::from(FINE_GRAIN_SLACK_NS);
         // A whole-second ctime in the stamp's second may be a later change, truncated.

@@ -41,7 +41,7 @@ impl std::fmt::Display for SessionId {
 
 impl SessionId {
     /// A fresh id.
-    pub fn new() -> SessionId {
+    pub(crate) fn new() -> SessionId {
         let mut rnd = [0u8; 6];
         let read = std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut rnd));
@@ -59,11 +59,11 @@ impl SessionId {
 
 impl SessionId {
     /// The number of hex digits of an id.
-    pub const LEN: usize = 12;
+    pub(crate) const LEN: usize = 12;
 
     /// Whether `s` has an id's shape, or (`prefix`) is a non-empty start of one: lowercase
     /// hex digits only, so it can never name anything but an entry of the sessions dir.
-    pub fn is_id(s: &str, prefix: bool) -> bool {
+    pub(crate) fn is_id(s: &str, prefix: bool) -> bool {
         let len_ok = if prefix {
             (1..=Self::LEN).contains(&s.len())
         } else {
@@ -116,7 +116,7 @@ impl SessionDirs {
     ///
     /// # Errors
     /// [`SessionError::State`] naming the directory, [`SessionError::Upper`].
-    pub fn create(
+    pub(crate) fn create(
         state_root: &Path,
         upper: Option<&upper::Checked>,
     ) -> Result<SessionDirs, SessionError> {
@@ -180,7 +180,7 @@ impl SessionDirs {
     ///
     /// # Errors
     /// [`SessionError::BadId`], [`SessionError::Unknown`], [`SessionError::Ambiguous`].
-    pub fn resolve_id(state_root: &Path, given: &str) -> Result<String, SessionError> {
+    pub(crate) fn resolve_id(state_root: &Path, given: &str) -> Result<String, SessionError> {
         if !SessionId::is_id(given, true) {
             return Err(SessionError::BadId {
                 given: given.to_owned(),
@@ -247,7 +247,7 @@ impl SessionDirs {
     ///
     /// # Errors
     /// [`SessionError::Running`], or as [`SessionDirs::open`].
-    pub fn open_finished(
+    pub(crate) fn open_finished(
         state_root: &Path,
         id: &str,
     ) -> Result<(SessionDirs, record::Record), SessionError> {
@@ -284,7 +284,7 @@ impl SessionDirs {
     /// # Errors
     /// [`StateError`] naming the directory; what could not be removed stays, and nothing is
     /// removed when the upper carries no mark.
-    pub fn discard(&self) -> Result<(), StateError> {
+    pub(crate) fn discard(&self) -> Result<(), StateError> {
         let fail = |what, path: &Path| {
             let path = path.to_owned();
             move |source| StateError { what, path, source }
@@ -319,7 +319,7 @@ impl SessionDirs {
     ///
     /// # Errors
     /// [`StateError`].
-    pub fn forget(&self) -> Result<(), StateError> {
+    pub(crate) fn forget(&self) -> Result<(), StateError> {
         upper::remove_or_empty(&self.root, true).map_err(|source| StateError {
             what: "remove",
             path: self.root.clone(),

@@ -113,7 +113,7 @@ pub(crate) fn now() -> u64 {
 
 impl Record {
     /// The record file of a session directory.
-    pub fn path_in(session_dir: &Path) -> PathBuf {
+    pub(crate) fn path_in(session_dir: &Path) -> PathBuf {
         session_dir.join("session.json")
     }
 
@@ -121,7 +121,7 @@ impl Record {
     ///
     /// # Errors
     /// [`RecordError::Write`].
-    pub fn save(&self, session_dir: &Path) -> Result<(), RecordError> {
+    pub(crate) fn save(&self, session_dir: &Path) -> Result<(), RecordError> {
         let path = Self::path_in(session_dir);
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| RecordError::Write {
             path: path.clone(),
@@ -135,7 +135,7 @@ impl Record {
     ///
     /// # Errors
     /// [`RecordError::Read`] or [`RecordError::Parse`].
-    pub fn load(session_dir: &Path) -> Result<Record, RecordError> {
+    pub(crate) fn load(session_dir: &Path) -> Result<Record, RecordError> {
         let path = Self::path_in(session_dir);
         let bytes = std::fs::read(&path).map_err(|source| RecordError::Read {
             path: path.clone(),
@@ -148,7 +148,7 @@ impl Record {
     ///
     /// # Errors
     /// [`RecordError::NotAbsolute`] naming the field.
-    pub fn check_paths(&self, session_dir: &Path) -> Result<(), RecordError> {
+    pub(crate) fn check_paths(&self, session_dir: &Path) -> Result<(), RecordError> {
         for (field, value) in [
             ("rootfs", &self.rootfs),
             ("upper", &self.upper),
@@ -174,7 +174,7 @@ impl Record {
     }
 
     /// True when the process that wrote the record is gone.
-    pub fn is_dead(&self) -> bool {
+    pub(crate) fn is_dead(&self) -> bool {
         !Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 

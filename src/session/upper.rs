@@ -26,7 +26,7 @@ pub(crate) const MARKER: &str = "ovlrun-upper";
 
 /// What the mark records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Marker {
+pub(crate) struct Marker {
     /// The upper, as it was made (for people reading the file).
     pub upper: PathBuf,
     /// The upper's device.
@@ -176,7 +176,7 @@ pub(crate) fn format_of(rec: &super::record::Record) -> std::io::Result<Whiteout
 
 /// A `--upper` that passed every check; [`Checked::create`] makes it.
 #[derive(Debug)]
-pub struct Checked {
+pub(crate) struct Checked {
     /// The upper, absolute and canonical.
     pub upper: PathBuf,
     /// Its work directory.
@@ -263,7 +263,7 @@ impl Checked {
     ///
     /// # Errors
     /// [`UpperError::Io`].
-    pub fn create(&self) -> Result<Marker, UpperError> {
+    pub(crate) fn create(&self) -> Result<Marker, UpperError> {
         let io = |step, path: &Path| {
             let (upper, path) = (self.upper.clone(), path.to_owned());
             move |source| UpperError::Io {
