@@ -5,10 +5,13 @@
 # to the kernel overlayfs and to fuse-overlayfs.
 #
 #   bash scripts/bench.sh [--rounds N] [--only WORKLOAD[,...]] [--backends B[,...]] [--json FILE]
-#                         [--scratch image|root]
+#                         [--scratch image|root] [--baseline BIN]
 #
 # Backends: ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain (the default set), and
-# ovlrun-fuse-all (`ovlrun mount --passthrough all`).
+# ovlrun-fuse-all (`ovlrun mount --passthrough all`). `--baseline BIN` adds base-fuse and
+# base-kernel, the same two setups served by another build of ovlrun (say, an older commit's
+# target/release/ovlrun), interleaved with the others so a change is measured before and
+# after in one run; the report prints this build's time over the baseline's.
 #
 # Run as root on a quiet machine. Lowers are built once under /var/tmp/ovlrun-bench.
 # Uppers, work dirs and session state go on a scratch filesystem: by default a fresh
@@ -26,6 +29,7 @@ ONLY=""
 BACKENDS_ARG=""
 JSON=""
 SCRATCH_KIND=image
+BASELINE=""
 while (($#)); do
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
@@ -33,6 +37,7 @@ while (($#)); do
         --json) JSON="$2"; shift 2 ;;
         --backends) BACKENDS_ARG="$2"; shift 2 ;;
         --scratch) SCRATCH_KIND="$2"; shift 2 ;;
+        --baseline) BASELINE="$(realpath "$2")"; shift 2 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -42,13 +47,16 @@ if [[ -z "${OVLRUN_BENCH_NS:-}" ]]; then
     [[ "$(id -u)" == 0 ]] || { echo "bench.sh: run as root" >&2; exit 1; }
     exec env OVLRUN_BENCH_NS=1 unshare --mount --propagation private bash "$0" \
         --rounds "$ROUNDS" ${ONLY:+--only "$ONLY"} ${JSON:+--json "$JSON"} \
-        ${BACKENDS_ARG:+--backends "$BACKENDS_ARG"} --scratch "$SCRATCH_KIND"
+        ${BACKENDS_ARG:+--backends "$BACKENDS_ARG"} --scratch "$SCRATCH_KIND" \
+        ${BASELINE:+--baseline "$BASELINE"}
 fi
+[[ -z "$BASELINE" || -x "$BASELINE" ]] || { echo "bench.sh: --baseline $BASELINE is not an executable" >&2; exit 2; }
 [[ "$SCRATCH_KIND" =~ ^(image|root)$ ]] || { echo "bench.sh: --scratch takes image or root, not '$SCRATCH_KIND'" >&2; exit 2; }
 
 OVLRUN="$REPO/target/release/ovlrun"
 BACKENDS=(ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain)
 [[ -n "$BACKENDS_ARG" ]] && IFS=, read -r -a BACKENDS <<<"$BACKENDS_ARG"
+[[ -n "$BASELINE" ]] && BACKENDS+=(base-fuse base-kernel)
 RESULTS="$BENCH/results.tsv"   # workload backend round seconds cpu_s rss_kib
 SCRATCH="$BENCH"               # where uppers and session state go (see --scratch)
 LOOP=""
@@ -137,6 +145,13 @@ mount_backend() {
         ovlrun-kernel)
             "$OVLRUN" mount --fs kernel --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
             wait_mounted "$MNT" ;;
+        base-fuse)
+            "$BASELINE" mount --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
+            SERVER_PID=$!
+            wait_mounted "$MNT" ;;
+        base-kernel)
+            "$BASELINE" mount --fs kernel --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
+            wait_mounted "$MNT" ;;
         kernel)
             mount -t overlay overlay -o "lowerdir=$lower,upperdir=$run/upper,workdir=$run/work,userxattr" "$MNT" ;;
         fuse-overlayfs)
@@ -168,6 +183,7 @@ umount_backend() {
         umount "$MNT" 2>/dev/null || umount -l "$MNT"
     fi
     pkill -f "ovlrun mount --fs kernel --lower" 2>/dev/null || true
+    pkill -f "^$BASELINE mount --fs kernel --lower" 2>/dev/null || true
     [[ -n "$SERVER_PID" ]] && wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
 }
@@ -243,13 +259,17 @@ run_all() {
 
 launcher_start() {
     [[ -n "$ONLY" && ",$ONLY," != *",launcher,"* ]] && return 0
-    local i t0 fs
-    for fs in fuse kernel; do
-        for i in $(seq 30); do
-            t0=$(now)
-            OVLRUN_STATE="$SCRATCH/state" "$OVLRUN" --fs "$fs" --rootfs "$REPO/examples/rootfs" -- true
-            printf 'launcher_start\tovlrun-%s\t%s\t%s\t0\t0\n' "$fs" "$i" \
-                "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
+    local i t0 fs bin name
+    for i in $(seq 30); do
+        for fs in fuse kernel; do
+            for bin in "$OVLRUN" ${BASELINE:+"$BASELINE"}; do
+                name="ovlrun-$fs"
+                [[ "$bin" == "$OVLRUN" ]] || name="base-$fs"
+                t0=$(now)
+                OVLRUN_STATE="$SCRATCH/state" "$bin" --fs "$fs" --rootfs "$REPO/examples/rootfs" -- true
+                printf 'launcher_start\t%s\t%s\t%s\t0\t0\n' "$name" "$i" \
+                    "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }')" >>"$RESULTS"
+            done
         done
     done
     # With a terminal: each under util-linux `script` (a pty), beside `script` running `true`,
@@ -361,6 +381,13 @@ if "launcher_start" in data:
     if "ovlrun-kernel-tty" in ls and "script-only" in ls:
         print(f"  launcher_start: ovlrun-kernel --tty minus script alone "
               f"{(ls['ovlrun-kernel-tty'] - ls['script-only']) * 1000:.1f} ms")
+baseline = [(w, a, b) for w, bs in data.items() for a, b in
+            (("ovlrun-fuse", "base-fuse"), ("ovlrun-kernel", "base-kernel")) if a in bs and b in bs]
+if baseline:
+    print("this build over the --baseline build (median time; above 1: this build is slower):")
+    for w, a, b in baseline:
+        ma, mb = (statistics.median(data[w][x]["secs"]) for x in (a, b))
+        print(f"  {w:<15} {a:<14} {ma:>9.4f}s  {b:<12} {mb:>9.4f}s  {ma / mb:>6.2f}x")
 print("fuse/kernel: ovlrun's FUSE time over the kernel overlayfs's (lower is better);")
 print("fuse-ovl/fuse: fuse-overlayfs's time over ovlrun's FUSE time (above 1: ovlrun is faster).")
 for w, bs in data.items():
