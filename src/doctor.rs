@@ -612,6 +612,13 @@ fn judge_passthrough(release: Result<&str, &io::Error>, me: &Caller) -> Check {
             NAME,
             format!("kernel {v} >= {FUSE_PASSTHROUGH}; used where the kernel accepts it"),
         ),
+        // Nothing a user can change: the kernel keeps passthrough for the initial namespace's
+        // admin, and sessions, which run in a user namespace, never get it, even as root.
+        Ok(_) if !me.root => Check::ok(
+            NAME,
+            "not for unprivileged users (a kernel rule): the FUSE backend uses the page \
+             cache with writeback instead",
+        ),
         Ok(v) => Check::warn(
             NAME,
             format!(
@@ -745,7 +752,9 @@ mod tests {
         assert_eq!(judge_rootless_overlay(Ok("6.1.0")).status, Status::Ok);
         assert_eq!(judge_passthrough(Ok("6.8.0"), &root).status, Status::Warn);
         assert_eq!(judge_passthrough(Ok("6.9.0"), &root).status, Status::Ok);
-        assert_eq!(judge_passthrough(Ok("6.12.0"), &alice).status, Status::Warn);
+        // A user can do nothing about it: said, not warned.
+        assert_eq!(judge_passthrough(Ok("6.12.0"), &alice).status, Status::Ok);
+        assert_eq!(judge_passthrough(Ok("6.8.0"), &alice).status, Status::Warn);
         assert_eq!(judge_passthrough(Ok("garbage"), &root).status, Status::Warn);
     }
 
