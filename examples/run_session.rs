@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         wait: false,
         resume: None,
         commit_on: CommitOn::Success,
+        name: None,
     };
     let code = run(&plan, &opts, &Stdout)?.code.unwrap_or(125);
     println!("policy {}: the command exited with {code}", policy.name());

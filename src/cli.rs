@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// commit) instead of failing.
     #[arg(long)]
     pub wait: bool,
+    /// Name the session: usable wherever an id is (diff, commit, export, discard,
+    /// run --resume), unique among the sessions of the state root. Letters, digits, '_', '.'
+    /// and '-', at most 64, not all hex digits (those read as an id).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// When the session ends (also when it cannot start), write its result to FILE as JSON:
     /// id, backend, exit_code and signal, outcome (kept, discarded, committed, conflict,
     /// not-committed), changes (added, changed, deleted), upper, error. A regular file is
@@ -353,10 +358,22 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
-    /// Remove a kept session and its changes.
+    /// Remove kept sessions and their changes: those named, or all of them (--all), or those
+    /// older than a duration (--older-than). Running sessions are never removed.
     Discard {
-        /// The session id (or a unique start of one).
-        id: String,
+        /// Session names, ids or unique starts of ids.
+        #[arg(
+            value_name = "ID",
+            required_unless_present_any = ["all", "older_than"],
+            conflicts_with_all = ["all", "older_than"]
+        )]
+        ids: Vec<String>,
+        /// Every kept session of the state root (not the running ones).
+        #[arg(long)]
+        all: bool,
+        /// Every kept session that began longer ago than DURATION (30s, 5m, 2h, 7d).
+        #[arg(long, value_name = "DURATION", conflicts_with = "all")]
+        older_than: Option<String>,
     },
     /// Finish or undo an interrupted commit of a rootfs (done by itself whenever ovlrun
     /// next locks that rootfs).

@@ -88,7 +88,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             },
         ),
-        Some(Command::Discard { id }) => sessions::discard(&id),
+        Some(Command::Discard {
+            ids,
+            all,
+            older_than,
+        }) => sessions::discard(&ids, all, older_than.as_deref()),
         Some(Command::Export { id, output }) => sessions::export(&id, &output),
         Some(Command::Recover { rootfs }) => sessions::recover(&rootfs),
         Some(Command::Spec { rootfs }) => spec(&rootfs),
@@ -161,6 +165,7 @@ fn session_run(args: RunArgs, resume: Option<String>) -> Result<Ended, SessionFa
         wait: args.wait,
         resume,
         commit_on: args.commit_on.into(),
+        name: args.name.clone(),
     };
     let plan = SessionPlan::from_flags(args.into_flags(), oci).map_err(anyhow::Error::from)?;
     Ok(ovlrun::session::run(&plan, &opts, &stderr::Stderr)?)

@@ -37,8 +37,7 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
             .map(|(d, r)| {
                 let mut v = serde_json::to_value(r).unwrap_or_default();
                 v["state"] = status(r).into();
-                // Sessions have no names yet (issue 16 item 5); the key is there for readers.
-                v["name"] = serde_json::Value::Null;
+                v["name"] = r.name.clone().into();
                 v["command"] = r.command.clone().into();
                 v["size"] = d.upper_size().into();
                 v
@@ -47,16 +46,23 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let width = sessions
+        .iter()
+        .filter_map(|(_, r)| r.name.as_ref().map(String::len))
+        .max()
+        .unwrap_or(0)
+        .max(4);
     writeln!(
         out,
-        "{:<12}  {:<10} {:<6} {:>5} {:>7}  ROOTFS",
-        "ID", "STATUS", "FS", "AGE", "SIZE"
+        "{:<12}  {:<width$}  {:<10} {:<6} {:>5} {:>7}  ROOTFS",
+        "ID", "NAME", "STATUS", "FS", "AGE", "SIZE"
     )?;
     for (d, r) in &sessions {
         writeln!(
             out,
-            "{:<12}  {:<10} {:<6} {:>5} {:>7}  {}",
+            "{:<12}  {:<width$}  {:<10} {:<6} {:>5} {:>7}  {}",
             r.id,
+            r.name.as_deref().unwrap_or("-"),
             status(r),
             r.fs.name(),
             age(r.age()),
@@ -200,13 +206,40 @@ pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ovlrun discard ID`.
-pub fn discard(id: &str) -> anyhow::Result<ExitCode> {
-    // Files the session made as sub-ids are removable only in a namespace that maps them.
-    Kept::open(&state()?, id)?
-        .discard()
-        .with_context(|| format!("cannot discard session {id}"))?;
-    Ok(ExitCode::SUCCESS)
+/// `ovlrun discard ID... | --all | --older-than DURATION`: every session it can, each
+/// failure named; the exit status is 1 when one failed.
+pub fn discard(ids: &[String], all: bool, older_than: Option<&str>) -> anyhow::Result<ExitCode> {
+    let state = state()?;
+    let older_than = older_than
+        .map(|d| config::parse_duration("--older-than", d))
+        .transpose()?;
+    let chosen: Vec<String> = if all || older_than.is_some() {
+        // Only finished sessions: a running one is never taken by a sweep.
+        SessionDirs::list(&state)
+            .into_iter()
+            .filter(|(_, r)| r.status != Status::Running || r.is_orphaned())
+            .filter(|(_, r)| older_than.is_none_or(|d| r.age() >= d.as_secs()))
+            .map(|(_, r)| r.id.to_string())
+            .collect()
+    } else {
+        ids.to_vec()
+    };
+    let mut failed = false;
+    for id in &chosen {
+        // Files the session made as sub-ids are removable only in a namespace that maps them.
+        let done = Kept::open(&state, id)
+            .map_err(anyhow::Error::from)
+            .and_then(|k| k.discard().map_err(anyhow::Error::from));
+        if let Err(e) = done {
+            eprintln!("ovlrun: cannot discard session {id}: {e:#}");
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `ovlrun recover --rootfs DIR`.

@@ -422,7 +422,7 @@ const DEFAULT_TIMEOUT_KILL: std::time::Duration = std::time::Duration::from_secs
 ///
 /// # Errors
 /// [`PlanError::Duration`] naming `flag` for anything else (negative, empty, other units).
-fn parse_duration(flag: &'static str, value: &str) -> Result<std::time::Duration, PlanError> {
+pub fn parse_duration(flag: &'static str, value: &str) -> Result<std::time::Duration, PlanError> {
     let bad = || PlanError::Duration {
         flag,
         value: value.to_owned(),

@@ -13,7 +13,7 @@ pub(crate) mod seccomp;
 pub(crate) mod user;
 
 pub use crate::seccomp::ProfileError;
-pub use flags::{Flags, chosen_policy};
+pub use flags::{Flags, chosen_policy, parse_duration};
 pub use oci::{OciError, OciSettings, load, starting_config};
 
 /// How the session's network is set up.

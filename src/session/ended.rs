@@ -55,6 +55,8 @@ impl Counts {
 pub struct Ended {
     /// The session's id.
     pub id: String,
+    /// The session's name, if it has one.
+    pub name: Option<String>,
     /// The backend that served the overlay; `None` when it never mounted.
     pub fs: Option<Backend>,
     /// The command's exit status (128 + n when killed by signal n); `None` when it never ran.
@@ -105,8 +107,7 @@ pub fn status_json(ended: Option<&Ended>, error: Option<&str>) -> serde_json::Va
     let code = ended.and_then(|e| e.code);
     serde_json::json!({
         "id": ended.map(|e| e.id.as_str()),
-        // Sessions have no names yet (issue 16 item 5); the key is there for readers.
-        "name": serde_json::Value::Null,
+        "name": ended.and_then(|e| e.name.as_deref()),
         "backend": ended.and_then(|e| e.fs).map(Backend::name),
         "exit_code": code,
         "signal": code.filter(|c| (129..=192).contains(c)).map(|c| c - 128),
@@ -140,6 +141,7 @@ mod tests {
     fn status_reads_signals_and_leaves_unknowns_null() {
         let ended = Ended {
             id: "abc".into(),
+            name: None,
             fs: Some(Backend::Kernel),
             code: Some(137),
             outcome: Outcome::NotCommitted,
@@ -160,11 +162,19 @@ mod tests {
         let plain = status_json(
             Some(&Ended {
                 code: Some(3),
-                ..ended
+                ..ended.clone()
             }),
             None,
         );
         assert!(plain["signal"].is_null());
+        let named = status_json(
+            Some(&Ended {
+                name: Some("job".into()),
+                ..ended.clone()
+            }),
+            None,
+        );
+        assert_eq!(named["name"], "job");
         let failed = status_json(None, Some("cannot"));
         assert!(failed["id"].is_null() && failed["outcome"].is_null());
         assert_eq!(failed["error"], "cannot");

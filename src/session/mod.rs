@@ -5,6 +5,7 @@
 pub mod ended;
 pub(crate) mod kept;
 pub(crate) mod lock;
+pub(crate) mod name;
 pub(crate) mod netfiles;
 pub(crate) mod record;
 pub mod report;
@@ -175,12 +176,19 @@ impl SessionDirs {
         same(&self.upper, &self.root.join("upper")) && same(&self.work, &self.root.join("work"))
     }
 
-    /// The session id `given` stands for: an id, or a unique prefix of one, of a session
-    /// under `state_root`.
+    /// The session id `given` stands for: a session's name, id, or a unique prefix of an id,
+    /// of a session under `state_root`.
     ///
     /// # Errors
     /// [`SessionError::BadId`], [`SessionError::Unknown`], [`SessionError::Ambiguous`].
     pub(crate) fn resolve_id(state_root: &Path, given: &str) -> Result<String, SessionError> {
+        // A name is never all hex digits: it cannot also be an id or the start of one.
+        if name::check(given).is_ok() {
+            return name::lookup(state_root, given).ok_or_else(|| SessionError::Unknown {
+                id: given.to_owned(),
+                state: state_root.to_owned(),
+            });
+        }
         if !SessionId::is_id(given, true) {
             return Err(SessionError::BadId {
                 given: given.to_owned(),
@@ -311,7 +319,16 @@ impl SessionDirs {
             upper::remove_or_empty(&self.work, mark.made_work)
                 .map_err(fail("remove", &self.work))?;
         }
-        upper::remove_or_empty(&self.root, true).map_err(fail("remove", &self.root))
+        upper::remove_or_empty(&self.root, true).map_err(fail("remove", &self.root))?;
+        self.release_name();
+        Ok(())
+    }
+
+    /// Frees the session's name, once its directory is gone.
+    fn release_name(&self) {
+        if let Some(state) = self.root.parent().and_then(Path::parent) {
+            name::release(state, &self.id.0);
+        }
     }
 
     /// Removes only the session's own directory (its record), leaving its upper: for a
@@ -324,7 +341,9 @@ impl SessionDirs {
             what: "remove",
             path: self.root.clone(),
             source,
-        })
+        })?;
+        self.release_name();
+        Ok(())
     }
 
     /// Bytes used by the upper (apparent sizes of its files).
@@ -357,7 +376,7 @@ pub enum SessionError {
     },
     /// Not an id nor the start of one.
     #[error(
-        "{given:?} is not a session id ({} hex digits, or a unique start of them; see `ovlrun ls`)",
+        "{given:?} is neither a session id ({} hex digits, or a unique start of them) nor a session name; see `ovlrun ls`",
         SessionId::LEN
     )]
     BadId {
@@ -375,6 +394,22 @@ pub enum SessionError {
     /// A `--upper` that cannot be used.
     #[error(transparent)]
     Upper(#[from] upper::UpperError),
+    /// A `--name` that is not a name.
+    #[error("--name {name:?}: {why}")]
+    BadName {
+        /// What was given.
+        name: String,
+        /// The rule it breaks.
+        why: &'static str,
+    },
+    /// A `--name` another session has.
+    #[error("--name {name}: session {id} has that name (`ovlrun discard {name}` frees it)")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The session that has it.
+        id: String,
+    },
     /// The session's command is still running.
     #[error("session {id} is still running (pid {pid})")]
     Running {

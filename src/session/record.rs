@@ -59,6 +59,9 @@ pub struct Record {
     /// records of older versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// The session's name (`--name`), if it was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A record that cannot be read or written.
@@ -206,6 +209,7 @@ mod tests {
             owner: 0,
             base: Some(crate::policy::conflict::Stamp { sec: 1, nsec: 2 }),
             command: vec!["sh".into(), "-c".into(), "true".into()],
+            name: Some("job".into()),
         };
         rec.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()).unwrap(), rec);

@@ -73,6 +73,8 @@ pub enum Note<'a> {
     Kept {
         /// The session.
         id: &'a str,
+        /// Its name, which the commands to go on use, if it has one.
+        name: Option<&'a str>,
         /// Its upper directory.
         upper: &'a Path,
     },
@@ -145,12 +147,13 @@ impl fmt::Display for Note<'_> {
                     _ => "completed",
                 }
             ),
-            Note::Kept { id, upper } => write!(
+            Note::Kept { id, name, upper } => write!(
                 f,
                 "session {id} kept; its changes are in {upper}\n\
-                 ovlrun: see them with `ovlrun diff {id}`, merge them with `ovlrun commit {id}`, \
-                 drop them with `ovlrun discard {id}`",
-                upper = upper.display()
+                 ovlrun: see them with `ovlrun diff {to}`, merge them with `ovlrun commit {to}`, \
+                 drop them with `ovlrun discard {to}`",
+                upper = upper.display(),
+                to = name.unwrap_or(id),
             ),
             Note::NotCommitted {
                 id,

@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub resume: Option<String>,
     /// Which runs the commit policies commit; the others are kept.
     pub commit_on: CommitOn,
+    /// The session's name (`--name`): unique among the state root's sessions, usable
+    /// wherever an id is.
+    pub name: Option<String>,
 }
 
 /// Takes `rootfs`'s lock in `mode`, first finishing or undoing an interrupted commit (which
@@ -166,8 +169,11 @@ fn run_tracked(
         opts.wait,
         report,
     )?;
+    if let Some(name) = &opts.name {
+        super::name::check(name)?;
+    }
     let (dirs, mut rec) = match &opts.resume {
-        Some(id) => resume(plan, id)?,
+        Some(id) => resume(plan, id, opts.name.as_deref())?,
         None => new_session(plan, opts, checked.as_ref())?,
     };
     // An upper used again holds earlier work, which a failed launch must not take away.
@@ -176,6 +182,7 @@ fn run_tracked(
     // Until something else is known, the changes are kept where they are.
     let ended = so_far.insert(Ended {
         id: dirs.id.0.clone(),
+        name: rec.name.clone(),
         fs: None,
         code: None,
         outcome: Outcome::Kept,
@@ -236,6 +243,13 @@ fn new_session(
     upper: Option<&super::upper::Checked>,
 ) -> Result<(SessionDirs, Record), SessionError> {
     let dirs = SessionDirs::create(&plan.state_root, upper)?;
+    if let Some(name) = &opts.name {
+        if let Err(e) = super::name::claim(&plan.state_root, name, &dirs.id) {
+            // Nothing ran: only what `create` just made goes.
+            let _ = dirs.discard();
+            return Err(e);
+        }
+    }
     // The upper's root is the merged root's metadata (with both backends): start it as the
     // rootfs's root, so an untouched root shows no change.
     if std::fs::read_dir(&dirs.upper).is_ok_and(|mut d| d.next().is_none()) {
@@ -264,6 +278,7 @@ fn new_session(
             None => Some(Stamp::fine_now()),
         },
         command: command_of(plan),
+        name: opts.name.clone(),
     };
     Ok((dirs, rec))
 }
@@ -277,8 +292,26 @@ fn command_of(plan: &SessionPlan) -> Vec<String> {
 }
 
 /// Reopens kept session `id` to run a new command on its changes.
-fn resume(plan: &SessionPlan, id: &str) -> Result<(SessionDirs, Record), SessionError> {
+/// A session keeps its name; one without gets `name`, if given.
+fn resume(
+    plan: &SessionPlan,
+    id: &str,
+    name: Option<&str>,
+) -> Result<(SessionDirs, Record), SessionError> {
     let (dirs, mut rec) = SessionDirs::open_finished(&plan.state_root, id)?;
+    match (name, rec.name.as_deref()) {
+        (Some(new), Some(old)) if new != old => {
+            return Err(SessionError::BadName {
+                name: new.to_owned(),
+                why: "the resumed session already has a name, which it keeps",
+            });
+        }
+        (Some(new), None) => {
+            super::name::claim(&plan.state_root, new, &dirs.id)?;
+            rec.name = Some(new.to_owned());
+        }
+        _ => {}
+    }
     rec.status = Status::Running;
     rec.pid = std::process::id();
     rec.ended = None;
@@ -376,7 +409,7 @@ fn apply_policy(
             }
         }
         Policy::Preserve | Policy::Ask => {
-            report_kept(dirs, report);
+            report_kept(dirs, rec, report);
             Ok(())
         }
     }
@@ -390,9 +423,10 @@ fn counts(rec: &Record) -> Option<Counts> {
 }
 
 /// Tells `report` where a kept session is.
-fn report_kept(dirs: &SessionDirs, report: &dyn Report) {
+fn report_kept(dirs: &SessionDirs, rec: &Record, report: &dyn Report) {
     report.note(Note::Kept {
         id: &dirs.id.0,
+        name: rec.name.as_deref(),
         upper: &dirs.upper,
     });
 }
@@ -420,7 +454,7 @@ pub(crate) fn commit_session(
     let _lock = match lock_and_recover(state, &rec.rootfs, Mode::Exclusive, wait, report) {
         Ok(l) => l,
         Err(e) => {
-            report_kept(dirs, report);
+            report_kept(dirs, rec, report);
             return Err(e);
         }
     };

@@ -665,11 +665,11 @@ fn ls_shows_the_backend_serving_a_running_session_and_commit_wait_says_it_waits(
     let line = ls
         .stdout
         .lines()
-        // The status column: the test's own paths hold the word too.
-        .find(|l| l.split_whitespace().nth(1) == Some("running"))
+        // The status column (after ID and NAME): the test's own paths hold the word too.
+        .find(|l| l.split_whitespace().nth(2) == Some("running"))
         .unwrap_or_else(|| panic!("no running session\n{}", ls.context()));
     assert!(
-        matches!(line.split_whitespace().nth(2), Some("kernel" | "fuse")),
+        matches!(line.split_whitespace().nth(3), Some("kernel" | "fuse")),
         "{line}\n{}",
         ls.context()
     );
@@ -706,4 +706,173 @@ fn export_to_a_missing_directory_names_the_users_path() {
     out.expect_own_error(&[&target]);
     assert!(!out.stderr.contains("ovlrun-partial"), "{}", out.context());
     ovlrun(&dir, &["discard", &id]).expect_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names and several sessions at once (issue 16 item 5)
+
+/// `--name` names a session wherever an id is taken: the status, `ls`, `diff`, `run
+/// --resume`, `discard`; a second session cannot take the name while the first exists, and
+/// the name is free again once it is gone.
+#[test]
+fn a_named_session_is_addressed_by_its_name_and_its_name_is_unique() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    let (out, json) = run_with_status(
+        &dir,
+        &[
+            "--rootfs", &r, "--name", "job-1", "--policy", "preserve", "touch", "/a",
+        ],
+    );
+    out.expect_ok();
+    assert!(
+        out.stderr.contains("drop them with `ovlrun discard job-1`"),
+        "the way on does not use the name\n{}",
+        out.context()
+    );
+    assert_eq!(json["name"], "job-1", "{json}");
+    let id = json["id"].as_str().unwrap().to_owned();
+
+    let ls = ovlrun(&dir, &["ls"]);
+    ls.expect_ok();
+    let row = ls.stdout.lines().find(|l| l.starts_with(&id)).unwrap_or("");
+    assert!(
+        row.contains(" job-1 "),
+        "ls does not name it\n{}",
+        ls.context()
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&ovlrun(&dir, &["ls", "--json"]).stdout).unwrap();
+    assert_eq!(rows[0]["name"], "job-1", "{rows}");
+    ovlrun(&dir, &["diff", "job-1"])
+        .expect_ok()
+        .expect_stdout(&["A /a"]);
+
+    // Taken while the first session exists: refused, and nothing of a second one is left.
+    let taken = ovlrun(
+        &dir,
+        &[
+            "--rootfs", &r, "--name", "job-1", "--policy", "preserve", "touch", "/b",
+        ],
+    );
+    taken.expect_own_error(&["--name job-1", &id]);
+    assert_eq!(
+        kept_ids(&dir),
+        std::slice::from_ref(&id),
+        "{}",
+        taken.context()
+    );
+
+    ovlrun(&dir, &["run", "--resume", "job-1", "touch", "/c"]).expect_ok();
+    ovlrun(&dir, &["diff", "job-1"])
+        .expect_ok()
+        .expect_stdout(&["A /a", "A /c"]);
+    ovlrun(&dir, &["discard", "job-1"]).expect_ok();
+    assert!(kept_ids(&dir).is_empty());
+    ovlrun(&dir, &["diff", "job-1"]).expect_own_error(&["no session job-1"]);
+    // Free again.
+    let again = ovlrun(
+        &dir,
+        &[
+            "--rootfs", &r, "--name", "job-1", "--policy", "preserve", "touch", "/d",
+        ],
+    );
+    again.expect_ok();
+    ovlrun(&dir, &["discard", "job-1"]).expect_ok();
+}
+
+/// A name that could read as an id, or as a path, is refused before anything is made.
+#[test]
+fn names_that_read_as_ids_or_paths_are_refused_before_anything_is_made() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    for (name, why) in [
+        ("cafe", "hex digits"),
+        ("../x", "letter or a digit"),
+        ("a/b", "only letters"),
+        ("", "empty"),
+    ] {
+        let out = ovlrun(
+            &dir,
+            &[
+                "--rootfs", &r, "--name", name, "--policy", "preserve", "true",
+            ],
+        );
+        out.expect_own_error(&["--name", why]);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.context());
+        assert!(kept_ids(&dir).is_empty(), "{}", out.context());
+        assert!(!dir.join("state/names/x").exists() && !dir.join("names").exists());
+    }
+}
+
+/// `discard` takes several sessions, `--all`, or `--older-than`; one it cannot find fails
+/// the command (exit 1) without sparing the others.
+#[test]
+fn discard_takes_several_sessions_all_or_the_old_ones() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    let keep = |n: &str| {
+        let (out, json) =
+            run_with_status(&dir, &["--rootfs", &r, "--policy", "preserve", "touch", n]);
+        out.expect_ok();
+        json["id"].as_str().unwrap().to_owned()
+    };
+    let (a, b, c) = (keep("/a"), keep("/b"), keep("/c"));
+    let out = ovlrun(&dir, &["discard", &a, "no-such-session", &b]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("no-such-session"),
+        "the unknown one is not named\n{}",
+        out.context()
+    );
+    assert_eq!(kept_ids(&dir), std::slice::from_ref(&c));
+
+    let d = keep("/d");
+    ovlrun(&dir, &["discard", "--older-than", "1h"]).expect_ok();
+    let mut left = kept_ids(&dir);
+    left.sort();
+    let mut want = vec![c, d];
+    want.sort();
+    assert_eq!(left, want, "--older-than 1h took a new session");
+    std::thread::sleep(Duration::from_millis(1100));
+    ovlrun(&dir, &["discard", "--older-than", "1s"]).expect_ok();
+    assert!(kept_ids(&dir).is_empty());
+    keep("/e");
+    ovlrun(&dir, &["discard", "--all"]).expect_ok();
+    assert!(kept_ids(&dir).is_empty());
+    ovlrun(&dir, &["discard", "--older-than", "soon"]).expect_own_error(&["--older-than soon"]);
+    ovlrun(&dir, &["discard"]).expect_own_error(&["<ID>", "not provided"]);
+    ovlrun(&dir, &["discard", "--all", "x"]).expect_own_error(&["--all", "cannot be used"]);
+}
+
+/// `discard --all` never takes a session whose command still runs.
+#[test]
+fn discard_all_spares_a_running_session() {
+    require_launcher!();
+    let dir = TestDir::new();
+    let r = rootfs();
+    let mut cmd = Command::new(support::ovlrun_bin());
+    cmd.env("OVLRUN_STATE", dir.join("state")).args([
+        "--rootfs",
+        &r,
+        "--name",
+        "busy",
+        "--policy",
+        "preserve",
+        "--no-tty",
+        "sh",
+        "-c",
+        "touch /x; echo started; sleep 60",
+    ]);
+    let mut bg = support::Bg::spawn(&mut cmd, RUN_TIMEOUT);
+    bg.wait_line("started");
+    ovlrun(&dir, &["discard", "--all"]).expect_ok();
+    assert_eq!(kept_ids(&dir).len(), 1, "--all took the running session");
+    // Killed, the launcher leaves an orphaned session, which a sweep takes.
+    bg.kill_now();
+    ovlrun(&dir, &["discard", "--all"]).expect_ok();
+    assert!(kept_ids(&dir).is_empty());
 }
