@@ -420,18 +420,38 @@ fn forwarded_set() -> SigSet {
     set
 }
 
+/// The signal-forwarding thread. Dropped, it is stopped and joined: left waiting, it would
+/// eat a signal meant for what comes after the session (Ctrl-C at the `--policy ask` prompt)
+/// and pass it to a session that is gone.
+struct Forwarder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes its sigwait: WINCH is in its set, and every other thread blocks it.
+        let _ = kill(nix::unistd::getpid(), Signal::SIGWINCH);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Step 6: passes INT, TERM, HUP, QUIT, USR1, USR2, WINCH sent to the launcher on to the
 /// session's pid 1; with a pty (`winch`, a copy of its master), WINCH copies the caller's
 /// window size onto it instead, and the kernel signals the session.
-fn forward_signals(
-    set: SigSet,
-    child: Pid,
-    winch: Option<OwnedFd>,
-) -> Option<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+fn forward_signals(set: SigSet, child: Pid, winch: Option<OwnedFd>) -> Option<Forwarder> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("ovlrun-signals".into())
         .spawn(move || {
             while let Ok(sig) = set.wait() {
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
                 if let (Signal::SIGWINCH, Some(master)) = (sig, &winch) {
                     terminal::copy_window_size(master);
                     continue;
@@ -441,5 +461,9 @@ fn forward_signals(
                 }
             }
         })
-        .ok()
+        .ok()?;
+    Some(Forwarder {
+        stop,
+        thread: Some(thread),
+    })
 }

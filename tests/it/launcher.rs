@@ -2020,3 +2020,55 @@ fn tty_flag_with_only_stdout_a_terminal_keeps_lines_whole() {
     assert_eq!(pty_value(&lines, "EXIT"), "0", "{text}");
     assert_eq!(pty_value(&lines, "MODE"), "kept", "{text}");
 }
+
+/// `--policy ask` on a terminal: Enter takes the default (preserve), and Ctrl-C at the prompt
+/// keeps the session too, instead of killing ovlrun and losing the changes.
+#[test]
+fn ask_on_a_terminal_keeps_the_session_on_enter_and_on_ctrl_c() {
+    require_launcher!();
+    require_script!();
+    for (key, said) in [(&b"\n"[..], "kept;"), (&b"\x03"[..], "no answer: keeping")] {
+        let fx = Fixture::shared();
+        let outer = fx.dir.join("outer.sh");
+        let ovlrun = format!(
+            "OVLRUN_STATE={state} {bin}",
+            state = fx.state.display(),
+            bin = support::ovlrun_bin()
+        );
+        // A handler, not an ignore: ovlrun must not inherit SIGINT ignored.
+        fs::write(
+            &outer,
+            format!(
+                "trap 'echo OUTER-INT' INT\n\
+                 {ovlrun} --rootfs {rootfs} --policy ask -- sh -c 'touch /asked'\n\
+                 echo \"EXIT=$?\"\n\
+                 {ovlrun} ls\n\
+                 echo DONE\n",
+                rootfs = fx.rootfs.display(),
+            ),
+        )
+        .unwrap();
+        let mut typed = false;
+        let lines = on_a_pty(script_cmd(&outer, None), |line, stdin| {
+            if line.contains("1 added, 0 changed, 0 deleted") && !typed {
+                use std::io::Write;
+                stdin.write_all(key).unwrap();
+                typed = true;
+            }
+        });
+        let text = lines.join("\n");
+        assert!(typed, "no summary before the prompt:\n{text}");
+        assert!(
+            text.contains(said),
+            "key {key:?}: want {said:?} in:\n{text}"
+        );
+        assert!(
+            lines.iter().any(|l| l == "EXIT=0"),
+            "key {key:?}: ovlrun did not end with the command's status:\n{text}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains(" preserved ")),
+            "key {key:?}: the session is not kept:\n{text}"
+        );
+    }
+}
