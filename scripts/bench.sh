@@ -391,7 +391,7 @@ if baseline:
 print("fuse/kernel: ovlrun's FUSE time over the kernel overlayfs's (lower is better);")
 print("fuse-ovl/fuse: fuse-overlayfs's time over ovlrun's FUSE time (above 1: ovlrun is faster).")
 for w, bs in data.items():
-    for b in ("ovlrun-fuse", "ovlrun-fuse-all", "fuse-overlayfs"):
+    for b in ("ovlrun-fuse", "ovlrun-fuse-all", "base-fuse", "fuse-overlayfs"):
         if b in bs and max(bs[b]["rss"]) > 0:
             print(f"  {w}: {b} server cpu {statistics.median(bs[b]['cpu']):.2f}s, peak rss {max(bs[b]['rss']) // 1024} MiB")
 if sys.argv[2]:
