@@ -25,6 +25,10 @@ const FORMAT: &str = "ovlrun seccomp cache 1";
 /// The kernel accepts at most this many instructions in a program.
 const MAX_INSTRUCTIONS: usize = 4096;
 
+/// Programs kept at most: every new build or kernel makes new keys, so old files would pile
+/// up; the oldest go when a new one is stored.
+const KEPT: usize = 16;
+
 /// Bytes of one instruction and of the flags, as stored.
 const INSTRUCTION_BYTES: usize = 8;
 const FLAGS_BYTES: usize = 8;
@@ -105,6 +109,41 @@ pub(crate) fn write(path: &Path, program: &Program) {
         });
     if written.is_err() || std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
+        return;
+    }
+    prune(dir, path);
+}
+
+/// Keeps the [`KEPT`] newest programs in `dir` (`just` among them), and removes temporary
+/// files a killed writer left more than an hour ago. Only names this module makes are
+/// touched.
+fn prune(dir: &Path, just: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    let mut programs = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let modified = meta.modified().unwrap_or(now);
+        if name.starts_with(".seccomp-") && name.ends_with(".tmp") {
+            let stale = now
+                .duration_since(modified)
+                .is_ok_and(|age| age.as_secs() > 3600);
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        } else if name.starts_with("seccomp-") && name.ends_with(".bpf") && e.path() != just {
+            programs.push((modified, e.path()));
+        }
+    }
+    programs.sort();
+    let extra = (programs.len() + 1).saturating_sub(KEPT);
+    for (_, old) in programs.into_iter().take(extra) {
+        let _ = std::fs::remove_file(old);
     }
 }
 
@@ -194,5 +233,33 @@ mod tests {
         assert!(read(&path).is_none(), "a program others may write was read");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(read(&path).is_some());
+    }
+
+    #[test]
+    fn only_the_newest_programs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let program = super::super::compile_profile(&refusing(&["reboot"])).unwrap();
+        std::fs::create_dir_all(&cache).unwrap();
+        // Files of others' naming stay whatever happens.
+        std::fs::write(cache.join("notes.txt"), "mine").unwrap();
+        let mut paths = Vec::new();
+        for n in 0..KEPT + 3 {
+            let p = cache.join(format!("seccomp-{n:04}.bpf"));
+            write(&p, &program);
+            // Distinct, increasing modification times, whatever the clock's grain.
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(n as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            paths.push(p);
+        }
+        let kept: Vec<_> = paths.iter().filter(|p| p.exists()).collect();
+        assert_eq!(kept.len(), KEPT, "{kept:?}");
+        assert!(!paths[0].exists() && !paths[1].exists() && paths[KEPT + 2].exists());
+        assert!(cache.join("notes.txt").exists());
     }
 }
