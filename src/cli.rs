@@ -34,9 +34,17 @@ pub struct Cli {
 /// Running a command in a session.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The root filesystem to run in (not modified while the session runs).
+    /// The root filesystem to run in (not modified while the session runs); `A:B:C` stacks
+    /// read-only trees, topmost first, as the kernel's lowerdir does (a session over several
+    /// trees cannot be committed: diff, export or keep it).
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+    /// Run over a kept session's changes, read-only, without changing them: the session's
+    /// rootfs with its upper (and its own layers) stacked over it, as image layers are. The
+    /// new session's changes are its own, to diff, export or keep, and the session it stands
+    /// on cannot be discarded, committed or resumed while this one exists.
+    #[arg(long, value_name = "SESSION", conflicts_with = "rootfs")]
+    pub layer: Option<String>,
     /// Read the session from an OCI runtime-spec config.json; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -61,8 +69,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub wait: bool,
     /// Name the session: usable wherever an id is (diff, commit, export, discard,
-    /// run --resume), unique among the sessions of the state root. Letters, digits, '_', '.'
-    /// and '-', at most 64, not all hex digits (those read as an id).
+    /// run --resume, --layer), unique among the sessions of the state root. Letters, digits,
+    /// '_', '.' and '-', at most 64. A whole id wins over a name, a name over an id's start.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// When the session ends (also when it cannot start), write its result to FILE as JSON:
@@ -180,6 +188,8 @@ impl RunArgs {
     pub fn into_flags(self) -> Flags {
         Flags {
             rootfs: self.rootfs,
+            // Resolved by the caller: a session is not the config's to find.
+            layers: Vec::new(),
             fs: self.fs.map(Into::into),
             no_userns: self.no_userns,
             uid: self.uid,
@@ -231,7 +241,7 @@ fn json_status_path(s: &str) -> Result<PathBuf, String> {
 #[derive(Debug, clap::Args)]
 pub struct RunCommand {
     /// Run a new command on the kept changes of session ID (its rootfs, its upper).
-    #[arg(long, value_name = "ID", conflicts_with_all = ["rootfs", "bundle", "upper"])]
+    #[arg(long, value_name = "ID", conflicts_with_all = ["rootfs", "bundle", "upper", "layer"])]
     pub resume: Option<String>,
     /// Run an OCI bundle: DIR/config.json, whose root.path is relative to DIR.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["rootfs", "config"])]

@@ -118,25 +118,32 @@ fn run_command(cmd: cli::RunCommand) -> anyhow::Result<ExitCode> {
     if let Some(bundle) = cmd.bundle {
         args.config = Some(bundle.join("config.json"));
     }
+    let mut layers = Vec::new();
     if let Some(id) = &cmd.resume {
         let state = config::state_root()?;
         let (dirs, rec) = ovlrun::session::SessionDirs::open(&state, id)?;
         args.rootfs = Some(rec.rootfs);
         args.upper = Some(dirs.upper);
+        layers = rec.layers;
     }
-    session_with(args, cmd.resume)
+    session_with(args, cmd.resume, layers)
 }
 
 /// Runs a session; its exit status is the command's.
 fn session(args: RunArgs) -> anyhow::Result<ExitCode> {
-    session_with(args, None)
+    session_with(args, None, Vec::new())
 }
 
-fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCode> {
+/// A session; `layers` over its rootfs are a resumed session's own.
+fn session_with(
+    args: RunArgs,
+    resume: Option<String>,
+    layers: Vec<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let Some(status) = args.json_status.clone() else {
-        return exit_of(session_run(args, resume));
+        return exit_of(session_run(args, resume, layers));
     };
-    let result = session_run(args, resume);
+    let result = session_run(args, resume, layers);
     let (ended, error) = match &result {
         Ok(ended) => (Some(ended), None),
         Err(e @ SessionFailed::Setup(_)) => (None, Some(ovlrun::error_chain(e))),
@@ -153,7 +160,17 @@ fn session_with(args: RunArgs, resume: Option<String>) -> anyhow::Result<ExitCod
     exit_of(result)
 }
 
-fn session_run(args: RunArgs, resume: Option<String>) -> Result<Ended, SessionFailed> {
+fn session_run(
+    mut args: RunArgs,
+    resume: Option<String>,
+    mut layers: Vec<std::path::PathBuf>,
+) -> Result<Ended, SessionFailed> {
+    if let Some(id) = &args.layer {
+        let state = config::state_root().map_err(anyhow::Error::from)?;
+        let stack = ovlrun::session::stack_of(&state, id).map_err(anyhow::Error::from)?;
+        args.rootfs = Some(stack.rootfs);
+        layers = stack.layers;
+    }
     // Read first: nothing is created before the config is valid.
     let oci = match &args.config {
         Some(path) => config::load(path).map_err(anyhow::Error::from)?,
@@ -167,7 +184,9 @@ fn session_run(args: RunArgs, resume: Option<String>) -> Result<Ended, SessionFa
         commit_on: args.commit_on.into(),
         name: args.name.clone(),
     };
-    let plan = SessionPlan::from_flags(args.into_flags(), oci).map_err(anyhow::Error::from)?;
+    let mut flags = args.into_flags();
+    flags.layers = layers;
+    let plan = SessionPlan::from_flags(flags, oci).map_err(anyhow::Error::from)?;
     Ok(ovlrun::session::run(&plan, &opts, &stderr::Stderr)?)
 }
 

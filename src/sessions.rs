@@ -60,14 +60,19 @@ pub fn ls(json: bool) -> anyhow::Result<ExitCode> {
     for (d, r) in &sessions {
         writeln!(
             out,
-            "{:<12}  {:<width$}  {:<10} {:<6} {:>5} {:>7}  {}",
+            "{:<12}  {:<width$}  {:<10} {:<6} {:>5} {:>7}  {}{}",
             r.id,
             r.name.as_deref().unwrap_or("-"),
             status(r),
             r.fs.name(),
             age(r.age()),
             size(d.upper_size()),
-            r.rootfs.display()
+            r.rootfs.display(),
+            match r.layers.len() {
+                0 => String::new(),
+                1 => " (+1 layer)".to_owned(),
+                n => format!(" (+{n} layers)"),
+            }
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -207,7 +212,8 @@ pub fn commit(id: &str, flags: CommitFlags) -> anyhow::Result<ExitCode> {
 }
 
 /// `ovlrun discard ID... | --all | --older-than DURATION`: every session it can, each
-/// failure named; the exit status is 1 when one failed.
+/// failure named; the exit status is 1 when one of several failed (one session named fails
+/// as ovlrun's own error).
 pub fn discard(ids: &[String], all: bool, older_than: Option<&str>) -> anyhow::Result<ExitCode> {
     let state = state()?;
     let older_than = older_than
@@ -224,21 +230,42 @@ pub fn discard(ids: &[String], all: bool, older_than: Option<&str>) -> anyhow::R
     } else {
         ids.to_vec()
     };
-    let mut failed = false;
-    for id in &chosen {
-        // Files the session made as sub-ids are removable only in a namespace that maps them.
-        let done = Kept::open(&state, id)
-            .map_err(anyhow::Error::from)
-            .and_then(|k| k.discard().map_err(anyhow::Error::from));
-        if let Err(e) = done {
-            eprintln!("ovlrun: cannot discard session {id}: {e:#}");
-            failed = true;
+    if let ([id], false) = (chosen.as_slice(), all || older_than.is_some()) {
+        // One session named: its failure is the command's own error, as for other verbs.
+        Kept::open(&state, id)?
+            .discard()
+            .with_context(|| format!("cannot discard session {id}"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Rounds until nothing more goes: a session another stands on (`--layer`) goes in a later
+    // round, once that one has.
+    let mut left = chosen;
+    loop {
+        let before = left.len();
+        let mut errors = Vec::new();
+        left.retain(|id| {
+            // Files the session made as sub-ids are removable only in a namespace that maps
+            // them.
+            let done = Kept::open(&state, id)
+                .map_err(anyhow::Error::from)
+                .and_then(|k| k.discard().map_err(anyhow::Error::from));
+            match done {
+                Ok(()) => false,
+                Err(e) => {
+                    errors.push(format!("ovlrun: cannot discard session {id}: {e:#}"));
+                    true
+                }
+            }
+        });
+        if left.is_empty() || left.len() == before {
+            errors.iter().for_each(|e| eprintln!("{e}"));
+            break;
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
+    Ok(if left.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use super::oci::OciSettings;
 use super::{
     CapabilitySets, Network, PlanError, Seccomp, SessionPlan, Terminal, Timeout, UserNs, check_id,
-    check_preserved_fds, check_rootfs, default_env, default_masked_paths, parse_bind,
-    parse_capability, parse_dev_bind, parse_rlimit, parse_sysctl, state_root,
+    check_preserved_fds, default_env, default_masked_paths, parse_bind, parse_capability,
+    parse_dev_bind, parse_rlimit, parse_sysctl, state_root,
 };
 use crate::layers::WhiteoutFormat;
 use crate::mount::Backend;
@@ -21,8 +21,11 @@ use crate::policy::Policy;
 /// given. Values are as typed; [`SessionPlan::from_flags`] checks them.
 #[derive(Clone, Debug, Default)]
 pub struct Flags {
-    /// `--rootfs`.
+    /// `--rootfs`: one tree, or `A:B:C`, topmost first.
     pub rootfs: Option<PathBuf>,
+    /// Layers over the rootfs, topmost first, from `--layer SESSION` (the caller resolves the
+    /// session: its upper, then its own layers) or a resumed session's record.
+    pub layers: Vec<PathBuf>,
     /// `--fs`.
     pub fs: Option<Backend>,
     /// `--no-userns`.
@@ -103,7 +106,20 @@ impl SessionPlan {
     /// # Errors
     /// [`PlanError`] naming the flag or config field and the value at fault.
     pub fn from_flags(flags: Flags, oci: OciSettings) -> Result<SessionPlan, PlanError> {
-        let rootfs = check_rootfs(&flags.rootfs.or(oci.rootfs).ok_or(PlanError::NoRootfs)?)?;
+        let (rootfs, mut layers) =
+            super::split_rootfs(&flags.rootfs.or(oci.rootfs).ok_or(PlanError::NoRootfs)?)?;
+        if !flags.layers.is_empty() {
+            // A session's layers lie over its own rootfs, under anything given with colons.
+            layers.extend(flags.layers.iter().cloned());
+        }
+        // A tree's own files (/etc/passwd, /etc/hostname): from the topmost tree holding them.
+        let holder = |rel: &str| {
+            layers
+                .iter()
+                .find(|l| l.join(rel).symlink_metadata().is_ok())
+                .unwrap_or(&rootfs)
+                .clone()
+        };
         let userns = match (flags.no_userns, nix::unistd::geteuid().is_root()) {
             (false, _) => oci.userns.unwrap_or(UserNs::New),
             (true, true) => UserNs::Host,
@@ -127,7 +143,7 @@ impl SessionPlan {
             dev_binds.push(parse_dev_bind(d)?);
         }
         let user = match &flags.user {
-            Some(spec) => Some(super::user::lookup(spec, &rootfs)?),
+            Some(spec) => Some(super::user::lookup(spec, &holder("etc/passwd"))?),
             None => None,
         };
         let (uid, gid, groups) = match &user {
@@ -165,7 +181,7 @@ impl SessionPlan {
         let hostname = flags
             .hostname
             .or(oci.hostname)
-            .unwrap_or_else(|| rootfs_hostname(&rootfs));
+            .unwrap_or_else(|| rootfs_hostname(&holder("etc/hostname")));
         let net = flags.net.or(oci.net).unwrap_or(Network::Host);
         check_preserved_fds(flags.preserve_fds)?;
         let mut rlimits = oci.rlimits;
@@ -222,6 +238,7 @@ impl SessionPlan {
         };
         Ok(SessionPlan {
             rootfs,
+            layers,
             argv,
             env,
             cwd,

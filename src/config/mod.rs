@@ -213,8 +213,12 @@ impl CapabilitySets {
 /// A validated session: everything the launcher needs, and nothing it must re-check.
 #[derive(Clone, Debug)]
 pub struct SessionPlan {
-    /// The root filesystem (absolute, an existing directory).
+    /// The root filesystem (absolute, an existing directory): the bottom layer, and the tree
+    /// a commit merges into.
     pub rootfs: PathBuf,
+    /// Read-only layers over the rootfs, topmost first (`--rootfs A:B:C` gives A and B;
+    /// `--layer SESSION` a kept session's upper and its own layers); usually none.
+    pub layers: Vec<PathBuf>,
     /// The command and its arguments; never empty.
     pub argv: Vec<OsString>,
     /// The command's environment, `KEY=VALUE`.
@@ -289,6 +293,7 @@ impl SessionPlan {
     pub fn new(rootfs: PathBuf, argv: Vec<OsString>, state_root: PathBuf) -> SessionPlan {
         SessionPlan {
             rootfs,
+            layers: Vec::new(),
             argv,
             env: default_env("/root"),
             cwd: PathBuf::from("/"),
@@ -317,6 +322,15 @@ impl SessionPlan {
             oom_score_adj: None,
             timeout: None,
         }
+    }
+}
+
+impl SessionPlan {
+    /// Every lower of the session, topmost first: the layers, then the rootfs.
+    pub fn lowers(&self) -> Vec<PathBuf> {
+        let mut all = self.layers.clone();
+        all.push(self.rootfs.clone());
+        all
     }
 }
 
@@ -748,6 +762,43 @@ pub fn check_rootfs(path: &Path) -> Result<PathBuf, PlanError> {
         return Err(err("not a directory".into()));
     }
     Ok(canon)
+}
+
+/// `--rootfs A:B:C`: the rootfs (the last, bottom tree) and the layers over it (topmost
+/// first), each checked as [`check_rootfs`]. A path that is itself a directory is one
+/// rootfs, colons and all.
+///
+/// # Errors
+/// [`PlanError::Rootfs`] naming the part at fault.
+pub(crate) fn split_rootfs(path: &Path) -> Result<(PathBuf, Vec<PathBuf>), PlanError> {
+    if path.is_dir() {
+        return Ok((check_rootfs(path)?, Vec::new()));
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let text = path.as_os_str().as_bytes();
+    let parts: Vec<&[u8]> = text.split(|&b| b == b':').collect();
+    if parts.len() < 2 {
+        return Ok((check_rootfs(path)?, Vec::new()));
+    }
+    let mut trees = Vec::with_capacity(parts.len());
+    for part in parts {
+        if part.is_empty() {
+            return Err(PlanError::Rootfs {
+                path: path.to_owned(),
+                problem: "an empty layer between colons (A:B:C, topmost first)".into(),
+            });
+        }
+        trees.push(check_rootfs(Path::new(std::ffi::OsStr::from_bytes(part)))?);
+    }
+    let rootfs = trees.pop().unwrap_or_default();
+    let twice = (0..trees.len()).any(|i| trees[i] == rootfs || trees[..i].contains(&trees[i]));
+    if twice {
+        return Err(PlanError::Rootfs {
+            path: path.to_owned(),
+            problem: "a layer appears twice".into(),
+        });
+    }
+    Ok((rootfs, trees))
 }
 
 /// Normalizes a capability name (`net_raw`, `CAP_NET_RAW`) to `CAP_NET_RAW`.

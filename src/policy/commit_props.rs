@@ -496,7 +496,12 @@ fn run_case(case: &Case, stats: &std::cell::RefCell<Stats>) -> Result<(), TestCa
     let before = outside_state(top, &rootfs);
     let host_root = host_root();
 
-    let p = plan(&rootfs, &upper, WhiteoutFormat::Kernel).map_err(|e| failed("plan", &e))?;
+    let p = plan(
+        std::slice::from_ref(&rootfs),
+        &upper,
+        WhiteoutFormat::Kernel,
+    )
+    .map_err(|e| failed("plan", &e))?;
     {
         let mut st = stats.borrow_mut();
         st.cases += 1;

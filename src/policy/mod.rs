@@ -9,6 +9,7 @@ pub(crate) mod commit;
 mod commit_props;
 pub(crate) mod conflict;
 pub(crate) mod export;
+pub(crate) mod lower;
 pub(crate) mod names;
 pub(crate) mod plan;
 pub(crate) mod txn;

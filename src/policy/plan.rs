@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::at;
+use super::lower::LowDir;
 use crate::layers::format::{self, WhiteoutFormat};
 use crate::sys;
 
@@ -229,6 +230,11 @@ pub struct PlanError {
     pub source: std::io::Error,
 }
 
+/// An error [`LowDir`] returns: the path in its layer, and the cause.
+fn lower_err((path, source): (PathBuf, std::io::Error)) -> PlanError {
+    PlanError { path, source }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PlanError + '_ {
     move |source| PlanError {
         path: path.to_owned(),
@@ -352,7 +358,6 @@ fn same_dir_meta(up: &Meta, low: &Meta) -> bool {
 }
 
 struct Walker<'a> {
-    rootfs: &'a Path,
     upper: &'a Path,
     format: WhiteoutFormat,
     plan: Plan,
@@ -360,29 +365,32 @@ struct Walker<'a> {
     installed: HashMap<(u64, u64), PathBuf>,
 }
 
-/// Builds the plan that merges `upper`, in whiteout format `fmt`, into `rootfs`.
+/// Builds the plan that merges `upper`, in whiteout format `fmt`, into `lowers` (topmost
+/// first; the last is the rootfs, and one is the usual case): the changes are against the
+/// lowers as one tree ([`LowDir`]), as the session saw them.
 ///
-/// Both trees are walked by directory fd (`policy::at`), so an upper deeper than
+/// The trees are walked by directory fd (`policy::at`), so an upper deeper than
 /// PATH_MAX is planned like any other.
 ///
 /// # Errors
 /// [`PlanError`] naming the path that could not be read.
-pub fn plan(rootfs: &Path, upper: &Path, fmt: WhiteoutFormat) -> Result<Plan, PlanError> {
+pub fn plan(lowers: &[PathBuf], upper: &Path, fmt: WhiteoutFormat) -> Result<Plan, PlanError> {
     let mut w = Walker {
-        rootfs,
         upper,
         format: fmt,
         plan: Plan::default(),
         installed: HashMap::new(),
     };
     let up = at::open_top(upper).map_err(io(upper))?;
-    let low = at::open_top(rootfs).map_err(io(rootfs))?;
+    let low = LowDir::top(lowers).map_err(lower_err)?;
     w.dir(Path::new(""), &up, Some(&low))?;
     // The root directory's own metadata, last, as for every other directory with changes.
     let root_md = upper.symlink_metadata().map_err(io(upper))?;
     let root_meta = meta_of(upper, &root_md)?;
-    let low_md = rootfs.symlink_metadata().map_err(io(rootfs))?;
-    let low_meta = meta_of(rootfs, &low_md)?;
+    let low_via = low.itself();
+    let low_md = low_via.symlink_metadata().map_err(io(low.shown()))?;
+    let low_meta =
+        meta_of(&low_via, &low_md).map_err(shown_as(&low_via, low.shown().to_owned()))?;
     let meta_changed = !same_dir_meta(&root_meta, &low_meta);
     if meta_changed {
         w.change(Change::Changed, Path::new(""));
@@ -469,16 +477,9 @@ impl Walker<'_> {
         }
     }
 
-    fn low_ent(&self, dir: &OwnedFd, name: &OsStr, rel: &Path) -> Ent {
-        Ent {
-            via: at::entry(dir, name),
-            shown: self.rootfs.join(rel),
-        }
-    }
-
     /// Walks upper directory `rel` (open as `up`); `low`: the rootfs's directory of that path
     /// when it still shows through (neither absent nor cut by an opaque marker).
-    fn dir(&mut self, rel: &Path, up: &OwnedFd, low: Option<&OwnedFd>) -> Result<(), PlanError> {
+    fn dir(&mut self, rel: &Path, up: &OwnedFd, low: Option<&LowDir>) -> Result<(), PlanError> {
         let names = at::names(up).map_err(io(&self.upper.join(rel)))?;
         // Deletions first: a whiteout's name may be reused by nothing else in this directory.
         let mut deleted = BTreeSet::new();
@@ -488,12 +489,7 @@ impl Walker<'_> {
             let target = format::whiteout_target(name, &md, self.format);
             if let (Some(target), Some(low)) = (target, low) {
                 let path = rel.join(target);
-                let l = self.low_ent(low, target, &path);
-                if lstat_opt(&l.via)
-                    .map_err(shown_as(&l.via, l.shown))?
-                    .is_some()
-                    && deleted.insert(path.clone())
-                {
+                if low.entry(target).map_err(lower_err)?.is_some() && deleted.insert(path.clone()) {
                     self.plan.ops.push(Op::Remove(path.clone()));
                     self.change(Change::Deleted, &path);
                 }
@@ -509,22 +505,25 @@ impl Walker<'_> {
             if format::is_whiteout(&upm) {
                 continue;
             }
-            let l = low.map(|low| (low, self.low_ent(low, name, &path)));
-            let lowm = match &l {
-                Some((_, l)) => lstat_opt(&l.via).map_err(shown_as(&l.via, l.shown.clone()))?,
+            let l = match low {
+                Some(low) => low.entry(name).map_err(lower_err)?,
                 None => None,
             };
+            let lowm = l.as_ref().map(|l| l.md.clone());
             if upm.is_dir() {
                 let up_dir = at::open_dir(up, name).map_err(io(&u.shown))?;
-                let low_dir = match (&l, &lowm) {
-                    (Some((low, l)), Some(m)) if m.is_dir() => {
-                        Some(at::open_dir(low, name).map_err(io(&l.shown))?)
+                let low_dir = match (low, &l) {
+                    (Some(low), Some(l)) if l.md.is_dir() => {
+                        Some(low.child(name, l).map_err(lower_err)?)
                     }
                     _ => None,
                 };
                 self.subdir(&path, &up_dir, &upm, low_dir.as_ref(), lowm.as_ref())?;
             } else {
-                let l = l.map(|(_, l)| l);
+                let l = l.map(|l| Ent {
+                    via: l.via,
+                    shown: l.shown,
+                });
                 self.non_dir(&path, &u, &upm, l.as_ref(), lowm.as_ref())?;
             }
         }
@@ -538,7 +537,7 @@ impl Walker<'_> {
         path: &Path,
         up: &OwnedFd,
         upm: &Metadata,
-        low: Option<&OwnedFd>,
+        low: Option<&LowDir>,
         lowm: Option<&Metadata>,
     ) -> Result<(), PlanError> {
         let up_via = at::itself(up);
@@ -554,9 +553,9 @@ impl Walker<'_> {
                 });
             }
             (Some(m), Some(low)) if m.is_dir() && !opaque => {
-                let low_via = at::itself(low);
+                let low_via = low.itself();
                 let low_meta =
-                    meta_of(&low_via, m).map_err(shown_as(&low_via, self.rootfs.join(path)))?;
+                    meta_of(&low_via, m).map_err(shown_as(&low_via, low.shown().to_owned()))?;
                 let changed = !same_dir_meta(&meta, &low_meta);
                 if changed {
                     self.change(Change::Changed, path);
@@ -584,7 +583,7 @@ impl Walker<'_> {
                 // Replaced: a non-directory by a directory, or a directory by an opaque one.
                 self.change(Change::Changed, path);
                 if let Some(low) = low {
-                    let names = at::names(low).map_err(io(&self.rootfs.join(path)))?;
+                    let names = low.names().map_err(lower_err)?;
                     for name in names {
                         let child = path.join(&name);
                         let u = self.up_ent(up, &name, &child);
@@ -683,7 +682,7 @@ mod tests {
         stub.set_len(size).unwrap();
         let k = WhiteoutFormat::Kernel;
         assert!(
-            plan(&rootfs, &upper, k).is_ok(),
+            plan(std::slice::from_ref(&rootfs), &upper, k).is_ok(),
             "a sparse file alone is fine"
         );
         sys::xattr::set(
@@ -693,7 +692,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let err = plan(&rootfs, &upper, k).unwrap_err();
+        let err = plan(std::slice::from_ref(&rootfs), &upper, k).unwrap_err();
         assert_eq!(err.path, upper.join("big"));
         assert!(err.source.to_string().contains("metadata-only"), "{err:?}");
         let err = crate::policy::export::export(&upper, k, Vec::new()).unwrap_err();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::lock::Mode;
 use super::record::{Record, Status};
 use super::run::{commit_session, conflicts_of, lock_and_recover};
-use super::{SessionDirs, SessionError, SessionId, StateError, scaffold, upper};
+use super::{SessionDirs, SessionError, SessionId, scaffold, upper};
 use crate::layers::{LayerSetupError, OverlayConfig, WhiteoutFormat};
 use crate::policy::conflict::Conflict;
 use crate::policy::export::ExportError;
@@ -103,9 +103,9 @@ impl Kept {
             source,
         })?;
         if !self.live {
-            scaffold::scrub(&self.rec.rootfs, &self.rec.upper, &self.rec.work);
+            scaffold::scrub(&self.rec.lowers(), &self.rec.upper, &self.rec.work);
             crate::layers::complete_metacopies(&OverlayConfig {
-                lowers: vec![self.rec.rootfs.clone()],
+                lowers: self.rec.lowers(),
                 upper: self.rec.upper.clone(),
                 work: Some(self.rec.work.clone()),
                 whiteout: Some(format),
@@ -121,7 +121,7 @@ impl Kept {
     /// upper or rootfs cannot be read.
     pub fn diff(&self) -> Result<Plan, KeptError> {
         let format = self.complete()?;
-        Ok(plan::plan(&self.rec.rootfs, &self.rec.upper, format).map_err(SessionError::from)?)
+        Ok(plan::plan(&self.rec.lowers(), &self.rec.upper, format).map_err(SessionError::from)?)
     }
 
     /// The paths of `diff` (from [`Kept::diff`]) that the rootfs changed too since the session
@@ -171,9 +171,11 @@ impl Kept {
     /// Removes the session and its changes.
     ///
     /// # Errors
-    /// [`StateError`] naming what could not be removed.
-    pub fn discard(self) -> Result<(), StateError> {
-        self.dirs.discard()
+    /// [`SessionError::IsALayer`] while other sessions stand on this one (nothing removed);
+    /// [`SessionError::State`] naming what could not be removed.
+    pub fn discard(self) -> Result<(), SessionError> {
+        self.dirs.check_no_dependents()?;
+        Ok(self.dirs.discard()?)
     }
 }
 

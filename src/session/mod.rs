@@ -25,6 +25,46 @@ pub use record::{Record, RecordError, Status};
 pub use run::{RunOptions, run};
 pub use upper::UpperError;
 
+/// What a session run with `--layer` stands on: a kept session's rootfs, with its upper
+/// and its own layers over it.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// The bottom tree.
+    pub rootfs: PathBuf,
+    /// The layers over it, topmost first.
+    pub layers: Vec<PathBuf>,
+}
+
+/// The [`Stack`] of kept session `given` (a name, id or unique start of one) under
+/// `state_root`, for a new session over it.
+///
+/// # Errors
+/// [`SessionError::NotALayer`] for a session whose launcher was killed (resume, diff or
+/// discard it first) or whose upper holds aufs whiteouts; as [`SessionDirs::open`].
+pub fn stack_of(state_root: &Path, given: &str) -> Result<Stack, SessionError> {
+    let (dirs, rec) = SessionDirs::open_finished(state_root, given)?;
+    let not = |why| SessionError::NotALayer {
+        id: dirs.id.0.clone(),
+        why,
+    };
+    if rec.status != record::Status::Preserved {
+        return Err(not(
+            "it did not end (its launcher was killed); resume it or discard it first",
+        ));
+    }
+    if upper::format_of(&rec).is_ok_and(|f| f == crate::layers::WhiteoutFormat::Aufs) {
+        return Err(not(
+            "its upper records aufs whiteouts (.wh. files), which the kernel overlayfs does not read",
+        ));
+    }
+    let mut layers = vec![dirs.upper.clone()];
+    layers.extend(rec.layers.iter().cloned());
+    Ok(Stack {
+        rootfs: rec.rootfs,
+        layers,
+    })
+}
+
 use std::path::{Path, PathBuf};
 
 /// A session's id: 12 random hex digits, short enough to type (creation order lives in the
@@ -182,14 +222,19 @@ impl SessionDirs {
     /// # Errors
     /// [`SessionError::BadId`], [`SessionError::Unknown`], [`SessionError::Ambiguous`].
     pub(crate) fn resolve_id(state_root: &Path, given: &str) -> Result<String, SessionError> {
-        // A name is never all hex digits: it cannot also be an id or the start of one.
-        if name::check(given).is_ok() {
-            return name::lookup(state_root, given).ok_or_else(|| SessionError::Unknown {
-                id: given.to_owned(),
-                state: state_root.to_owned(),
-            });
+        // A whole id, then a name, then the start of an id: as docker resolves them.
+        if !SessionId::is_id(given, false) {
+            if let Some(id) = name::lookup(state_root, given) {
+                return Ok(id);
+            }
         }
         if !SessionId::is_id(given, true) {
+            if name::check(given).is_ok() {
+                return Err(SessionError::Unknown {
+                    id: given.to_owned(),
+                    state: state_root.to_owned(),
+                });
+            }
             return Err(SessionError::BadId {
                 given: given.to_owned(),
             });
@@ -346,6 +391,30 @@ impl SessionDirs {
         Ok(())
     }
 
+    /// The sessions under `state_root` that stand on this one's upper (`--layer`).
+    pub(crate) fn dependents(&self) -> Vec<String> {
+        let Some(state) = self.root.parent().and_then(Path::parent) else {
+            return Vec::new();
+        };
+        SessionDirs::list(state)
+            .into_iter()
+            .filter(|(_, r)| r.layers.contains(&self.upper))
+            .map(|(d, _)| d.id.0)
+            .collect()
+    }
+
+    /// Refuses, with [`SessionError::IsALayer`], when other sessions stand on this one.
+    pub(crate) fn check_no_dependents(&self) -> Result<(), SessionError> {
+        let dependents = self.dependents();
+        if dependents.is_empty() {
+            return Ok(());
+        }
+        Err(SessionError::IsALayer {
+            id: self.id.0.clone(),
+            dependents,
+        })
+    }
+
     /// Bytes used by the upper (apparent sizes of its files).
     pub fn upper_size(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
@@ -409,6 +478,53 @@ pub enum SessionError {
         name: String,
         /// The session that has it.
         id: String,
+    },
+    /// A commit of a session over several trees: there is no one tree to merge into.
+    #[error(
+        "session {id} stands on {count} layer(s) over {}: a commit merges into one rootfs; \
+         see its changes with `ovlrun diff {id}`, export them with `ovlrun export {id}`, or keep it",
+        .rootfs.display()
+    )]
+    Layered {
+        /// The session.
+        id: String,
+        /// Its layers over the rootfs.
+        count: usize,
+        /// Its rootfs.
+        rootfs: PathBuf,
+    },
+    /// A commit policy for a session over several trees, refused before it starts.
+    #[error(
+        "--policy {policy}: the session would stand on {count} layer(s) over {}, and a commit \
+         merges into one rootfs; use --policy preserve, then `ovlrun diff` or `ovlrun export`",
+        .rootfs.display()
+    )]
+    CommitOverLayers {
+        /// The policy asked for.
+        policy: &'static str,
+        /// The layers over the rootfs.
+        count: usize,
+        /// The rootfs.
+        rootfs: PathBuf,
+    },
+    /// The session is a layer of other sessions, which would lose what they stand on.
+    #[error(
+        "session {id} is a layer of session {}, which stands on it: discard that first",
+        .dependents.join(", ")
+    )]
+    IsALayer {
+        /// The session.
+        id: String,
+        /// The sessions over it.
+        dependents: Vec<String>,
+    },
+    /// A session that cannot be a layer.
+    #[error("session {id} cannot be a layer: {why}")]
+    NotALayer {
+        /// The session.
+        id: String,
+        /// Why.
+        why: &'static str,
     },
     /// The session's command is still running.
     #[error("session {id} is still running (pid {pid})")]

@@ -2,8 +2,8 @@
 //! id. symlink(2) fails when the name exists, so two sessions never claim one name, even
 //! started at the same moment; a link whose session is gone is stale and may be claimed again.
 //!
-//! A name is never all hex digits, so it cannot be read as a session id or a start of one:
-//! wherever an id is taken, a name is too, without ambiguity.
+//! Wherever an id is taken, a name is too: a whole id first, then a name, then a unique start
+//! of an id (as docker resolves them). A name is never a whole id's 12 hex digits.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use super::{SessionError, SessionId};
 pub(crate) const MAX_LEN: usize = 64;
 
 /// Checks `name`: 1 to [`MAX_LEN`] ASCII letters, digits, `_`, `.` or `-`, a letter or digit
-/// first, and not all hex digits.
+/// first, and not shaped like a whole session id.
 ///
 /// # Errors
 /// [`SessionError::BadName`] saying which rule it breaks.
@@ -35,9 +35,7 @@ pub(crate) fn check(name: &str) -> Result<(), SessionError> {
         _ if !name.chars().all(allowed) => {
             bad("it may hold only letters, digits, '_', '.' and '-'")
         }
-        _ if SessionId::is_id(name, true) => {
-            bad("it is all hex digits, which reads as a session id; add a letter past 'f' or a '-'")
-        }
+        _ if SessionId::is_id(name, false) => bad("it is shaped like a session id (12 hex digits)"),
         _ => Ok(()),
     }
 }
@@ -110,12 +108,20 @@ mod tests {
 
     #[test]
     fn names_that_could_read_as_ids_or_paths_are_refused() {
-        for good in ["build", "ci-job.42", "x", "Z_9", "deadbeefg"] {
+        for good in ["build", "ci-job.42", "x", "Z_9", "b1", "cafe", "deadbeefg"] {
             assert!(check(good).is_ok(), "{good}");
         }
         let long = "a".repeat(MAX_LEN + 1);
         for bad in [
-            "", "cafe", "0123", "-x", ".x", "a/b", "..", "a b", "é", &long,
+            "",
+            "0123456789ab",
+            "-x",
+            ".x",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &long,
         ] {
             assert!(
                 matches!(check(bad), Err(SessionError::BadName { .. })),

@@ -59,6 +59,10 @@ pub struct Record {
     /// records of older versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Read-only layers between the upper and the rootfs, topmost first (`--rootfs A:B:C`,
+    /// `--layer SESSION`); empty for a session over one rootfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<PathBuf>,
     /// The session's name (`--name`), if it was given one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -171,6 +175,13 @@ impl Record {
         Ok(())
     }
 
+    /// Every lower of the session, topmost first: its layers, then its rootfs.
+    pub fn lowers(&self) -> Vec<PathBuf> {
+        let mut all = self.layers.clone();
+        all.push(self.rootfs.clone());
+        all
+    }
+
     /// Seconds since the session was created.
     pub fn age(&self) -> u64 {
         now().saturating_sub(self.created)
@@ -210,6 +221,7 @@ mod tests {
             base: Some(crate::policy::conflict::Stamp { sec: 1, nsec: 2 }),
             command: vec!["sh".into(), "-c".into(), "true".into()],
             name: Some("job".into()),
+            layers: vec!["/l".into()],
         };
         rec.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()).unwrap(), rec);

@@ -75,6 +75,8 @@ pub enum Note<'a> {
         id: &'a str,
         /// Its name, which the commands to go on use, if it has one.
         name: Option<&'a str>,
+        /// It stands on layers (`--layer`, `--rootfs A:B`): it can be exported, not committed.
+        layered: bool,
         /// Its upper directory.
         upper: &'a Path,
     },
@@ -147,13 +149,26 @@ impl fmt::Display for Note<'_> {
                     _ => "completed",
                 }
             ),
-            Note::Kept { id, name, upper } => write!(
+            Note::Kept {
+                id,
+                name,
+                upper,
+                layered,
+            } => write!(
                 f,
                 "session {id} kept; its changes are in {upper}\n\
-                 ovlrun: see them with `ovlrun diff {to}`, merge them with `ovlrun commit {to}`, \
+                 ovlrun: see them with `ovlrun diff {to}`, {go_on}, \
                  drop them with `ovlrun discard {to}`",
                 upper = upper.display(),
                 to = name.unwrap_or(id),
+                go_on = if *layered {
+                    format!(
+                        "export them with `ovlrun export {} -o FILE`",
+                        name.unwrap_or(id)
+                    )
+                } else {
+                    format!("merge them with `ovlrun commit {}`", name.unwrap_or(id))
+                },
             ),
             Note::NotCommitted {
                 id,

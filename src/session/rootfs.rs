@@ -109,16 +109,12 @@ impl<'a> SessionRootfs<'a> {
             path: work.clone(),
             source,
         })?;
-        let m = KernelMount::mount(
-            std::slice::from_ref(&plan.rootfs),
-            &dirs.upper,
-            &work,
-            &dirs.mnt,
-        )
-        .map_err(|source| MountError::Kernel {
-            path: dirs.mnt.clone(),
-            source,
-        })?;
+        let m = KernelMount::mount(&plan.lowers(), &dirs.upper, &work, &dirs.mnt).map_err(
+            |source| MountError::Kernel {
+                path: dirs.mnt.clone(),
+                source,
+            },
+        )?;
         if recorded.is_none() {
             format::record(&dirs.work, WhiteoutFormat::Kernel).map_err(record_err("write"))?;
         }
@@ -126,8 +122,11 @@ impl<'a> SessionRootfs<'a> {
     }
 
     fn fuse(&self) -> Result<Mounted, RootfsError> {
-        let mut builder = OverlayBuilder::new()
-            .lower(&self.plan.rootfs)
+        let mut builder = OverlayBuilder::new();
+        for lower in self.plan.lowers() {
+            builder = builder.lower(lower);
+        }
+        let mut builder = builder
             .upper(&self.dirs.upper)
             .work(&self.dirs.work)
             .complete_at_unmount(self.kept);
@@ -218,7 +217,7 @@ impl Filesystem for SessionRootfs<'_> {
             Some(Mounted::Unserved(_)) | None => {}
         }
         let (plan, dirs) = (self.plan, self.dirs);
-        scaffold::remove(&plan.rootfs, &dirs.upper, &dirs.work, &self.scaffold);
+        scaffold::remove(&plan.lowers(), &dirs.upper, &dirs.work, &self.scaffold);
         Ok(())
     }
 }

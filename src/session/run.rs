@@ -159,9 +159,22 @@ fn run_tracked(
 ) -> Result<Ended, SessionError> {
     // A user-given upper is checked before anything is locked, created or changed.
     let checked = match (&opts.resume, &opts.upper) {
-        (None, Some(u)) => Some(super::upper::check(u, &plan.rootfs, &plan.state_root)?),
+        (None, Some(u)) => {
+            for layer in &plan.layers {
+                super::upper::check(u, layer, &plan.state_root)?;
+            }
+            Some(super::upper::check(u, &plan.rootfs, &plan.state_root)?)
+        }
         _ => None,
     };
+    // Over several trees, there is no one tree to commit into: said before anything runs.
+    if !plan.layers.is_empty() && matches!(opts.policy, Policy::Commit | Policy::CommitAtomic) {
+        return Err(SessionError::CommitOverLayers {
+            policy: opts.policy.name(),
+            count: plan.layers.len(),
+            rootfs: plan.rootfs.clone(),
+        });
+    }
     let shared = lock_and_recover(
         &plan.state_root,
         &plan.rootfs,
@@ -169,6 +182,12 @@ fn run_tracked(
         opts.wait,
         report,
     )?;
+    // The layers too: a commit into one of them waits for this session, as for its rootfs.
+    let _layer_locks = plan
+        .layers
+        .iter()
+        .map(|l| take(&plan.state_root, l, Mode::Shared, opts.wait, report))
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(name) = &opts.name {
         super::name::check(name)?;
     }
@@ -279,6 +298,7 @@ fn new_session(
         },
         command: command_of(plan),
         name: opts.name.clone(),
+        layers: plan.layers.clone(),
     };
     Ok((dirs, rec))
 }
@@ -299,6 +319,8 @@ fn resume(
     name: Option<&str>,
 ) -> Result<(SessionDirs, Record), SessionError> {
     let (dirs, mut rec) = SessionDirs::open_finished(&plan.state_root, id)?;
+    // Its upper is a lower of those: changing it would change them under their feet.
+    dirs.check_no_dependents()?;
     match (name, rec.name.as_deref()) {
         (Some(new), Some(old)) if new != old => {
             return Err(SessionError::BadName {
@@ -334,7 +356,7 @@ fn apply_policy(
     let fresh = opts.resume.is_none() && dirs.upper.starts_with(&dirs.root);
     let policy = match opts.policy {
         Policy::Ask => {
-            let diff = plan::plan(&rec.rootfs, &rec.upper, upper_format(rec)?)?;
+            let diff = plan::plan(&rec.lowers(), &rec.upper, upper_format(rec)?)?;
             ended.changes = Some(Counts::of(&diff.changes));
             if diff.changes.is_empty() {
                 report.note(Note::NoChanges);
@@ -418,7 +440,7 @@ fn apply_policy(
 /// The counts of `rec`'s changes, or `None` when its diff cannot be read.
 fn counts(rec: &Record) -> Option<Counts> {
     let format = upper_format(rec).ok()?;
-    let diff = plan::plan(&rec.rootfs, &rec.upper, format).ok()?;
+    let diff = plan::plan(&rec.lowers(), &rec.upper, format).ok()?;
     Some(Counts::of(&diff.changes))
 }
 
@@ -428,6 +450,7 @@ fn report_kept(dirs: &SessionDirs, rec: &Record, report: &dyn Report) {
         id: &dirs.id.0,
         name: rec.name.as_deref(),
         upper: &dirs.upper,
+        layered: !rec.layers.is_empty(),
     });
 }
 
@@ -451,6 +474,17 @@ pub(crate) fn commit_session(
     report: &dyn Report,
     planned: &mut Option<Counts>,
 ) -> Result<Vec<conflict::Conflict>, SessionError> {
+    let refused = if rec.layers.is_empty() {
+        dirs.check_no_dependents()
+    } else {
+        Err(SessionError::Layered {
+            id: dirs.id.0.clone(),
+            count: rec.layers.len(),
+            rootfs: rec.rootfs.clone(),
+        })
+    };
+    // Nothing was tried: the error says what to do instead.
+    refused?;
     let _lock = match lock_and_recover(state, &rec.rootfs, Mode::Exclusive, wait, report) {
         Ok(l) => l,
         Err(e) => {
@@ -458,7 +492,7 @@ pub(crate) fn commit_session(
             return Err(e);
         }
     };
-    let plan = plan::plan(&rec.rootfs, &rec.upper, upper_format(rec)?)?;
+    let plan = plan::plan(&rec.lowers(), &rec.upper, upper_format(rec)?)?;
     *planned = Some(Counts::of(&plan.changes));
     let conflicts = conflicts_of(rec, &plan)?;
     if !conflicts.is_empty() && !force {

@@ -139,8 +139,9 @@ pub(crate) fn make_targets(
     upper: &Path,
     work: &Path,
 ) -> Result<(Scaffold, Vec<plan::NetFile>, Vec<NotPlaced>), RootfsError> {
-    scrub(&plan.rootfs, upper, work);
-    let ovl = open_layers(&plan.rootfs, upper, work, plan.whiteout)?;
+    let lowers = plan.lowers();
+    scrub(&lowers, upper, work);
+    let ovl = open_layers(&lowers, upper, work, plan.whiteout)?;
     // A resumed upper may hold metadata-only copies a killed server left; the kernel
     // backend cannot read them.
     ovl.complete_metacopies().map_err(|source| {
@@ -181,7 +182,7 @@ pub(crate) fn make_targets(
                     let first_copied = scaffold.copied.len();
                     for a in loc.path.ancestors() {
                         if !a.as_os_str().is_empty() && !upper.join(a).exists() {
-                            if let Some(o) = owner_of(&plan.rootfs.join(a)) {
+                            if let Some(o) = owner_of(&in_lowers(&lowers, a)) {
                                 scaffold.copied.push((a.to_owned(), o));
                             }
                         }
@@ -219,13 +220,13 @@ pub(crate) fn make_targets(
 /// The layers of a session's overlay; `whiteout` as the plan asks (the first opening of an
 /// upper records its format, which the overlay's mount must then find).
 fn open_layers(
-    rootfs: &Path,
+    lowers: &[PathBuf],
     upper: &Path,
     work: &Path,
     whiteout: Option<WhiteoutFormat>,
 ) -> Result<Overlay, RootfsError> {
     Overlay::new(&OverlayConfig {
-        lowers: vec![rootfs.to_owned()],
+        lowers: lowers.to_vec(),
         upper: upper.to_owned(),
         work: Some(work.to_owned()),
         whiteout,
@@ -235,12 +236,23 @@ fn open_layers(
 
 /// Removes what a killed launcher made and listed in `work`, as far as it is still as made;
 /// then the list. Nothing to do (the common case) costs one failed open.
-pub(crate) fn scrub(rootfs: &Path, upper: &Path, work: &Path) {
+/// `rel` in the topmost of `lowers` (topmost first) that has it, else in the bottom one: where
+/// the session's view of `rel` comes from, as far as a parent's owner and xattrs go.
+fn in_lowers(lowers: &[PathBuf], rel: &Path) -> PathBuf {
+    lowers
+        .iter()
+        .map(|l| l.join(rel))
+        .find(|p| p.symlink_metadata().is_ok())
+        .or_else(|| lowers.last().map(|l| l.join(rel)))
+        .unwrap_or_else(|| rel.to_owned())
+}
+
+pub(crate) fn scrub(lowers: &[PathBuf], upper: &Path, work: &Path) {
     let Ok(text) = std::fs::read_to_string(work.join(LIST)) else {
         return;
     };
     match Scaffold::from_text(&text) {
-        Some(s) => remove(rootfs, upper, work, &s),
+        Some(s) => remove(lowers, upper, work, &s),
         None => {
             let _ = std::fs::remove_file(work.join(LIST));
         }
@@ -251,8 +263,8 @@ pub(crate) fn scrub(rootfs: &Path, upper: &Path, work: &Path) {
 /// or directory of the upper alone), so it never shows among the session's changes: where
 /// nothing else touched a parent, its times go back to what they were, and a parent copied
 /// up only for the launcher goes too. Then the list in `work`.
-pub(crate) fn remove(rootfs: &Path, upper: &Path, work: &Path, scaffold: &Scaffold) {
-    let Ok(ovl) = open_layers(rootfs, upper, work, None) else {
+pub(crate) fn remove(lowers: &[PathBuf], upper: &Path, work: &Path, scaffold: &Scaffold) {
+    let Ok(ovl) = open_layers(lowers, upper, work, None) else {
         return;
     };
     for made in scaffold.made.iter().rev() {
@@ -300,8 +312,8 @@ pub(crate) fn remove(rootfs: &Path, upper: &Path, work: &Path, scaffold: &Scaffo
     for (path, owner) in copied {
         let in_upper = upper.join(path);
         let xattrs = |p: &Path| crate::policy::plan::user_xattrs(p).ok();
-        let is_plain_copy =
-            owner_of(&in_upper) == Some(*owner) && xattrs(&in_upper) == xattrs(&rootfs.join(path));
+        let is_plain_copy = owner_of(&in_upper) == Some(*owner)
+            && xattrs(&in_upper) == xattrs(&in_lowers(lowers, path));
         if is_plain_copy {
             // Fails, as it should, when the session put anything in it.
             let _ = std::fs::remove_dir(&in_upper);

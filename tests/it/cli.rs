@@ -789,7 +789,7 @@ fn names_that_read_as_ids_or_paths_are_refused_before_anything_is_made() {
     let dir = TestDir::new();
     let r = rootfs();
     for (name, why) in [
-        ("cafe", "hex digits"),
+        ("0123456789ab", "shaped like a session id"),
         ("../x", "letter or a digit"),
         ("a/b", "only letters"),
         ("", "empty"),

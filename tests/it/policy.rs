@@ -1134,3 +1134,131 @@ fn two_sessions_at_once_over_one_rootfs_both_commit_with_wait() {
     assert_eq!(read_string(f.rootfs.join("etc/b")), "b\n");
     f.assert_no_sessions("two committed sessions");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sessions over several trees (issue 16 item 8): `--rootfs A:B:C` and `--layer SESSION`
+
+/// `--rootfs TOP:ROOTFS`: the session sees TOP over the rootfs; its diff is against the two as
+/// one tree; a commit policy is refused before anything is made; neither tree changes.
+#[test]
+fn a_session_over_two_trees_sees_and_diffs_them_as_one() {
+    require!(
+        can_run_sessions(),
+        "run sessions (root, /dev/fuse, busybox)"
+    );
+    let f = Fixture::new();
+    let top = f.dir.join("top");
+    mkdir_p(top.join("etc"));
+    write(top.join("etc/motd"), "from the top tree\n");
+    write(top.join("only-top"), "top\n");
+    let (before_top, before_root) = (Frozen::take(&top), Frozen::take(&f.rootfs));
+    let stack = format!("{}:{}", top.display(), f.rootfs.display());
+
+    let out = run_cmd(&mut f.ovlrun(&[
+        "--rootfs",
+        &stack,
+        "--policy",
+        "preserve",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /etc/motd /only-top; test -x /bin/busybox && echo has-busybox; \
+         echo more >> /only-top; echo new > /new; rm /etc/motd",
+    ]));
+    out.expect_ok();
+    assert_eq!(
+        out.stdout,
+        "from the top tree\ntop\nhas-busybox\n",
+        "{}",
+        out.context()
+    );
+    let (id, _) = out.kept_session();
+    run_cmd(&mut f.ovlrun(&["diff", &id]))
+        .expect_ok()
+        .expect_stdout(&["D /etc/motd", "A /new", "C /only-top"]);
+    let commit = run_cmd(&mut f.ovlrun(&["commit", &id]));
+    commit.expect_own_error(&["stands on 1 layer(s)", "ovlrun export"]);
+    run_cmd(&mut f.ovlrun(&["discard", &id])).expect_ok();
+
+    let refused =
+        run_cmd(&mut f.ovlrun(&["--rootfs", &stack, "--policy", "commit", "--", "/bin/true"]));
+    refused.expect_own_error(&["--policy commit", "merges into one rootfs"]);
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.context());
+    f.assert_no_sessions("a refused commit over two trees");
+    before_top.assert_unchanged(&top, "sessions over top:rootfs");
+    before_root.assert_unchanged(&f.rootfs, "sessions over top:rootfs");
+}
+
+/// `--layer S`: a new session over a kept one sees its changes (deletions too) without
+/// changing them; the new session's diff is its own; the kept session cannot go (discard,
+/// commit, resume) while the new one stands on it; export of the new one works.
+#[test]
+fn a_kept_session_is_a_layer_for_the_next() {
+    require!(
+        can_run_sessions(),
+        "run sessions (root, /dev/fuse, busybox)"
+    );
+    let f = Fixture::new();
+    let before_root = Frozen::take(&f.rootfs);
+    let base = f.preserved("mkdir -p /opt/cache && echo v1 > /opt/cache/lib && rm /etc/motd");
+    let base_upper = f.upper_of(&base);
+    let before_base = Frozen::take(&base_upper);
+
+    let out = run_cmd(&mut f.ovlrun(&[
+        "--layer",
+        &base,
+        "--name",
+        "step2",
+        "--policy",
+        "preserve",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /opt/cache/lib; test -e /etc/motd && echo motd-back; \
+         echo v2 > /opt/cache/lib; echo built > /opt/out",
+    ]));
+    out.expect_ok();
+    assert_eq!(out.stdout, "v1\n", "{}", out.context());
+    run_cmd(&mut f.ovlrun(&["diff", "step2"]))
+        .expect_ok()
+        .expect_stdout(&["C /opt/cache/lib", "A /opt/out"]);
+
+    for verb in [&["discard", base.as_str()][..], &["commit", &base]] {
+        let refused = run_cmd(&mut f.ovlrun(verb));
+        refused.expect_own_error(&["is a layer of session"]);
+    }
+    let resumed = run_cmd(&mut f.ovlrun(&["run", "--resume", &base, "--", "/bin/true"]));
+    resumed.expect_own_error(&["is a layer of session"]);
+    run_cmd(&mut f.ovlrun(&["commit", "step2"])).expect_own_error(&["merges into one rootfs"]);
+
+    let tar = f.dir.join("step2.tar");
+    run_cmd(&mut f.ovlrun(&["export", "step2", "-o", tar.to_str().unwrap()])).expect_ok();
+    let listing = run_cmd(Command::new("tar").arg("tf").arg(&tar));
+    listing.expect_ok();
+    assert!(
+        listing
+            .stdout
+            .lines()
+            .any(|l| l.trim_end_matches('/') == "opt/out"),
+        "{}",
+        listing.context()
+    );
+    before_base.assert_unchanged(&base_upper, "a session layered on it");
+
+    // A layer of a layer: step3 over step2 sees both.
+    let out = run_cmd(&mut f.ovlrun(&[
+        "--layer",
+        "step2",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /opt/cache/lib /opt/out",
+    ]));
+    out.expect_ok();
+    assert_eq!(out.stdout, "v2\nbuilt\n", "{}", out.context());
+
+    // A sweep takes the session on top before the one under it.
+    run_cmd(&mut f.ovlrun(&["discard", "--all"])).expect_ok();
+    f.assert_no_sessions("after discarding both");
+    before_root.assert_unchanged(&f.rootfs, "sessions layered on a kept one");
+}
