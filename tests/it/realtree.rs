@@ -949,3 +949,60 @@ fn c_build_with_make_j2() {
     eprintln!("c build session took {:.1} s", out.elapsed.as_secs_f64());
     assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
 }
+
+/// The build-step cache people build with image layers, over the real build tree: step 1
+/// builds with make and gcc and is kept; step 2 runs over it with `--layer`, rebuilds and
+/// deletes its Makefile; step 3 over step 2 sees the rebuilt binary and no Makefile. Each
+/// step's diff is its own; the tree is never written.
+#[test]
+fn a_build_cache_of_layered_sessions_over_the_build_tree() {
+    let trees = require_trees!();
+    let f = Fixture::root(TestDir::new(), &trees.build);
+    let before = support::tree_snapshot(&trees.build);
+    let step = |flags: &[&str], script: &str| {
+        let mut cmd = f.ovlrun(SESSION_ENV);
+        cmd.args(flags).args(["--", "/bin/sh", "-c", script]);
+        let out = run_within(&mut cmd, LOCAL_TIMEOUT);
+        out.expect_ok();
+        out
+    };
+    let rootfs = trees.build.to_string_lossy().into_owned();
+    step(
+        &[
+            "--rootfs", &rootfs, "--name", "step1", "--policy", "preserve",
+        ],
+        "set -e; mkdir -p /src && cd /src
+         printf 'int main(void){return 3;}\\n' > main.c
+         printf 'prog: main.c\\n\\tgcc -o prog main.c\\n' > Makefile
+         make -s",
+    );
+    let out = step(
+        &[
+            "--layer", "step1", "--name", "step2", "--policy", "preserve",
+        ],
+        "set -e; cd /src; ./prog || echo STEP1=$?
+         printf 'int main(void){return 4;}\\n' > main.c
+         make -s; rm Makefile",
+    );
+    assert_eq!(out.value("STEP1"), "3", "{}", out.context());
+    let diff = diff_lines(&f, "step2");
+    assert_eq!(
+        diff,
+        ["D /src/Makefile", "C /src/main.c", "C /src/prog"],
+        "step 2's diff is its own"
+    );
+    let out = step(
+        &["--layer", "step2"],
+        "cd /src; ./prog || echo STEP2=$?; test -e Makefile || echo NO-MAKEFILE; \
+         test -e /usr/bin/gcc && echo GCC",
+    );
+    assert_eq!(out.value("STEP2"), "4", "{}", out.context());
+    assert!(out.stdout.contains("NO-MAKEFILE\nGCC"), "{}", out.context());
+    run_within(&mut f.ovlrun(&["discard", "--all"]), LOCAL_TIMEOUT).expect_ok();
+    assert!(f.sessions_left().is_empty(), "{:?}", f.sessions_left());
+    assert_eq!(
+        support::tree_snapshot(&trees.build),
+        before,
+        "the build tree changed"
+    );
+}
