@@ -367,7 +367,7 @@ struct Walker<'a> {
 
 /// Builds the plan that merges `upper`, in whiteout format `fmt`, into `lowers` (topmost
 /// first; the last is the rootfs, and one is the usual case): the changes are against the
-/// lowers as one tree ([`LowDir`]), as the session saw them.
+/// lowers as one tree, as the session saw them (a layer's markers read as the overlay reads them).
 ///
 /// The trees are walked by directory fd (`policy::at`), so an upper deeper than
 /// PATH_MAX is planned like any other.
