@@ -8,7 +8,9 @@
 #                         [--scratch image|root]
 #
 # Backends: ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain (the default set), and
-# ovlrun-fuse-all (`ovlrun mount --passthrough all`).
+# ovlrun-fuse-all (`ovlrun mount --passthrough all`), ovlrun-fuse-volatile (`ovlrun mount
+# --volatile`: no fsync per copy-up, as the kernel's `volatile` and what a session that is
+# discarded or synced once at its end does).
 #
 # Run as root on a quiet machine. Lowers are built once under /var/tmp/ovlrun-bench.
 # Uppers, work dirs and session state go on a scratch filesystem: by default a fresh
@@ -132,6 +134,10 @@ mount_backend() {
             wait_mounted "$MNT" ;;
         ovlrun-fuse-all)
             "$OVLRUN" mount --passthrough all --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
+            SERVER_PID=$!
+            wait_mounted "$MNT" ;;
+        ovlrun-fuse-volatile)
+            "$OVLRUN" mount --volatile --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
             SERVER_PID=$!
             wait_mounted "$MNT" ;;
         ovlrun-kernel)
@@ -335,7 +341,7 @@ for w, b, _round, secs, cpu, rss in rows:
     d = data.setdefault(w, {}).setdefault(b, {"secs": [], "cpu": [], "rss": []})
     d["secs"].append(float(secs)); d["cpu"].append(float(cpu)); d["rss"].append(int(rss))
 out = {}
-order = ["ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare", "bwrap"]
+order = ["ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-fuse-volatile", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare", "bwrap"]
 print(f"{'workload':<15}" + "".join(f"{b:>15}" for b in order) + f"{'fuse/kernel':>13}{'fuse-ovl/fuse':>15}")
 for w, bs in data.items():
     med = {b: statistics.median(v["secs"]) for b, v in bs.items()}
@@ -364,7 +370,7 @@ if "launcher_start" in data:
 print("fuse/kernel: ovlrun's FUSE time over the kernel overlayfs's (lower is better);")
 print("fuse-ovl/fuse: fuse-overlayfs's time over ovlrun's FUSE time (above 1: ovlrun is faster).")
 for w, bs in data.items():
-    for b in ("ovlrun-fuse", "ovlrun-fuse-all", "fuse-overlayfs"):
+    for b in ("ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-fuse-volatile", "fuse-overlayfs"):
         if b in bs and max(bs[b]["rss"]) > 0:
             print(f"  {w}: {b} server cpu {statistics.median(bs[b]['cpu']):.2f}s, peak rss {max(bs[b]['rss']) // 1024} MiB")
 if sys.argv[2]:

@@ -59,6 +59,10 @@ pub struct Record {
     /// records of older versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// The boot (`/proc/sys/kernel/random/boot_id`) the session ran in while its upper was
+    /// not yet synced to disk; absent once it is (see `session::durable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsynced_boot: Option<String>,
 }
 
 /// A record that cannot be read or written.
@@ -206,6 +210,7 @@ mod tests {
             owner: 0,
             base: Some(crate::policy::conflict::Stamp { sec: 1, nsec: 2 }),
             command: vec!["sh".into(), "-c".into(), "true".into()],
+            unsynced_boot: Some("b".into()),
         };
         rec.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()).unwrap(), rec);

@@ -104,11 +104,14 @@ impl<'a> SessionRootfs<'a> {
             path: work.clone(),
             source,
         })?;
-        let m = KernelMount::mount(
+        // A discarded upper has nothing to keep after a crash: no fsync per copy-up.
+        let volatile = !self.kept && !plan.durable;
+        let m = KernelMount::mount_with(
             std::slice::from_ref(&plan.rootfs),
             &dirs.upper,
             &work,
             &dirs.mnt,
+            volatile,
         )
         .map_err(|source| MountError::Kernel {
             path: dirs.mnt.clone(),
@@ -125,7 +128,8 @@ impl<'a> SessionRootfs<'a> {
             .lower(&self.plan.rootfs)
             .upper(&self.dirs.upper)
             .work(&self.dirs.work)
-            .complete_at_unmount(self.kept);
+            .complete_at_unmount(self.kept)
+            .durable(self.plan.durable);
         if let Some(w) = self.plan.whiteout {
             builder = builder.whiteout(w);
         }

@@ -221,8 +221,10 @@ fn run_tracked(
     rec.status = Status::Preserved;
     rec.ended = Some(now());
     rec.exit_code = Some(code);
-    // A session about to be discarded records its end only if it stays (two fsyncs less).
+    // A session about to be discarded records its end only if it stays (two fsyncs less),
+    // and its upper, thrown away, is never synced; a kept one's is, once, here.
     if opts.policy != Policy::Discard {
+        super::durable::sync_upper(&mut rec)?;
         rec.save(&dirs.root)?;
     }
     drop(shared);
@@ -264,6 +266,7 @@ fn new_session(
             None => Some(Stamp::fine_now()),
         },
         command: command_of(plan),
+        unsynced_boot: super::durable::mark(plan.durable),
     };
     Ok((dirs, rec))
 }
@@ -279,6 +282,8 @@ fn command_of(plan: &SessionPlan) -> Vec<String> {
 /// Reopens kept session `id` to run a new command on its changes.
 fn resume(plan: &SessionPlan, id: &str) -> Result<(SessionDirs, Record), SessionError> {
     let (dirs, mut rec) = SessionDirs::open_finished(&plan.state_root, id)?;
+    super::durable::require(&dirs, &mut rec)?;
+    rec.unsynced_boot = super::durable::mark(plan.durable);
     rec.status = Status::Running;
     rec.pid = std::process::id();
     rec.ended = None;

@@ -232,6 +232,7 @@ fn open_layers(
         upper: upper.to_owned(),
         work: Some(work.to_owned()),
         whiteout,
+        durable: true,
     })
     .map_err(|e| RootfsError::Mount(MountError::Layers(e)))
 }
