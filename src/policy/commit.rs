@@ -757,14 +757,12 @@ fn undo(root: &Beneath, stage: &Stage, i: usize, op: &Op) -> Result<(), RecoverE
             Err(e) => return Err(rec_err("remove", shown)(e.into())),
         }
     }
-    if matches!(op, Op::Remove(_)) || is_staged(op) {
-        if in_stage(&stage.old) {
-            let (parent, name) = root
-                .parent(rel)
-                .map_err(rec_err("restore", shown.clone()))?;
-            renameat(stage.old.fd(), item.as_str(), &parent, name)
-                .map_err(|e| rec_err("restore", shown)(e.into()))?;
-        }
+    if (matches!(op, Op::Remove(_)) || is_staged(op)) && in_stage(&stage.old) {
+        let (parent, name) = root
+            .parent(rel)
+            .map_err(rec_err("restore", shown.clone()))?;
+        renameat(stage.old.fd(), item.as_str(), &parent, name)
+            .map_err(|e| rec_err("restore", shown)(e.into()))?;
     }
     Ok(())
 }
