@@ -8,7 +8,9 @@
 #                         [--scratch image|root] [--baseline BIN]
 #
 # Backends: ovlrun-fuse ovlrun-kernel kernel fuse-overlayfs plain (the default set), and
-# ovlrun-fuse-all (`ovlrun mount --passthrough all`). `--baseline BIN` adds base-fuse and
+# ovlrun-fuse-all (`ovlrun mount --passthrough all`), ovlrun-fuse-volatile (`ovlrun mount
+# --volatile`: no fsync per copy-up, as the kernel's `volatile` and what a session that is
+# discarded or synced once at its end does). `--baseline BIN` adds base-fuse and
 # base-kernel, the same two setups served by another build of ovlrun (say, an older commit's
 # target/release/ovlrun), interleaved with the others so a change is measured before and
 # after in one run; the report prints this build's time over the baseline's.
@@ -140,6 +142,10 @@ mount_backend() {
             wait_mounted "$MNT" ;;
         ovlrun-fuse-all)
             "$OVLRUN" mount --passthrough all --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
+            SERVER_PID=$!
+            wait_mounted "$MNT" ;;
+        ovlrun-fuse-volatile)
+            "$OVLRUN" mount --volatile --lower "$lower" --upper "$run/upper" --work "$run/work" "$MNT" &
             SERVER_PID=$!
             wait_mounted "$MNT" ;;
         ovlrun-kernel)
@@ -355,7 +361,7 @@ for w, b, _round, secs, cpu, rss in rows:
     d = data.setdefault(w, {}).setdefault(b, {"secs": [], "cpu": [], "rss": []})
     d["secs"].append(float(secs)); d["cpu"].append(float(cpu)); d["rss"].append(int(rss))
 out = {}
-order = ["ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare", "bwrap"]
+order = ["ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-fuse-volatile", "ovlrun-kernel", "kernel", "fuse-overlayfs", "plain", "unshare", "bwrap"]
 print(f"{'workload':<15}" + "".join(f"{b:>15}" for b in order) + f"{'fuse/kernel':>13}{'fuse-ovl/fuse':>15}")
 for w, bs in data.items():
     med = {b: statistics.median(v["secs"]) for b, v in bs.items()}
@@ -391,7 +397,7 @@ if baseline:
 print("fuse/kernel: ovlrun's FUSE time over the kernel overlayfs's (lower is better);")
 print("fuse-ovl/fuse: fuse-overlayfs's time over ovlrun's FUSE time (above 1: ovlrun is faster).")
 for w, bs in data.items():
-    for b in ("ovlrun-fuse", "ovlrun-fuse-all", "base-fuse", "fuse-overlayfs"):
+    for b in ("ovlrun-fuse", "ovlrun-fuse-all", "ovlrun-fuse-volatile", "base-fuse", "fuse-overlayfs"):
         if b in bs and max(bs[b]["rss"]) > 0:
             print(f"  {w}: {b} server cpu {statistics.median(bs[b]['cpu']):.2f}s, peak rss {max(bs[b]['rss']) // 1024} MiB")
 if sys.argv[2]:

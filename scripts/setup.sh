@@ -23,10 +23,11 @@ set -euo pipefail
 #   passwd           useradd, groupadd
 #   bubblewrap       scripts/bench.sh times its start beside ovlrun's and unshare's
 #   libseccomp-dev   the libseccomp crate links it to compile the sessions' system-call filter
+#   rsync            scripts/bench-commit.sh times `rsync -a` beside `ovlrun commit`
 APT_PACKAGES=(
     fuse3 fuse-overlayfs busybox-static uidmap attr acl fio libacl1-dev
     build-essential pkg-config shellcheck util-linux passwd e2fsprogs util-linux-extra
-    bubblewrap libseccomp-dev
+    bubblewrap libseccomp-dev rsync
 )
 
 # The unprivileged user that launcher tests run ovlrun as.

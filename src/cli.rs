@@ -176,6 +176,12 @@ pub struct RunArgs {
     /// How long a timed-out session has between TERM and KILL [default: 10s].
     #[arg(long, value_name = "DURATION", requires = "timeout")]
     pub timeout_kill: Option<String>,
+    /// Put each copied-up file on disk before it takes its place (an fsync per copy-up, as
+    /// the kernel overlayfs does). Without it a kept session's changes are made durable once,
+    /// when it ends, and a discarded session's never: a crash of the machine loses nothing
+    /// those need.
+    #[arg(long)]
+    pub durable: bool,
     /// The command and its arguments [default: /bin/sh]. Options before it are ovlrun's;
     /// everything from CMD on is the command's (`--` before it is optional).
     #[arg(trailing_var_arg = true, value_name = "CMD")]
@@ -218,6 +224,7 @@ impl RunArgs {
             seccomp: self.seccomp,
             timeout: self.timeout,
             timeout_kill: self.timeout_kill,
+            durable: self.durable,
             cmd: self.cmd,
         }
     }
@@ -432,6 +439,12 @@ pub struct MountArgs {
     /// for writing while it is open fails with ETXTBSY.
     #[arg(long, value_enum, value_name = "FILES", default_value_t = Passthrough::Upper)]
     pub passthrough: Passthrough,
+    /// Do not put copied-up files on disk one by one (no fsync per copy-up; FUSE) and mount
+    /// the kernel overlayfs with `volatile`: after a crash of the machine the upper may hold
+    /// empty or short copies (the kernel then refuses to mount that work directory again
+    /// until `work/incompat/volatile` is removed). For an upper that is thrown away.
+    #[arg(long)]
+    pub volatile: bool,
     /// Where to mount the merged view.
     pub mountpoint: PathBuf,
 }

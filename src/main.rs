@@ -237,7 +237,11 @@ fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.threads {
         builder = builder.threads(n);
     }
-    builder = builder.passthrough(args.passthrough.into());
+    // Durable unless told: an upper given to `ovlrun mount` is the user's to keep, and no
+    // session syncs it at the end.
+    builder = builder
+        .passthrough(args.passthrough.into())
+        .durable(!args.volatile);
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // reach only the sigwait below.
     let mut signals = SigSet::empty();
@@ -257,13 +261,19 @@ fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| ovlrun::mount::default_work(&args.upper));
         std::fs::create_dir_all(&work)
             .with_context(|| format!("cannot create {}", work.display()))?;
-        let k = ovlrun::mount::KernelMount::mount(&lowers, &args.upper, &work, &args.mountpoint)
-            .with_context(|| {
-                format!(
-                    "the kernel overlayfs refused to mount on {}",
-                    args.mountpoint.display()
-                )
-            })?;
+        let k = ovlrun::mount::KernelMount::mount_with(
+            &lowers,
+            &args.upper,
+            &work,
+            &args.mountpoint,
+            args.volatile,
+        )
+        .with_context(|| {
+            format!(
+                "the kernel overlayfs refused to mount on {}",
+                args.mountpoint.display()
+            )
+        })?;
         signals.wait().context("cannot wait for a signal")?;
         k.unmount()
             .with_context(|| format!("cannot unmount {}", args.mountpoint.display()))?;

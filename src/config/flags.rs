@@ -80,6 +80,8 @@ pub struct Flags {
     pub seccomp: Option<OsString>,
     /// `--timeout DURATION`.
     pub timeout: Option<String>,
+    /// `--durable`.
+    pub durable: bool,
     /// `--timeout-kill DURATION`.
     pub timeout_kill: Option<String>,
     /// The command and its arguments (empty: the file's, else `/bin/sh`).
@@ -255,6 +257,7 @@ impl SessionPlan {
             state_root: state_root()?,
             fs,
             whiteout,
+            durable: flags.durable || oci.durable,
             terminal: Terminal::chosen(flags.tty, flags.no_tty, oci.terminal),
             seccomp,
             preserve_fds: flags.preserve_fds,
@@ -525,6 +528,25 @@ mod tests {
             Policy::Preserve
         );
         assert_eq!(chosen_policy(Some(Policy::Ask), true, None), Policy::Ask);
+    }
+
+    #[test]
+    fn durable_comes_from_the_flag_or_the_annotation() {
+        let durable = |flag: bool, annotation: bool| {
+            let flags = Flags {
+                rootfs: Some(std::env::temp_dir()),
+                durable: flag,
+                ..Flags::default()
+            };
+            let oci = OciSettings {
+                durable: annotation,
+                ..OciSettings::default()
+            };
+            SessionPlan::from_flags(flags, oci).unwrap().durable
+        };
+        assert!(!durable(false, false));
+        assert!(durable(true, false));
+        assert!(durable(false, true));
     }
 
     #[test]

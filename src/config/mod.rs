@@ -253,6 +253,11 @@ pub struct SessionPlan {
     /// one recorded with the upper, else the one the backend writes. `Aufs` comes with the
     /// FUSE backend only (the kernel overlayfs writes its own format).
     pub whiteout: Option<crate::layers::WhiteoutFormat>,
+    /// Each copy-up is on disk before it takes its place in the upper (`--durable`,
+    /// `org.ovlrun.durable`): an fsync per copy-up, as the kernel overlayfs does by default.
+    /// Otherwise a kept session's upper is made durable once, at its end, and a discarded
+    /// one's never (it has nothing to keep after a crash).
+    pub durable: bool,
     /// Whether the command gets its own pty.
     pub terminal: Terminal,
     /// The system-call filter.
@@ -310,6 +315,7 @@ impl SessionPlan {
             state_root,
             fs: crate::mount::Backend::Auto,
             whiteout: None,
+            durable: false,
             terminal: Terminal::Auto,
             seccomp: Seccomp::Default,
             preserve_fds: 0,

@@ -60,6 +60,14 @@ pub(crate) fn release() -> io::Result<String> {
     fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned())
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): it changes at every boot.
+pub(crate) fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 /// `/proc/filesystems`, whose lines are `[nodev]\t<name>`.
 ///
 /// # Errors

@@ -149,6 +149,10 @@ pub(crate) struct Overlay {
     dirs: dircache::DirCache,
     /// Copy-ups done so far; lets callers holding lower fds notice cheaply that one happened.
     copy_ups: AtomicU64,
+    /// Fsync each copy-up before it takes its place (see [`OverlayConfig::durable`]).
+    durable: bool,
+    /// Copy-ups fsynced so far (what `durable` costs, for tests).
+    synced_copy_ups: AtomicU64,
     /// Held while a metadata-only copy is completed (see `metacopy.rs`).
     completing: std::sync::Mutex<()>,
     /// This overlay has made the work dir's marker that stubs may exist (see `metacopy.rs`).
@@ -174,6 +178,13 @@ impl Overlay {
     /// How many copy-ups this overlay has done; it only grows.
     pub(crate) fn copy_ups(&self) -> u64 {
         self.copy_ups.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// How many copy-ups were fsynced before taking their place; it only grows.
+    #[cfg(test)]
+    pub(crate) fn synced_copy_ups(&self) -> u64 {
+        self.synced_copy_ups
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// True when the object at `loc` has its own copy in the upper.

@@ -32,6 +32,11 @@ pub(crate) struct OverlayConfig {
     /// probes the upper filesystem and prefers [`WhiteoutFormat::Kernel`]. The format is
     /// recorded in the work directory at the first use and obeyed afterwards.
     pub whiteout: Option<WhiteoutFormat>,
+    /// Each copy-up's data is on disk before the copy takes its place in the upper (an fsync
+    /// per copy-up). Without, a crash of the machine may leave a copy empty or short: fine for
+    /// an upper that is thrown away, or one the caller makes durable as a whole afterwards
+    /// (one `syncfs`), as the kernel's `volatile` option.
+    pub durable: bool,
 }
 
 /// Why a set of layers cannot make an overlay. Every variant names the path at fault.
@@ -338,6 +343,8 @@ impl Overlay {
             next_temp: AtomicU64::new(0),
             dirs: super::dircache::DirCache::default(),
             copy_ups: AtomicU64::new(0),
+            durable: config.durable,
+            synced_copy_ups: AtomicU64::new(0),
             completing: std::sync::Mutex::new(()),
             stubs_marked: std::sync::atomic::AtomicBool::new(false),
         })

@@ -46,11 +46,16 @@ impl Fixture {
     }
 
     fn overlay(&self, format: Option<WhiteoutFormat>) -> Overlay {
+        self.overlay_durable(format, true)
+    }
+
+    fn overlay_durable(&self, format: Option<WhiteoutFormat>, durable: bool) -> Overlay {
         Overlay::new(&OverlayConfig {
             lowers: vec![self.p("l1"), self.p("l2")],
             upper: self.p("upper"),
             work: None,
             whiteout: format,
+            durable,
         })
         .unwrap()
     }
@@ -196,6 +201,30 @@ fn copy_up_keeps_data_holes_metadata_xattrs_and_ino() {
             .is_none(),
         "scratch left clean"
     );
+}
+
+/// A durable overlay fsyncs each copied-up file before it takes its place; one that is not
+/// (a discarded session, or one synced as a whole at its end) fsyncs none, and copies the same.
+#[test]
+fn only_a_durable_overlay_fsyncs_its_copy_ups() {
+    for durable in [true, false] {
+        let f = Fixture::new();
+        for i in 0..3 {
+            f.write(&format!("l1/d/f{i}"), &format!("data {i}\n"));
+        }
+        let ovl = f.overlay_durable(None, durable);
+        for i in 0..3 {
+            ovl.copy_up(&at(&ovl, &format!("d/f{i}"))).unwrap();
+        }
+        let want = if durable { 3 } else { 0 };
+        assert_eq!(ovl.synced_copy_ups(), want, "durable: {durable}");
+        for i in 0..3 {
+            assert_eq!(
+                fs::read_to_string(f.p(&format!("upper/d/f{i}"))).unwrap(),
+                format!("data {i}\n")
+            );
+        }
+    }
 }
 
 #[test]
@@ -361,6 +390,7 @@ fn a_kernel_format_upper_holds_whiteout_names_as_files() {
         upper: f.p("upper"),
         work: None,
         whiteout: Some(WhiteoutFormat::Aufs),
+        durable: true,
     })
     .unwrap_err();
     assert!(matches!(e, LayerSetupError::FormatMismatch { .. }), "{e}");
@@ -546,6 +576,7 @@ fn setup_errors_name_the_path() {
             upper,
             work: None,
             whiteout: None,
+            durable: true,
         })
         .unwrap_err()
         .to_string()

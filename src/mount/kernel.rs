@@ -41,13 +41,33 @@ impl KernelMount {
         work: &Path,
         mountpoint: &Path,
     ) -> Result<KernelMount, Errno> {
+        Self::mount_with(lowers, upper, work, mountpoint, false)
+    }
+
+    /// [`KernelMount::mount`]; with `volatile`, the kernel neither fsyncs copy-ups nor syncs
+    /// the upper at all (for an upper that is thrown away): after a crash of the machine the
+    /// upper may hold empty or short files, and the kernel refuses to mount `work` again
+    /// until `work/work/incompat/volatile` is removed.
+    ///
+    /// # Errors
+    /// As [`KernelMount::mount`].
+    pub fn mount_with(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mountpoint: &Path,
+        volatile: bool,
+    ) -> Result<KernelMount, Errno> {
         let lowerdir: Vec<String> = lowers.iter().map(|l| escape(l)).collect();
-        let data = format!(
+        let mut data = format!(
             "lowerdir={},upperdir={},workdir={},userxattr",
             lowerdir.join(":"),
             escape(upper),
             escape(work)
         );
+        if volatile {
+            data.push_str(",volatile");
+        }
         nix::mount::mount(
             Some("overlay"),
             mountpoint,

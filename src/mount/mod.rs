@@ -143,6 +143,7 @@ impl OverlayBuilder {
                 upper: PathBuf::new(),
                 work: None,
                 whiteout: None,
+                durable: true,
             },
             threads: None,
             passthrough: PassthroughMode::default(),
@@ -184,6 +185,15 @@ impl OverlayBuilder {
     /// process may register them); default [`PassthroughMode::Upper`].
     pub fn passthrough(mut self, mode: PassthroughMode) -> Self {
         self.passthrough = mode;
+        self
+    }
+
+    /// Whether each copy-up's data is on disk before the copy takes its place in the upper
+    /// (an fsync per copy-up; default: yes). Without, a crash of the machine may leave a
+    /// copy empty or short, as with the kernel overlayfs's `volatile` option: for an upper
+    /// that is thrown away, or made durable as a whole afterwards (`syncfs`).
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.config.durable = durable;
         self
     }
 

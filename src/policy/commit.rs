@@ -1,12 +1,19 @@
 //! Executing a [`Plan`]: merging an upper into its rootfs, plainly or crash-safe.
 //!
-//! Both ways stage every new item in a transaction directory on the rootfs's filesystem,
-//! then move entries with rename(2) only, so a reader never sees a half-written file.
-//! `commit-atomic` adds a journal: the plan and the staged items are written first
-//! (`prepared`), each step is logged before it runs, everything replaced or removed is kept
-//! as a backup, and the state turns `committed` only after the last step. After a crash,
+//! Both ways stage every new item (files, symlinks, devices, hard links, new directories) in
+//! a transaction directory on the rootfs's filesystem, then move entries with rename(2) only,
+//! so a reader never sees a half-written file. `commit-atomic` adds a journal: the plan is
+//! written once everything is staged (`prepared`), everything replaced or removed is kept as a
+//! backup, and the state turns `committed` only after the last step. After a crash,
 //! [`recover`] undoes a `prepared` transaction step by step in reverse (the rootfs is the old
 //! tree again) or finishes a `committed` one (the new tree): byte for byte one or the other.
+//!
+//! Durability is paid per phase, not per file: one `syncfs` of the rootfs's filesystem after
+//! staging (every staged item on disk before any rename can be), one after the renames
+//! (before `committed`, and before a plain commit returns and the session's upper goes). The
+//! undo needs no per-step record for that: which steps ran is read from the stage itself (an
+//! item still in `new/` was not installed, one in `old/` was moved aside), so the renames of
+//! a phase may reach the disk in any order and any prefix of them is undone alike.
 //!
 //! Nothing read back is trusted: the transaction lives where only the committing user can
 //! write and is checked before use ([`super::txn`]), and every path of a plan is resolved
@@ -17,12 +24,13 @@
 
 use std::ffi::OsStr;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, renameat};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, fstatat, mkdirat, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, linkat, unlinkat};
@@ -75,6 +83,9 @@ pub enum Left {
         /// Where its staging stays, when it could not be removed.
         staging: Option<PathBuf>,
     },
+    /// A plain commit applied every step, but its filesystem could not be synced: a crash
+    /// of the machine before it writes them back may still lose some.
+    Unsynced,
     /// The undo of an atomic commit failed: the transaction is kept for recovery.
     Pending {
         /// The transaction's directory.
@@ -103,6 +114,10 @@ impl std::fmt::Display for Left {
                 }
                 Ok(())
             }
+            Left::Unsynced => write!(
+                f,
+                "every step was applied, but not yet synced to disk; the session is kept"
+            ),
             Left::Pending { txn } => write!(
                 f,
                 "its undo failed too: the transaction {} is kept, and `ovlrun recover` \
@@ -113,11 +128,27 @@ impl std::fmt::Display for Left {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the journal record after which a commit stops as if the machine went down
+    /// there (nothing undone, the transaction left for [`recover`]).
+    pub(crate) static STOP_AFTER: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The [`TxnPlan::version`] this build writes: every item (hard links and new directories
+/// too) is staged before the first rename, and the undo reads what ran from the stage.
+const TXN_VERSION: u32 = 2;
+
 /// What a transaction records before it touches the rootfs.
 #[derive(Debug, Serialize, Deserialize)]
 struct TxnPlan {
+    /// 0 (absent): written by an older build, which staged only files and made directories
+    /// and hard links in place; its undo follows the journal's `begin` records.
+    #[serde(default)]
+    version: u32,
     ops: Vec<Op>,
-    /// Per op: the rootfs had an entry at its path before (what an undo puts back).
+    /// Version 0 only, per op: the rootfs had an entry at its path before.
+    #[serde(default)]
     replaces: Vec<bool>,
     /// Existing rootfs directories the commit touches, with their metadata before it.
     #[serde(with = "super::plan::path_serde::pairs")]
@@ -135,6 +166,8 @@ struct Txn<'a> {
     step: &'a dyn Fn(),
     /// Ops applied so far, in order.
     applied: usize,
+    /// Every item is staged: from here on an undo may read the stage.
+    staged: bool,
 }
 
 impl Txn<'_> {
@@ -153,11 +186,12 @@ impl Txn<'_> {
         }
     }
 
-    /// Appends a journal record and makes it durable; the fault hook counts these.
+    /// Appends a journal record; the fault hook counts these. Not synced: the undo reads
+    /// what ran from the stage, not from these (see the module docs); they log the progress
+    /// and give the crash tests a point to fault at between every two steps.
     fn log(&mut self, line: &str) -> Result<(), CommitError> {
         if let Some(j) = &mut self.journal {
             j.write_all(format!("{line}\n").as_bytes())
-                .and_then(|()| j.sync_data())
                 .map_err(|source| CommitError {
                     rootfs: self.root.path.clone(),
                     step: "write the journal",
@@ -171,6 +205,12 @@ impl Txn<'_> {
                     nix::unistd::getpid(),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+            }
+            #[cfg(test)]
+            if STOP_AFTER.get() == Some(self.records) {
+                return Err(self.err("stop (test) after", Path::new("a record"))(
+                    std::io::Error::other("stopped"),
+                ));
             }
         }
         Ok(())
@@ -196,14 +236,19 @@ fn txn_err(rootfs: &Path) -> impl FnOnce(TxnError) -> CommitError + '_ {
     }
 }
 
+/// Whether `op` puts a staged item in place: an entry of the upper, another name of one, or
+/// a new directory.
+fn is_staged(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Install { .. } | Op::Link { .. } | Op::MakeDir { existed: false, .. }
+    )
+}
+
 /// The number of steps [`commit_with_progress`] reports for `plan`: one per staged item,
 /// one per operation.
 pub(crate) fn progress_steps(plan: &Plan) -> u64 {
-    let staged = plan
-        .ops
-        .iter()
-        .filter(|op| matches!(op, Op::Install { .. }))
-        .count();
+    let staged = plan.ops.iter().filter(|op| is_staged(op)).count();
     u64::try_from(staged + plan.ops.len()).unwrap_or(u64::MAX)
 }
 
@@ -245,8 +290,9 @@ pub(crate) fn commit_with_progress(
     })?;
     // Before a stage inside the rootfs changes the root's times.
     let txn_plan = TxnPlan {
+        version: TXN_VERSION,
         ops: plan.ops.clone(),
-        replaces: replaced_entries(&root, &plan.ops),
+        replaces: Vec::new(),
         dirs: touched_dirs(&root, &plan.ops),
     };
     let anchor = txn::create(rootfs, state).map_err(txn_err(rootfs))?;
@@ -270,6 +316,7 @@ pub(crate) fn commit_with_progress(
         fault_after,
         step,
         applied: 0,
+        staged: false,
     };
     if atomic {
         let path = txn.anchor.via("journal");
@@ -277,6 +324,10 @@ pub(crate) fn commit_with_progress(
         txn.journal = Some(std::fs::File::create(&path).map_err(txn.err("create", &shown))?);
     }
     let result = run(&mut txn, &txn_plan);
+    #[cfg(test)]
+    if result.is_err() && STOP_AFTER.get() == Some(txn.records) {
+        return result;
+    }
     let inside = txn.stage.inside.is_some();
     match result {
         Ok(()) => {
@@ -288,8 +339,14 @@ pub(crate) fn commit_with_progress(
             Ok(())
         }
         Err(mut e) if atomic => {
-            // Undone now; if the undo fails, the transaction stays for `recover`.
-            if rollback(&root, &txn.stage, &txn_plan, &read_begun(&txn.anchor)).is_ok() {
+            // Undone now (the steps begun: the applied ones and the one that failed); if the
+            // undo fails, the transaction stays for `recover`.
+            let begun = if txn.staged {
+                (0..=txn.applied).collect()
+            } else {
+                Vec::new()
+            };
+            if rollback(&root, &txn.stage, &txn_plan, &begun).is_ok() {
                 let Txn { anchor, stage, .. } = txn;
                 let _ = txn::remove(anchor, Some(stage), root.fd());
                 if inside {
@@ -352,97 +409,170 @@ fn abandon_plain(txn: Txn<'_>, plan: &TxnPlan) -> Left {
             next: root.show(op.path()),
             staging,
         },
+        None if failed > 0 => Left::Unsynced,
         _ => Left::Unchanged,
     }
 }
 
 fn run(txn: &mut Txn<'_>, plan: &TxnPlan) -> Result<(), CommitError> {
-    // Stage everything first: nothing in the rootfs changes until all new data is on disk.
-    // The upper is read beneath its fd, in steps, so entries deeper than PATH_MAX stage too.
-    let upper = Beneath::open(txn.upper).map_err(txn.err("open", txn.upper))?;
-    for (i, op) in plan.ops.iter().enumerate() {
-        if let Op::Install { path } = op {
-            let src = txn.upper.join(path);
-            upper
-                .parent(path)
-                .and_then(|(dir, name)| {
-                    copy_entry(
-                        &beneath::entry_path(&dir, name),
-                        &txn.stage.new.via(i.to_string()),
-                    )
-                })
-                .map_err(txn.err("stage", &src))?;
-            (txn.step)();
-        }
-    }
+    stage(txn, plan)?;
+    // Once for the whole stage, instead of an fsync per item: every staged item's data and
+    // metadata are on disk before the first rename can reach the rootfs (a crash then shows
+    // each path old or new, never a torn file), and before the plan recovery trusts exists.
+    sys_syncfs(txn.stage.dir.fd())
+        .map_err(txn.err("sync the stage", &txn.stage.dir.path.clone()))?;
+    txn.staged = true;
     if txn.journal.is_some() {
         let shown = txn.anchor.path.join("plan.json");
         let json = serde_json::to_vec(plan)
             .map_err(|e| e.into())
             .map_err(txn.err("write", &shown))?;
         write_atomic(&txn.anchor.via("plan.json"), &json).map_err(txn.err("write", &shown))?;
-        std::fs::File::open(txn.anchor.via(""))
-            .and_then(|d| d.sync_all())
-            .map_err(txn.err("sync", &txn.anchor.path.clone()))?;
     }
     txn.set_state("prepared")?;
+    let mut parents = Parents::default();
     for (i, op) in plan.ops.iter().enumerate() {
         txn.log(&format!("begin {i}"))?;
-        apply(txn, i, op)?;
+        apply(txn, &mut parents, i, op)?;
         txn.applied += 1;
         (txn.step)();
     }
+    // Once for every rename and metadata change of the apply phase: all of it is on disk
+    // before the state says `committed` (recovery would otherwise finish a commit the disk
+    // holds only part of) and before a plain commit returns (its caller then removes the
+    // session's upper, perhaps on another filesystem, whose removal could reach the disk
+    // first).
+    sys_syncfs(txn.stage.dir.fd()).map_err(txn.err("sync", &txn.root.path.clone()))?;
     txn.set_state("committed")
 }
 
-fn apply(txn: &mut Txn<'_>, i: usize, op: &Op) -> Result<(), CommitError> {
+fn sys_syncfs(fd: &OwnedFd) -> std::io::Result<()> {
+    nix::unistd::syncfs(fd).map_err(Into::into)
+}
+
+/// Stages every item the plan puts in place, in `new/<op index>`: a copy of the upper's entry
+/// for an install, another name of the staged copy for a hard link, an empty directory with
+/// its owner and xattrs for a new directory (its mode and times come at its `DirDone`).
+fn stage(txn: &mut Txn<'_>, plan: &TxnPlan) -> Result<(), CommitError> {
+    // The upper is read beneath its fd, in steps, so entries deeper than PATH_MAX stage too.
+    let upper = Beneath::open(txn.upper).map_err(txn.err("open", txn.upper))?;
+    let mut parents = Parents::default();
+    let mut staged_at: std::collections::HashMap<&Path, usize> = std::collections::HashMap::new();
+    for (i, op) in plan.ops.iter().enumerate() {
+        let item = i.to_string();
+        match op {
+            Op::Install { path } => {
+                let src = txn.upper.join(path);
+                parents
+                    .get(&upper, path)
+                    .and_then(|(dir, name)| copy_entry(dir, name, txn.stage.new.fd(), &item))
+                    .map_err(txn.err("stage", &src))?;
+                staged_at.insert(path, i);
+            }
+            Op::Link { path, target } => {
+                let shown = txn.upper.join(path);
+                let first = staged_at.get(target.as_path()).ok_or_else(|| {
+                    txn.err("stage", &shown)(std::io::Error::other(format!(
+                        "its other name {} is not installed before it",
+                        target.display()
+                    )))
+                })?;
+                let new = txn.stage.new.fd();
+                linkat(
+                    new,
+                    first.to_string().as_str(),
+                    new,
+                    item.as_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| txn.err("stage", &shown)(e.into()))?;
+            }
+            Op::MakeDir {
+                path,
+                meta,
+                existed: false,
+            } => {
+                let shown = txn.root.show(path);
+                mkdirat(
+                    txn.stage.new.fd(),
+                    item.as_str(),
+                    Mode::from_bits_truncate(0o777),
+                )
+                .map_err(|e| txn.err("stage directory", &shown)(e.into()))?;
+                let via = beneath::entry_path(txn.stage.new.fd(), OsStr::new(&item));
+                set_owner_xattrs(&via, meta).map_err(txn.err("stage directory", &shown))?;
+            }
+            _ => continue,
+        }
+        (txn.step)();
+    }
+    Ok(())
+}
+
+/// The directory the last op resolved, reused while the next ops name the same parent (a
+/// run of entries of one directory resolves it once). Forgotten before any op that moves a
+/// directory away, so a path never reaches a directory that is no longer there.
+#[derive(Default)]
+struct Parents {
+    last: Option<(PathBuf, OwnedFd)>,
+}
+
+impl Parents {
+    /// The directory holding `rel`'s last component, beneath `root`, and that component.
+    fn get<'p>(&mut self, root: &Beneath, rel: &'p Path) -> std::io::Result<(&OwnedFd, &'p OsStr)> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if !matches!(&self.last, Some((p, _)) if p == parent) {
+            self.last = None;
+            let (fd, _) = root.parent(rel)?;
+            self.last = Some((parent.to_owned(), fd));
+        }
+        beneath::check(rel).map_err(|_| std::io::Error::from(Errno::EINVAL))?;
+        match (&self.last, rel.file_name()) {
+            (Some((_, fd)), Some(name)) => Ok((fd, name)),
+            _ => Err(Errno::EINVAL.into()),
+        }
+    }
+
+    fn forget(&mut self) {
+        self.last = None;
+    }
+}
+
+fn apply(txn: &mut Txn<'_>, parents: &mut Parents, i: usize, op: &Op) -> Result<(), CommitError> {
     let rel = op.path();
     let shown = txn.root.show(rel);
     let item = i.to_string();
     match op {
-        Op::Remove(_) => move_out(txn, i, rel),
-        Op::MakeDir {
-            meta,
-            existed: false,
-            ..
-        } => {
-            let (parent, name) = txn
-                .root
-                .parent(rel)
+        Op::Remove(_) => {
+            // It may move a directory that a cached parent is, or is beneath.
+            parents.forget();
+            move_out(txn, parents, i, rel)
+        }
+        Op::MakeDir { existed: false, .. } => {
+            parents.forget();
+            let (parent, name) = parents
+                .get(txn.root, rel)
                 .map_err(txn.err("create directory", &shown))?;
-            mkdirat(&parent, name, Mode::from_bits_truncate(0o777))
-                .map_err(|e| txn.err("create directory", &shown)(e.into()))?;
-            let dir = txn
-                .root
-                .dir(rel)
-                .map_err(txn.err("set metadata of", &shown))?;
-            set_owner_xattrs(&beneath::fd_path(&dir), meta)
-                .map_err(txn.err("set metadata of", &shown))
-        }
-        Op::MakeDir { existed: true, .. } => Ok(()),
-        Op::Install { .. } => {
-            move_out(txn, i, rel)?;
-            let (parent, name) = txn.root.parent(rel).map_err(txn.err("install", &shown))?;
-            renameat(txn.stage.new.fd(), item.as_str(), &parent, name)
-                .map_err(|e| txn.err("install", &shown)(e.into()))
-        }
-        Op::Link { target: first, .. } => {
-            let first_shown = txn.root.show(first);
-            let (first_parent, first_name) = txn
-                .root
-                .parent(first)
-                .map_err(txn.err("link", &first_shown))?;
-            linkat(
-                &first_parent,
-                first_name,
+            renameat2(
                 txn.stage.new.fd(),
                 item.as_str(),
-                AtFlags::empty(),
+                parent,
+                name,
+                RenameFlags::RENAME_NOREPLACE,
             )
-            .map_err(|e| txn.err("link", &first_shown)(e.into()))?;
-            move_out(txn, i, rel)?;
-            let (parent, name) = txn.root.parent(rel).map_err(txn.err("install", &shown))?;
-            renameat(txn.stage.new.fd(), item.as_str(), &parent, name)
+            .map_err(|e| txn.err("create directory", &shown)(e.into()))
+        }
+        Op::MakeDir { existed: true, .. } => Ok(()),
+        Op::Install { .. } | Op::Link { .. } => {
+            // A plain commit keeps no backup: the rename replaces the old entry in one step
+            // (old or new at the path, never neither), and frees it.
+            if txn.journal.is_some() {
+                move_out(txn, parents, i, rel)?;
+            }
+            let (parent, name) = parents
+                .get(txn.root, rel)
+                .map_err(txn.err("install", &shown))?;
+            renameat(txn.stage.new.fd(), item.as_str(), parent, name)
                 .map_err(|e| txn.err("install", &shown)(e.into()))
         }
         Op::DirDone { meta, .. } => {
@@ -458,13 +588,12 @@ fn apply(txn: &mut Txn<'_>, i: usize, op: &Op) -> Result<(), CommitError> {
 }
 
 /// Moves the rootfs entry at `rel` (if any) into the backups.
-fn move_out(txn: &Txn<'_>, i: usize, rel: &Path) -> Result<(), CommitError> {
+fn move_out(txn: &Txn<'_>, parents: &mut Parents, i: usize, rel: &Path) -> Result<(), CommitError> {
     let shown = txn.root.show(rel);
-    let (parent, name) = txn
-        .root
-        .parent(rel)
+    let (parent, name) = parents
+        .get(txn.root, rel)
         .map_err(txn.err("move aside", &shown))?;
-    match renameat(&parent, name, txn.stage.old.fd(), i.to_string().as_str()) {
+    match renameat(parent, name, txn.stage.old.fd(), i.to_string().as_str()) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(txn.err("move aside", &shown)(e.into())),
     }
@@ -494,34 +623,18 @@ fn restore_root_meta(root: &Beneath, meta: Option<&Meta>) {
     }
 }
 
-/// Per op: whether an entry is at its path when the op runs (what an undo puts back),
-/// following the earlier ops: a `Remove` empties a path that a later `Install` then fills.
-fn replaced_entries(root: &Beneath, ops: &[Op]) -> Vec<bool> {
-    let mut present: std::collections::HashMap<&Path, bool> = std::collections::HashMap::new();
-    ops.iter()
-        .map(|op| {
-            let path = op.path();
-            let now = *present
-                .entry(path)
-                .or_insert_with(|| root.lstat(path).is_some());
-            let after = !matches!(op, Op::Remove(_));
-            present.insert(path, after);
-            now
-        })
-        .collect()
-}
-
 /// Existing rootfs directories a plan changes (parents of every op, and dirs it updates),
 /// with their metadata now, so an undo can give them back their times.
 fn touched_dirs(root: &Beneath, ops: &[Op]) -> Vec<(PathBuf, Meta)> {
     let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut seen: std::collections::HashSet<&Path> = std::collections::HashSet::new();
     for op in ops {
         let p = op.path();
         for anc in p.ancestors().skip(usize::from(!matches!(
             op,
             Op::MakeDir { existed: true, .. }
         ))) {
-            if !dirs.iter().any(|d| d == anc) {
+            if seen.insert(anc) {
                 dirs.push(anc.to_owned());
             }
         }
@@ -577,13 +690,24 @@ fn rec_err(step: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> 
     move |source| RecoverError::Io { step, path, source }
 }
 
-/// Undoes the `begun` ops of a `prepared` transaction whose items are in `stage`.
+/// Undoes the `begun` ops of a `prepared` transaction whose items are in `stage`, last first.
+/// Each undo is a no-op for an op that had not run, and may run again after a crash of its
+/// own: it reads from the stage what the op did (version 2), and moves the staged entry back
+/// into the stage rather than deleting it.
 fn rollback(
     root: &Beneath,
     stage: &Stage,
     plan: &TxnPlan,
     begun: &[usize],
 ) -> Result<(), RecoverError> {
+    if plan.version >= TXN_VERSION {
+        for &i in begun.iter().rev() {
+            if let Some(op) = plan.ops.get(i) {
+                undo(root, stage, i, op)?;
+            }
+        }
+        return restore_dirs(root, plan);
+    }
     for &i in begun.iter().rev() {
         let Some(op) = plan.ops.get(i) else { continue };
         let rel = op.path();
@@ -617,6 +741,38 @@ fn rollback(
             Op::MakeDir { existed: true, .. } | Op::DirDone { .. } => {}
         }
     }
+    restore_dirs(root, plan)
+}
+
+/// Undoes op `i` of a version-2 transaction, if it ran: a staged item no longer in `new/` is
+/// the entry at its path (nothing but this op puts it there, and the later ops on that path,
+/// undone first, took theirs away), so it goes back into `new/`; a backup in `old/` goes back
+/// to its path.
+fn undo(root: &Beneath, stage: &Stage, i: usize, op: &Op) -> Result<(), RecoverError> {
+    let rel = op.path();
+    let shown = root.show(rel);
+    let item = i.to_string();
+    let in_stage =
+        |dir: &TxnDir| fstatat(dir.fd(), item.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
+    if is_staged(op) && !in_stage(&stage.new) {
+        let (parent, name) = root.parent(rel).map_err(rec_err("remove", shown.clone()))?;
+        match renameat(&parent, name, stage.new.fd(), item.as_str()) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(rec_err("remove", shown)(e.into())),
+        }
+    }
+    if (matches!(op, Op::Remove(_)) || is_staged(op)) && in_stage(&stage.old) {
+        let (parent, name) = root
+            .parent(rel)
+            .map_err(rec_err("restore", shown.clone()))?;
+        renameat(stage.old.fd(), item.as_str(), &parent, name)
+            .map_err(|e| rec_err("restore", shown)(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Gives the existing directories a plan touched their metadata from before it.
+fn restore_dirs(root: &Beneath, plan: &TxnPlan) -> Result<(), RecoverError> {
     for (path, meta) in &plan.dirs {
         let shown = root.show(path);
         let dir = root
@@ -705,7 +861,14 @@ pub(crate) fn recover(rootfs: &Path, state: &Path) -> Result<Recovery, RecoverEr
         Recovery::Abandoned
     } else {
         if let (Some(plan), Some(stage)) = (&plan, &stage) {
-            rollback(&root, stage, plan, &read_begun(&anchor))?;
+            // A version-2 plan exists only once everything is staged, and its journal is not
+            // synced: every op may have run (those that did not are left as they are).
+            let begun = if plan.version >= TXN_VERSION {
+                (0..plan.ops.len()).collect()
+            } else {
+                read_begun(&anchor)
+            };
+            rollback(&root, stage, plan, &begun)?;
         }
         Recovery::RolledBack
     };
@@ -750,27 +913,38 @@ pub(crate) fn copy_dir_meta(src: &Path, dst: &Path) -> std::io::Result<()> {
     set_mode_times(dst, &meta, false)
 }
 
-/// Copies upper entry `src` to `dst` (a new name) with its metadata; symlinks as symlinks.
-fn copy_entry(src: &Path, dst: &Path) -> std::io::Result<()> {
+/// Copies entry `name` of upper directory `dir` to `item` of directory `dst` (a new name),
+/// with its metadata; symlinks as symlinks, a file's data inside the kernel (shared blocks
+/// where the filesystem can, holes kept). Not synced: the stage is synced as a whole.
+fn copy_entry(dir: &OwnedFd, name: &OsStr, dst: &OwnedFd, item: &str) -> std::io::Result<()> {
+    let src = beneath::entry_path(dir, name);
+    let out = beneath::entry_path(dst, OsStr::new(item));
     let md = src.symlink_metadata()?;
     let ft = md.file_type();
     if ft.is_file() {
-        std::fs::copy(src, dst)?;
-        std::fs::File::open(dst)?.sync_all()?;
+        let flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let from = openat(dir, name, flags | OFlag::O_RDONLY, Mode::empty())?;
+        let to = openat(
+            dst,
+            item,
+            flags | OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        sys::copy::copy_data(&from, &to, i64::try_from(md.len()).unwrap_or(i64::MAX))?;
     } else if ft.is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)?;
+        std::os::unix::fs::symlink(std::fs::read_link(&src)?, &out)?;
     } else {
         let kind = SFlag::from_bits_truncate(md.mode() & libc::S_IFMT);
         mknod(
-            dst,
+            &out,
             kind,
             Mode::from_bits_truncate(md.mode() & 0o7777),
             md.rdev(),
         )?;
     }
-    let meta = meta_of(src, &md).map_err(|e| std::io::Error::other(e.to_string()))?;
-    set_owner_xattrs(dst, &meta)?;
-    set_mode_times(dst, &meta, ft.is_symlink())
+    let meta = meta_of(&src, &md).map_err(|e| std::io::Error::other(e.to_string()))?;
+    set_owner_xattrs(&out, &meta)?;
+    set_mode_times(&out, &meta, ft.is_symlink())
 }
 
 /// Owner (when the committer may) and xattrs.

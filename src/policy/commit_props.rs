@@ -159,6 +159,9 @@ struct Case {
     /// file by a whiteout and adds another).
     deep: Option<(usize, bool)>,
     atomic: bool,
+    /// An atomic commit first stops as if the machine went down after journal record
+    /// `1 + crash % (ops + 1)` (never past the last step), and is recovered.
+    crash: usize,
     /// The rootfs is a bind mount of itself: the anchor beside it is on another mount, so
     /// the commit stages inside the rootfs.
     bind: bool,
@@ -170,13 +173,15 @@ fn case() -> impl Strategy<Value = Case> {
         tree(true),
         prop::option::weighted(0.2, (1..=11usize, any::<bool>())),
         any::<bool>(),
+        any::<usize>(),
         prop::bool::weighted(0.25),
     )
-        .prop_map(|(lower, upper, deep, atomic, bind)| Case {
+        .prop_map(|(lower, upper, deep, atomic, crash, bind)| Case {
             lower,
             upper,
             deep,
             atomic,
+            crash,
             bind,
         })
 }
@@ -444,6 +449,7 @@ struct Stats {
     ops: usize,
     merged_entries: usize,
     atomic: u32,
+    crashed: u32,
     bind: u32,
     deep: u32,
 }
@@ -502,6 +508,30 @@ fn run_case(case: &Case, stats: &std::cell::RefCell<Stats>) -> Result<(), TestCa
         WhiteoutFormat::Kernel,
     )
     .map_err(|e| failed("plan", &e))?;
+    let mut failures = Vec::new();
+    if case.atomic && !p.ops.is_empty() {
+        // Records: `state prepared`, a `begin` per op, `state committed`: stop before the last.
+        let at = 1 + case.crash % (p.ops.len() + 1);
+        let old = snapshot(&rootfs);
+        super::commit::STOP_AFTER.set(u64::try_from(at).ok());
+        let stopped = commit_with_progress(&rootfs, &upper, &state, &p, true, &|| {});
+        super::commit::STOP_AFTER.set(None);
+        if stopped.is_ok() {
+            failures.push(format!("the commit did not stop after record {at}"));
+        }
+        match super::commit::recover(&rootfs, &state) {
+            Ok(super::commit::Recovery::RolledBack) => {}
+            other => failures.push(format!("recovery after record {at}: {other:?}")),
+        }
+        if let Some(d) = diff("before", &old, "recovered", &snapshot(&rootfs)) {
+            failures.push(format!(
+                "stopped after record {at} of {} and recovered, the rootfs is not the old \
+                 tree:\n{d}",
+                p.ops.len() + 2
+            ));
+        }
+        stats.borrow_mut().crashed += 1;
+    }
     {
         let mut st = stats.borrow_mut();
         st.cases += 1;
@@ -514,7 +544,6 @@ fn run_case(case: &Case, stats: &std::cell::RefCell<Stats>) -> Result<(), TestCa
     commit_with_progress(&rootfs, &upper, &state, &p, case.atomic, &|| {})
         .map_err(|e| failed("commit", &e))?;
 
-    let mut failures = Vec::new();
     if let Some(d) = diff(
         "kernel overlayfs",
         &merged,

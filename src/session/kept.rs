@@ -49,6 +49,9 @@ pub struct Kept {
     /// Whether a running session's FUSE server still owns the upper (it completes the copies
     /// at its end, so they are left alone).
     live: bool,
+    /// The upper was not synced before the machine went down (`durable.rs`): it may be
+    /// discarded, not read.
+    unsynced: bool,
 }
 
 impl Kept {
@@ -73,14 +76,17 @@ impl Kept {
         Kept::enter(state, dirs, rec)
     }
 
-    fn enter(state: &Path, dirs: SessionDirs, rec: Record) -> Result<Kept, SessionError> {
+    fn enter(state: &Path, dirs: SessionDirs, mut rec: Record) -> Result<Kept, SessionError> {
         crate::sandbox::enter_owner_namespace()?;
         let live = rec.status == Status::Running && !rec.is_dead();
+        // A running session syncs its upper itself when it ends.
+        let unsynced = !live && !super::durable::settle(&dirs, &mut rec)?;
         Ok(Kept {
             state: state.to_owned(),
             dirs,
             rec,
             live,
+            unsynced,
         })
     }
 
@@ -98,6 +104,13 @@ impl Kept {
     /// the mount targets a killed launcher left and gives the metadata-only copies a killed
     /// FUSE server left their data. Returns the upper's whiteout format.
     fn complete(&self) -> Result<WhiteoutFormat, KeptError> {
+        if self.unsynced {
+            return Err(SessionError::Unsynced {
+                id: self.dirs.id.0.clone(),
+                upper: self.rec.upper.clone(),
+            }
+            .into());
+        }
         let format = upper::format_of(&self.rec).map_err(|source| KeptError::Format {
             upper: self.rec.upper.clone(),
             source,
@@ -109,6 +122,7 @@ impl Kept {
                 upper: self.rec.upper.clone(),
                 work: Some(self.rec.work.clone()),
                 whiteout: Some(format),
+                durable: true,
             })?;
         }
         Ok(format)

@@ -2,6 +2,7 @@
 //! the mount point, under the state root; and the root filesystem a session's launcher is
 //! handed (the overlay mounted, its mount targets made and removed).
 
+pub(crate) mod durable;
 pub mod ended;
 pub(crate) mod kept;
 pub(crate) mod lock;
@@ -573,6 +574,30 @@ pub enum SessionError {
         rootfs: PathBuf,
         /// The conflicting paths, sorted.
         conflicts: Vec<crate::policy::conflict::Conflict>,
+    },
+    /// The session's upper was not synced before the machine went down: a copied-up file in
+    /// it may be empty or short (see `durable.rs`).
+    #[error(
+        "session {id} was not yet on disk when the machine went down: a file it copied up in \
+         {} may be empty or short, so it is not read (nothing was done); discard it with \
+         `ovlrun discard {id}`, or, if you know its files are whole, remove the mark \
+         `unsynced_boot` from its session.json",
+        .upper.display()
+    )]
+    Unsynced {
+        /// The session.
+        id: String,
+        /// Its upper.
+        upper: PathBuf,
+    },
+    /// The session's upper could not be synced to disk.
+    #[error("cannot sync {} to disk", .upper.display())]
+    Sync {
+        /// The upper.
+        upper: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// Recovering an interrupted commit failed.
     #[error("cannot recover the interrupted commit of {}", .rootfs.display())]

@@ -145,6 +145,7 @@ mod tests {
             upper: top.join("upper"),
             work: Some(top.join("work")),
             whiteout: None,
+            durable: true,
         })
         .unwrap()
     }

@@ -66,6 +66,10 @@ pub struct Record {
     /// The session's name (`--name`), if it was given one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The boot (`/proc/sys/kernel/random/boot_id`) the session ran in while its upper was
+    /// not yet synced to disk; absent once it is (see `session::durable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsynced_boot: Option<String>,
 }
 
 /// A record that cannot be read or written.
@@ -222,6 +226,7 @@ mod tests {
             command: vec!["sh".into(), "-c".into(), "true".into()],
             name: Some("job".into()),
             layers: vec!["/l".into()],
+            unsynced_boot: Some("b".into()),
         };
         rec.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()).unwrap(), rec);

@@ -109,12 +109,15 @@ impl<'a> SessionRootfs<'a> {
             path: work.clone(),
             source,
         })?;
-        let m = KernelMount::mount(&plan.lowers(), &dirs.upper, &work, &dirs.mnt).map_err(
-            |source| MountError::Kernel {
+        // No fsync per copy-up unless asked: a discarded upper has nothing to keep after a
+        // crash, a kept one is synced once at the end (`durable.rs`, which also removes the
+        // kernel's `volatile` mark then, so the upper mounts again).
+        let volatile = self.record.unsynced_boot.is_some();
+        let m = KernelMount::mount_with(&plan.lowers(), &dirs.upper, &work, &dirs.mnt, volatile)
+            .map_err(|source| MountError::Kernel {
                 path: dirs.mnt.clone(),
                 source,
-            },
-        )?;
+            })?;
         if recorded.is_none() {
             format::record(&dirs.work, WhiteoutFormat::Kernel).map_err(record_err("write"))?;
         }
@@ -129,7 +132,10 @@ impl<'a> SessionRootfs<'a> {
         let mut builder = builder
             .upper(&self.dirs.upper)
             .work(&self.dirs.work)
-            .complete_at_unmount(self.kept);
+            .complete_at_unmount(self.kept)
+            // Without the mark (`--durable`, or no boot id to tell a crash by) every copy-up
+            // is fsynced.
+            .durable(self.record.unsynced_boot.is_none());
         if let Some(w) = self.plan.whiteout {
             builder = builder.whiteout(w);
         }

@@ -247,8 +247,10 @@ fn run_tracked(
     rec.status = Status::Preserved;
     rec.ended = Some(now());
     rec.exit_code = Some(code);
-    // A session about to be discarded records its end only if it stays (two fsyncs less).
+    // A session about to be discarded records its end only if it stays (two fsyncs less),
+    // and its upper, thrown away, is never synced; a kept one's is, once, here.
     if opts.policy != Policy::Discard {
+        super::durable::sync_upper(&mut rec)?;
         rec.save(&dirs.root)?;
     }
     drop(shared);
@@ -299,6 +301,7 @@ fn new_session(
         command: command_of(plan),
         name: opts.name.clone(),
         layers: plan.layers.clone(),
+        unsynced_boot: super::durable::mark(plan.durable),
     };
     Ok((dirs, rec))
 }
@@ -334,6 +337,8 @@ fn resume(
         }
         _ => {}
     }
+    super::durable::require(&dirs, &mut rec)?;
+    rec.unsynced_boot = super::durable::mark(plan.durable);
     rec.status = Status::Running;
     rec.pid = std::process::id();
     rec.ended = None;

@@ -230,6 +230,7 @@ fn open_layers(
         upper: upper.to_owned(),
         work: Some(work.to_owned()),
         whiteout,
+        durable: true,
     })
     .map_err(|e| RootfsError::Mount(MountError::Layers(e)))
 }

@@ -65,6 +65,7 @@ pub(crate) fn ficlone(dst: impl AsFd, src: impl AsFd) -> nix::Result<()> {
 }
 
 pub(crate) mod beneath;
+pub(crate) mod copy;
 pub(crate) mod fdpass;
 pub(crate) mod mount;
 pub(crate) mod net;

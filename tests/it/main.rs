@@ -15,6 +15,7 @@
 //!   usage errors, environment flags, `--timeout`.
 //! - `escape`: a hostile session's attempts to get out (issue 13), as root and as the
 //!   unprivileged user; `support::session` holds its caller-parametric session fixture.
+//! - `durable`: which sessions fsync or sync their upper, and an upper lost before its sync.
 //! - `examples`: the library's `examples/*.rs`, built and run over a copy of `examples/rootfs`.
 
 // Test code: a failed unwrap is a failed test, which is what we want (clippy.toml means the
@@ -29,6 +30,7 @@ mod compat;
 mod config;
 mod crash;
 mod differential;
+mod durable;
 mod escape;
 mod examples;
 mod integrity;

@@ -3,8 +3,8 @@
 use oci_spec::runtime::Spec;
 
 use super::{
-    ANNOTATION_FS, ANNOTATION_POLICY, ANNOTATION_UPPER, ANNOTATION_WHITEOUT, Ctx, OciError,
-    OciSettings,
+    ANNOTATION_DURABLE, ANNOTATION_FS, ANNOTATION_POLICY, ANNOTATION_UPPER, ANNOTATION_WHITEOUT,
+    Ctx, OciError, OciSettings,
 };
 use crate::layers::WhiteoutFormat;
 use crate::mount::Backend;
@@ -54,12 +54,20 @@ impl Ctx<'_> {
                         _ => return Err(bad_value("auto, kernel or fuse")),
                     });
                 }
+                ANNOTATION_DURABLE => {
+                    out.durable = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad_value("true or false")),
+                    };
+                }
                 _ => {
                     return Err(self.bad(
                         field,
                         format!(
                             "unknown ovlrun annotation (known: {ANNOTATION_POLICY}, \
-                             {ANNOTATION_UPPER}, {ANNOTATION_WHITEOUT}, {ANNOTATION_FS})"
+                             {ANNOTATION_UPPER}, {ANNOTATION_WHITEOUT}, {ANNOTATION_FS}, \
+                             {ANNOTATION_DURABLE})"
                         ),
                     ));
                 }

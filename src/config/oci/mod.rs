@@ -38,6 +38,8 @@ pub(crate) const ANNOTATION_UPPER: &str = "org.ovlrun.upper";
 pub(crate) const ANNOTATION_WHITEOUT: &str = "org.ovlrun.whiteout";
 /// Annotation: which filesystem serves the overlay (`auto|kernel|fuse`).
 pub(crate) const ANNOTATION_FS: &str = "org.ovlrun.fs";
+/// Annotation: an fsync per copy-up (`true|false`), as `--durable`.
+pub(crate) const ANNOTATION_DURABLE: &str = "org.ovlrun.durable";
 
 /// What a config file says, as ovlrun's settings. `None` (or empty) means the file does
 /// not say, and the flag or ovlrun's default applies.
@@ -80,6 +82,8 @@ pub struct OciSettings {
     pub whiteout: Option<WhiteoutFormat>,
     /// Annotation `org.ovlrun.fs`.
     pub fs: Option<Backend>,
+    /// Annotation `org.ovlrun.durable`.
+    pub durable: bool,
     /// `process.rlimits`.
     pub rlimits: Vec<super::Rlimit>,
     /// `linux.maskedPaths` (absolute).

@@ -135,7 +135,8 @@ fn mounts_namespaces_and_annotations() {
             "/annotations",
             json!({"org.ovlrun.policy": "commit-atomic",
             "org.ovlrun.upper": "changes", "org.ovlrun.whiteout": "aufs",
-            "org.ovlrun.fs": "fuse", "com.example.other": "kept out"}),
+            "org.ovlrun.fs": "fuse", "org.ovlrun.durable": "true",
+            "com.example.other": "kept out"}),
         );
         set(v, "/process/args", json!([]));
     });
@@ -167,6 +168,7 @@ fn mounts_namespaces_and_annotations() {
         Some(UserNs::New)
     );
     assert_eq!(s.policy, Some(Policy::CommitAtomic));
+    assert!(s.durable);
     assert_eq!(s.upper, Some(dir.path().join("changes")));
     assert_eq!(s.whiteout, Some(WhiteoutFormat::Aufs));
     assert_eq!(s.fs, Some(Backend::Fuse));
@@ -530,6 +532,10 @@ fn fields_ovlrun_cannot_honour_are_errors_naming_them() {
         (
             "annotations[\"org.ovlrun.fs\"]",
             Box::new(|v| set(v, "/annotations/org.ovlrun.fs", json!("ext4"))),
+        ),
+        (
+            "annotations[\"org.ovlrun.durable\"]: \"yes\": expected true or false",
+            Box::new(|v| set(v, "/annotations/org.ovlrun.durable", json!("yes"))),
         ),
         (
             "annotations[\"org.ovlrun.polcy\"]: unknown ovlrun annotation",
