@@ -111,6 +111,10 @@ pub enum Note<'a> {
     },
     /// `--policy ask` or `preserve` found no changes: the session is discarded.
     NoChanges,
+    /// What the launcher says that is no error: an id map narrower than a distribution tree
+    /// needs, a terminal left out of raw mode, a setup step that fell back (a bound host
+    /// `/proc`, no cgroup2 view, chroot instead of pivot_root).
+    Launcher(&'a str),
     /// The rootfs's owner has no id in the caller's user namespace.
     UnmappedOwner {
         /// The rootfs.
@@ -178,6 +182,7 @@ impl fmt::Display for Note<'_> {
                 }
             ),
             Note::NoChanges => f.write_str("no changes; nothing kept"),
+            Note::Launcher(note) => write!(f, "note: {note}"),
             Note::UnmappedOwner { rootfs, owner } => write!(
                 f,
                 "{} belongs to uid {owner}, which your user namespace does not map: its files \
