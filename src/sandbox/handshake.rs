@@ -39,8 +39,8 @@ impl Msg {
             Msg::Start,
             Msg::Failed,
         ]
-            .into_iter()
-            .find(|m| *m as u8 == b)
+        .into_iter()
+        .find(|m| *m as u8 == b)
     }
 }
 

@@ -335,7 +335,9 @@ pub(crate) fn create<F: Filesystem>(
         Ok(b) => b,
         Err(e) => return Err(kill_child(SandboxError::Filesystem(e))),
     };
-    parent_end.send(Msg::Go, b"").map_err(|e| kill_child(e.into()))?;
+    parent_end
+        .send(Msg::Go, b"")
+        .map_err(|e| kill_child(e.into()))?;
     let master = if relayed {
         let master = parent_end.expect_fd(Msg::Terminal);
         Some(master.map_err(|e| kill_child(child_failed(e, child)))?)

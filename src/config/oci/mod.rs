@@ -186,7 +186,7 @@ pub(crate) const MAX_CONFIG_BYTES: u64 = 4 << 20;
 ///
 /// # Errors
 /// [`OciError::TooLarge`], or [`OciError::Read`] (not UTF-8 included).
-fn read_bounded(path: &Path) -> Result<String, OciError> {
+pub(crate) fn read_bounded(path: &Path) -> Result<String, OciError> {
     let read_err = |source| OciError::Read {
         path: path.to_owned(),
         source,

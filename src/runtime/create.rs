@@ -1,0 +1,178 @@
+//! `create --bundle B [--pid-file P] [--console-socket S] [--preserve-fds N] ID`: the
+//! container set up in its namespaces, its process held before the user's program in the
+//! exec fifo, its pid written; then `ovlrun create` exits and leaves the process to the
+//! caller.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use super::container::EXEC_FIFO;
+use super::rootfs::BundleRoot;
+use super::{Container, Notes, Root, RuntimeError, io, proc};
+use crate::config::oci::{self, Caller};
+use crate::config::{Flags, SessionPlan};
+use crate::sandbox::{self, Created, Gate, Launch, Pid1};
+
+/// `create`'s flags (and `run`'s).
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    /// The bundle directory (`config.json` and the root it names).
+    pub bundle: PathBuf,
+    /// Where to write the container's pid.
+    pub pid_file: Option<PathBuf>,
+    /// A unix socket to send the pty master to, when the process has a terminal.
+    pub console_socket: Option<PathBuf>,
+    /// Pass the caller's fds 3 .. 3+N to the process.
+    pub preserve_fds: u32,
+    /// runc's `--no-pivot`: accepted; the root is entered with pivot_root where the kernel
+    /// allows, else moved over `/` and chrooted into, as `--no-pivot` does.
+    pub no_pivot: bool,
+}
+
+/// `create`: returns what the user should know (setup steps that fell back).
+///
+/// # Errors
+/// [`RuntimeError`]; nothing of the container is left then.
+pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Notes, RuntimeError> {
+    // The held process is left to the caller: dropping `created` neither waits nor kills.
+    let ((), notes) = create_then(root, id, opts, true, |created, _, _| {
+        drop(created);
+        Ok(())
+    })?;
+    Ok(notes)
+}
+
+/// Makes container `id` of `opts` and hands its held process to `then` (with its record and
+/// directory), whose value is returned with the notes. A failure anywhere removes the
+/// container's directory. `detached`: the process outlives this call (`create`, `run -d`),
+/// so a terminal needs a console socket.
+pub(crate) fn create_then<T>(
+    root: &Root,
+    id: &str,
+    opts: &CreateOptions,
+    detached: bool,
+    then: impl FnOnce(Created<BundleRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
+) -> Result<(T, Notes), RuntimeError> {
+    let dir = root.make_dir(id)?;
+    let made = create_in(&dir, id, opts, detached, then);
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    made
+}
+
+fn create_in<T>(
+    dir: &Path,
+    id: &str,
+    opts: &CreateOptions,
+    detached: bool,
+    then: impl FnOnce(Created<BundleRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
+) -> Result<(T, Notes), RuntimeError> {
+    let bundle = opts
+        .bundle
+        .canonicalize()
+        .map_err(io("cannot open the bundle", &opts.bundle))?;
+    let config = bundle.join("config.json");
+    let text = oci::read_bounded(&config)?;
+    let spec = oci::parse(&config, &text)?;
+    let settings = oci::settings(&spec, &config, &Caller::current())?;
+    let terminal = settings.terminal == Some(true);
+    let console = console(opts.console_socket.as_deref(), terminal, detached)?;
+    let no_new_privs = settings.no_new_privs;
+    let flags = Flags {
+        preserve_fds: opts.preserve_fds,
+        clear_env: true,
+        tty: terminal,
+        no_tty: !terminal,
+        ..Flags::default()
+    };
+    let mut plan = SessionPlan::from_flags(flags, settings)?;
+    // runc's default: a process may gain privileges (setuid programs) unless the config
+    // says otherwise.
+    plan.no_new_privs = no_new_privs.unwrap_or(false);
+    let fifo = exec_fifo(dir)?;
+    let launch = Launch {
+        gate: Gate::Fifo(fifo),
+        pid1: Pid1::Exec,
+        console,
+        tied: false,
+    };
+    let ids = sandbox::id_map(&plan);
+    let created = sandbox::create(&plan, ids, BundleRoot::new(&plan), launch)?;
+    let notes: Notes = created.notices.iter().map(ToString::to_string).collect();
+    let pid = created.pid();
+    let rootfs = plan.rootfs.clone();
+    let finish = move || -> Result<T, RuntimeError> {
+        let raw = pid.as_raw();
+        let record = Container {
+            id: id.to_owned(),
+            pid: raw,
+            pid_start: proc::start_time(raw).unwrap_or(0),
+            bundle,
+            rootfs,
+            created: super::time::now_rfc3339(),
+            oci_version: spec.version().clone(),
+            annotations: spec
+                .annotations()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            owner: nix::unistd::geteuid().as_raw(),
+        };
+        record.save(dir)?;
+        if let Some(path) = &opts.pid_file {
+            write_pid_file(path, raw)?;
+        }
+        then(created, &record, dir)
+    };
+    match finish() {
+        Ok(t) => Ok((t, notes)),
+        Err(e) => {
+            // No container is left half made: its process goes with its directory.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            Err(e)
+        }
+    }
+}
+
+/// The console socket to send a pty's master to, connected; runc's rules on when one is
+/// needed and allowed.
+fn console(
+    socket: Option<&Path>,
+    terminal: bool,
+    detached: bool,
+) -> Result<Option<OwnedFd>, RuntimeError> {
+    match (socket, terminal) {
+        (Some(_), false) => Err(RuntimeError::Usage(
+            "cannot use console socket if runc will not detach or allocate tty".into(),
+        )),
+        (None, true) if detached => Err(RuntimeError::Usage(
+            "cannot allocate tty if runc will detach without setting console socket".into(),
+        )),
+        (None, _) => Ok(None),
+        (Some(path), true) => UnixStream::connect(path)
+            .map(|s| Some(OwnedFd::from(s)))
+            .map_err(io("cannot connect to the console socket", path)),
+    }
+}
+
+/// Makes the exec fifo in `dir` and opens it `O_PATH`, for the process to reopen for writing.
+fn exec_fifo(dir: &Path) -> Result<OwnedFd, RuntimeError> {
+    let path = dir.join(EXEC_FIFO);
+    nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600))
+        .map_err(|e| io("cannot make the exec fifo", &path)(e.into()))?;
+    nix::fcntl::open(&path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| io("cannot open the exec fifo", &path)(e.into()))
+}
+
+/// Writes `pid` in decimal to `path`, atomically (a reader never sees it half written).
+fn write_pid_file(path: &Path, pid: i32) -> Result<(), RuntimeError> {
+    let abs = std::path::absolute(path).map_err(io("cannot write the pid file", path))?;
+    crate::sys::write_atomic(&abs, pid.to_string().as_bytes())
+        .map_err(io("cannot write the pid file", path))
+}

@@ -1,0 +1,63 @@
+//! `delete [--force] ID`: removes a stopped (or created) container; with `--force`, kills a
+//! running one first.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::kill::signal_container;
+use super::{Container, Root, RuntimeError, Status, proc};
+
+/// How long `delete` waits for a killed process to end.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// `delete`.
+///
+/// # Errors
+/// [`RuntimeError::NotExist`] (not with `force`, as runc); [`RuntimeError::NotStopped`] for a
+/// running container without `force`.
+pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), RuntimeError> {
+    let (c, dir) = match Container::load(root, id) {
+        Ok(found) => found,
+        Err(RuntimeError::NotExist(_)) => {
+            // A create that failed half-way leaves a directory without a record: removed,
+            // as runc does (never through a symlink: the id is a plain name).
+            let dir = root.dir_of(id)?;
+            if dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return if force {
+                Ok(())
+            } else {
+                Err(RuntimeError::NotExist(id.to_owned()))
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    match c.status(&dir) {
+        Status::Stopped => {}
+        Status::Created => stop(&c)?,
+        Status::Running if force => stop(&c)?,
+        status @ Status::Running => {
+            return Err(RuntimeError::NotStopped {
+                id: id.to_owned(),
+                status,
+            });
+        }
+    }
+    std::fs::remove_dir_all(&dir).map_err(super::io("cannot remove the container directory", &dir))
+}
+
+/// Kills every process of `c` and waits until its process has ended (it is the caller's
+/// subreaper's child, not ours, so it is watched, not waited for).
+fn stop(c: &Container) -> Result<(), RuntimeError> {
+    signal_container(c, Signal::SIGKILL, true)?;
+    let deadline = Instant::now() + KILL_WAIT;
+    while proc::alive(c.pid, c.pid_start) {
+        if Instant::now() > deadline {
+            return Err(RuntimeError::StillAlive(c.pid));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
