@@ -24,11 +24,17 @@ pub(crate) fn alive(pid: i32, start: u64) -> bool {
 }
 
 /// The pids of every process in the pid namespace of `pid` (itself included), as this
-/// process sees them.
+/// process sees them; just `pid` when that namespace is this process's own (a process that
+/// is no container's pid 1: sweeping its namespace would signal every process of the
+/// caller's).
 pub(crate) fn in_pid_namespace_of(pid: i32) -> Vec<i32> {
     let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/pid")) else {
         return Vec::new();
     };
+    let own = std::fs::metadata("/proc/self/ns/pid");
+    if own.is_ok_and(|o| o.dev() == ns.dev() && o.ino() == ns.ino()) {
+        return vec![pid];
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -55,6 +61,7 @@ mod tests {
         assert!(alive(me, start));
         assert!(!alive(me, start + 1));
         assert!(!alive(0, start));
-        assert!(in_pid_namespace_of(me).contains(&me));
+        // Never the caller's whole namespace.
+        assert_eq!(in_pid_namespace_of(me), vec![me]);
     }
 }

@@ -15,6 +15,7 @@
 //!   usage errors, environment flags, `--timeout`.
 //! - `escape`: a hostile session's attempts to get out (issue 13), as root and as the
 //!   unprivileged user; `support::session` holds its caller-parametric session fixture.
+//! - `runtime_cli`: ovlrun as an OCI runtime (runc's verbs) driven by hand, against runc.
 //! - `examples`: the library's `examples/*.rs`, built and run over a copy of `examples/rootfs`.
 
 // Test code: a failed unwrap is a failed test, which is what we want (clippy.toml means the
@@ -40,3 +41,4 @@ mod passthrough;
 mod policy;
 mod prefill;
 mod realtree;
+mod runtime_cli;
