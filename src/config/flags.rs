@@ -248,6 +248,8 @@ impl SessionPlan {
             no_new_privs: oci.no_new_privs.unwrap_or(true),
             sysctl,
             oom_score_adj: oci.oom_score_adj,
+            umask: oci.umask,
+            join: oci.join,
             timeout,
         })
     }

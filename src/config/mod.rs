@@ -85,6 +85,26 @@ pub enum Seccomp {
     Profile(Box<oci_spec::runtime::LinuxSeccomp>),
 }
 
+/// A namespace the session joins (setns(2)) instead of making a new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinNs {
+    /// Which kind.
+    pub kind: NsKind,
+    /// The namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub path: PathBuf,
+}
+
+/// The kinds of namespace a session can join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NsKind {
+    /// Network.
+    Network,
+    /// System V IPC and POSIX message queues.
+    Ipc,
+    /// Hostname and domain name.
+    Uts,
+}
+
 /// One resource limit for the command (`--rlimit`, `process.rlimits`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rlimit {
@@ -269,6 +289,11 @@ pub struct SessionPlan {
     pub sysctl: Vec<(String, String)>,
     /// The command's `oom_score_adj`.
     pub oom_score_adj: Option<i32>,
+    /// The command's umask (`process.user.umask`); `None` keeps the caller's.
+    pub umask: Option<u32>,
+    /// Existing namespaces the session joins instead of making its own (`linux.namespaces`
+    /// entries with a `path`: network, ipc, uts).
+    pub join: Vec<JoinNs>,
     /// `--timeout`: when the session is stopped, as `timeout(1)` does.
     pub timeout: Option<Timeout>,
 }
@@ -315,6 +340,8 @@ impl SessionPlan {
             no_new_privs: true,
             sysctl: Vec::new(),
             oom_score_adj: None,
+            umask: None,
+            join: Vec::new(),
             timeout: None,
         }
     }

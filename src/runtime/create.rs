@@ -78,7 +78,16 @@ fn create_in<T>(
         .map_err(io("cannot open the bundle", &opts.bundle))?;
     let config = bundle.join("config.json");
     let text = oci::read_bounded(&config)?;
-    let spec = oci::parse(&config, &text)?;
+    let mut spec = oci::parse(&config, &text)?;
+    let mut notes = Notes::new();
+    let cgroups = take_cgroups(&mut spec);
+    if cgroups.is_some() {
+        notes.push(
+            "linux.cgroupsPath and linux.resources are not applied: ovlrun does not write \
+             cgroups yet, so the container stays in the caller's cgroup"
+                .into(),
+        );
+    }
     let settings = oci::settings(&spec, &config, &Caller::current())?;
     let terminal = settings.terminal == Some(true);
     let console = console(opts.console_socket.as_deref(), terminal, detached)?;
@@ -103,7 +112,7 @@ fn create_in<T>(
     };
     let ids = sandbox::id_map(&plan);
     let created = sandbox::create(&plan, ids, BundleRoot::new(&plan), launch)?;
-    let notes: Notes = created.notices.iter().map(ToString::to_string).collect();
+    notes.extend(created.notices.iter().map(ToString::to_string));
     let pid = created.pid();
     let rootfs = plan.rootfs.clone();
     let finish = move || -> Result<T, RuntimeError> {
@@ -138,6 +147,22 @@ fn create_in<T>(
             Err(e)
         }
     }
+}
+
+/// The config's cgroup fields (`linux.cgroupsPath`, `linux.resources`), taken out of `spec`:
+/// the runtime's to apply, not a session's.
+fn take_cgroups(
+    spec: &mut oci_spec::runtime::Spec,
+) -> Option<(Option<PathBuf>, Option<oci_spec::runtime::LinuxResources>)> {
+    let linux = spec.linux().clone()?;
+    let (path, resources) = (linux.cgroups_path().clone(), linux.resources().clone());
+    if path.is_none() && resources.is_none() {
+        return None;
+    }
+    let mut stripped = linux;
+    stripped.set_cgroups_path(None).set_resources(None);
+    spec.set_linux(Some(stripped));
+    Some((path, resources))
 }
 
 /// The console socket to send a pty's master to, connected; runc's rules on when one is

@@ -230,6 +230,9 @@ fn exec_command(cmd: &Command<'_>, leader: bool) -> ! {
             fail("cannot set no_new_privs", &e, 125);
         }
     }
+    if let Some(mask) = plan.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
     if let Err(e) = nix::unistd::chdir(&plan.cwd) {
         fail(&format!("--cwd {}", plan.cwd.display()), &e, 125);
     }

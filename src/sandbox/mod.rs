@@ -47,7 +47,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
-use crate::config::{Network, SessionPlan, UserNs};
+use crate::config::{Network, NsKind, SessionPlan, UserNs};
 use crate::mount::Backend;
 use crate::sys::process::{self, exit_now};
 use handshake::{End, HandshakeError, Msg};
@@ -83,6 +83,15 @@ pub enum SandboxError {
     /// The session's terminal could not be set up.
     #[error(transparent)]
     Terminal(#[from] terminal::TerminalError),
+    /// A namespace to join could not be opened.
+    #[error("cannot open namespace {}", .path.display())]
+    JoinNs {
+        /// The namespace file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
     /// The child could not set the session up (mounts, root, hostname, terminal): its own
     /// message, naming the step and the path.
     #[error("{0}")]
@@ -300,6 +309,20 @@ pub(crate) fn create<F: Filesystem>(
     // wait for the forwarding thread (a serving thread would otherwise die of them).
     let forwarded = forwarded_set();
     forwarded.thread_block().map_err(ns("block signals"))?;
+    // Opened as the caller, before any namespace of ours: the paths are the caller's.
+    let mut joined = Vec::new();
+    for j in &plan.join {
+        let fd = nix::fcntl::open(
+            &j.path,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|source| SandboxError::JoinNs {
+            path: j.path.clone(),
+            source,
+        })?;
+        joined.push((j.kind, fd));
+    }
     let mut notices = Vec::new();
     // A map the config asked for (`UserNs::OwnId`) is no limitation to point out.
     let asked = plan.userns == UserNs::OwnId;
@@ -323,6 +346,7 @@ pub(crate) fn create<F: Filesystem>(
             setgroups,
             filter: filter.as_ref(),
             launch: &launch,
+            joined: &joined,
         },
         child_end,
     )?;
@@ -527,6 +551,23 @@ struct Child<'a> {
     filter: Option<&'a seccomp::Filter>,
     /// Gate, pid 1's way, console socket.
     launch: &'a Launch,
+    /// Namespaces to join (opened), instead of new ones of their kind.
+    joined: &'a [(NsKind, OwnedFd)],
+}
+
+impl Child<'_> {
+    fn joins(&self, kind: NsKind) -> bool {
+        self.joined.iter().any(|(k, _)| *k == kind)
+    }
+}
+
+/// The clone flag of a namespace kind a session can join.
+fn clone_flag(kind: NsKind) -> CloneFlags {
+    match kind {
+        NsKind::Network => CloneFlags::CLONE_NEWNET,
+        NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
+        NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+    }
 }
 
 /// Step 4: the child, pid 1 of new namespaces, waiting for the go.
@@ -539,6 +580,10 @@ fn start_child(plan: &SessionPlan, c: &Child<'_>, end: End) -> Result<Pid, Sandb
         | CloneFlags::CLONE_NEWCGROUP;
     if plan.net == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
+    }
+    // A namespace joined is entered instead of made.
+    for (kind, _) in c.joined {
+        flags.remove(clone_flag(*kind));
     }
     let mut end = Some(end);
     // The cloned child has no caller to return an error to: it sends its reason over the
@@ -599,13 +644,30 @@ fn fail_setup(end: &mut End, why: &str) -> ! {
 /// that fell back, or the failing step's message.
 fn setup_child(plan: &SessionPlan, c: &Child<'_>, end: &mut End) -> Result<Vec<String>, String> {
     let chain = |e: &dyn std::error::Error| crate::error_chain(e);
+    for (kind, fd) in c.joined {
+        nix::sched::setns(fd, clone_flag(*kind)).map_err(|e| {
+            let path = plan
+                .join
+                .iter()
+                .find(|j| j.kind == *kind)
+                .map(|j| j.path.display());
+            format!(
+                "cannot join namespace {}: {e}",
+                path.map(|p| p.to_string()).unwrap_or_default()
+            )
+        })?;
+    }
     let mut notes = mounts::apply(c.root, &plan::steps(plan, CgroupLayout::of_host(), c.net))
         .map_err(|e| chain(&e))?;
     mounts::seal_root(c.root, plan.read_only_root).map_err(|e| chain(&e))?;
     notes.extend(mounts::enter_root(c.root).map_err(|e| chain(&e))?);
-    nix::unistd::sethostname(&plan.hostname)
-        .map_err(|e| format!("--hostname {}: {e}", plan.hostname))?;
-    if plan.net == Network::None {
+    // A joined uts namespace keeps its name, as with runc.
+    if !c.joins(NsKind::Uts) {
+        nix::unistd::sethostname(&plan.hostname)
+            .map_err(|e| format!("--hostname {}: {e}", plan.hostname))?;
+    }
+    // A joined network namespace is set up by its owner.
+    if plan.net == Network::None && !c.joins(NsKind::Network) {
         loopback_up().map_err(|e| format!("cannot bring up lo: {e}"))?;
     }
     // Inside the session's own devpts; the master goes to the launcher or the console socket.

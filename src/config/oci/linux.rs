@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use oci_spec::runtime::{Linux, LinuxIdMapping, LinuxNamespaceType, Spec};
 
 use super::{Caller, Ctx, OciError, OciSettings};
-use crate::config::{Network, UserNs};
+use crate::config::{JoinNs, Network, NsKind, UserNs};
 use crate::host::ids::IdMap;
 
 impl Ctx<'_> {
@@ -24,11 +24,25 @@ impl Ctx<'_> {
             .flatten()
             .enumerate()
         {
-            if ns.path().is_some() {
-                return Err(self.bad(
-                    format!("linux.namespaces[{i}].path"),
-                    "joining an existing namespace is not supported",
-                ));
+            if let Some(path) = ns.path() {
+                let kind = match ns.typ() {
+                    LinuxNamespaceType::Network => NsKind::Network,
+                    LinuxNamespaceType::Ipc => NsKind::Ipc,
+                    LinuxNamespaceType::Uts => NsKind::Uts,
+                    other => {
+                        return Err(self.bad(
+                            format!("linux.namespaces[{i}].path"),
+                            format!(
+                                "joining an existing {other} namespace is not supported \
+                                 (network, ipc and uts are)"
+                            ),
+                        ));
+                    }
+                };
+                out.join.push(JoinNs {
+                    kind,
+                    path: path.clone(),
+                });
             }
             match ns.typ() {
                 LinuxNamespaceType::User => user = true,

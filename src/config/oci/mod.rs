@@ -94,6 +94,10 @@ pub struct OciSettings {
     pub sysctl: Vec<(String, String)>,
     /// `process.oomScoreAdj`.
     pub oom_score_adj: Option<i32>,
+    /// `process.user.umask`.
+    pub umask: Option<u32>,
+    /// `linux.namespaces` entries with a `path` (network, ipc, uts): joined, not made.
+    pub join: Vec<super::JoinNs>,
     /// `linux.seccomp`, checked (compiled once) to be a profile ovlrun can honour.
     pub seccomp: Option<Box<LinuxSeccomp>>,
 }
