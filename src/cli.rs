@@ -595,6 +595,41 @@ pub enum Verb {
     },
     /// Print the features this runtime implements, as JSON.
     Features,
+    /// Run a new process in a running container.
+    Exec {
+        /// A runtime-spec process object (JSON) to run instead of CMD.
+        #[arg(long, short = 'p', value_name = "FILE")]
+        process: Option<PathBuf>,
+        /// Start the process and return.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Write the process's pid (decimal) to FILE.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+        /// Give the process a pty.
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// A unix socket to send the pty's master to (SCM_RIGHTS).
+        #[arg(long, value_name = "SOCKET")]
+        console_socket: Option<PathBuf>,
+        /// Working directory inside.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+        /// Set an environment variable KEY=VALUE (repeatable).
+        #[arg(long, short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// UID[:GID] to run as.
+        #[arg(long, short = 'u', value_name = "UID[:GID]")]
+        user: Option<String>,
+        /// Pass the caller's fds 3 .. 3+N to the process.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        preserve_fds: u32,
+        /// The container's id.
+        id: String,
+        /// The command and its arguments (without --process).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// runc's run: create, start and wait for a container, then delete it.
     Run {
         /// Start it and return, leaving it running.
@@ -607,8 +642,8 @@ pub enum Verb {
 }
 
 /// The verbs that make `ovlrun ...` runc's command line.
-pub const RUNTIME_VERBS: [&str; 7] = [
-    "create", "start", "state", "kill", "delete", "list", "features",
+pub const RUNTIME_VERBS: [&str; 8] = [
+    "create", "start", "state", "kill", "delete", "list", "features", "exec",
 ];
 
 /// Global flags of runc's command line that take a value.

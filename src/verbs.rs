@@ -93,6 +93,35 @@ fn verb(cli: &RuntimeCli, log: &Log) -> anyhow::Result<ExitCode> {
         Verb::Delete { force, id } => runtime::delete::delete(&root, id, *force)?,
         Verb::List { format, quiet } => list(&root, format, *quiet)?,
         Verb::Features => {}
+        Verb::Exec {
+            process,
+            detach,
+            pid_file,
+            tty,
+            console_socket,
+            cwd,
+            env,
+            user,
+            preserve_fds,
+            id,
+            args,
+        } => {
+            let opts = runtime::exec::ExecOptions {
+                process: process.clone(),
+                args: args.clone(),
+                tty: *tty,
+                cwd: cwd.clone(),
+                env: env.clone(),
+                user: user.clone(),
+                detach: *detach,
+                pid_file: pid_file.clone(),
+                console_socket: console_socket.clone(),
+                preserve_fds: *preserve_fds,
+            };
+            let (code, notes) = runtime::exec::exec(&root, id, &opts)?;
+            notes.iter().for_each(|n| log.warn(n));
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

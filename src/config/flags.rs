@@ -135,7 +135,7 @@ impl SessionPlan {
             None => (
                 check_id("--uid", flags.uid.or(oci.uid).unwrap_or(0))?,
                 check_id("--gid", flags.gid.or(oci.gid).unwrap_or(0))?,
-                Vec::new(),
+                oci.groups.clone(),
             ),
         };
         // The file's sets first, then the flags: a flag undoes the file's opposite choice.

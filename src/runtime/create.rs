@@ -14,7 +14,7 @@ use super::container::EXEC_FIFO;
 use super::rootfs::BundleRoot;
 use super::{Container, Notes, Root, RuntimeError, io, proc};
 use crate::config::oci::{self, Caller};
-use crate::config::{Flags, SessionPlan};
+use crate::config::{Flags, SessionPlan, Terminal};
 use crate::sandbox::{self, Created, Gate, Launch, Pid1};
 
 /// `create`'s flags (and `run`'s).
@@ -72,37 +72,12 @@ fn create_in<T>(
     detached: bool,
     then: impl FnOnce(Created<BundleRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
 ) -> Result<(T, Notes), RuntimeError> {
-    let bundle = opts
-        .bundle
-        .canonicalize()
-        .map_err(io("cannot open the bundle", &opts.bundle))?;
-    let config = bundle.join("config.json");
-    let text = oci::read_bounded(&config)?;
-    let mut spec = oci::parse(&config, &text)?;
-    let mut notes = Notes::new();
-    let cgroups = take_cgroups(&mut spec);
-    if cgroups.is_some() {
-        notes.push(
-            "linux.cgroupsPath and linux.resources are not applied: ovlrun does not write \
-             cgroups yet, so the container stays in the caller's cgroup"
-                .into(),
-        );
-    }
-    let settings = oci::settings(&spec, &config, &Caller::current())?;
-    let terminal = settings.terminal == Some(true);
-    let console = console(opts.console_socket.as_deref(), terminal, detached)?;
-    let no_new_privs = settings.no_new_privs;
-    let flags = Flags {
-        preserve_fds: opts.preserve_fds,
-        clear_env: true,
-        tty: terminal,
-        no_tty: !terminal,
-        ..Flags::default()
-    };
-    let mut plan = SessionPlan::from_flags(flags, settings)?;
-    // runc's default: a process may gain privileges (setuid programs) unless the config
-    // says otherwise.
-    plan.no_new_privs = no_new_privs.unwrap_or(false);
+    let (bundle, spec, plan, mut notes) = bundle_plan(&opts.bundle, opts.preserve_fds)?;
+    let console = console(
+        opts.console_socket.as_deref(),
+        plan.terminal == Terminal::Always,
+        detached,
+    )?;
     let fifo = exec_fifo(dir)?;
     let launch = Launch {
         gate: Gate::Fifo(fifo),
@@ -149,6 +124,44 @@ fn create_in<T>(
     }
 }
 
+/// The plan of the bundle at `bundle` for a container (`create`) or a process entering it
+/// (`exec`, which overrides the process): its absolute path, its config, the plan, and the
+/// notes about what is not applied.
+pub(crate) fn bundle_plan(
+    bundle: &Path,
+    preserve_fds: u32,
+) -> Result<(PathBuf, oci_spec::runtime::Spec, SessionPlan, Notes), RuntimeError> {
+    let bundle = bundle
+        .canonicalize()
+        .map_err(io("cannot open the bundle", bundle))?;
+    let config = bundle.join("config.json");
+    let text = oci::read_bounded(&config)?;
+    let mut spec = oci::parse(&config, &text)?;
+    let mut notes = Notes::new();
+    if take_cgroups(&mut spec).is_some() {
+        notes.push(
+            "linux.cgroupsPath and linux.resources are not applied: ovlrun does not write \
+             cgroups yet, so the container stays in the caller's cgroup"
+                .into(),
+        );
+    }
+    let settings = oci::settings(&spec, &config, &Caller::current())?;
+    let terminal = settings.terminal == Some(true);
+    let no_new_privs = settings.no_new_privs;
+    let flags = Flags {
+        preserve_fds,
+        clear_env: true,
+        tty: terminal,
+        no_tty: !terminal,
+        ..Flags::default()
+    };
+    let mut plan = SessionPlan::from_flags(flags, settings)?;
+    // runc's default: a process may gain privileges (setuid programs) unless the config
+    // says otherwise.
+    plan.no_new_privs = no_new_privs.unwrap_or(false);
+    Ok((bundle, spec, plan, notes))
+}
+
 /// The config's cgroup fields (`linux.cgroupsPath`, `linux.resources`), taken out of `spec`:
 /// the runtime's to apply, not a session's.
 fn take_cgroups(
@@ -167,7 +180,7 @@ fn take_cgroups(
 
 /// The console socket to send a pty's master to, connected; runc's rules on when one is
 /// needed and allowed.
-fn console(
+pub(crate) fn console(
     socket: Option<&Path>,
     terminal: bool,
     detached: bool,

@@ -16,6 +16,7 @@
 pub mod container;
 pub mod create;
 pub mod delete;
+pub mod exec;
 pub mod features;
 pub mod kill;
 pub mod list;

@@ -163,7 +163,7 @@ fn forward(sig: Signal, child: Pid, terminal: bool) {
 
 /// In the command's process: ids, capabilities, terminal, directory, exec; `leader`: it
 /// already leads a session of its own. Never returns.
-fn exec_command(cmd: &Command<'_>, leader: bool) -> ! {
+pub(crate) fn exec_command(cmd: &Command<'_>, leader: bool) -> ! {
     let plan = cmd.plan;
     let fail = |what: &str, e: &dyn std::fmt::Display, code: i32| -> ! {
         eprintln!("ovlrun: {what}: {e}");

@@ -29,6 +29,7 @@
 //! the caller's subreaper, as runc's does.
 
 pub(crate) mod caps;
+pub(crate) mod enter;
 pub(crate) mod handshake;
 pub(crate) mod idmap;
 pub(crate) mod init;

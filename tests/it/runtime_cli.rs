@@ -654,3 +654,95 @@ fn state_keys_and_exit_codes_match_runc() {
     assert_eq!(pid, runc_pid, "a stopped container's pid");
     assert_eq!(codes, runc_codes, "exit codes");
 }
+
+/// `exec`: a process in the running container's namespaces (its pid namespace: it sees pid 1;
+/// its root), a descendant of the caller; its exit status is exec's; `--process` gives user,
+/// groups, cwd and environment; `--detach` writes its pid and returns.
+fn exec_into(caller: Caller) {
+    let b = Bundle::new(
+        caller,
+        Rt::Ovlrun,
+        "echo inside > /marker-dir-test 2>/dev/null; echo up > /ctl/up; while :; do sleep 0.05; done",
+        true,
+    );
+    b.create("ex", &[]).0.expect_ok();
+    b.verb(&["start", "ex"]).expect_ok();
+    b.wait_ctl("up");
+    let out = b.verb(&[
+        "exec",
+        "ex",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $$; test -d /ctl && echo root-ok",
+    ]);
+    out.expect_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].contains("while :"),
+        "pid 1 is the container's\n{}",
+        out.context()
+    );
+    assert_ne!(lines[1], "1", "{}", out.context());
+    assert_eq!(lines[2], "root-ok", "{}", out.context());
+    let code = b.verb(&["exec", "ex", "sh", "-c", "exit 42"]).code();
+    assert_eq!(code, 42);
+
+    let process = b.session.home.join("process.json");
+    fs::write(
+        &process,
+        json!({"args": ["sh", "-c", "id -u; id -G; pwd; echo $A"], "cwd": "/ctl", "env": ["A=from-json"],
+               "user": {"uid": 1, "gid": 2, "additionalGids": [5]}})
+        .to_string(),
+    )
+    .unwrap();
+    let p = process.to_str().unwrap().to_owned();
+    let out = b.verb(&["exec", "--process", &p, "ex"]);
+    out.expect_ok();
+    assert_eq!(out.stdout, "1\n2 5\n/ctl\nfrom-json\n", "{}", out.context());
+
+    let pid_file = b.session.home.join("exec.pid");
+    let pf = pid_file.to_str().unwrap().to_owned();
+    b.verb(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        &pf,
+        "ex",
+        "sh",
+        "-c",
+        "echo detached > /ctl/det; sleep 100",
+    ])
+    .expect_ok();
+    assert_eq!(b.wait_ctl("det").trim(), "detached");
+    let pid: i64 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "sleep",
+        "the pid file names the exec'd process"
+    );
+    b.verb(&["kill", "ex", "KILL"]).expect_ok();
+    b.wait_status("ex", "stopped");
+    let stopped = b.verb(&["exec", "ex", "true"]);
+    assert_eq!(
+        stopped.code(),
+        1,
+        "exec in a stopped container\n{}",
+        stopped.context()
+    );
+}
+
+#[test]
+fn exec_as_root() {
+    exec_into(require_caller!(root));
+}
+
+#[test]
+fn exec_as_the_unprivileged_user() {
+    exec_into(require_caller!(user));
+}

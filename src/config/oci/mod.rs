@@ -56,6 +56,8 @@ pub struct OciSettings {
     pub terminal: Option<bool>,
     /// `process.user.uid`.
     pub uid: Option<u32>,
+    /// `process.user.additionalGids`: the command's supplementary groups.
+    pub groups: Vec<u32>,
     /// `process.user.gid`.
     pub gid: Option<u32>,
     /// `hostname`.
@@ -263,6 +265,33 @@ pub(crate) fn settings(spec: &Spec, path: &Path, caller: &Caller) -> Result<OciS
     ctx.namespaces(spec, caller, &mut out)?;
     ctx.hardening(spec, &mut out)?;
     ctx.annotations(spec, &mut out)?;
+    Ok(out)
+}
+
+/// The settings a lone `process` object gives (runc's `exec --process FILE`), read from
+/// `path`: the same checks as a config's `process`.
+///
+/// # Errors
+/// [`OciError::Parse`] or [`OciError::Field`] naming the first field ovlrun cannot honour.
+pub(crate) fn process_settings(path: &Path, text: &str) -> Result<OciSettings, OciError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| OciError::Parse {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    let wrapped = serde_json::json!({"ociVersion": "1.0.2", "process": value});
+    let spec = parse(path, &wrapped.to_string())?;
+    let ctx = Ctx {
+        path,
+        dir: Path::new("/"),
+    };
+    let mut out = OciSettings::default();
+    ctx.reject_unsupported(&spec)?;
+    ctx.process(&spec, &mut out)?;
+    if let Some(p) = spec.process() {
+        ctx.process_hardening(p, &mut out)?;
+    }
     Ok(out)
 }
 

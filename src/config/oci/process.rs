@@ -29,6 +29,7 @@ impl Ctx<'_> {
             return Err(self.bad("process.user.umask", "not a umask (0 to 0777)"));
         }
         out.uid = Some(p.user().uid());
+        out.groups = p.user().additional_gids().clone().unwrap_or_default();
         out.gid = Some(p.user().gid());
         out.args = p
             .args()

@@ -37,11 +37,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         says: |s| has_content(s.hooks()),
     },
     Unsupported {
-        field: "process.user.additionalGids",
-        problem: "not supported (the command's only group is its gid)",
-        says: |s| in_process(s, |p| has_content(p.user().additional_gids())),
-    },
-    Unsupported {
         field: "process.apparmorProfile",
         problem: "AppArmor is not supported",
         says: |s| in_process(s, |p| has_content(p.apparmor_profile())),

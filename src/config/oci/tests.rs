@@ -401,10 +401,6 @@ fn fields_ovlrun_cannot_honour_are_errors_naming_them() {
             }),
         ),
         (
-            "process.user.additionalGids",
-            Box::new(|v| set(v, "/process/user/additionalGids", json!([10]))),
-        ),
-        (
             "process.cwd",
             Box::new(|v| set(v, "/process/cwd", json!("home"))),
         ),
@@ -433,7 +429,7 @@ fn fields_ovlrun_cannot_honour_are_errors_naming_them() {
                 set(
                     v,
                     "/linux/namespaces/1",
-                    json!({"type": "ipc", "path": "/proc/1/ns/ipc"}),
+                    json!({"type": "pid", "path": "/proc/1/ns/pid"}),
                 )
             }),
         ),
