@@ -16,6 +16,9 @@
 //! - `escape`: a hostile session's attempts to get out (issue 13), as root and as the
 //!   unprivileged user; `support::session` holds its caller-parametric session fixture.
 //! - `examples`: the library's `examples/*.rs`, built and run over a copy of `examples/rootfs`.
+//! - `runtime`: podman (root and rootless) and containerd with ovlrun as their OCI runtime
+//!   (issue 15); `OVLRUN_RUNTIME=runc` runs them against the system runc. `support::runtime`
+//!   holds the managers' fixtures.
 
 // Test code: a failed unwrap is a failed test, which is what we want (clippy.toml means the
 // same, but does not reach helper functions outside `#[test]` items).
@@ -40,3 +43,4 @@ mod passthrough;
 mod policy;
 mod prefill;
 mod realtree;
+mod runtime;
