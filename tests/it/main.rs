@@ -17,6 +17,9 @@
 //!   unprivileged user; `support::session` holds its caller-parametric session fixture.
 //! - `runtime_cli`: ovlrun as an OCI runtime (runc's verbs) driven by hand, against runc.
 //! - `examples`: the library's `examples/*.rs`, built and run over a copy of `examples/rootfs`.
+//! - `runtime`: podman (root and rootless) and containerd with ovlrun as their OCI runtime
+//!   (issue 15); `OVLRUN_RUNTIME=runc` runs them against the system runc. `support::runtime`
+//!   holds the managers' fixtures.
 
 // Test code: a failed unwrap is a failed test, which is what we want (clippy.toml means the
 // same, but does not reach helper functions outside `#[test]` items).
@@ -41,4 +44,5 @@ mod passthrough;
 mod policy;
 mod prefill;
 mod realtree;
+mod runtime;
 mod runtime_cli;
