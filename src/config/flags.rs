@@ -109,7 +109,7 @@ impl SessionPlan {
             (true, true) => UserNs::Host,
             (true, false) => return Err(PlanError::NoUsernsUnprivileged),
         };
-        let mut binds = oci.binds;
+        let mut binds = Vec::new();
         for b in &flags.bind {
             binds.push(parse_bind(b)?);
         }
@@ -120,8 +120,8 @@ impl SessionPlan {
             check_absolute("--tmpfs", t)?;
         }
         let cwd = flags.cwd.or(oci.cwd).unwrap_or_else(|| "/".into());
-        let mut tmpfs = oci.tmpfs;
-        tmpfs.extend(flags.tmpfs);
+        let mounts = oci.mounts;
+        let tmpfs = flags.tmpfs;
         let mut dev_binds = Vec::new();
         for d in &flags.dev_bind {
             dev_binds.push(parse_dev_bind(d)?);
@@ -234,6 +234,7 @@ impl SessionPlan {
             binds,
             dev_binds,
             tmpfs,
+            mounts,
             capabilities,
             state_root: state_root()?,
             fs,

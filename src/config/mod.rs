@@ -36,6 +36,51 @@ pub struct Bind {
     pub read_only: bool,
 }
 
+/// A config mount whose options a [`Bind`] or a plain tmpfs does not carry (a runtime
+/// bundle's `/run` tmpfs with a size, a bind with `noexec`, an mqueue), made in order after
+/// the launcher's own mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsMount {
+    /// Absolute path inside the session.
+    pub dest: PathBuf,
+    /// What is mounted.
+    pub kind: FsKind,
+    /// Its flags.
+    pub flags: MountFlags,
+}
+
+/// What an [`FsMount`] mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// A host path bound (`rbind`: with the mounts below it).
+    Bind {
+        /// Host path (absolute, existing).
+        source: PathBuf,
+        /// With every mount below it.
+        recursive: bool,
+    },
+    /// A tmpfs with these `key=value` options (`size=65536k,mode=755`).
+    Tmpfs {
+        /// The options, comma-separated.
+        data: String,
+    },
+    /// A POSIX message queue filesystem of the session's ipc namespace.
+    Mqueue,
+}
+
+/// The flags of an [`FsMount`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountFlags {
+    /// `ro`.
+    pub read_only: bool,
+    /// `nosuid`.
+    pub nosuid: bool,
+    /// `nodev`.
+    pub nodev: bool,
+    /// `noexec`.
+    pub noexec: bool,
+}
+
 /// Which user namespace setup to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UserNs {
@@ -259,6 +304,8 @@ pub struct SessionPlan {
     pub dev_binds: Vec<Bind>,
     /// Extra tmpfs mounts (absolute paths inside).
     pub tmpfs: Vec<PathBuf>,
+    /// A config's mounts with options beyond [`Bind`]'s and a plain tmpfs's, in order.
+    pub mounts: Vec<FsMount>,
     /// The command's capability sets.
     pub capabilities: CapabilitySets,
     /// Where session state lives (upper, work, mount point).
@@ -326,6 +373,7 @@ impl SessionPlan {
             binds: Vec::new(),
             dev_binds: Vec::new(),
             tmpfs: Vec::new(),
+            mounts: Vec::new(),
             capabilities: CapabilitySets::container_default(0),
             state_root,
             fs: crate::mount::Backend::Auto,

@@ -13,6 +13,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
 
 use super::plan::{Kind, Step};
+use crate::config::{FsKind, FsMount};
 
 /// A setup step that failed, naming the step and the path inside the session.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +200,7 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
             Ok(None)
         }
         Step::ReadOnlyMount(dest) => make_read_only(root, dest).map(|()| None),
+        Step::Mount(m) => mount_fs(root, m).map(|()| None),
         Step::Cgroup2(dest) => {
             let target = open_in_root(root, dest, OFlag::O_DIRECTORY).map_err(err("find", dest))?;
             let flags =
@@ -241,6 +243,77 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
             }
         }
     }
+}
+
+/// A config's mount: a bind (recursive or not), a tmpfs with its options, an mqueue; then
+/// its flags on it (and, for a recursive bind, on every mount below it).
+fn mount_fs(root: &OwnedFd, m: &FsMount) -> Result<(), SetupError> {
+    use crate::sys::mount::{
+        MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, set_mount_attrs,
+    };
+    let dest = &m.dest;
+    let target = open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
+    let f = m.flags;
+    let mut recursive = false;
+    match &m.kind {
+        FsKind::Bind {
+            source,
+            recursive: rec,
+        } => {
+            recursive = *rec;
+            let mut flags = MsFlags::MS_BIND;
+            if recursive {
+                flags |= MsFlags::MS_REC;
+            }
+            let what = format!("bind {} onto", source.display());
+            mount(
+                Some(source.as_path()),
+                &fd_path(&target),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .map_err(err(what, dest))?;
+        }
+        FsKind::Tmpfs { data } => {
+            let data = (!data.is_empty()).then_some(data.as_str());
+            mount(
+                Some("tmpfs"),
+                &fd_path(&target),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                data,
+            )
+            .map_err(err("mount a tmpfs on", dest))?;
+        }
+        FsKind::Mqueue => {
+            mount(
+                Some("mqueue"),
+                &fd_path(&target),
+                Some("mqueue"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(err("mount an mqueue on", dest))?;
+        }
+    }
+    let mut attrs = 0;
+    for (on, attr) in [
+        (f.read_only, MOUNT_ATTR_RDONLY),
+        (f.nosuid, MOUNT_ATTR_NOSUID),
+        (f.nodev, MOUNT_ATTR_NODEV),
+        (f.noexec, MOUNT_ATTR_NOEXEC),
+    ] {
+        if on {
+            attrs |= attr;
+        }
+    }
+    if attrs != 0 {
+        // A fd opened before the mount names what lies under it; look the path up again.
+        let mounted = open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
+        set_mount_attrs(&mounted, attrs, recursive).map_err(err("set the flags of", dest))?;
+    }
+    Ok(())
 }
 
 /// The file under `/proc/sys` of a dotted sysctl key (already checked by the config).

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxSeccomp, Spec};
 use serde::Serialize;
 
-use super::{Bind, Network, UserNs};
+use super::{Network, UserNs};
 use crate::host::ids::IdMap;
 use crate::layers::WhiteoutFormat;
 use crate::mount::Backend;
@@ -62,10 +62,9 @@ pub struct OciSettings {
     pub gid: Option<u32>,
     /// `hostname`.
     pub hostname: Option<String>,
-    /// `mounts` of type bind, in order (sources absolute and existing).
-    pub binds: Vec<Bind>,
-    /// `mounts` of type tmpfs, in order (other than the ones ovlrun provides).
-    pub tmpfs: Vec<PathBuf>,
+    /// `mounts` of type bind, tmpfs and mqueue, in order (bind sources absolute and
+    /// existing), other than the ones ovlrun provides.
+    pub mounts: Vec<super::FsMount>,
     /// From `linux.namespaces`: a `network` entry means a new, empty network namespace;
     /// none means the host's. Always set from a file.
     pub net: Option<Network>,
