@@ -63,6 +63,8 @@ pub enum FsKind {
     Tmpfs {
         /// The options, comma-separated.
         data: String,
+        /// `tmpcopyup`: starts as a copy of what the root has at its destination.
+        copy_up: bool,
     },
     /// A POSIX message queue filesystem of the session's ipc namespace.
     Mqueue,

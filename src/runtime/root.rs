@@ -19,15 +19,18 @@ pub struct Root {
 }
 
 impl Root {
-    /// The default root: `/run/ovlrun` for root, else `$XDG_RUNTIME_DIR/ovlrun`.
+    /// The default root: `/run/ovlrun` for root, else `$XDG_RUNTIME_DIR/ovlrun`; as runc,
+    /// root of a user namespace other than the host's (rootless podman runs the runtime
+    /// there) counts as a user when `XDG_RUNTIME_DIR` is set.
     ///
     /// # Errors
     /// [`RuntimeError::Root`] for a user without `XDG_RUNTIME_DIR`.
     pub fn default_path() -> Result<PathBuf, RuntimeError> {
-        if nix::unistd::geteuid().is_root() {
+        let xdg = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty());
+        if nix::unistd::geteuid().is_root() && (xdg.is_none() || in_host_user_namespace()) {
             return Ok(PathBuf::from("/run/ovlrun"));
         }
-        match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        match xdg {
             Some(dir) => Ok(PathBuf::from(dir).join("ovlrun")),
             None => Err(RuntimeError::Root {
                 path: PathBuf::from("$XDG_RUNTIME_DIR/ovlrun"),
@@ -129,6 +132,13 @@ impl Root {
         ids.sort();
         ids
     }
+}
+
+/// Whether this process is in the host's user namespace (its uid map is the identity of
+/// every id).
+fn in_host_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
 }
 
 /// runc's id rule: `^[\w+\-.]+$`, and not `.` or `..`, so an id is always one plain name

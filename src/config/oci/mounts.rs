@@ -148,11 +148,19 @@ impl Ctx<'_> {
         if tmp && plain {
             return Ok(());
         }
-        let (flags, data) = flags_of(&options).map_err(|o| bad_option(o, "tmpfs"))?;
+        // runc's extension, which podman sends for --read-only's /run, /tmp, /var/tmp.
+        let copy_up = options.contains(&"tmpcopyup");
+        let rest: Vec<&str> = options
+            .iter()
+            .copied()
+            .filter(|o| *o != "tmpcopyup")
+            .collect();
+        let (flags, data) = flags_of(&rest).map_err(|o| bad_option(o, "tmpfs"))?;
         out.mounts.push(FsMount {
             dest,
             kind: FsKind::Tmpfs {
                 data: data.join(","),
+                copy_up,
             },
             flags,
         });

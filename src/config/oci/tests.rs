@@ -171,7 +171,8 @@ fn mounts_namespaces_and_annotations() {
             FsMount {
                 dest: "/scratch".into(),
                 kind: FsKind::Tmpfs {
-                    data: "mode=0755".into()
+                    data: "mode=0755".into(),
+                    copy_up: false,
                 },
                 flags: MountFlags {
                     nosuid: true,
@@ -471,12 +472,12 @@ fn fields_ovlrun_cannot_honour_are_errors_naming_them() {
             }),
         ),
         (
-            "mounts[4].options: \"tmpcopyup\"",
+            "mounts[4].options: \"nocopyup-yet\"",
             Box::new(|v| {
                 push(
                     v,
                     "/mounts",
-                    json!({"destination": "/mnt", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup"]}),
+                    json!({"destination": "/mnt", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "nocopyup-yet"]}),
                 )
             }),
         ),
