@@ -595,6 +595,17 @@ pub enum Verb {
     },
     /// Print the features this runtime implements, as JSON.
     Features,
+    /// List a container's processes: `ps -ef` lines (or PS-OPTIONS), or their pids as JSON.
+    Ps {
+        /// table or json.
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        /// The container's id.
+        id: String,
+        /// Options for ps(1) [default: -ef].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_options: Vec<String>,
+    },
     /// Run a new process in a running container.
     Exec {
         /// A runtime-spec process object (JSON) to run instead of CMD.
@@ -642,8 +653,8 @@ pub enum Verb {
 }
 
 /// The verbs that make `ovlrun ...` runc's command line.
-pub const RUNTIME_VERBS: [&str; 8] = [
-    "create", "start", "state", "kill", "delete", "list", "features", "exec",
+pub const RUNTIME_VERBS: [&str; 9] = [
+    "create", "start", "state", "kill", "delete", "list", "features", "exec", "ps",
 ];
 
 /// Global flags of runc's command line that take a value.

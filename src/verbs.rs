@@ -93,6 +93,11 @@ fn verb(cli: &RuntimeCli, log: &Log) -> anyhow::Result<ExitCode> {
         Verb::Delete { force, id } => runtime::delete::delete(&root, id, *force)?,
         Verb::List { format, quiet } => list(&root, format, *quiet)?,
         Verb::Features => {}
+        Verb::Ps {
+            format,
+            id,
+            ps_options,
+        } => ps(&root, id, format, ps_options)?,
         Verb::Exec {
             process,
             detach,
@@ -140,6 +145,55 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
+    Ok(())
+}
+
+/// `ps`: the pids as a JSON array, or the lines of ps(1) (`-ef` by default) whose PID
+/// column names one of them, under its header, as runc prints them.
+fn ps(root: &Root, id: &str, format: &str, options: &[String]) -> anyhow::Result<()> {
+    let pids = runtime::ps::pids(root, id)?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        "json" => {
+            serde_json::to_writer(&mut out, &pids)?;
+            writeln!(out)?;
+        }
+        "table" => {
+            let args: Vec<&str> = if options.is_empty() {
+                vec!["-ef"]
+            } else {
+                options.iter().map(String::as_str).collect()
+            };
+            let listed = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("cannot run ps")?;
+            anyhow::ensure!(
+                listed.status.success(),
+                "ps {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&listed.stderr).trim()
+            );
+            let text = String::from_utf8_lossy(&listed.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or_default();
+            let column = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("ps's output has no PID column")?;
+            writeln!(out, "{header}")?;
+            for line in lines {
+                let pid = line
+                    .split_whitespace()
+                    .nth(column)
+                    .and_then(|p| p.parse().ok());
+                if pid.is_some_and(|p: i32| pids.contains(&p)) {
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+        other => anyhow::bail!("invalid format option {other:?}: table or json"),
+    }
     Ok(())
 }
 

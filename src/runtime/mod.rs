@@ -21,6 +21,7 @@ pub mod features;
 pub mod kill;
 pub mod list;
 pub(crate) mod proc;
+pub mod ps;
 pub mod root;
 pub(crate) mod rootfs;
 pub mod run;

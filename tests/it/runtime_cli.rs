@@ -746,3 +746,37 @@ fn exec_as_root() {
 fn exec_as_the_unprivileged_user() {
     exec_into(require_caller!(user));
 }
+
+/// `ps --format json` lists the pids of the container's processes (pid 1 and a child), as
+/// the caller sees them; the table keeps ps's header and only their lines.
+#[test]
+fn ps_lists_the_containers_processes() {
+    let caller = require_caller!(root);
+    let b = Bundle::new(
+        caller,
+        Rt::Ovlrun,
+        "sleep 1000 & echo $! > /ctl/child; while :; do sleep 0.05; done",
+        true,
+    );
+    let (out, pid_file) = b.create("ps", &[]);
+    out.expect_ok();
+    b.verb(&["start", "ps"]).expect_ok();
+    b.wait_ctl("child");
+    let pid: i64 = fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = b.verb(&["ps", "--format", "json", "ps"]);
+    out.expect_ok();
+    let pids: Vec<i64> = serde_json::from_str(&out.stdout).unwrap();
+    assert!(pids.contains(&pid), "{pids:?} lacks pid 1 ({pid})");
+    assert!(pids.len() >= 2, "{pids:?}: the sleep is missing");
+    let me = i64::from(std::process::id());
+    assert!(!pids.contains(&me), "the caller's own process is listed");
+    let table = b.verb(&["ps", "ps"]);
+    table.expect_ok();
+    assert!(table.stdout.starts_with("UID"), "{}", table.context());
+    assert!(table.stdout.contains("sleep 1000"), "{}", table.context());
+    assert!(!table.stdout.contains("cargo"), "{}", table.context());
+}
