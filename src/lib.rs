@@ -17,6 +17,7 @@
 
 #![warn(unreachable_pub)]
 
+pub(crate) mod cgroups;
 pub mod config;
 pub mod doctor;
 pub(crate) mod fs;
