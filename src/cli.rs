@@ -595,6 +595,16 @@ pub enum Verb {
     },
     /// Print the features this runtime implements, as JSON.
     Features,
+    /// Freeze a running container's processes (its cgroup).
+    Pause {
+        /// The container's id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// The container's id.
+        id: String,
+    },
     /// List a container's processes: `ps -ef` lines (or PS-OPTIONS), or their pids as JSON.
     Ps {
         /// table or json.
@@ -653,8 +663,9 @@ pub enum Verb {
 }
 
 /// The verbs that make `ovlrun ...` runc's command line.
-pub const RUNTIME_VERBS: [&str; 9] = [
-    "create", "start", "state", "kill", "delete", "list", "features", "exec", "ps",
+pub const RUNTIME_VERBS: [&str; 11] = [
+    "create", "start", "state", "kill", "delete", "list", "features", "exec", "ps", "pause",
+    "resume",
 ];
 
 /// Global flags of runc's command line that take a value.

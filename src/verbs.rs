@@ -93,6 +93,8 @@ fn verb(cli: &RuntimeCli, log: &Log) -> anyhow::Result<ExitCode> {
         Verb::Delete { force, id } => runtime::delete::delete(&root, id, *force)?,
         Verb::List { format, quiet } => list(&root, format, *quiet)?,
         Verb::Features => {}
+        Verb::Pause { id } => runtime::pause::pause(&root, id)?,
+        Verb::Resume { id } => runtime::pause::resume(&root, id)?,
         Verb::Ps {
             format,
             id,

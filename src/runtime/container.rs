@@ -21,6 +21,8 @@ pub enum Status {
     Created,
     /// The user's program runs.
     Running,
+    /// Its cgroup is frozen (`pause`).
+    Paused,
     /// Its process has ended (or never was).
     Stopped,
 }
@@ -30,6 +32,7 @@ impl std::fmt::Display for Status {
         f.write_str(match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         })
     }
@@ -57,6 +60,9 @@ pub struct Container {
     pub annotations: BTreeMap<String, String>,
     /// The user that created it.
     pub owner: u32,
+    /// Its cgroup, when it has one (below the hierarchies' roots).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Container {
@@ -97,6 +103,8 @@ impl Container {
             Status::Stopped
         } else if dir.join(EXEC_FIFO).exists() {
             Status::Created
+        } else if super::cgroup::frozen(self) {
+            Status::Paused
         } else {
             Status::Running
         }

@@ -72,7 +72,8 @@ fn create_in<T>(
     detached: bool,
     then: impl FnOnce(Created<BundleRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
 ) -> Result<(T, Notes), RuntimeError> {
-    let (bundle, spec, plan, mut notes) = bundle_plan(&opts.bundle, opts.preserve_fds)?;
+    let (bundle, mut spec, plan, mut notes) = bundle_plan(&opts.bundle, opts.preserve_fds)?;
+    let (cgroups_path, resources) = take_cgroups(&mut spec).unwrap_or_default();
     let console = console(
         opts.console_socket.as_deref(),
         plan.terminal == Terminal::Always,
@@ -90,8 +91,16 @@ fn create_in<T>(
     notes.extend(created.notices.iter().map(ToString::to_string));
     let pid = created.pid();
     let rootfs = plan.rootfs.clone();
-    let finish = move || -> Result<T, RuntimeError> {
+    let finish = move || -> Result<(T, Notes), RuntimeError> {
         let raw = pid.as_raw();
+        // The process is held before the user's program: its limits apply from the start.
+        let cgroup = super::cgroup::place(
+            id,
+            cgroups_path.as_deref(),
+            resources.as_ref(),
+            pid,
+            &mut notes,
+        )?;
         let record = Container {
             id: id.to_owned(),
             pid: raw,
@@ -107,15 +116,16 @@ fn create_in<T>(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             owner: nix::unistd::geteuid().as_raw(),
+            cgroup,
         };
         record.save(dir)?;
         if let Some(path) = &opts.pid_file {
             write_pid_file(path, raw)?;
         }
-        then(created, &record, dir)
+        then(created, &record, dir).map(|t| (t, notes))
     };
     match finish() {
-        Ok(t) => Ok((t, notes)),
+        Ok(done) => Ok(done),
         Err(e) => {
             // No container is left half made: its process goes with its directory.
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -136,16 +146,12 @@ pub(crate) fn bundle_plan(
         .map_err(io("cannot open the bundle", bundle))?;
     let config = bundle.join("config.json");
     let text = oci::read_bounded(&config)?;
-    let mut spec = oci::parse(&config, &text)?;
-    let mut notes = Notes::new();
-    if take_cgroups(&mut spec).is_some() {
-        notes.push(
-            "linux.cgroupsPath and linux.resources are not applied: ovlrun does not write \
-             cgroups yet, so the container stays in the caller's cgroup"
-                .into(),
-        );
-    }
-    let settings = oci::settings(&spec, &config, &Caller::current())?;
+    let spec = oci::parse(&config, &text)?;
+    let notes = Notes::new();
+    // The cgroup fields are the runtime's (see `cgroup`), not a session's.
+    let mut stripped = spec.clone();
+    take_cgroups(&mut stripped);
+    let settings = oci::settings(&stripped, &config, &Caller::current())?;
     let terminal = settings.terminal == Some(true);
     let no_new_privs = settings.no_new_privs;
     let flags = Flags {

@@ -37,14 +37,15 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), RuntimeError> {
     match c.status(&dir) {
         Status::Stopped => {}
         Status::Created => stop(&c)?,
-        Status::Running if force => stop(&c)?,
-        status @ Status::Running => {
+        Status::Running | Status::Paused if force => stop(&c)?,
+        status @ (Status::Running | Status::Paused) => {
             return Err(RuntimeError::NotStopped {
                 id: id.to_owned(),
                 status,
             });
         }
     }
+    super::cgroup::remove(&c)?;
     std::fs::remove_dir_all(&dir).map_err(super::io("cannot remove the container directory", &dir))
 }
 

@@ -105,6 +105,11 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<(i32, Notes), R
         (true, None) => Console::Relayed,
     };
     let entered = enter::enter(nix::unistd::Pid::from_raw(c.pid), &plan, console)?;
+    // Its program already runs; runc moves it in before exec, which a later change can do.
+    if let Err(e) = super::cgroup::enter(&c, entered.pid) {
+        let _ = nix::sys::signal::kill(entered.pid, nix::sys::signal::Signal::SIGKILL);
+        return Err(e);
+    }
     if let Some(path) = &opts.pid_file {
         let abs = std::path::absolute(path).map_err(io("cannot write the pid file", path))?;
         crate::sys::write_atomic(&abs, entered.pid.as_raw().to_string().as_bytes())

@@ -52,6 +52,11 @@ pub(crate) fn signal_container(
     all: bool,
 ) -> Result<(), RuntimeError> {
     let mut pids = vec![c.pid];
+    if all && super::cgroup::pids(c)?.is_some() {
+        // Frozen while signalled (and thawed after), so nothing forks past the signal and a
+        // paused container's processes get it.
+        super::cgroup::kill_all(c, signal)?;
+    }
     if all {
         // The namespace is looked up while its pid 1 is known to be the container's.
         pids = proc::in_pid_namespace_of(c.pid);

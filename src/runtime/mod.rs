@@ -13,6 +13,7 @@
 //! This room decides the verbs' rules (which status allows what, runc's messages, the state
 //! JSON); it prints nothing: the binary prints, logs to `--log` and picks the exit codes.
 
+pub(crate) mod cgroup;
 pub mod container;
 pub mod create;
 pub mod delete;
@@ -20,6 +21,7 @@ pub mod exec;
 pub mod features;
 pub mod kill;
 pub mod list;
+pub mod pause;
 pub(crate) mod proc;
 pub mod ps;
 pub mod root;
@@ -106,6 +108,18 @@ pub enum RuntimeError {
         #[source]
         source: nix::Error,
     },
+    /// A cgroup step failed.
+    #[error("cgroup {}", .path.display())]
+    Cgroup {
+        /// The cgroup path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// `pause` of a container that is not running, or `resume` of one not paused.
+    #[error("container not {0}")]
+    NotIn(&'static str),
     /// The container's process did not end after SIGKILL.
     #[error("the container's process {0} is still alive after SIGKILL")]
     StillAlive(i32),

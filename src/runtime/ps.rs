@@ -12,6 +12,9 @@ pub fn pids(root: &Root, id: &str) -> Result<Vec<i32>, RuntimeError> {
     if c.status(&dir) == Status::Stopped {
         return Ok(Vec::new());
     }
+    if let Some(pids) = super::cgroup::pids(&c)? {
+        return Ok(pids);
+    }
     let pids = proc::in_pid_namespace_of(c.pid);
     // Looked up while its pid 1 was still the container's.
     if !proc::alive(c.pid, c.pid_start) {

@@ -19,6 +19,7 @@ pub fn start(root: &Root, id: &str) -> Result<(), RuntimeError> {
     match c.status(&dir) {
         Status::Created => release(&c, &dir),
         Status::Running => Err(RuntimeError::CannotStart("is already running")),
+        Status::Paused => Err(RuntimeError::CannotStart("is paused")),
         Status::Stopped => Err(RuntimeError::CannotStart("has stopped")),
     }
 }

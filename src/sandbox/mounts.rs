@@ -253,7 +253,19 @@ fn mount_fs(root: &OwnedFd, m: &FsMount) -> Result<(), SetupError> {
     };
     let dest = &m.dest;
     let target = open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
-    let f = m.flags;
+    let mut f = m.flags;
+    // No device cgroup guards the session: a node made on a mount of its own (root with
+    // CAP_MKNOD, a tmpfs without nodev) would open the host's disk. Only the bind of a
+    // device node itself keeps it usable.
+    let device = match &m.kind {
+        FsKind::Bind { source, .. } => {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(source)
+                .is_ok_and(|md| md.file_type().is_block_device() || md.file_type().is_char_device())
+        }
+        _ => false,
+    };
+    f.nodev |= !device;
     let mut recursive = false;
     match &m.kind {
         FsKind::Bind {

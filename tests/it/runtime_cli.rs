@@ -69,6 +69,17 @@ impl Bundle {
 
     /// Rewrites config.json: `ovlrun spec`'s, running `sh -c script`, with `/ctl` bound.
     fn configure(&self, script: &str, userns: bool, terminal: bool) {
+        self.configure_with(script, userns, terminal, |_| {});
+    }
+
+    /// [`Bundle::configure`], then `edit` on the JSON.
+    fn configure_with(
+        &self,
+        script: &str,
+        userns: bool,
+        terminal: bool,
+        edit: impl FnOnce(&mut Value),
+    ) {
         let spec = Command::new(ovlrun_bin())
             .args(["spec", "--rootfs", "rootfs"])
             .output()
@@ -89,6 +100,7 @@ impl Bundle {
         }
         // An annotation to see in the state.
         config["annotations"] = json!({"test.ovlrun": "yes"});
+        edit(&mut config);
         fs::write(
             self.bundle.join("config.json"),
             serde_json::to_vec_pretty(&config).unwrap(),
@@ -779,4 +791,96 @@ fn ps_lists_the_containers_processes() {
     assert!(table.stdout.starts_with("UID"), "{}", table.context());
     assert!(table.stdout.contains("sleep 1000"), "{}", table.context());
     assert!(!table.stdout.contains("cargo"), "{}", table.context());
+}
+
+/// No device cgroup guards a container: root with CAP_MKNOD (no user namespace) makes a node
+/// of the host's disk on a tmpfs the config mounts without `nodev`, and must not be able to
+/// read through it (runc's device cgroup refuses the same).
+#[test]
+fn a_device_node_made_on_a_config_mount_opens_nothing() {
+    let caller = require_caller!(root);
+    let disk = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .find(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .map(|e| fs::read_to_string(e.path().join("dev")).unwrap());
+    require!(disk.is_some(), "find a block device in /sys/block");
+    let (major, minor) = disk.as_deref().unwrap().trim().split_once(':').unwrap();
+    let script = format!(
+        "mknod /scratch/disk b {major} {minor} || {{ echo no-mknod > /ctl/out; exit; }}; \
+         if head -c 512 /scratch/disk > /dev/null 2>&1; then echo read > /ctl/out; \
+         else echo refused > /ctl/out; fi"
+    );
+    let b = Bundle::new(caller, Rt::Ovlrun, "true", false);
+    b.configure_with(&script, false, false, |c| {
+        c["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}),
+        );
+    });
+    fs::create_dir_all(b.session.rootfs.join("scratch")).unwrap();
+    let bundle = b.bundle.to_str().unwrap().to_owned();
+    b.verb(&["run", "--bundle", &bundle, "dev"]).expect_ok();
+    assert_eq!(b.wait_ctl("out").trim(), "refused");
+}
+
+/// `linux.resources` and `cgroupsPath` make the container's cgroup (its pids limit written),
+/// `pause` freezes it (status paused, its counter stops), `resume` thaws it, `delete` removes
+/// the cgroup.
+#[test]
+fn pause_resume_and_limits_through_the_cgroup() {
+    let caller = require_caller!(root);
+    let path = format!("/ovlrun-it-cli-{}", std::process::id());
+    let b = Bundle::new(caller, Rt::Ovlrun, "true", true);
+    b.configure_with(
+        "i=0; while :; do i=$((i+1)); echo $i > /ctl/count; sleep 0.02; done",
+        true,
+        false,
+        |c| {
+            c["linux"]["cgroupsPath"] = json!(path);
+            c["linux"]["resources"] = json!({"pids": {"limit": 77}});
+        },
+    );
+    b.create("pz", &[]).0.expect_ok();
+    b.verb(&["start", "pz"]).expect_ok();
+    b.wait_ctl("count");
+    let pids_max = [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+    ]
+    .iter()
+    .map(|h| {
+        Path::new(h)
+            .join(path.trim_start_matches('/'))
+            .join("pids.max")
+    })
+    .find(|p| p.exists())
+    .expect("the container's pids cgroup");
+    assert_eq!(fs::read_to_string(&pids_max).unwrap().trim(), "77");
+    b.verb(&["pause", "pz"]).expect_ok();
+    assert_eq!(b.state("pz")["status"], "paused");
+    let frozen = fs::read_to_string(b.ctl.join("count")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        fs::read_to_string(b.ctl.join("count")).unwrap(),
+        frozen,
+        "it ran while paused"
+    );
+    b.verb(&["resume", "pz"]).expect_ok();
+    assert_eq!(b.state("pz")["status"], "running");
+    let deadline = Instant::now() + VERB_TIMEOUT;
+    while fs::read_to_string(b.ctl.join("count")).unwrap() == frozen {
+        assert!(Instant::now() < deadline, "it never ran again after resume");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        b.verb(&["resume", "pz"]).code(),
+        1,
+        "resume of a running container"
+    );
+    b.verb(&["delete", "--force", "pz"]).expect_ok();
+    assert!(
+        !pids_max.parent().unwrap().exists(),
+        "delete left the cgroup"
+    );
 }
