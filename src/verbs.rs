@@ -90,7 +90,10 @@ fn verb(cli: &RuntimeCli, log: &Log) -> anyhow::Result<ExitCode> {
             let sig = runtime::kill::parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
             runtime::kill::kill(&root, id, sig, *all)?;
         }
-        Verb::Delete { force, id } => runtime::delete::delete(&root, id, *force)?,
+        Verb::Delete { force, id } => {
+            let notes = runtime::delete::delete(&root, id, *force)?;
+            notes.iter().for_each(|n| log.warn(n));
+        }
         Verb::List { format, quiet } => list(&root, format, *quiet)?,
         Verb::Features => {}
         Verb::Pause { id } => runtime::pause::pause(&root, id)?,

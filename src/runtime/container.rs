@@ -63,6 +63,9 @@ pub struct Container {
     /// Its cgroup, when it has one (below the hierarchies' roots).
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// The config's hooks (`poststart` and `poststop` run after `create` has exited).
+    #[serde(default)]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 impl Container {

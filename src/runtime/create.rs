@@ -12,7 +12,7 @@ use nix::sys::stat::Mode;
 
 use super::container::EXEC_FIFO;
 use super::rootfs::BundleRoot;
-use super::{Container, Notes, Root, RuntimeError, io, proc};
+use super::{Container, Notes, Root, RuntimeError, State, io, proc};
 use crate::config::oci::{self, Caller};
 use crate::config::{Flags, SessionPlan, Terminal};
 use crate::sandbox::{self, Created, Gate, Launch, Pid1};
@@ -117,8 +117,12 @@ fn create_in<T>(
                 .collect(),
             owner: nix::unistd::geteuid().as_raw(),
             cgroup,
+            hooks: spec.hooks().clone(),
         };
         record.save(dir)?;
+        if let Some(hooks) = &record.hooks {
+            super::hooks::run(hooks, super::hooks::Stage::Create, &State::of(&record, dir))?;
+        }
         if let Some(path) = &opts.pid_file {
             write_pid_file(path, raw)?;
         }
@@ -151,6 +155,11 @@ pub(crate) fn bundle_plan(
     // The cgroup fields are the runtime's (see `cgroup`), not a session's.
     let mut stripped = spec.clone();
     take_cgroups(&mut stripped);
+    // Hooks too: a session refuses them, the runtime runs them (see `hooks`).
+    if let Some(h) = spec.hooks() {
+        super::hooks::check(h)?;
+    }
+    stripped.set_hooks(None);
     let settings = oci::settings(&stripped, &config, &Caller::current())?;
     let terminal = settings.terminal == Some(true);
     let no_new_privs = settings.no_new_privs;

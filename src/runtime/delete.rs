@@ -6,17 +6,17 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::kill::signal_container;
-use super::{Container, Root, RuntimeError, Status, proc};
+use super::{Container, Notes, Root, RuntimeError, Status, proc};
 
 /// How long `delete` waits for a killed process to end.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// `delete`.
+/// `delete`; returns what the poststop hooks said when they failed (runc goes on).
 ///
 /// # Errors
 /// [`RuntimeError::NotExist`] (not with `force`, as runc); [`RuntimeError::NotStopped`] for a
 /// running container without `force`.
-pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), RuntimeError> {
+pub fn delete(root: &Root, id: &str, force: bool) -> Result<Notes, RuntimeError> {
     let (c, dir) = match Container::load(root, id) {
         Ok(found) => found,
         Err(RuntimeError::NotExist(_)) => {
@@ -27,7 +27,7 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), RuntimeError> {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             return if force {
-                Ok(())
+                Ok(Notes::new())
             } else {
                 Err(RuntimeError::NotExist(id.to_owned()))
             };
@@ -46,7 +46,16 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), RuntimeError> {
         }
     }
     super::cgroup::remove(&c)?;
-    std::fs::remove_dir_all(&dir).map_err(super::io("cannot remove the container directory", &dir))
+    let mut notes = Notes::new();
+    if let Some(hooks) = &c.hooks {
+        let state = super::State::of(&c, &dir);
+        if let Err(e) = super::hooks::run(hooks, super::hooks::Stage::Stopped, &state) {
+            notes.push(e.to_string());
+        }
+    }
+    std::fs::remove_dir_all(&dir)
+        .map_err(super::io("cannot remove the container directory", &dir))?;
+    Ok(notes)
 }
 
 /// Kills every process of `c` and waits until its process has ended (it is the caller's

@@ -19,6 +19,7 @@ pub mod create;
 pub mod delete;
 pub mod exec;
 pub mod features;
+pub(crate) mod hooks;
 pub mod kill;
 pub mod list;
 pub mod pause;
@@ -116,6 +117,14 @@ pub enum RuntimeError {
         /// The cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A hook failed.
+    #[error("{hook}: {problem}")]
+    Hook {
+        /// Which (`hooks.prestart[0] (/usr/bin/x)`).
+        hook: String,
+        /// How it failed.
+        problem: String,
     },
     /// `pause` of a container that is not running, or `resume` of one not paused.
     #[error("container not {0}")]

@@ -27,6 +27,7 @@ pub fn run(root: &Root, id: &str, opts: &RunOptions) -> Result<(i32, Notes), Run
         |mut created, c, dir| {
             created.start()?;
             super::start::release(c, dir)?;
+            super::start::poststart(c, dir)?;
             if opts.detach {
                 return Ok(0);
             }

@@ -17,11 +17,30 @@ use super::{Container, Root, RuntimeError, Status, io, proc};
 pub fn start(root: &Root, id: &str) -> Result<(), RuntimeError> {
     let (c, dir) = Container::load(root, id)?;
     match c.status(&dir) {
-        Status::Created => release(&c, &dir),
+        Status::Created => {
+            release(&c, &dir)?;
+            poststart(&c, &dir)
+        }
         Status::Running => Err(RuntimeError::CannotStart("is already running")),
         Status::Paused => Err(RuntimeError::CannotStart("is paused")),
         Status::Stopped => Err(RuntimeError::CannotStart("has stopped")),
     }
+}
+
+/// Runs the poststart hooks; when one fails the container is killed, as runc does.
+pub(crate) fn poststart(c: &Container, dir: &Path) -> Result<(), RuntimeError> {
+    let Some(hooks) = &c.hooks else {
+        return Ok(());
+    };
+    let ran = super::hooks::run(
+        hooks,
+        super::hooks::Stage::Started,
+        &super::State::of(c, dir),
+    );
+    if ran.is_err() {
+        let _ = super::kill::signal_container(c, nix::sys::signal::Signal::SIGKILL, true);
+    }
+    ran
 }
 
 /// Opens the exec fifo for reading, which lets the process's open for writing return, takes

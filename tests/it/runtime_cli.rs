@@ -884,3 +884,61 @@ fn pause_resume_and_limits_through_the_cgroup() {
         "delete left the cgroup"
     );
 }
+
+/// Hooks run as runc runs them, with the state JSON on stdin: prestart and createRuntime at
+/// create (the process known by its pid), poststart after start, poststop at delete; a
+/// failing prestart fails create and leaves no container.
+#[test]
+fn hooks_get_the_state_on_stdin() {
+    let caller = require_caller!(root);
+    let b = Bundle::new(caller, Rt::Ovlrun, "true", true);
+    let ctl = b.ctl.display().to_string();
+    let hook = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("{{ cat; echo; echo $X; }} > {ctl}/{name}.json")],
+               "env": [format!("X=env-of-{name}")]})
+    };
+    b.configure_with("while :; do sleep 0.05; done", true, false, |c| {
+        c["hooks"] = json!({"prestart": [hook("prestart")], "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")], "poststop": [hook("poststop")]});
+    });
+    let (out, pid_file) = b.create("hk", &[]);
+    out.expect_ok();
+    let pid: i64 = fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let read = |name: &str| -> (Value, String) {
+        let text = fs::read_to_string(b.ctl.join(format!("{name}.json")))
+            .unwrap_or_else(|e| panic!("hook {name} did not run: {e}"));
+        let (json, env) = text.split_once('\n').unwrap();
+        (serde_json::from_str(json).unwrap(), env.trim().to_owned())
+    };
+    for name in ["prestart", "createRuntime"] {
+        let (state, env) = read(name);
+        assert_eq!(
+            (state["id"].as_str(), state["pid"].as_i64()),
+            (Some("hk"), Some(pid)),
+            "{state}"
+        );
+        assert_eq!(state["status"], "created");
+        assert_eq!(env, format!("env-of-{name}"));
+    }
+    assert!(!b.ctl.join("poststart.json").exists());
+    b.verb(&["start", "hk"]).expect_ok();
+    assert_eq!(read("poststart").0["status"], "running");
+    b.verb(&["delete", "--force", "hk"]).expect_ok();
+    assert_eq!(read("poststop").0["id"], "hk");
+
+    b.configure_with("true", true, false, |c| {
+        c["hooks"] = json!({"prestart": [{"path": "/bin/false"}]});
+    });
+    let (out, _) = b.create("bad", &[]);
+    assert_eq!(out.code(), 1, "{}", out.context());
+    assert!(
+        out.stderr.contains("hooks.prestart[0]"),
+        "{}",
+        out.context()
+    );
+    assert_eq!(b.verb(&["state", "bad"]).code(), 1, "a container was left");
+}
