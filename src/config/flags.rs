@@ -122,7 +122,7 @@ impl SessionPlan {
         let cwd = flags.cwd.or(oci.cwd).unwrap_or_else(|| "/".into());
         let mounts = oci.mounts;
         let tmpfs = flags.tmpfs;
-        let mut dev_binds = Vec::new();
+        let mut dev_binds = oci.dev_binds.clone();
         for d in &flags.dev_bind {
             dev_binds.push(parse_dev_bind(d)?);
         }

@@ -91,6 +91,8 @@ pub struct OciSettings {
     pub read_only_root: bool,
     /// `process.noNewPrivileges` when given.
     pub no_new_privs: Option<bool>,
+    /// `linux.devices`: the host's node of each, bound into the session's `/dev`.
+    pub dev_binds: Vec<super::Bind>,
     /// `linux.sysctl`, checked to be namespaced.
     pub sysctl: Vec<(String, String)>,
     /// `process.oomScoreAdj`.

@@ -76,11 +76,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         says: |s| in_linux(s, |l| has_content(l.cgroups_path())),
     },
     Unsupported {
-        field: "linux.devices",
-        problem: "not supported (ovlrun makes /dev)",
-        says: |s| in_linux(s, |l| has_content(l.devices())),
-    },
-    Unsupported {
         field: "linux.netDevices",
         problem: "not supported",
         says: |s| in_linux(s, |l| has_content(l.net_devices())),

@@ -605,3 +605,31 @@ fn the_first_refused_field_is_named_propagation_before_all() {
     let e = read(&v, &ROOT).unwrap_err().to_string();
     assert!(e.contains("config.json: linux.rootfsPropagation"), "{e}");
 }
+
+#[test]
+fn devices_are_the_hosts_nodes_bound() {
+    let v = starting(|v| {
+        set(
+            v,
+            "/linux/devices",
+            json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}]),
+        );
+    });
+    let (_dir, path) = bundle(&v.to_string());
+    let spec = parse(&path, &v.to_string()).unwrap();
+    let s = settings(&spec, &path, &ROOT).unwrap();
+    assert_eq!(s.dev_binds.len(), 1);
+    assert_eq!(s.dev_binds[0].dest, PathBuf::from("/dev/null"));
+    // The wrong numbers for the path: refused, naming the entry.
+    let v = starting(|v| {
+        set(
+            v,
+            "/linux/devices",
+            json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 5}]),
+        );
+    });
+    let (_dir, path) = bundle(&v.to_string());
+    let spec = parse(&path, &v.to_string()).unwrap();
+    let e = settings(&spec, &path, &ROOT).unwrap_err().to_string();
+    assert!(e.contains("linux.devices[0]"), "{e}");
+}
