@@ -14,6 +14,12 @@ use ovlrun::policy::{CommitOn, Policy};
 /// `ovlrun --rootfs DIR [--] CMD [ARGS...]` runs CMD (default: /bin/sh) in new user, mount,
 /// pid, uts and ipc namespaces, over an overlay whose lower is DIR: DIR is not modified while
 /// it runs. When it exits, `--policy` decides what happens to its changes (default: discard).
+///
+/// ovlrun is also an OCI runtime with runc's command line, for podman, containerd, docker
+/// and buildah: `ovlrun [--root DIR] [--log FILE] [--log-format json] VERB ...` with VERB one
+/// of create, start, state, kill, delete, exec, ps, pause, resume, list, features (`ovlrun
+/// create --help`). runc's `run ID` needs a runtime flag before it (`ovlrun --root DIR run
+/// --bundle B ID`); a plain `ovlrun run` is a session.
 #[derive(Debug, Parser)]
 #[command(
     name = "ovlrun",
@@ -300,7 +306,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         rootfs: Option<PathBuf>,
     },
-    /// Run a session: the same flags as without a subcommand, plus --resume and --bundle.
+    /// Run a session: the same flags as without a subcommand, plus --resume and --bundle
+    /// (runc's `run ID`, a container, needs a runtime flag before it: `ovlrun --root DIR run`).
     Run(Box<RunCommand>),
     /// List kept and running sessions.
     Ls {

@@ -942,3 +942,56 @@ fn hooks_get_the_state_on_stdin() {
     );
     assert_eq!(b.verb(&["state", "bad"]).code(), 1, "a container was left");
 }
+
+/// The two `run`s: runc's (a runtime flag before it) runs a container by id; a plain
+/// `ovlrun run --bundle B` stays ovlrun's session over the bundle (the command after it is
+/// the session's), and `--help` says which is which.
+#[test]
+fn runcs_run_and_ovlruns_run_coexist() {
+    let caller = require_caller!(root);
+    let b = Bundle::new(
+        caller,
+        Rt::Ovlrun,
+        "echo from-the-bundle > /ctl/which",
+        true,
+    );
+    let bundle = b.bundle.to_str().unwrap().to_owned();
+    // ovlrun's session: the trailing words are its command, the bundle its settings.
+    let mut session = Command::new(ovlrun_bin());
+    session
+        .env("OVLRUN_STATE", b.session.home.join("state"))
+        .args([
+            "run",
+            "--bundle",
+            &bundle,
+            "--policy",
+            "discard",
+            "sh",
+            "-c",
+            "echo session > /ctl/which",
+        ]);
+    run_detached(&mut session, &b.session.dir.join("session")).expect_ok();
+    assert_eq!(
+        fs::read_to_string(b.ctl.join("which")).unwrap().trim(),
+        "session"
+    );
+    // runc's: the last word is the container's id.
+    b.verb(&["run", "--bundle", &bundle, "runc-style"])
+        .expect_ok();
+    assert_eq!(
+        fs::read_to_string(b.ctl.join("which")).unwrap().trim(),
+        "from-the-bundle"
+    );
+    let help = Command::new(ovlrun_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("runc's `run ID` needs a runtime flag"),
+        "{help}"
+    );
+    let create = Command::new(ovlrun_bin())
+        .args(["create", "--help"])
+        .output()
+        .unwrap();
+    assert!(create.status.success());
+    assert!(String::from_utf8_lossy(&create.stdout).contains("--console-socket"));
+}
