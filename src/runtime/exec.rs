@@ -104,12 +104,10 @@ pub fn exec(root: &Root, id: &str, opts: &ExecOptions) -> Result<(i32, Notes), R
         (true, Some(s)) => Console::Socket(s),
         (true, None) => Console::Relayed,
     };
-    let entered = enter::enter(nix::unistd::Pid::from_raw(c.pid), &plan, console)?;
-    // Its program already runs; runc moves it in before exec, which a later change can do.
-    if let Err(e) = super::cgroup::enter(&c, entered.pid) {
-        let _ = nix::sys::signal::kill(entered.pid, nix::sys::signal::Signal::SIGKILL);
-        return Err(e);
-    }
+    // In the container's cgroup before it joins anything: what it runs is limited from the
+    // start.
+    let adopt = |pid| super::cgroup::enter(&c, pid).map_err(Into::into);
+    let entered = enter::enter(nix::unistd::Pid::from_raw(c.pid), &plan, console, adopt)?;
     if let Some(path) = &opts.pid_file {
         let abs = std::path::absolute(path).map_err(io("cannot write the pid file", path))?;
         crate::sys::write_atomic(&abs, entered.pid.as_raw().to_string().as_bytes())

@@ -23,7 +23,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
 use super::handshake::{self, HandshakeError, Msg};
-use super::{SandboxError, init, ns, seccomp, terminal};
+use super::{FsError, SandboxError, init, ns, seccomp, terminal};
 use crate::config::SessionPlan;
 use crate::sys::process::{self, exit_now};
 
@@ -63,10 +63,13 @@ pub(crate) struct Entered {
 ///
 /// # Errors
 /// [`SandboxError`] naming the step; [`SandboxError::Setup`] with the child's message.
+/// `adopt` is called with the helper's pid before it joins anything or forks: the caller
+/// places it (a cgroup), and the process it forks inherits that from its first instruction.
 pub(crate) fn enter(
     target: Pid,
     plan: &SessionPlan,
     console: Console,
+    adopt: impl FnOnce(Pid) -> Result<(), FsError>,
 ) -> Result<Entered, SandboxError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(ns("become a child subreaper"))?;
     let cache = plan.state_root.join("cache");
@@ -82,6 +85,9 @@ pub(crate) fn enter(
         ForkResult::Child => {
             drop(parent_end);
             drop(term_parent);
+            if child_end.wait_go().is_err() {
+                exit_now(125);
+            }
             let spawned = join_and_spawn(&joined, plan, &console, filter.as_ref(), &mut term_child);
             let why = match spawned {
                 Ok(pid) => match child_end.send(Msg::Ready, pid.as_raw().to_string().as_bytes()) {
@@ -97,6 +103,12 @@ pub(crate) fn enter(
     };
     drop(child_end);
     drop(term_child);
+    if let Err(e) = adopt(child) {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(SandboxError::Adopt(e));
+    }
+    parent_end.send(Msg::Go, b"")?;
     let ready = parent_end.expect(Msg::Ready).map_err(setup_error);
     let _ = waitpid(child, None);
     let pid = String::from_utf8_lossy(&ready?)

@@ -93,6 +93,9 @@ pub enum SandboxError {
         #[source]
         source: nix::Error,
     },
+    /// The caller could not place an entered process (in a cgroup).
+    #[error("cannot place the new process")]
+    Adopt(#[source] FsError),
     /// The child could not set the session up (mounts, root, hostname, terminal): its own
     /// message, naming the step and the path.
     #[error("{0}")]

@@ -878,6 +878,17 @@ fn pause_resume_and_limits_through_the_cgroup() {
         1,
         "resume of a running container"
     );
+    // An exec'd process is in the container's cgroup.
+    let pid_file = b.session.home.join("exec.pid");
+    let pf = pid_file.to_str().unwrap().to_owned();
+    b.verb(&["exec", "--detach", "--pid-file", &pf, "pz", "sleep", "100"])
+        .expect_ok();
+    let pid = fs::read_to_string(&pid_file).unwrap();
+    let cgroups = fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap();
+    assert!(
+        cgroups.contains(&path),
+        "exec'd process not in {path}:\n{cgroups}"
+    );
     b.verb(&["delete", "--force", "pz"]).expect_ok();
     assert!(
         !pids_max.parent().unwrap().exists(),
