@@ -63,6 +63,9 @@ pub struct Container {
     /// Its cgroup, when it has one (below the hierarchies' roots).
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// The session holding its writes (annotation `org.ovlrun.policy`), applied at delete.
+    #[serde(default)]
+    pub session: Option<crate::session::ContainerSessionRef>,
     /// The config's hooks (`poststart` and `poststop` run after `create` has exited).
     #[serde(default)]
     pub hooks: Option<oci_spec::runtime::Hooks>,

@@ -11,11 +11,14 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use super::container::EXEC_FIFO;
-use super::rootfs::BundleRoot;
+use super::rootfs::{BundleRoot, ContainerRoot};
 use super::{Container, Notes, Root, RuntimeError, State, io, proc};
 use crate::config::oci::{self, Caller};
 use crate::config::{Flags, SessionPlan, Terminal};
+use crate::policy::Policy;
 use crate::sandbox::{self, Created, Gate, Launch, Pid1};
+use crate::session::ContainerSessionRef;
+use crate::session::container::ContainerSession;
 
 /// `create`'s flags (and `run`'s).
 #[derive(Clone, Debug, Default)]
@@ -55,7 +58,7 @@ pub(crate) fn create_then<T>(
     id: &str,
     opts: &CreateOptions,
     detached: bool,
-    then: impl FnOnce(Created<BundleRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
+    then: impl FnOnce(Created<ContainerRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
 ) -> Result<(T, Notes), RuntimeError> {
     let dir = root.make_dir(id)?;
     let made = create_in(&dir, id, opts, detached, then);
@@ -70,10 +73,44 @@ fn create_in<T>(
     id: &str,
     opts: &CreateOptions,
     detached: bool,
-    then: impl FnOnce(Created<BundleRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
+    then: impl FnOnce(Created<ContainerRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
 ) -> Result<(T, Notes), RuntimeError> {
-    let (bundle, mut spec, plan, mut notes) = bundle_plan(&opts.bundle, opts.preserve_fds)?;
+    let (bundle, mut spec, plan, notes) = bundle_plan(&opts.bundle, opts.preserve_fds)?;
     let (cgroups_path, resources) = take_cgroups(&mut spec).unwrap_or_default();
+    let session = match container_policy(&spec)? {
+        Some(policy) => Some(ContainerSession::begin(&plan, policy, id).map_err(session_error)?),
+        None => None,
+    };
+    let made = create_with(
+        dir,
+        id,
+        opts,
+        detached,
+        (bundle, spec, plan, notes),
+        session.as_ref(),
+        cgroups_path,
+        resources,
+        then,
+    );
+    if let (Err(_), Some(s)) = (&made, session) {
+        s.abandon();
+    }
+    made
+}
+
+/// [`create_in`] once the bundle is read and its session (if any) begun.
+#[allow(clippy::too_many_arguments)]
+fn create_with<T>(
+    dir: &Path,
+    id: &str,
+    opts: &CreateOptions,
+    detached: bool,
+    (bundle, spec, plan, mut notes): (PathBuf, oci_spec::runtime::Spec, SessionPlan, Notes),
+    session: Option<&ContainerSession>,
+    cgroups_path: Option<PathBuf>,
+    resources: Option<oci_spec::runtime::LinuxResources>,
+    then: impl FnOnce(Created<ContainerRoot<'_>>, &Container, &Path) -> Result<T, RuntimeError>,
+) -> Result<(T, Notes), RuntimeError> {
     let console = console(
         opts.console_socket.as_deref(),
         plan.terminal == Terminal::Always,
@@ -87,10 +124,15 @@ fn create_in<T>(
         tied: false,
     };
     let ids = sandbox::id_map(&plan);
-    let created = sandbox::create(&plan, ids, BundleRoot::new(&plan), launch)?;
+    let root = match session {
+        Some(s) => ContainerRoot::Session(s.rootfs(&plan)),
+        None => ContainerRoot::Bundle(BundleRoot::new(&plan)),
+    };
+    let created = sandbox::create(&plan, ids, root, launch)?;
     notes.extend(created.notices.iter().map(ToString::to_string));
     let pid = created.pid();
     let rootfs = plan.rootfs.clone();
+    let state_root = plan.state_root.clone();
     let finish = move || -> Result<(T, Notes), RuntimeError> {
         let raw = pid.as_raw();
         // The process is held before the user's program: its limits apply from the start.
@@ -118,7 +160,15 @@ fn create_in<T>(
             owner: nix::unistd::geteuid().as_raw(),
             cgroup,
             hooks: spec.hooks().clone(),
+            session: session.map(|s| ContainerSessionRef {
+                state_root,
+                id: s.id().to_owned(),
+            }),
         };
+        if let Some(s) = session {
+            s.started(u32::try_from(raw).unwrap_or(0))
+                .map_err(session_error)?;
+        }
         record.save(dir)?;
         if let Some(hooks) = &record.hooks {
             super::hooks::run(hooks, super::hooks::Stage::Create, &State::of(&record, dir))?;
@@ -136,6 +186,37 @@ fn create_in<T>(
             Err(e)
         }
     }
+}
+
+/// The policy of a container whose writes are a session (`org.ovlrun.policy`), or `None`
+/// for runc's way (its writes go to the bundle's root).
+fn container_policy(spec: &oci_spec::runtime::Spec) -> Result<Option<Policy>, RuntimeError> {
+    let Some(value) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::config::oci::ANNOTATION_POLICY))
+    else {
+        return Ok(None);
+    };
+    // Checked by the config already; the kernel serves (FUSE would need a server outliving
+    // `create`).
+    let fs = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::config::oci::ANNOTATION_FS))
+        .map(String::as_str);
+    if fs == Some("fuse") {
+        return Err(RuntimeError::Usage(
+            "annotations[\"org.ovlrun.fs\"] fuse: a container's session is served by the \
+             kernel overlayfs (FUSE would need a server outliving create)"
+                .into(),
+        ));
+    }
+    Ok(Policy::parse(value))
+}
+
+fn session_error(e: crate::session::SessionError) -> RuntimeError {
+    RuntimeError::Session(Box::new(e))
 }
 
 /// The plan of the bundle at `bundle` for a container (`create`) or a process entering it
@@ -174,6 +255,8 @@ pub(crate) fn bundle_plan(
     // runc's default: a process may gain privileges (setuid programs) unless the config
     // says otherwise.
     plan.no_new_privs = no_new_privs.unwrap_or(false);
+    // A container's session, if any, is served by the kernel (see `container_policy`).
+    plan.fs = crate::mount::Backend::Kernel;
     Ok((bundle, spec, plan, notes))
 }
 

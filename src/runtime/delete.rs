@@ -53,9 +53,46 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<Notes, RuntimeError>
             notes.push(e.to_string());
         }
     }
+    if let Some(session) = &c.session {
+        let report = Collect::default();
+        if let Err(e) = crate::session::container::finish(session, &report) {
+            notes.push(format!(
+                "the container's session {} is kept: {}",
+                session.id,
+                crate::error_chain(&e)
+            ));
+        }
+        notes.extend(report.0.into_inner());
+    }
     std::fs::remove_dir_all(&dir)
         .map_err(super::io("cannot remove the container directory", &dir))?;
     Ok(notes)
+}
+
+/// What a container's session says at its end, collected as notes for `--log`.
+#[derive(Default)]
+struct Collect(std::cell::RefCell<Notes>);
+
+impl crate::session::report::Report for Collect {
+    fn note(&self, note: crate::session::report::Note<'_>) {
+        self.0.borrow_mut().push(note.to_string());
+    }
+
+    fn commit_progress(
+        &self,
+        _: crate::session::report::CommitSize,
+    ) -> Box<dyn crate::session::report::Progress + '_> {
+        Box::new(crate::session::report::Silent)
+    }
+
+    /// Nobody to ask: the session is kept.
+    fn ask(
+        &self,
+        _: &str,
+        _: &[(crate::policy::Change, std::path::PathBuf)],
+    ) -> crate::policy::Policy {
+        crate::policy::Policy::Preserve
+    }
 }
 
 /// Kills every process of `c` and waits until its process has ended (it is the caller's

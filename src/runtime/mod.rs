@@ -118,6 +118,9 @@ pub enum RuntimeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The container's session (`org.ovlrun.policy`) could not be made or finished.
+    #[error("the container's session")]
+    Session(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A hook failed.
     #[error("{hook}: {problem}")]
     Hook {

@@ -89,6 +89,47 @@ impl Filesystem for BundleRoot<'_> {
     }
 }
 
+/// The container's root as the launcher is handed it: the bundle's directory itself (runc's
+/// way, the default), or the kernel overlay of it whose upper is a session's (the
+/// annotation `org.ovlrun.policy`).
+pub(crate) enum ContainerRoot<'a> {
+    /// The directory itself.
+    Bundle(BundleRoot<'a>),
+    /// A session's overlay of it.
+    Session(crate::session::rootfs::SessionRootfs<'a>),
+}
+
+impl Filesystem for ContainerRoot<'_> {
+    fn mountpoint(&self) -> &Path {
+        match self {
+            ContainerRoot::Bundle(b) => b.mountpoint(),
+            ContainerRoot::Session(s) => s.mountpoint(),
+        }
+    }
+
+    fn mount(&mut self) -> Result<Vec<NetFile>, FsError> {
+        match self {
+            ContainerRoot::Bundle(b) => b.mount(),
+            // No resolver files of the host either way: the manager binds its own.
+            ContainerRoot::Session(s) => s.mount().map(|_| Vec::new()),
+        }
+    }
+
+    fn serve(&mut self) -> Result<Backend, FsError> {
+        match self {
+            ContainerRoot::Bundle(b) => b.serve(),
+            ContainerRoot::Session(s) => s.serve(),
+        }
+    }
+
+    fn unmount(self) -> Result<(), FsError> {
+        match self {
+            ContainerRoot::Bundle(b) => b.unmount(),
+            ContainerRoot::Session(s) => s.unmount(),
+        }
+    }
+}
+
 /// Makes `target` (absolute inside the root) of `kind` beneath `root`, its parents first.
 fn make_target(root: &std::os::fd::OwnedFd, target: &Path, kind: Kind) -> Result<(), Errno> {
     let rel = target.strip_prefix("/").unwrap_or(target);

@@ -1006,3 +1006,75 @@ fn runcs_run_and_ovlruns_run_coexist() {
     assert!(create.status.success());
     assert!(String::from_utf8_lossy(&create.stdout).contains("--console-socket"));
 }
+
+/// The annotation `org.ovlrun.policy` serves the bundle's root through a kernel overlay
+/// whose upper is a session's: the root is untouched while the container runs, `ovlrun diff`
+/// shows its writes, and the policy applies at `delete` (preserve keeps them, commit merges
+/// them into the root, discard drops them).
+#[test]
+fn a_policy_annotation_makes_the_containers_writes_a_session() {
+    let caller = require_caller!(root);
+    require!(
+        crate::support::can_mount_kernel_overlay(),
+        "mount the kernel overlayfs"
+    );
+    let b = Bundle::new(caller, Rt::Ovlrun, "true", true);
+    let state = b.session.home.join("state");
+    let ovlrun = |args: &[&str]| {
+        let mut cmd = Command::new(ovlrun_bin());
+        cmd.env("OVLRUN_STATE", &state).args(args);
+        run_detached(&mut cmd, &b.session.dir.join("ovlrun"))
+    };
+    let in_runtime = |args: &[&str]| {
+        let mut cmd = b.command(args);
+        cmd.env("OVLRUN_STATE", &state);
+        run_detached(&mut cmd, &b.session.dir.join("rt"))
+    };
+    let bundle = b.bundle.to_str().unwrap().to_owned();
+    for (policy, id) in [("preserve", "p1"), ("commit", "p2"), ("discard", "p3")] {
+        let file = format!("/made-by-{id}");
+        b.configure_with(
+            &format!("echo {policy} > {file}; echo up > /ctl/{id}; while :; do sleep 0.05; done"),
+            true,
+            false,
+            |c| c["annotations"] = json!({"org.ovlrun.policy": policy}),
+        );
+        b.made.borrow_mut().push(id.into());
+        in_runtime(&["create", "--bundle", &bundle, id]).expect_ok();
+        in_runtime(&["start", id]).expect_ok();
+        b.wait_ctl(id);
+        let host = b.session.rootfs.join(file.trim_start_matches('/'));
+        assert!(
+            !host.exists(),
+            "{policy}: the container wrote into the bundle's root"
+        );
+        let listed = ovlrun(&["ls", "--json"]);
+        let sessions: Value = serde_json::from_str(&listed.stdout).unwrap();
+        let session = sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["status"] == "running")
+            .unwrap_or_else(|| panic!("{policy}: no running session\n{}", listed.context()))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let diff = ovlrun(&["diff", &session]);
+        assert!(
+            diff.stdout.contains(&format!("A {file}")),
+            "{}",
+            diff.context()
+        );
+        in_runtime(&["delete", "--force", id]).expect_ok();
+        let after = ovlrun(&["ls", "--json"]);
+        let kept = after.stdout.contains(&session);
+        match policy {
+            "preserve" => assert!(kept && !host.exists(), "{}", after.context()),
+            "commit" => {
+                assert!(!kept, "{}", after.context());
+                assert_eq!(fs::read_to_string(&host).unwrap().trim(), "commit");
+            }
+            _ => assert!(!kept && !host.exists(), "{}", after.context()),
+        }
+    }
+}
