@@ -122,6 +122,27 @@ fn create_with<T>(
         pid1: Pid1::Exec,
         console,
         tied: false,
+        hooks: crate::sandbox::hooks::InContainer {
+            create: spec
+                .hooks()
+                .as_ref()
+                .and_then(|h| h.create_container().clone())
+                .unwrap_or_default(),
+            start: spec
+                .hooks()
+                .as_ref()
+                .and_then(|h| h.start_container().clone())
+                .unwrap_or_default(),
+        },
+        // As `state` prints it; the launcher fills in the pid.
+        state: serde_json::json!({
+            "ociVersion": spec.version(),
+            "id": id,
+            "status": "created",
+            "bundle": bundle,
+            "rootfs": plan.rootfs,
+            "annotations": spec.annotations().clone().unwrap_or_default(),
+        }),
     };
     let ids = sandbox::id_map(&plan);
     let root = match session {
@@ -237,9 +258,6 @@ pub(crate) fn bundle_plan(
     let mut stripped = spec.clone();
     take_cgroups(&mut stripped);
     // Hooks too: a session refuses them, the runtime runs them (see `hooks`).
-    if let Some(h) = spec.hooks() {
-        super::hooks::check(h)?;
-    }
     stripped.set_hooks(None);
     let settings = oci::settings(&stripped, &config, &Caller::current())?;
     let terminal = settings.terminal == Some(true);

@@ -9,7 +9,10 @@ pub fn features() -> Value {
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.1",
-        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "hooks": [
+            "prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+            "poststop"
+        ],
         "mountOptions": [
             "bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec", "relatime",
             "norelatime", "strictatime", "noatime", "nodiratime", "private", "rprivate",

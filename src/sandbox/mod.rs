@@ -31,6 +31,7 @@
 pub(crate) mod caps;
 pub(crate) mod enter;
 pub(crate) mod handshake;
+pub(crate) mod hooks;
 pub(crate) mod idmap;
 pub(crate) mod init;
 pub(crate) mod mounts;
@@ -205,6 +206,11 @@ pub(crate) struct Launch {
     /// The process dies with the launcher (`PR_SET_PDEATHSIG`): a session. A container
     /// outlives `ovlrun create`.
     pub tied: bool,
+    /// Hooks the process runs itself (a container's `createContainer`, `startContainer`).
+    pub hooks: hooks::InContainer,
+    /// The state JSON object its hooks read on stdin; its `pid` is filled in once the
+    /// process exists.
+    pub state: serde_json::Value,
 }
 
 impl Launch {
@@ -215,6 +221,8 @@ impl Launch {
             pid1: Pid1::Supervise,
             console: None,
             tied: true,
+            hooks: hooks::InContainer::default(),
+            state: serde_json::Value::Null,
         }
     }
 }
@@ -363,8 +371,16 @@ pub(crate) fn create<F: Filesystem>(
         Ok(b) => b,
         Err(e) => return Err(kill_child(SandboxError::Filesystem(e))),
     };
+    // The process's own hooks get its state, pid included, with the word to go.
+    let state = if launch.hooks.is_empty() {
+        Vec::new()
+    } else {
+        let mut state = launch.state.clone();
+        state["pid"] = child.as_raw().into();
+        serde_json::to_vec(&state).unwrap_or_default()
+    };
     parent_end
-        .send(Msg::Go, b"")
+        .send(Msg::Go, &state)
         .map_err(|e| kill_child(e.into()))?;
     let master = if relayed {
         let master = parent_end.expect_fd(Msg::Terminal);
@@ -600,10 +616,10 @@ fn start_child(plan: &SessionPlan, c: &Child<'_>, end: End) -> Result<Pid, Sandb
         let Some(mut end) = end.take() else {
             exit_now(125)
         };
-        if end.wait_go().is_err() {
-            exit_now(125);
-        }
-        let notes = match setup_child(plan, c, &mut end) {
+        let Ok(state) = end.expect(Msg::Go) else {
+            exit_now(125)
+        };
+        let notes = match setup_child(plan, c, &mut end, &state) {
             Ok(notes) => notes,
             Err(why) => fail_setup(&mut end, &why),
         };
@@ -627,6 +643,11 @@ fn start_child(plan: &SessionPlan, c: &Child<'_>, end: End) -> Result<Pid, Sandb
             setgroups: c.setgroups,
             filter: c.filter,
         };
+        // Inside its root, just before the user's program; nobody waits for an answer.
+        if let Err(why) = hooks::run_all("startContainer", &c.launch.hooks.start, &state) {
+            eprintln!("ovlrun: {why}");
+            exit_now(125);
+        }
         match c.launch.pid1 {
             Pid1::Supervise => init::run(&cmd),
             Pid1::Exec => init::exec_as_pid1(&cmd),
@@ -646,7 +667,12 @@ fn fail_setup(end: &mut End, why: &str) -> ! {
 
 /// In the child: mounts, root, hostname, loopback, terminal. Returns the notes of steps
 /// that fell back, or the failing step's message.
-fn setup_child(plan: &SessionPlan, c: &Child<'_>, end: &mut End) -> Result<Vec<String>, String> {
+fn setup_child(
+    plan: &SessionPlan,
+    c: &Child<'_>,
+    end: &mut End,
+    state: &[u8],
+) -> Result<Vec<String>, String> {
     let chain = |e: &dyn std::error::Error| crate::error_chain(e);
     for (kind, fd) in c.joined {
         nix::sched::setns(fd, clone_flag(*kind)).map_err(|e| {
@@ -664,6 +690,8 @@ fn setup_child(plan: &SessionPlan, c: &Child<'_>, end: &mut End) -> Result<Vec<S
     let mut notes = mounts::apply(c.root, &plan::steps(plan, CgroupLayout::of_host(), c.net))
         .map_err(|e| chain(&e))?;
     mounts::seal_root(c.root, plan.read_only_root).map_err(|e| chain(&e))?;
+    // In the container's namespaces, its mounts made, the runtime's paths still in view.
+    hooks::run_all("createContainer", &c.launch.hooks.create, state)?;
     notes.extend(mounts::enter_root(c.root).map_err(|e| chain(&e))?);
     // A joined uts namespace keeps its name, as with runc.
     if !c.joins(NsKind::Uts) {

@@ -909,7 +909,11 @@ fn hooks_get_the_state_on_stdin() {
                "env": [format!("X=env-of-{name}")]})
     };
     b.configure_with("while :; do sleep 0.05; done", true, false, |c| {
+        // startContainer runs inside the container's root: its paths are the container's.
+        let inside = json!({"path": "/bin/sh", "args": ["sh", "-c", "{ cat; echo; echo $X; } > /ctl/startContainer.json"],
+                            "env": ["X=env-of-startContainer"]});
         c["hooks"] = json!({"prestart": [hook("prestart")], "createRuntime": [hook("createRuntime")],
+            "createContainer": [hook("createContainer")], "startContainer": [inside],
             "poststart": [hook("poststart")], "poststop": [hook("poststop")]});
     });
     let (out, pid_file) = b.create("hk", &[]);
@@ -925,7 +929,7 @@ fn hooks_get_the_state_on_stdin() {
         let (json, env) = text.split_once('\n').unwrap();
         (serde_json::from_str(json).unwrap(), env.trim().to_owned())
     };
-    for name in ["prestart", "createRuntime"] {
+    for name in ["prestart", "createRuntime", "createContainer"] {
         let (state, env) = read(name);
         assert_eq!(
             (state["id"].as_str(), state["pid"].as_i64()),
@@ -936,7 +940,16 @@ fn hooks_get_the_state_on_stdin() {
         assert_eq!(env, format!("env-of-{name}"));
     }
     assert!(!b.ctl.join("poststart.json").exists());
+    assert!(!b.ctl.join("startContainer.json").exists());
     b.verb(&["start", "hk"]).expect_ok();
+    b.wait_ctl("startContainer.json");
+    let (state, env) = read("startContainer");
+    assert_eq!(
+        (state["id"].as_str(), state["pid"].as_i64()),
+        (Some("hk"), Some(pid)),
+        "{state}"
+    );
+    assert_eq!(env, "env-of-startContainer");
     assert_eq!(read("poststart").0["status"], "running");
     b.verb(&["delete", "--force", "hk"]).expect_ok();
     assert_eq!(read("poststop").0["id"], "hk");
