@@ -150,6 +150,9 @@ pub enum NsKind {
     Ipc,
     /// Hostname and domain name.
     Uts,
+    /// Process ids: the session's processes join another's pid namespace (its pid 1 is not
+    /// theirs).
+    Pid,
 }
 
 /// One resource limit for the command (`--rlimit`, `process.rlimits`).

@@ -333,6 +333,16 @@ pub(crate) fn create<F: Filesystem>(
             path: j.path.clone(),
             source,
         })?;
+        // Only the children made afterwards enter a pid namespace, so the launcher joins it
+        // itself, before it has entered any namespace of its own, for the child it clones.
+        if j.kind == NsKind::Pid {
+            nix::sched::setns(&fd, CloneFlags::CLONE_NEWPID).map_err(|source| {
+                SandboxError::JoinNs {
+                    path: j.path.clone(),
+                    source,
+                }
+            })?;
+        }
         joined.push((j.kind, fd));
     }
     let mut notices = Vec::new();
@@ -587,6 +597,7 @@ fn clone_flag(kind: NsKind) -> CloneFlags {
         NsKind::Network => CloneFlags::CLONE_NEWNET,
         NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
         NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+        NsKind::Pid => CloneFlags::CLONE_NEWPID,
     }
 }
 
@@ -674,7 +685,7 @@ fn setup_child(
     state: &[u8],
 ) -> Result<Vec<String>, String> {
     let chain = |e: &dyn std::error::Error| crate::error_chain(e);
-    for (kind, fd) in c.joined {
+    for (kind, fd) in c.joined.iter().filter(|(k, _)| *k != NsKind::Pid) {
         nix::sched::setns(fd, clone_flag(*kind)).map_err(|e| {
             let path = plan
                 .join

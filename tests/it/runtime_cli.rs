@@ -1091,3 +1091,61 @@ fn a_policy_annotation_makes_the_containers_writes_a_session() {
         }
     }
 }
+
+/// Namespaces given by path are joined (as a Kubernetes pod's containers share the sandbox's):
+/// a second container given the first's network, ipc, uts and pid namespaces sees its
+/// processes and its hostname.
+#[test]
+fn namespaces_given_by_path_are_joined() {
+    let caller = require_caller!(root);
+    let b = Bundle::new(caller, Rt::Ovlrun, "true", false);
+    b.configure_with(
+        "hostname > /ctl/first; while :; do sleep 0.05; done",
+        false,
+        false,
+        |c| {
+            c["hostname"] = json!("sandbox-host");
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "network"}));
+        },
+    );
+    let (out, pid_file) = b.create("first", &[]);
+    out.expect_ok();
+    b.verb(&["start", "first"]).expect_ok();
+    b.wait_ctl("first");
+    let pid = fs::read_to_string(pid_file).unwrap().trim().to_owned();
+    b.configure_with(
+        "hostname > /ctl/second; ps -o comm > /ctl/ps; ls /sys/class/net > /ctl/net",
+        false,
+        false,
+        |c| {
+            let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.retain(|n| !matches!(n["type"].as_str(), Some("uts" | "ipc" | "pid")));
+            for (kind, file) in [
+                ("network", "net"),
+                ("ipc", "ipc"),
+                ("uts", "uts"),
+                ("pid", "pid"),
+            ] {
+                ns.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{file}")}));
+            }
+        },
+    );
+    b.made.borrow_mut().push("second".into());
+    let bundle = b.bundle.to_str().unwrap().to_owned();
+    b.verb(&["run", "--bundle", &bundle, "second"]).expect_ok();
+    assert_eq!(b.wait_ctl("second").trim(), "sandbox-host");
+    let ps = fs::read_to_string(b.ctl.join("ps")).unwrap();
+    assert!(
+        ps.lines().filter(|l| l.trim() == "sh").count() >= 2,
+        "the first container's sh is not seen:\n{ps}"
+    );
+    let net = fs::read_to_string(b.ctl.join("net")).unwrap();
+    assert_eq!(
+        net.trim(),
+        "lo",
+        "the first container's network namespace has only lo"
+    );
+}

@@ -29,12 +29,13 @@ impl Ctx<'_> {
                     LinuxNamespaceType::Network => NsKind::Network,
                     LinuxNamespaceType::Ipc => NsKind::Ipc,
                     LinuxNamespaceType::Uts => NsKind::Uts,
+                    LinuxNamespaceType::Pid => NsKind::Pid,
                     other => {
                         return Err(self.bad(
                             format!("linux.namespaces[{i}].path"),
                             format!(
                                 "joining an existing {other} namespace is not supported \
-                                 (network, ipc and uts are)"
+                                 (network, ipc, uts and pid are)"
                             ),
                         ));
                     }

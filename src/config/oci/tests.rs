@@ -453,7 +453,7 @@ fn fields_ovlrun_cannot_honour_are_errors_naming_them() {
                 set(
                     v,
                     "/linux/namespaces/1",
-                    json!({"type": "pid", "path": "/proc/1/ns/pid"}),
+                    json!({"type": "mount", "path": "/proc/1/ns/mnt"}),
                 )
             }),
         ),
