@@ -23,11 +23,16 @@ set -euo pipefail
 #   passwd           useradd, groupadd
 #   bubblewrap       scripts/bench.sh times its start beside ovlrun's and unshare's
 #   libseccomp-dev   the libseccomp crate links it to compile the sessions' system-call filter
+#   podman conmon containerd runc buildah   the container managers whose OCI runtime ovlrun can
+#                    be (tests/it/runtime.rs); runc is the reference runtime; conmon is podman's
+#                    monitor (a Depends, named so the list says it)
+#   slirp4netns catatonit   rootless podman's network helper and its `--init`
 #   rsync            scripts/bench-commit.sh times `rsync -a` beside `ovlrun commit`
 APT_PACKAGES=(
     fuse3 fuse-overlayfs busybox-static uidmap attr acl fio libacl1-dev
     build-essential pkg-config shellcheck util-linux passwd e2fsprogs util-linux-extra
     bubblewrap libseccomp-dev rsync
+    podman conmon containerd runc buildah slirp4netns catatonit
 )
 
 # The unprivileged user that launcher tests run ovlrun as.

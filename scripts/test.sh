@@ -88,6 +88,23 @@ check_layering() {
     check_policy_reads_through_format
     check_library_does_not_print
     check_sandbox_is_handed_its_mount
+    check_runtime_arrows
+}
+
+# The runtime (issue 15) drives the launcher, sessions and cgroups; it does not reach into
+# overlays or FUSE, and nothing below it imports it; outside `//` comment lines.
+check_runtime_arrows() {
+    local hits
+    hits="$(grep -rnE 'crate::(layers|fs)([^[:alnum:]_]|$)|crate::mount::([^B]|B[^a])' src/runtime \
+        | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)"
+    hits+="$(grep -rnE 'crate::runtime([^[:alnum:]_]|$)' src/sandbox src/config src/session src/cgroups \
+        | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)"
+    if [[ -n "$hits" ]]; then
+        echo "src/runtime uses no layers, fs or mount internals, and nothing below uses it:"
+        printf '%s\n' "$hits"
+        return 1
+    fi
+    echo "src/runtime: over sandbox, session, config, cgroups and host"
 }
 
 # The launcher runs the filesystem it is handed (`sandbox::Filesystem`, issue 17): `sandbox`
@@ -120,12 +137,14 @@ check_config_below_sandbox() {
 
 # Files that may print (issue 17): the binary, and code with no caller to return to.
 PRINT_ALLOWED=(
-    src/main.rs src/sessions.rs src/cli.rs src/stderr.rs # the binary
+    src/main.rs src/sessions.rs src/cli.rs src/stderr.rs src/verbs.rs # the binary
     src/sandbox/init.rs      # the session's pid 1: fatal setup errors
-    src/sandbox/mod.rs       # the cloned child's fatal setup errors; launcher notes (to move)
+    src/sandbox/mod.rs       # the cloned child's fatal errors it cannot send back
+    src/sandbox/enter.rs     # an exec'd process's fatal errors (no caller to return to)
     src/sandbox/timeout.rs   # the --timeout note (to move with the launcher's notes)
     src/sandbox/seccomp/mod.rs # a unit test's timing line
     src/policy/commit_props.rs # the planner's property test: its seed and coverage
+    src/cgroups/tests.rs     # the real-cgroup tests: why they skip
     src/fs/mod.rs            # FUSE destroy(): the unmount has no caller to fail to
 )
 

@@ -14,6 +14,12 @@ use ovlrun::policy::{CommitOn, Policy};
 /// `ovlrun --rootfs DIR [--] CMD [ARGS...]` runs CMD (default: /bin/sh) in new user, mount,
 /// pid, uts and ipc namespaces, over an overlay whose lower is DIR: DIR is not modified while
 /// it runs. When it exits, `--policy` decides what happens to its changes (default: discard).
+///
+/// ovlrun is also an OCI runtime with runc's command line, for podman, containerd, docker
+/// and buildah: `ovlrun [--root DIR] [--log FILE] [--log-format json] VERB ...` with VERB one
+/// of create, start, state, kill, delete, exec, ps, pause, resume, list, features (`ovlrun
+/// create --help`). runc's `run ID` needs a runtime flag before it (`ovlrun --root DIR run
+/// --bundle B ID`); a plain `ovlrun run` is a session.
 #[derive(Debug, Parser)]
 #[command(
     name = "ovlrun",
@@ -322,7 +328,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         rootfs: Option<PathBuf>,
     },
-    /// Run a session: the same flags as without a subcommand, plus --resume and --bundle.
+    /// Run a session: the same flags as without a subcommand, plus --resume and --bundle
+    /// (runc's `run ID`, a container, needs a runtime flag before it: `ovlrun --root DIR run`).
     Run(Box<RunCommand>),
     /// List kept and running sessions.
     Ls {
@@ -519,4 +526,215 @@ impl From<Whiteout> for WhiteoutFormat {
             Whiteout::Aufs => WhiteoutFormat::Aufs,
         }
     }
+}
+
+/// runc's command line, for container managers: `ovlrun [GLOBAL FLAGS] VERB ...`.
+///
+/// Chosen over the session command line when the first word after the global flags below
+/// is one of its verbs, or is `run` after at least one of them (`ovlrun --root DIR run ID`
+/// is runc's run; a plain `ovlrun run` stays ovlrun's session).
+#[derive(Debug, Parser)]
+#[command(
+    name = "ovlrun",
+    version,
+    about = "ovlrun as an OCI runtime, with runc's command line"
+)]
+pub struct RuntimeCli {
+    /// Where container state lives [default: /run/ovlrun for root, else
+    /// $XDG_RUNTIME_DIR/ovlrun].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Write errors and warnings to FILE instead of stderr only.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// The log's format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Use systemd for cgroups: refused (ovlrun has no systemd driver).
+    #[arg(long)]
+    pub systemd_cgroup: bool,
+    /// More logging (accepted; ovlrun logs the same).
+    #[arg(long)]
+    pub debug: bool,
+    /// runc's rootless mode switch (accepted: ovlrun decides from the caller).
+    #[arg(long, value_name = "true|false|auto")]
+    pub rootless: Option<String>,
+    /// The verb.
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+/// `--log-format` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// logrus's text lines: `time="..." level=error msg="..."`.
+    Text,
+    /// One JSON object a line: `{"level","msg","time"}`.
+    Json,
+}
+
+/// `create` and `run`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The bundle: a directory holding config.json.
+    #[arg(long, short = 'b', value_name = "DIR", default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the container's pid (decimal) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// A unix socket to send the master of the container's pty to (SCM_RIGHTS).
+    #[arg(long, value_name = "SOCKET")]
+    pub console_socket: Option<PathBuf>,
+    /// Pass the caller's fds 3 .. 3+N to the container.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Do not use pivot_root (ovlrun falls back to it by itself where pivot_root is refused).
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Do not create a new session keyring (accepted; ovlrun makes none).
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// The container's id.
+    pub id: String,
+}
+
+/// runc's verbs.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Set a container up from a bundle, its process held before the user's program.
+    Create(CreateArgs),
+    /// Run the user's program of a created container.
+    Start {
+        /// The container's id.
+        id: String,
+    },
+    /// Print a container's state as JSON.
+    State {
+        /// The container's id.
+        id: String,
+    },
+    /// Send a signal (default TERM) to a container's process.
+    Kill {
+        /// Every process of the container.
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// The container's id.
+        id: String,
+        /// The signal: a number, or a name with or without SIG (9, KILL, SIGKILL).
+        signal: Option<String>,
+    },
+    /// Remove a stopped container (with --force, a running one too).
+    Delete {
+        /// Kill a running container first.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// The container's id.
+        id: String,
+    },
+    /// List the containers of the root.
+    List {
+        /// table or json.
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        /// Only the ids.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Print the features this runtime implements, as JSON.
+    Features,
+    /// Freeze a running container's processes (its cgroup).
+    Pause {
+        /// The container's id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// The container's id.
+        id: String,
+    },
+    /// List a container's processes: `ps -ef` lines (or PS-OPTIONS), or their pids as JSON.
+    Ps {
+        /// table or json.
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        /// The container's id.
+        id: String,
+        /// Options for ps(1) [default: -ef].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_options: Vec<String>,
+    },
+    /// Run a new process in a running container.
+    Exec {
+        /// A runtime-spec process object (JSON) to run instead of CMD.
+        #[arg(long, short = 'p', value_name = "FILE")]
+        process: Option<PathBuf>,
+        /// Start the process and return.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Write the process's pid (decimal) to FILE.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+        /// Give the process a pty.
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// A unix socket to send the pty's master to (SCM_RIGHTS).
+        #[arg(long, value_name = "SOCKET")]
+        console_socket: Option<PathBuf>,
+        /// Working directory inside.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+        /// Set an environment variable KEY=VALUE (repeatable).
+        #[arg(long, short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// UID[:GID] to run as.
+        #[arg(long, short = 'u', value_name = "UID[:GID]")]
+        user: Option<String>,
+        /// Pass the caller's fds 3 .. 3+N to the process.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        preserve_fds: u32,
+        /// The container's id.
+        id: String,
+        /// The command and its arguments (without --process).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// runc's run: create, start and wait for a container, then delete it.
+    Run {
+        /// Start it and return, leaving it running.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// As for create.
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+}
+
+/// The verbs that make `ovlrun ...` runc's command line.
+pub const RUNTIME_VERBS: [&str; 11] = [
+    "create", "start", "state", "kill", "delete", "list", "features", "exec", "ps", "pause",
+    "resume",
+];
+
+/// Global flags of runc's command line that take a value.
+const RUNTIME_VALUED: [&str; 4] = ["--root", "--log", "--log-format", "--rootless"];
+/// Global flags of runc's command line that take none.
+const RUNTIME_SWITCHES: [&str; 2] = ["--systemd-cgroup", "--debug"];
+
+/// Whether `args` (without the program name) are runc's command line: a runtime verb after
+/// the global runtime flags, or `run` after at least one of them.
+pub fn is_runtime(args: &[OsString]) -> bool {
+    let mut globals = 0;
+    let mut i = 0;
+    while let Some(arg) = args.get(i).and_then(|a| a.to_str()) {
+        let name = arg.split_once('=').map_or(arg, |(n, _)| n);
+        if RUNTIME_VALUED.contains(&name) {
+            i += if arg.contains('=') { 1 } else { 2 };
+        } else if RUNTIME_SWITCHES.contains(&name) {
+            i += 1;
+        } else {
+            return RUNTIME_VERBS.contains(&arg) || (arg == "run" && globals > 0);
+        }
+        globals += 1;
+    }
+    false
 }

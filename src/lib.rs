@@ -11,10 +11,13 @@
 //! - `seccomp`: OCI seccomp profiles compiled to BPF (below `config` and `sandbox`).
 //! - [`policy`]: what becomes of a session's changes: diff, commit, commit-atomic.
 //! - [`session`]: session ids and state directories.
+//! - [`runtime`]: runc's command line (create, start, state, kill, delete, ...) over the
+//!   launcher, for container managers.
 //! - `sys`: the few raw system calls nix lacks; the only `unsafe` in the crate.
 
 #![warn(unreachable_pub)]
 
+pub(crate) mod cgroups;
 pub mod config;
 pub mod doctor;
 pub(crate) mod fs;
@@ -22,6 +25,7 @@ pub(crate) mod host;
 pub(crate) mod layers;
 pub mod mount;
 pub mod policy;
+pub mod runtime;
 pub(crate) mod sandbox;
 pub(crate) mod seccomp;
 pub mod session;

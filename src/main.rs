@@ -13,6 +13,7 @@ use nix::sys::signal::{SigSet, Signal};
 mod sessions;
 mod stderr;
 mod usage_error;
+mod verbs;
 
 use cli::{Cli, Command, MountArgs, RunArgs};
 use ovlrun::config::OciSettings;
@@ -24,6 +25,10 @@ use ovlrun::session::{Ended, Failed, RunOptions};
 const EXIT_OWN_ERROR: u8 = 125;
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if cli::is_runtime(&args) {
+        return verbs::main(args);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -127,7 +127,7 @@ impl SessionPlan {
             (true, true) => UserNs::Host,
             (true, false) => return Err(PlanError::NoUsernsUnprivileged),
         };
-        let mut binds = oci.binds;
+        let mut binds = Vec::new();
         for b in &flags.bind {
             binds.push(parse_bind(b)?);
         }
@@ -138,9 +138,9 @@ impl SessionPlan {
             check_absolute("--tmpfs", t)?;
         }
         let cwd = flags.cwd.or(oci.cwd).unwrap_or_else(|| "/".into());
-        let mut tmpfs = oci.tmpfs;
-        tmpfs.extend(flags.tmpfs);
-        let mut dev_binds = Vec::new();
+        let mounts = oci.mounts;
+        let tmpfs = flags.tmpfs;
+        let mut dev_binds = oci.dev_binds.clone();
         for d in &flags.dev_bind {
             dev_binds.push(parse_dev_bind(d)?);
         }
@@ -153,7 +153,7 @@ impl SessionPlan {
             None => (
                 check_id("--uid", flags.uid.or(oci.uid).unwrap_or(0))?,
                 check_id("--gid", flags.gid.or(oci.gid).unwrap_or(0))?,
-                Vec::new(),
+                oci.groups.clone(),
             ),
         };
         // The file's sets first, then the flags: a flag undoes the file's opposite choice.
@@ -253,6 +253,7 @@ impl SessionPlan {
             binds,
             dev_binds,
             tmpfs,
+            mounts,
             capabilities,
             state_root: state_root()?,
             fs,
@@ -268,6 +269,8 @@ impl SessionPlan {
             no_new_privs: oci.no_new_privs.unwrap_or(true),
             sysctl,
             oom_score_adj: oci.oom_score_adj,
+            umask: oci.umask,
+            join: oci.join,
             timeout,
         })
     }

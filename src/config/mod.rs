@@ -36,6 +36,53 @@ pub struct Bind {
     pub read_only: bool,
 }
 
+/// A config mount whose options a [`Bind`] or a plain tmpfs does not carry (a runtime
+/// bundle's `/run` tmpfs with a size, a bind with `noexec`, an mqueue), made in order after
+/// the launcher's own mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsMount {
+    /// Absolute path inside the session.
+    pub dest: PathBuf,
+    /// What is mounted.
+    pub kind: FsKind,
+    /// Its flags.
+    pub flags: MountFlags,
+}
+
+/// What an [`FsMount`] mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// A host path bound (`rbind`: with the mounts below it).
+    Bind {
+        /// Host path (absolute, existing).
+        source: PathBuf,
+        /// With every mount below it.
+        recursive: bool,
+    },
+    /// A tmpfs with these `key=value` options (`size=65536k,mode=755`).
+    Tmpfs {
+        /// The options, comma-separated.
+        data: String,
+        /// `tmpcopyup`: starts as a copy of what the root has at its destination.
+        copy_up: bool,
+    },
+    /// A POSIX message queue filesystem of the session's ipc namespace.
+    Mqueue,
+}
+
+/// The flags of an [`FsMount`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountFlags {
+    /// `ro`.
+    pub read_only: bool,
+    /// `nosuid`.
+    pub nosuid: bool,
+    /// `nodev`.
+    pub nodev: bool,
+    /// `noexec`.
+    pub noexec: bool,
+}
+
 /// Which user namespace setup to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UserNs {
@@ -83,6 +130,29 @@ pub enum Seccomp {
     Unconfined,
     /// A filter in the OCI `linux.seccomp` format (`--seccomp FILE`, or a config's).
     Profile(Box<oci_spec::runtime::LinuxSeccomp>),
+}
+
+/// A namespace the session joins (setns(2)) instead of making a new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinNs {
+    /// Which kind.
+    pub kind: NsKind,
+    /// The namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub path: PathBuf,
+}
+
+/// The kinds of namespace a session can join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NsKind {
+    /// Network.
+    Network,
+    /// System V IPC and POSIX message queues.
+    Ipc,
+    /// Hostname and domain name.
+    Uts,
+    /// Process ids: the session's processes join another's pid namespace (its pid 1 is not
+    /// theirs).
+    Pid,
 }
 
 /// One resource limit for the command (`--rlimit`, `process.rlimits`).
@@ -243,6 +313,8 @@ pub struct SessionPlan {
     pub dev_binds: Vec<Bind>,
     /// Extra tmpfs mounts (absolute paths inside).
     pub tmpfs: Vec<PathBuf>,
+    /// A config's mounts with options beyond [`Bind`]'s and a plain tmpfs's, in order.
+    pub mounts: Vec<FsMount>,
     /// The command's capability sets.
     pub capabilities: CapabilitySets,
     /// Where session state lives (upper, work, mount point).
@@ -278,6 +350,11 @@ pub struct SessionPlan {
     pub sysctl: Vec<(String, String)>,
     /// The command's `oom_score_adj`.
     pub oom_score_adj: Option<i32>,
+    /// The command's umask (`process.user.umask`); `None` keeps the caller's.
+    pub umask: Option<u32>,
+    /// Existing namespaces the session joins instead of making its own (`linux.namespaces`
+    /// entries with a `path`: network, ipc, uts).
+    pub join: Vec<JoinNs>,
     /// `--timeout`: when the session is stopped, as `timeout(1)` does.
     pub timeout: Option<Timeout>,
 }
@@ -311,6 +388,7 @@ impl SessionPlan {
             binds: Vec::new(),
             dev_binds: Vec::new(),
             tmpfs: Vec::new(),
+            mounts: Vec::new(),
             capabilities: CapabilitySets::container_default(0),
             state_root,
             fs: crate::mount::Backend::Auto,
@@ -326,6 +404,8 @@ impl SessionPlan {
             no_new_privs: true,
             sysctl: Vec::new(),
             oom_score_adj: None,
+            umask: None,
+            join: Vec::new(),
             timeout: None,
         }
     }

@@ -19,13 +19,28 @@ pub enum Msg {
     MapsDone = 3,
     /// Session pid 1 to parent: the master of the session's new pty, attached (no payload).
     Terminal = 4,
+    /// Session pid 1 to parent: set up and held before the command (payload: notes of
+    /// steps that fell back, one a line).
+    Ready = 5,
+    /// Parent to session pid 1: run the command.
+    Start = 6,
+    /// Session pid 1 to parent: setup failed (payload: why). Answers any expected message.
+    Failed = 7,
 }
 
 impl Msg {
     fn from_u8(b: u8) -> Option<Msg> {
-        [Msg::Go, Msg::MapIds, Msg::MapsDone, Msg::Terminal]
-            .into_iter()
-            .find(|m| *m as u8 == b)
+        [
+            Msg::Go,
+            Msg::MapIds,
+            Msg::MapsDone,
+            Msg::Terminal,
+            Msg::Ready,
+            Msg::Start,
+            Msg::Failed,
+        ]
+        .into_iter()
+        .find(|m| *m as u8 == b)
     }
 }
 
@@ -51,6 +66,14 @@ pub enum HandshakeError {
     NoFd {
         /// What was awaited.
         expected: Msg,
+    },
+    /// The other side failed, and says why, instead of sending the expected message.
+    #[error("{why}")]
+    Failed {
+        /// What was awaited.
+        expected: Msg,
+        /// The other side's message.
+        why: String,
     },
     /// Reading or writing failed.
     #[error("launcher handshake: {0}")]
@@ -138,12 +161,25 @@ impl End {
         head: [u8; 5],
         expected: Msg,
     ) -> Result<Vec<u8>, HandshakeError> {
-        if Msg::from_u8(head[0]) != Some(expected) {
+        let got = Msg::from_u8(head[0]);
+        if got == Some(Msg::Failed) && expected != Msg::Failed {
+            let why = self.payload(&head)?;
+            return Err(HandshakeError::Failed {
+                expected,
+                why: String::from_utf8_lossy(&why).into_owned(),
+            });
+        }
+        if got != Some(expected) {
             return Err(HandshakeError::Unexpected {
                 expected,
                 got: head[0],
             });
         }
+        self.payload(&head)
+    }
+
+    /// Reads the payload whose length `head` gives.
+    fn payload(&mut self, head: &[u8; 5]) -> Result<Vec<u8>, HandshakeError> {
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         let mut payload = vec![0u8; usize::try_from(len).unwrap_or(0)];
         self.0.read_exact(&mut payload)?;
@@ -171,6 +207,11 @@ mod tests {
         a.send(Msg::MapIds, b"").unwrap();
         let e = b.wait_go().unwrap_err().to_string();
         assert!(e.contains("expected Go, got 2"), "{e}");
+        a.send(Msg::Failed, b"cannot mount proc").unwrap();
+        assert!(matches!(
+            b.expect(Msg::Ready),
+            Err(HandshakeError::Failed { expected: Msg::Ready, why }) if why == "cannot mount proc"
+        ));
         drop(a);
         assert!(matches!(
             b.wait_go(),

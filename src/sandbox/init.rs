@@ -84,7 +84,7 @@ pub(crate) fn run(cmd: &Command<'_>) -> ! {
         Ok(ForkResult::Child) => {
             let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&signals), None);
             process::reset_signal_dispositions();
-            exec_command(cmd)
+            exec_command(cmd, false)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
@@ -116,6 +116,42 @@ pub(crate) fn run(cmd: &Command<'_>) -> ! {
     }
 }
 
+/// As pid 1 of a bundle's container: becomes the command, as runc's init does (the user's
+/// process is pid 1). Drops every fd but 0-2 and the preserved ones, leads a session of its
+/// own (with its pty as controlling terminal when it has one), and unblocks and resets the
+/// signals the launcher blocked. Never returns.
+pub(crate) fn exec_as_pid1(cmd: &Command<'_>) -> ! {
+    if let Err(e) = process::close_fds_from(3 + cmd.plan.preserve_fds, false) {
+        eprintln!("ovlrun: container init: cannot close inherited fds: {e}");
+        exit_now(125);
+    }
+    if let Err(e) = nix::unistd::setsid() {
+        eprintln!("ovlrun: container init: cannot start a session: {e}");
+        exit_now(125);
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    process::reset_signal_dispositions();
+    exec_command(cmd, true)
+}
+
+/// The held process's gate when it is runc's exec fifo (`fifo`, an `O_PATH` fd): opening it
+/// for writing blocks until `ovlrun start` opens it for reading; one byte then says "started".
+///
+/// # Errors
+/// The failing step, as a message (nobody waits for a reply any more).
+pub(crate) fn wait_for_reader(fifo: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    let writer = nix::fcntl::open(
+        path.as_str(),
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the exec fifo: {e}"))?;
+    nix::unistd::write(&writer, b"0").map_err(|e| format!("cannot write the exec fifo: {e}"))?;
+    Ok(())
+}
+
 /// Passes `sig` on to the command: to its process group when it leads one on its terminal
 /// (as a terminal would), else to the command alone.
 fn forward(sig: Signal, child: Pid, terminal: bool) {
@@ -125,15 +161,21 @@ fn forward(sig: Signal, child: Pid, terminal: bool) {
     }
 }
 
-/// In the forked command process: ids, capabilities, terminal, directory, exec. Never returns.
-fn exec_command(cmd: &Command<'_>) -> ! {
+/// In the command's process: ids, capabilities, terminal, directory, exec; `leader`: it
+/// already leads a session of its own. Never returns.
+pub(crate) fn exec_command(cmd: &Command<'_>, leader: bool) -> ! {
     let plan = cmd.plan;
     let fail = |what: &str, e: &dyn std::fmt::Display, code: i32| -> ! {
         eprintln!("ovlrun: {what}: {e}");
         exit_now(code)
     };
     if cmd.terminal {
-        if let Err(e) = super::terminal::take_as_controlling() {
+        let taken = if leader {
+            crate::sys::term::make_controlling(std::io::stdin())
+        } else {
+            super::terminal::take_as_controlling()
+        };
+        if let Err(e) = taken {
             fail("cannot take the session's terminal", &e, 125);
         }
     }
@@ -187,6 +229,9 @@ fn exec_command(cmd: &Command<'_>) -> ! {
         if let Err(e) = nix::sys::prctl::set_no_new_privs() {
             fail("cannot set no_new_privs", &e, 125);
         }
+    }
+    if let Some(mask) = plan.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
     if let Err(e) = nix::unistd::chdir(&plan.cwd) {
         fail(&format!("--cwd {}", plan.cwd.display()), &e, 125);

@@ -1,4 +1,8 @@
-//! The launcher: runs a [`SessionPlan`] in new namespaces over an overlay of its rootfs.
+//! The launcher: runs a [`SessionPlan`] in new namespaces over the root filesystem it is
+//! handed, split along the container's life so that a session (`ovlrun --rootfs DIR -- CMD`)
+//! and a runtime container (`ovlrun create` / `start`) go through the same steps:
+//! [`create`] (namespaces, mounts, the process set up and held before its command),
+//! [`Created::start`] (release it), [`Created::wait`] (wait and tear down).
 //!
 //! The order matters, and each step says why:
 //! 1. Id-map helper forked, then `unshare(user | mount)`: a process must be single-threaded to
@@ -7,19 +11,27 @@
 //! 3. The [`Filesystem`] the launcher is handed mounted (its mount targets made first), but
 //!    not served yet: still single-threaded.
 //! 4. The child cloned into new pid, mount, uts, ipc (and net) namespaces: its mount namespace
-//!    is a copy holding the overlay, so its `pivot_root` leaves ours alone. (A process cannot
+//!    is a copy holding the root, so its `pivot_root` leaves ours alone. (A process cannot
 //!    create threads after `unshare(pid)`, hence `clone`.)
 //! 5. Serving threads started, then the child told to go: it builds `/proc`, `/dev`, ... in
-//!    the overlay, pivots into it and, as pid 1, runs the command. With a terminal, pid 1
-//!    first opens a pty in the session's devpts and sends its master back ([`terminal`]).
-//! 6. The launcher relays the pty (if any), forwards signals, waits and unmounts; the
+//!    the root and pivots into it. With a terminal it opens a pty in its own devpts and sends
+//!    the master back ([`terminal`]) or to a console socket. It then reports ready and waits
+//!    at its [`Gate`]: the launcher's word (a session) or a reader on its exec fifo (a
+//!    container's `start`).
+//! 6. Released, pid 1 runs the command: it supervises it ([`Pid1::Supervise`], a session) or
+//!    becomes it ([`Pid1::Exec`], a bundle's process is pid 1 as with runc).
+//! 7. The launcher relays the pty (if any), forwards signals, waits and unmounts; the
 //!    session's policy decides what becomes of the upper.
 //!
 //! The mount exists only in the launcher's private mount namespace, so nothing is left on
-//! the host even if ovlrun is killed; the child dies with it (`PR_SET_PDEATHSIG`).
+//! the host even if ovlrun is killed; a session's child dies with it (`PR_SET_PDEATHSIG`). A
+//! container's process is not tied to the launcher: `ovlrun create` exits and leaves it to
+//! the caller's subreaper, as runc's does.
 
 pub(crate) mod caps;
+pub(crate) mod enter;
 pub(crate) mod handshake;
+pub(crate) mod hooks;
 pub(crate) mod idmap;
 pub(crate) mod init;
 pub(crate) mod mounts;
@@ -28,7 +40,7 @@ pub(crate) mod seccomp;
 pub(crate) mod terminal;
 pub(crate) mod timeout;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::MsFlags;
@@ -37,7 +49,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
-use crate::config::{Network, SessionPlan, UserNs};
+use crate::config::{Network, NsKind, SessionPlan, UserNs};
 use crate::mount::Backend;
 use crate::sys::process::{self, exit_now};
 use handshake::{End, HandshakeError, Msg};
@@ -73,6 +85,22 @@ pub enum SandboxError {
     /// The session's terminal could not be set up.
     #[error(transparent)]
     Terminal(#[from] terminal::TerminalError),
+    /// A namespace to join could not be opened.
+    #[error("cannot open namespace {}", .path.display())]
+    JoinNs {
+        /// The namespace file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// The caller could not place an entered process (in a cgroup).
+    #[error("cannot place the new process")]
+    Adopt(#[source] FsError),
+    /// The child could not set the session up (mounts, root, hostname, terminal): its own
+    /// message, naming the step and the path.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Why a [`Filesystem`] step failed: the filesystem's own error, which the launcher passes on.
@@ -101,7 +129,7 @@ pub(crate) trait Filesystem {
     /// As for [`Filesystem::mount`].
     fn serve(&mut self) -> Result<Backend, FsError>;
 
-    /// Step 6, once the command has exited: unmounts and removes what
+    /// Step 7, once the command has exited: unmounts and removes what
     /// [`Filesystem::mount`] made for the launcher.
     ///
     /// # Errors
@@ -122,19 +150,103 @@ pub(crate) struct Outcome {
     pub fs: Backend,
 }
 
-/// Runs `plan` with `fs` as its root filesystem. The calling process stays in the new user
-/// namespace afterwards, so it can still handle files owned by the session's sub-ids.
+/// Something the launcher has to tell the user that is not an error: the caller reports it
+/// (a session to stderr, a runtime to its `--log`).
+#[derive(Debug)]
+pub(crate) enum Notice {
+    /// The id map is narrower than a distribution tree needs.
+    IdMapLimited(String),
+    /// The caller's terminal could not be put in raw mode.
+    NoRawMode(nix::Error),
+    /// A setup step fell back to something weaker (a bound host `/proc`, no cgroup2 view).
+    Setup(String),
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::IdMapLimited(note) | Notice::Setup(note) => f.write_str(note),
+            Notice::NoRawMode(e) => write!(
+                f,
+                "cannot put the terminal in raw mode ({e}): keys are edited twice"
+            ),
+        }
+    }
+}
+
+/// How pid 1 runs the command once released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pid1 {
+    /// pid 1 forks the command, forwards signals and reaps orphans (a session).
+    Supervise,
+    /// pid 1 becomes the command (a bundle's process, as with runc).
+    Exec,
+}
+
+/// What holds the set-up process before its command until it is started.
+#[derive(Debug)]
+pub(crate) enum Gate {
+    /// The launcher's word over the handshake: [`Created::start`].
+    Handshake,
+    /// runc's exec fifo, as an `O_PATH` fd: the process opens it for writing, which blocks
+    /// until a reader (`ovlrun start`) opens it, writes one byte and runs the command.
+    Fifo(OwnedFd),
+}
+
+/// How the launcher starts the process: what a session and a runtime container differ in.
+#[derive(Debug)]
+pub(crate) struct Launch {
+    /// What holds the process before its command.
+    pub gate: Gate,
+    /// How pid 1 runs the command.
+    pub pid1: Pid1,
+    /// Where the master of the process's pty goes: a connected console socket (runc's
+    /// `--console-socket`), or `None` for the launcher, which relays it.
+    pub console: Option<OwnedFd>,
+    /// The process dies with the launcher (`PR_SET_PDEATHSIG`): a session. A container
+    /// outlives `ovlrun create`.
+    pub tied: bool,
+    /// Hooks the process runs itself (a container's `createContainer`, `startContainer`).
+    pub hooks: hooks::InContainer,
+    /// The state JSON object its hooks read on stdin; its `pid` is filled in once the
+    /// process exists.
+    pub state: serde_json::Value,
+}
+
+impl Launch {
+    /// A session's: held by the handshake, supervised by pid 1, tied to the launcher.
+    pub(crate) fn session() -> Launch {
+        Launch {
+            gate: Gate::Handshake,
+            pid1: Pid1::Supervise,
+            console: None,
+            tied: true,
+            hooks: hooks::InContainer::default(),
+            state: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Runs `plan` with `fs` as its root filesystem: [`create`], [`Created::start`],
+/// [`Created::wait`]. The calling process stays in the new user namespace afterwards, so it
+/// can still handle files owned by the session's sub-ids. `notices` gets what the user
+/// should know, as it comes.
 ///
 /// # Errors
 /// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
 /// `ids` is the map [`id_map`] chose for `plan`, chosen once by the caller, which judges the
 /// rootfs against it too.
-pub(crate) fn run(
+pub(crate) fn run<F: Filesystem>(
     plan: &SessionPlan,
     ids: Option<IdMap>,
-    fs: impl Filesystem,
+    fs: F,
+    notices: &mut dyn FnMut(Notice),
 ) -> Result<Outcome, SandboxError> {
-    run_in(plan, ids, fs)
+    let mut created = create(plan, ids, fs, Launch::session())?;
+    created.notices.drain(..).for_each(&mut *notices);
+    created.start()?;
+    created.notices.drain(..).for_each(&mut *notices);
+    created.wait()
 }
 
 /// The ids a session of `plan` maps: none without a user namespace (`--no-userns`), the
@@ -164,11 +276,41 @@ pub(crate) fn enter_owner_namespace() -> Result<(), SandboxError> {
     enter_namespaces(Some(&host_ids::choose()))
 }
 
-fn run_in(
+/// A process set up in its namespaces and held at its [`Gate`], before its command.
+pub(crate) struct Created<F: Filesystem> {
+    child: Pid,
+    end: End,
+    fs: F,
+    backend: Backend,
+    gate: bool,
+    master: Option<OwnedFd>,
+    forwarded: SigSet,
+    timeout: Option<crate::config::Timeout>,
+    relay: Option<terminal::Relay>,
+    raw: Option<terminal::RawMode>,
+    /// What the user should know so far; the caller takes them.
+    pub notices: Vec<Notice>,
+}
+
+impl<F: Filesystem> std::fmt::Debug for Created<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Created")
+            .field("child", &self.child)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Steps 1 to 5: namespaces, `fs` mounted and served, the child set up and held at
+/// `launch`'s gate. On error the child, if any, is killed and reaped.
+///
+/// # Errors
+/// [`SandboxError`] naming the step; [`SandboxError::Setup`] with the child's own message.
+pub(crate) fn create<F: Filesystem>(
     plan: &SessionPlan,
     ids: Option<IdMap>,
-    mut fs: impl Filesystem,
-) -> Result<Outcome, SandboxError> {
+    mut fs: F,
+    launch: Launch,
+) -> Result<Created<F>, SandboxError> {
     // Compiled first (or read from the state's cache, as the caller, before any namespace):
     // a profile libseccomp refuses fails before anything is mounted, and the child only
     // installs what it is handed.
@@ -179,10 +321,35 @@ fn run_in(
     // wait for the forwarding thread (a serving thread would otherwise die of them).
     let forwarded = forwarded_set();
     forwarded.thread_block().map_err(ns("block signals"))?;
+    // Opened as the caller, before any namespace of ours: the paths are the caller's.
+    let mut joined = Vec::new();
+    for j in &plan.join {
+        let fd = nix::fcntl::open(
+            &j.path,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|source| SandboxError::JoinNs {
+            path: j.path.clone(),
+            source,
+        })?;
+        // Only the children made afterwards enter a pid namespace, so the launcher joins it
+        // itself, before it has entered any namespace of its own, for the child it clones.
+        if j.kind == NsKind::Pid {
+            nix::sched::setns(&fd, CloneFlags::CLONE_NEWPID).map_err(|source| {
+                SandboxError::JoinNs {
+                    path: j.path.clone(),
+                    source,
+                }
+            })?;
+        }
+        joined.push((j.kind, fd));
+    }
+    let mut notices = Vec::new();
     // A map the config asked for (`UserNs::OwnId`) is no limitation to point out.
     let asked = plan.userns == UserNs::OwnId;
     if let Some(note) = ids.as_ref().and_then(IdMap::limitation).filter(|_| !asked) {
-        eprintln!("ovlrun: note: {note}");
+        notices.push(Notice::IdMapLimited(note.to_string()));
     }
     enter_namespaces(ids.as_ref())?;
     let net = fs.mount().map_err(SandboxError::Filesystem)?;
@@ -190,73 +357,144 @@ fn run_in(
     let pty = terminal::wanted(plan.terminal);
     let (mut parent_end, child_end) = handshake::channel().map_err(HandshakeError::from)?;
     let setgroups = ids.as_ref().is_none_or(IdMap::allows_setgroups);
+    let relayed = pty && launch.console.is_none();
+    let gate = matches!(launch.gate, Gate::Handshake);
     let child = start_child(
         plan,
-        &net,
-        fs.mountpoint(),
+        &Child {
+            net: &net,
+            root: fs.mountpoint(),
+            pty,
+            setgroups,
+            filter: filter.as_ref(),
+            launch: &launch,
+            joined: &joined,
+        },
         child_end,
-        pty,
-        setgroups,
-        filter.as_ref(),
     )?;
-
-    let backend = fs.serve().map_err(SandboxError::Filesystem)?;
-    parent_end.send(Msg::Go, b"")?;
-    let (master, mut failure) = if pty {
-        receive_terminal(&mut parent_end, child)
+    let kill_child = |e: SandboxError| {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        e
+    };
+    let backend = match fs.serve() {
+        Ok(b) => b,
+        Err(e) => return Err(kill_child(SandboxError::Filesystem(e))),
+    };
+    // The process's own hooks get its state, pid included, with the word to go.
+    let state = if launch.hooks.is_empty() {
+        Vec::new()
     } else {
-        (None, None)
+        let mut state = launch.state.clone();
+        state["pid"] = child.as_raw().into();
+        serde_json::to_vec(&state).unwrap_or_default()
     };
-    // Declared before the relay, so it is restored after the relay has written everything.
-    let raw = match master.as_ref().map(|_| terminal::RawMode::enter()) {
-        Some(Err(e)) => {
-            eprintln!(
-                "ovlrun: note: cannot put the terminal in raw mode ({e}): keys are edited twice"
-            );
-            None
-        }
-        Some(Ok(raw)) => raw,
-        None => None,
+    parent_end
+        .send(Msg::Go, &state)
+        .map_err(|e| kill_child(e.into()))?;
+    let master = if relayed {
+        let master = parent_end.expect_fd(Msg::Terminal);
+        Some(master.map_err(|e| kill_child(child_failed(e, child)))?)
+    } else {
+        None
     };
-    let winch = master.as_ref().and_then(|m| m.try_clone().ok());
-    let relay = match master.map(terminal::Relay::start).transpose() {
-        Ok(relay) => relay,
-        Err(e) => {
-            let _ = kill(child, Signal::SIGKILL);
-            failure.get_or_insert(SandboxError::Terminal(terminal::TerminalError::Relay(e)));
-            None
-        }
-    };
-    let forwarder = forward_signals(forwarded, child, winch);
-    let status = timeout::wait(child, plan.timeout).map_err(ns("wait for the session"));
-    if let Some(relay) = relay {
-        relay.finish();
-    }
-    drop(raw);
-    drop(forwarder);
-    let (status, timed_out) = status?;
-    fs.unmount().map_err(SandboxError::Filesystem)?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let code = init::exit_code(status).unwrap_or(125);
-    Ok(Outcome {
-        code: if timed_out { timeout::TIMED_OUT } else { code },
-        fs: backend,
+    let ready = parent_end
+        .expect(Msg::Ready)
+        .map_err(|e| kill_child(child_failed(e, child)))?;
+    notices.extend(
+        String::from_utf8_lossy(&ready)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| Notice::Setup(l.to_owned())),
+    );
+    Ok(Created {
+        child,
+        end: parent_end,
+        fs,
+        backend,
+        gate,
+        master,
+        forwarded,
+        timeout: plan.timeout,
+        relay: None,
+        raw: None,
+        notices,
     })
 }
 
-/// Takes the master of the session's pty from pid 1. When pid 1 died before sending it, its
-/// exit status says why (it printed the reason); any other failure ends the session and is
-/// returned once it is waited for.
-fn receive_terminal(end: &mut End, child: Pid) -> (Option<OwnedFd>, Option<SandboxError>) {
-    match end.expect_fd(Msg::Terminal) {
-        Ok(master) => (Some(master), None),
-        Err(HandshakeError::Closed { .. }) => (None, None),
-        Err(e) => {
-            let _ = kill(child, Signal::SIGKILL);
-            (None, Some(e.into()))
+/// The error for a child that failed its setup: its own reason, or, when it closed the
+/// handshake without one, that it ended (killed, or it could not send the reason).
+fn child_failed(e: HandshakeError, child: Pid) -> SandboxError {
+    match e {
+        HandshakeError::Failed { why, .. } => SandboxError::Setup(why),
+        HandshakeError::Closed { .. } => SandboxError::Setup(format!(
+            "the session's process ({child}) ended during its setup"
+        )),
+        e => e.into(),
+    }
+}
+
+impl<F: Filesystem> Created<F> {
+    /// The process's pid, as the caller sees it.
+    pub(crate) fn pid(&self) -> Pid {
+        self.child
+    }
+
+    /// Step 6 for a process held by the handshake: puts the caller's terminal in raw mode
+    /// and relays the pty when the launcher holds its master, then releases the process.
+    /// A process held by a fifo is released by its reader instead; this only starts the relay.
+    ///
+    /// # Errors
+    /// When the relay cannot start (the process is killed) or the handshake fails.
+    pub(crate) fn start(&mut self) -> Result<(), SandboxError> {
+        if let Some(master) = self.master.take() {
+            self.raw = match terminal::RawMode::enter() {
+                Ok(raw) => raw,
+                Err(e) => {
+                    self.notices.push(Notice::NoRawMode(e));
+                    None
+                }
+            };
+            // A copy for the window size, which the signal thread sets.
+            self.master = master.try_clone().ok();
+            match terminal::Relay::start(master) {
+                Ok(relay) => self.relay = Some(relay),
+                Err(e) => {
+                    let _ = kill(self.child, Signal::SIGKILL);
+                    return Err(terminal::TerminalError::Relay(e).into());
+                }
+            }
         }
+        if self.gate {
+            if let Err(e) = self.end.send(Msg::Start, b"") {
+                let _ = kill(self.child, Signal::SIGKILL);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 7: forwards signals, waits for the process (stopping it at the plan's timeout),
+    /// ends the relay, restores the terminal and unmounts.
+    ///
+    /// # Errors
+    /// When waiting or unmounting fails.
+    pub(crate) fn wait(mut self) -> Result<Outcome, SandboxError> {
+        let winch = self.master.take();
+        let forwarder = forward_signals(self.forwarded, self.child, winch);
+        let status = timeout::wait(self.child, self.timeout).map_err(ns("wait for the session"));
+        if let Some(relay) = self.relay.take() {
+            relay.finish();
+        }
+        drop(self.raw.take());
+        drop(forwarder);
+        let (status, timed_out) = status?;
+        self.fs.unmount().map_err(SandboxError::Filesystem)?;
+        let code = init::exit_code(status).unwrap_or(125);
+        Ok(Outcome {
+            code: if timed_out { timeout::TIMED_OUT } else { code },
+            fs: self.backend,
+        })
     }
 }
 
@@ -329,16 +567,42 @@ fn spawn_idmap_helper(ids: &IdMap) -> Result<(End, Pid), SandboxError> {
     }
 }
 
-/// Step 4: the child, pid 1 of new namespaces, waiting for the go.
-fn start_child(
-    plan: &SessionPlan,
-    net: &[plan::NetFile],
-    root: &Path,
-    end: End,
+/// What the child needs besides the plan.
+struct Child<'a> {
+    /// The host's resolver files and where they go.
+    net: &'a [plan::NetFile],
+    /// The new root, mounted.
+    root: &'a Path,
+    /// A pty of its own.
     pty: bool,
+    /// setgroups(2) works in its user namespace.
     setgroups: bool,
-    filter: Option<&seccomp::Filter>,
-) -> Result<Pid, SandboxError> {
+    /// The compiled system-call filter.
+    filter: Option<&'a seccomp::Filter>,
+    /// Gate, pid 1's way, console socket.
+    launch: &'a Launch,
+    /// Namespaces to join (opened), instead of new ones of their kind.
+    joined: &'a [(NsKind, OwnedFd)],
+}
+
+impl Child<'_> {
+    fn joins(&self, kind: NsKind) -> bool {
+        self.joined.iter().any(|(k, _)| *k == kind)
+    }
+}
+
+/// The clone flag of a namespace kind a session can join.
+fn clone_flag(kind: NsKind) -> CloneFlags {
+    match kind {
+        NsKind::Network => CloneFlags::CLONE_NEWNET,
+        NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
+        NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+        NsKind::Pid => CloneFlags::CLONE_NEWPID,
+    }
+}
+
+/// Step 4: the child, pid 1 of new namespaces, waiting for the go.
+fn start_child(plan: &SessionPlan, c: &Child<'_>, end: End) -> Result<Pid, SandboxError> {
     // A cgroup namespace too, so the session's cgroup2 view starts at its own cgroup.
     let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -348,63 +612,124 @@ fn start_child(
     if plan.net == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    // A namespace joined is entered instead of made.
+    for (kind, _) in c.joined {
+        flags.remove(clone_flag(*kind));
+    }
     let mut end = Some(end);
-    // The cloned child has no caller to return an error to: it prints and exits 125.
+    // The cloned child has no caller to return an error to: it sends its reason over the
+    // handshake (or prints it when it cannot) and exits 125.
     let child = Box::new(move || -> isize {
-        // Dies with the launcher; if the launcher is already gone, the go never comes.
-        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if c.launch.tied {
+            // Dies with the launcher; if the launcher is already gone, the go never comes.
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        }
         let Some(mut end) = end.take() else {
             exit_now(125)
         };
-        if end.wait_go().is_err() {
+        let Ok(state) = end.expect(Msg::Go) else {
+            exit_now(125)
+        };
+        let notes = match setup_child(plan, c, &mut end, &state) {
+            Ok(notes) => notes,
+            Err(why) => fail_setup(&mut end, &why),
+        };
+        if let Err(e) = end.send(Msg::Ready, notes.join("\n").as_bytes()) {
+            fail_setup(&mut end, &e.to_string());
+        }
+        // Held until started: the launcher's word, or a reader on the exec fifo.
+        let released = match &c.launch.gate {
+            Gate::Handshake => end.expect(Msg::Start).map(drop).map_err(|e| e.to_string()),
+            Gate::Fifo(fifo) => init::wait_for_reader(fifo.as_fd()),
+        };
+        if let Err(e) = released {
+            // Nobody waits for a message any more.
+            eprintln!("ovlrun: {e}");
             exit_now(125);
         }
-        setup_child(plan, net, root);
-        // Inside the session's own devpts, before init closes the handshake socket.
-        if pty {
-            if let Err(e) = terminal::open_in_session(&mut end, plan.uid, plan.gid) {
-                eprintln!("ovlrun: {}", crate::error_chain(&e));
-                exit_now(125);
-            }
-        }
         drop(end);
-        init::run(&init::Command {
+        let cmd = init::Command {
             plan,
-            terminal: pty,
-            setgroups,
-            filter,
-        })
+            terminal: c.pty,
+            setgroups: c.setgroups,
+            filter: c.filter,
+        };
+        // Inside its root, just before the user's program; nobody waits for an answer.
+        if let Err(why) = hooks::run_all("startContainer", &c.launch.hooks.start, &state) {
+            eprintln!("ovlrun: {why}");
+            exit_now(125);
+        }
+        match c.launch.pid1 {
+            Pid1::Supervise => init::run(&cmd),
+            Pid1::Exec => init::exec_as_pid1(&cmd),
+        }
     });
     // Still single-threaded here: the overlay is mounted but not served yet.
     process::clone_with_namespaces(child, flags).map_err(ns("create the session's namespaces"))
 }
 
-/// In the child: mounts, root, hostname, loopback. Exits 125 with a message on failure.
-fn setup_child(plan: &SessionPlan, net: &[plan::NetFile], root: &Path) {
-    let fail = |e: &dyn std::fmt::Display| -> ! {
-        eprintln!("ovlrun: {e}");
-        exit_now(125)
-    };
-    match mounts::apply(root, &plan::steps(plan, CgroupLayout::of_host(), net)) {
-        Ok(notes) => notes.iter().for_each(|n| eprintln!("ovlrun: note: {n}")),
-        Err(e) => fail(&crate::error_chain(&e)),
+/// In the child, after a failed setup step: tells the launcher why and exits 125.
+fn fail_setup(end: &mut End, why: &str) -> ! {
+    if end.send(Msg::Failed, why.as_bytes()).is_err() {
+        eprintln!("ovlrun: {why}");
     }
-    if let Err(e) = mounts::seal_root(root, plan.read_only_root) {
-        fail(&crate::error_chain(&e));
+    exit_now(125)
+}
+
+/// In the child: mounts, root, hostname, loopback, terminal. Returns the notes of steps
+/// that fell back, or the failing step's message.
+fn setup_child(
+    plan: &SessionPlan,
+    c: &Child<'_>,
+    end: &mut End,
+    state: &[u8],
+) -> Result<Vec<String>, String> {
+    let chain = |e: &dyn std::error::Error| crate::error_chain(e);
+    for (kind, fd) in c.joined.iter().filter(|(k, _)| *k != NsKind::Pid) {
+        nix::sched::setns(fd, clone_flag(*kind)).map_err(|e| {
+            let path = plan
+                .join
+                .iter()
+                .find(|j| j.kind == *kind)
+                .map(|j| j.path.display());
+            format!(
+                "cannot join namespace {}: {e}",
+                path.map(|p| p.to_string()).unwrap_or_default()
+            )
+        })?;
     }
-    match mounts::enter_root(root) {
-        Ok(Some(note)) => eprintln!("ovlrun: note: {note}"),
-        Ok(None) => {}
-        Err(e) => fail(&crate::error_chain(&e)),
+    let mut notes = mounts::apply(c.root, &plan::steps(plan, CgroupLayout::of_host(), c.net))
+        .map_err(|e| chain(&e))?;
+    mounts::seal_root(c.root, plan.read_only_root).map_err(|e| chain(&e))?;
+    // In the container's namespaces, its mounts made, the runtime's paths still in view.
+    hooks::run_all("createContainer", &c.launch.hooks.create, state)?;
+    notes.extend(mounts::enter_root(c.root).map_err(|e| chain(&e))?);
+    // A joined uts namespace keeps its name, as with runc.
+    if !c.joins(NsKind::Uts) {
+        nix::unistd::sethostname(&plan.hostname)
+            .map_err(|e| format!("--hostname {}: {e}", plan.hostname))?;
     }
-    if let Err(e) = nix::unistd::sethostname(&plan.hostname) {
-        fail(&format!("--hostname {}: {e}", plan.hostname));
+    // A joined network namespace is set up by its owner.
+    if plan.net == Network::None && !c.joins(NsKind::Network) {
+        loopback_up().map_err(|e| format!("cannot bring up lo: {e}"))?;
     }
-    if plan.net == Network::None {
-        if let Err(e) = loopback_up() {
-            fail(&format!("cannot bring up lo: {e}"));
-        }
+    // Inside the session's own devpts; the master goes to the launcher or the console socket.
+    if c.pty {
+        let sent = match &c.launch.console {
+            None => terminal::open_in_session(
+                |master| end.send_fd(Msg::Terminal, master).map_err(Into::into),
+                plan.uid,
+                plan.gid,
+            ),
+            Some(socket) => terminal::open_in_session(
+                |master| terminal::send_to_console(socket.as_fd(), master),
+                plan.uid,
+                plan.gid,
+            ),
+        };
+        sent.map_err(|e| chain(&e))?;
     }
+    Ok(notes)
 }
 
 /// Brings up `lo` in a new network namespace (an ioctl on a datagram socket).
@@ -439,7 +764,7 @@ impl Drop for Forwarder {
     }
 }
 
-/// Step 6: passes INT, TERM, HUP, QUIT, USR1, USR2, WINCH sent to the launcher on to the
+/// Step 7: passes INT, TERM, HUP, QUIT, USR1, USR2, WINCH sent to the launcher on to the
 /// session's pid 1; with a pty (`winch`, a copy of its master), WINCH copies the caller's
 /// window size onto it instead, and the kernel signals the session.
 fn forward_signals(set: SigSet, child: Pid, winch: Option<OwnedFd>) -> Option<Forwarder> {

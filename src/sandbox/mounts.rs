@@ -13,6 +13,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
 
 use super::plan::{Kind, Step};
+use crate::config::{FsKind, FsMount};
 
 /// A setup step that failed, naming the step and the path inside the session.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +200,7 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
             Ok(None)
         }
         Step::ReadOnlyMount(dest) => make_read_only(root, dest).map(|()| None),
+        Step::Mount(m) => mount_fs(root, m).map(|()| None),
         Step::Cgroup2(dest) => {
             let target = open_in_root(root, dest, OFlag::O_DIRECTORY).map_err(err("find", dest))?;
             let flags =
@@ -241,6 +243,168 @@ fn apply_one(root: &OwnedFd, step: &Step) -> Result<Option<String>, SetupError> 
             }
         }
     }
+}
+
+/// A config's mount: a bind (recursive or not), a tmpfs with its options, an mqueue; then
+/// its flags on it (and, for a recursive bind, on every mount below it).
+fn mount_fs(root: &OwnedFd, m: &FsMount) -> Result<(), SetupError> {
+    use crate::sys::mount::{
+        MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, set_mount_attrs,
+    };
+    let dest = &m.dest;
+    let target = open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
+    let mut f = m.flags;
+    // No device cgroup guards the session: a node made on a mount of its own (root with
+    // CAP_MKNOD, a tmpfs without nodev) would open the host's disk. Only the bind of a
+    // device node itself keeps it usable.
+    let device = match &m.kind {
+        FsKind::Bind { source, .. } => {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(source)
+                .is_ok_and(|md| md.file_type().is_block_device() || md.file_type().is_char_device())
+        }
+        _ => false,
+    };
+    f.nodev |= !device;
+    let mut recursive = false;
+    match &m.kind {
+        FsKind::Bind {
+            source,
+            recursive: rec,
+        } => {
+            recursive = *rec;
+            let mut flags = MsFlags::MS_BIND;
+            if recursive {
+                flags |= MsFlags::MS_REC;
+            }
+            let what = format!("bind {} onto", source.display());
+            mount(
+                Some(source.as_path()),
+                &fd_path(&target),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .map_err(err(what, dest))?;
+        }
+        FsKind::Tmpfs { data, copy_up } => {
+            // Opened before the mount hides it: lookups relative to it still see beneath.
+            let under = match copy_up {
+                true => Some(open_dir_in_root(root, dest).map_err(err("open", dest))?),
+                false => None,
+            };
+            let data = (!data.is_empty()).then_some(data.as_str());
+            mount(
+                Some("tmpfs"),
+                &fd_path(&target),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                data,
+            )
+            .map_err(err("mount a tmpfs on", dest))?;
+            if let Some(under) = under {
+                let over = open_dir_in_root(root, dest).map_err(err("open", dest))?;
+                copy_tree(&under, &over).map_err(err("copy what lies beneath into", dest))?;
+            }
+        }
+        FsKind::Mqueue => {
+            mount(
+                Some("mqueue"),
+                &fd_path(&target),
+                Some("mqueue"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(err("mount an mqueue on", dest))?;
+        }
+    }
+    let mut attrs = 0;
+    for (on, attr) in [
+        (f.read_only, MOUNT_ATTR_RDONLY),
+        (f.nosuid, MOUNT_ATTR_NOSUID),
+        (f.nodev, MOUNT_ATTR_NODEV),
+        (f.noexec, MOUNT_ATTR_NOEXEC),
+    ] {
+        if on {
+            attrs |= attr;
+        }
+    }
+    if attrs != 0 {
+        // A fd opened before the mount names what lies under it; look the path up again.
+        let mounted = open_in_root(root, dest, OFlag::empty()).map_err(err("find", dest))?;
+        set_mount_attrs(&mounted, attrs, recursive).map_err(err("set the flags of", dest))?;
+    }
+    Ok(())
+}
+
+/// Opens the directory `dest` beneath `root` for reading.
+fn open_dir_in_root(root: &OwnedFd, dest: &Path) -> Result<OwnedFd, Errno> {
+    let rel = dest.strip_prefix("/").unwrap_or(dest);
+    openat2(
+        root,
+        rel,
+        OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS),
+    )
+}
+
+/// Copies the tree of directory `from` into directory `to` (runc's `tmpcopyup`):
+/// directories, regular files, symlinks, with their modes and owners; other kinds are
+/// skipped.
+fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> Result<(), Errno> {
+    use nix::sys::stat::{FchmodatFlags, SFlag, fchmodat, fstatat};
+    use nix::unistd::{Gid, Uid, fchownat};
+    let mut dir = nix::dir::Dir::from_fd(from.try_clone().map_err(|_| Errno::EMFILE)?)?;
+    let names: Vec<std::ffi::CString> = dir
+        .iter()
+        .flatten()
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    let nofollow = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    for name in names {
+        let name = name.as_c_str();
+        let st = fstatat(from, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
+        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        match kind {
+            SFlag::S_IFDIR => {
+                nix::sys::stat::mkdirat(to, name, mode)?;
+                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | nofollow;
+                let sub_from = nix::fcntl::openat(from, name, flags, Mode::empty())?;
+                let sub_to = nix::fcntl::openat(to, name, flags, Mode::empty())?;
+                copy_tree(&sub_from, &sub_to)?;
+            }
+            SFlag::S_IFREG => {
+                let src =
+                    nix::fcntl::openat(from, name, OFlag::O_RDONLY | nofollow, Mode::empty())?;
+                let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | nofollow;
+                let dst = nix::fcntl::openat(to, name, create, mode)?;
+                let (mut src, mut dst) = (std::fs::File::from(src), std::fs::File::from(dst));
+                std::io::copy(&mut src, &mut dst)
+                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            }
+            SFlag::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(from, name)?;
+                nix::unistd::symlinkat(target.as_os_str(), to, name)?;
+            }
+            _ => continue,
+        }
+        let (uid, gid) = (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid));
+        let _ = fchownat(
+            to,
+            name,
+            Some(uid),
+            Some(gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+        if kind != SFlag::S_IFLNK {
+            // After the chown, which clears set-user-ID bits.
+            let _ = fchmodat(to, name, mode, FchmodatFlags::FollowSymlink);
+        }
+    }
+    Ok(())
 }
 
 /// The file under `/proc/sys` of a dotted sysctl key (already checked by the config).

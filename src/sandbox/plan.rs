@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Network, SessionPlan};
+use crate::config::{FsKind, FsMount, Network, SessionPlan};
 use crate::host::cgroup::CgroupLayout;
 
 /// Host device nodes bound into the session's `/dev`.
@@ -69,6 +69,8 @@ pub(crate) enum Step {
     ReadOnlyMount(PathBuf),
     /// A new cgroup2 mount, read-only, showing the session's own cgroup namespace.
     Cgroup2(PathBuf),
+    /// A config's mount, with its own flags and options.
+    Mount(FsMount),
     /// A `name=value` sysctl, written under `/proc/sys` of the session's namespaces.
     Sysctl {
         /// The key, dotted (`net.ipv4.ip_forward`).
@@ -98,6 +100,13 @@ pub(crate) fn targets(plan: &SessionPlan, net: &[NetFile]) -> Vec<(PathBuf, Kind
         .collect();
     for file in net {
         t.push((file.dest.clone(), Kind::File));
+    }
+    for m in &plan.mounts {
+        let kind = match &m.kind {
+            FsKind::Bind { source, .. } if !source.is_dir() => Kind::File,
+            _ => Kind::Dir,
+        };
+        t.push((m.dest.clone(), kind));
     }
     for bind in &plan.binds {
         let kind = if bind.source.is_dir() {
@@ -213,6 +222,7 @@ pub(crate) fn steps(plan: &SessionPlan, cgroup: CgroupLayout, net: &[NetFile]) -
             read_only: true,
         });
     }
+    s.extend(plan.mounts.iter().cloned().map(Step::Mount));
     for dest in &plan.tmpfs {
         s.push(Step::Tmpfs {
             dest: dest.clone(),
@@ -314,7 +324,8 @@ mod tests {
                 | Step::Sysfs(d)
                 | Step::DevPts(d)
                 | Step::Tmpfs { dest: d, .. }
-                | Step::Bind { dest: d, .. } => {
+                | Step::Bind { dest: d, .. }
+                | Step::Mount(FsMount { dest: d, .. }) => {
                     assert!(exists.contains(&d), "target {d:?} exists before its mount");
                     // A sysfs, new or the host's, brings its own /sys/fs/cgroup.
                     if d == Path::new("/sys") {

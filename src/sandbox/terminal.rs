@@ -20,7 +20,7 @@ use nix::sys::stat::Mode;
 use nix::sys::termios::{OutputFlags, SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 use nix::unistd::{Gid, Uid};
 
-use super::handshake::{End, HandshakeError, Msg};
+use super::handshake::HandshakeError;
 use crate::config::Terminal;
 use crate::sys::term;
 
@@ -67,12 +67,17 @@ fn caller_window_size() -> Option<term::WindowSize> {
 }
 
 /// In the session's pid 1, after `pivot_root`: opens a pty in the session's devpts, gives its
-/// slave to the command's ids with the caller's window size, sends the master through `end`
-/// and makes the slave this process's fds 0, 1 and 2 (the command inherits them).
+/// slave to the command's ids with the caller's window size, hands the master to `send`
+/// (the launcher's handshake, or a console socket) and makes the slave this process's fds
+/// 0, 1 and 2 (the command inherits them).
 ///
 /// # Errors
 /// [`TerminalError`] naming the step; fds 0-2 are still the caller's then.
-pub(crate) fn open_in_session(end: &mut End, uid: u32, gid: u32) -> Result<(), TerminalError> {
+pub(crate) fn open_in_session(
+    send: impl FnOnce(BorrowedFd<'_>) -> Result<(), TerminalError>,
+    uid: u32,
+    gid: u32,
+) -> Result<(), TerminalError> {
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(pty_step("open /dev/ptmx"))?;
     nix::pty::grantpt(&master).map_err(pty_step("grant the pty"))?;
@@ -90,12 +95,25 @@ pub(crate) fn open_in_session(end: &mut End, uid: u32, gid: u32) -> Result<(), T
     if let Some(size) = caller_window_size() {
         term::set_window_size(&slave, &size).map_err(pty_step("set the window size"))?;
     }
-    end.send_fd(Msg::Terminal, master.as_fd())?;
+    send(master.as_fd())?;
     drop(master);
     nix::unistd::dup2_stdin(&slave).map_err(pty_step("make the pty stdin"))?;
     nix::unistd::dup2_stdout(&slave).map_err(pty_step("make the pty stdout"))?;
     nix::unistd::dup2_stderr(&slave).map_err(pty_step("make the pty stderr"))?;
     Ok(())
+}
+
+/// Sends a pty's `master` over a console socket (runc's `--console-socket`): one message
+/// naming it, with the fd attached (`SCM_RIGHTS`), as conmon and containerd's shim expect.
+///
+/// # Errors
+/// [`TerminalError::Pty`] when sendmsg(2) fails.
+pub(crate) fn send_to_console(
+    socket: BorrowedFd<'_>,
+    master: BorrowedFd<'_>,
+) -> Result<(), TerminalError> {
+    crate::sys::fdpass::send_with_fd(socket, b"/dev/ptmx", master)
+        .map_err(pty_step("send the pty master to the console socket"))
 }
 
 /// In the forked command: leads a new session whose controlling terminal is fd 0, the pty

@@ -2,6 +2,7 @@
 //! the mount point, under the state root; and the root filesystem a session's launcher is
 //! handed (the overlay mounted, its mount targets made and removed).
 
+pub(crate) mod container;
 pub(crate) mod durable;
 pub mod ended;
 pub(crate) mod kept;
@@ -19,6 +20,7 @@ pub use crate::sandbox::SandboxError;
 pub use crate::sandbox::handshake::{HandshakeError, Msg as HandshakeMsg};
 pub use crate::sandbox::idmap::IdMapError;
 pub use crate::sandbox::terminal::TerminalError;
+pub use container::ContainerSessionRef;
 pub use ended::{Counts, Ended, Failed, Outcome};
 pub use kept::{Kept, KeptError, recover};
 pub use lock::LockError;

@@ -13,7 +13,7 @@ use super::{SessionError, SessionId};
 /// The longest name.
 pub(crate) const MAX_LEN: usize = 64;
 
-/// Checks `name`: 1 to [`MAX_LEN`] ASCII letters, digits, `_`, `.` or `-`, a letter or digit
+/// Checks `name`: 1 to [`MAX_LEN`] ASCII letters, digits, `_`, `.`, `+` or `-`, a letter or digit
 /// first, and not shaped like a whole session id.
 ///
 /// # Errors
@@ -25,7 +25,8 @@ pub(crate) fn check(name: &str) -> Result<(), SessionError> {
             why,
         })
     };
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    // runc's container id characters, so a container's session can take its id.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '+');
     match name.chars().next() {
         None => bad("it is empty"),
         _ if name.len() > MAX_LEN => bad("it is longer than 64 characters"),
@@ -33,7 +34,7 @@ pub(crate) fn check(name: &str) -> Result<(), SessionError> {
             bad("it must start with a letter or a digit")
         }
         _ if !name.chars().all(allowed) => {
-            bad("it may hold only letters, digits, '_', '.' and '-'")
+            bad("it may hold only letters, digits, '_', '.', '+' and '-'")
         }
         _ if SessionId::is_id(name, false) => bad("it is shaped like a session id (12 hex digits)"),
         _ => Ok(()),

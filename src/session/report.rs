@@ -123,6 +123,10 @@ pub enum Note<'a> {
         /// What the rootfs has in its place.
         problem: &'a str,
     },
+    /// What the launcher says that is no error: an id map narrower than a distribution tree
+    /// needs, a terminal left out of raw mode, a setup step that fell back (a bound host
+    /// `/proc`, no cgroup2 view, chroot instead of pivot_root).
+    Launcher(&'a str),
     /// The rootfs's owner has no id in the caller's user namespace.
     UnmappedOwner {
         /// The rootfs.
@@ -209,6 +213,7 @@ impl fmt::Display for Note<'_> {
                 "{} in the rootfs {problem}: the session does not get the host's",
                 host.display()
             ),
+            Note::Launcher(note) => write!(f, "note: {note}"),
             Note::UnmappedOwner { rootfs, owner } => write!(
                 f,
                 "{} belongs to uid {owner}, which your user namespace does not map: its files \

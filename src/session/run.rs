@@ -221,7 +221,8 @@ fn run_tracked(
     }
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
     let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard, &rec, report);
-    let code = match crate::sandbox::run(plan, ids, fs) {
+    let mut notice = |n: crate::sandbox::Notice| report.note(Note::Launcher(&n.to_string()));
+    let code = match crate::sandbox::run(plan, ids, fs, &mut notice) {
         Ok(outcome) => {
             rec.fs = outcome.fs;
             ended.fs = Some(outcome.fs);

@@ -7,8 +7,12 @@ use nix::errno::Errno;
 
 /// Read-only (`MOUNT_ATTR_RDONLY`).
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+/// No set-user-ID (`MOUNT_ATTR_NOSUID`).
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
 /// No device nodes (`MOUNT_ATTR_NODEV`).
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+/// No execution (`MOUNT_ATTR_NOEXEC`).
+pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
 
 /// `struct mount_attr` of the kernel's uapi (linux/mount.h).
 #[repr(C)]

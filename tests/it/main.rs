@@ -16,7 +16,11 @@
 //! - `escape`: a hostile session's attempts to get out (issue 13), as root and as the
 //!   unprivileged user; `support::session` holds its caller-parametric session fixture.
 //! - `durable`: which sessions fsync or sync their upper, and an upper lost before its sync.
+//! - `runtime_cli`: ovlrun as an OCI runtime (runc's verbs) driven by hand, against runc.
 //! - `examples`: the library's `examples/*.rs`, built and run over a copy of `examples/rootfs`.
+//! - `runtime`: podman (root and rootless) and containerd with ovlrun as their OCI runtime
+//!   (issue 15); `OVLRUN_RUNTIME=runc` runs them against the system runc. `support::runtime`
+//!   holds the managers' fixtures.
 
 // Test code: a failed unwrap is a failed test, which is what we want (clippy.toml means the
 // same, but does not reach helper functions outside `#[test]` items).
@@ -42,3 +46,5 @@ mod passthrough;
 mod policy;
 mod prefill;
 mod realtree;
+mod runtime;
+mod runtime_cli;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use oci_spec::runtime::{Linux, LinuxIdMapping, LinuxNamespaceType, Spec};
 
 use super::{Caller, Ctx, OciError, OciSettings};
-use crate::config::{Network, UserNs};
+use crate::config::{JoinNs, Network, NsKind, UserNs};
 use crate::host::ids::IdMap;
 
 impl Ctx<'_> {
@@ -24,11 +24,26 @@ impl Ctx<'_> {
             .flatten()
             .enumerate()
         {
-            if ns.path().is_some() {
-                return Err(self.bad(
-                    format!("linux.namespaces[{i}].path"),
-                    "joining an existing namespace is not supported",
-                ));
+            if let Some(path) = ns.path() {
+                let kind = match ns.typ() {
+                    LinuxNamespaceType::Network => NsKind::Network,
+                    LinuxNamespaceType::Ipc => NsKind::Ipc,
+                    LinuxNamespaceType::Uts => NsKind::Uts,
+                    LinuxNamespaceType::Pid => NsKind::Pid,
+                    other => {
+                        return Err(self.bad(
+                            format!("linux.namespaces[{i}].path"),
+                            format!(
+                                "joining an existing {other} namespace is not supported \
+                                 (network, ipc, uts and pid are)"
+                            ),
+                        ));
+                    }
+                };
+                out.join.push(JoinNs {
+                    kind,
+                    path: path.clone(),
+                });
             }
             match ns.typ() {
                 LinuxNamespaceType::User => user = true,
@@ -112,8 +127,56 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// `linux.devices`: each is the host's node of that type and number, bound at its path
+    /// under `/dev` (as `--dev-bind`); its mode and owner are the host node's.
+    fn devices(&self, l: &Linux, out: &mut OciSettings) -> Result<(), OciError> {
+        use oci_spec::runtime::LinuxDeviceType;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        for (i, d) in l.devices().iter().flatten().enumerate() {
+            let field = format!("linux.devices[{i}]");
+            let path = d.path();
+            let want_block = match d.typ() {
+                LinuxDeviceType::B => true,
+                LinuxDeviceType::C | LinuxDeviceType::U => false,
+                other => {
+                    return Err(self.bad(field, format!("type {other:?}: only b, c and u")));
+                }
+            };
+            let dev = nix::sys::stat::makedev(
+                u64::try_from(d.major()).unwrap_or(u64::MAX),
+                u64::try_from(d.minor()).unwrap_or(u64::MAX),
+            );
+            let matches = std::fs::metadata(path).is_ok_and(|m| {
+                let t = m.file_type();
+                m.rdev() == dev
+                    && (if want_block {
+                        t.is_block_device()
+                    } else {
+                        t.is_char_device()
+                    })
+            });
+            if !matches {
+                return Err(self.bad(
+                    field,
+                    format!(
+                        "{}: ovlrun binds the host's node, and the host has no {} device {}:{} there",
+                        path.display(),
+                        if want_block { "block" } else { "character" },
+                        d.major(),
+                        d.minor()
+                    ),
+                ));
+            }
+            let bind = crate::config::parse_dev_bind(&path.display().to_string())
+                .map_err(|e| self.bad(format!("linux.devices[{i}].path"), e.to_string()))?;
+            out.dev_binds.push(bind);
+        }
+        Ok(())
+    }
+
     /// `linux.seccomp`, `linux.maskedPaths`, `linux.readonlyPaths` and `linux.sysctl`.
     pub(super) fn linux_hardening(&self, l: &Linux, out: &mut OciSettings) -> Result<(), OciError> {
+        self.devices(l, out)?;
         if let Some(profile) = l.seccomp() {
             crate::config::seccomp::check(profile).map_err(|e| {
                 let e = e.under("linux.seccomp");

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxSeccomp, Spec};
 use serde::Serialize;
 
-use super::{Bind, Network, UserNs};
+use super::{Network, UserNs};
 use crate::host::ids::IdMap;
 use crate::layers::WhiteoutFormat;
 use crate::mount::Backend;
@@ -58,14 +58,15 @@ pub struct OciSettings {
     pub terminal: Option<bool>,
     /// `process.user.uid`.
     pub uid: Option<u32>,
+    /// `process.user.additionalGids`: the command's supplementary groups.
+    pub groups: Vec<u32>,
     /// `process.user.gid`.
     pub gid: Option<u32>,
     /// `hostname`.
     pub hostname: Option<String>,
-    /// `mounts` of type bind, in order (sources absolute and existing).
-    pub binds: Vec<Bind>,
-    /// `mounts` of type tmpfs, in order (other than the ones ovlrun provides).
-    pub tmpfs: Vec<PathBuf>,
+    /// `mounts` of type bind, tmpfs and mqueue, in order (bind sources absolute and
+    /// existing), other than the ones ovlrun provides.
+    pub mounts: Vec<super::FsMount>,
     /// From `linux.namespaces`: a `network` entry means a new, empty network namespace;
     /// none means the host's. Always set from a file.
     pub net: Option<Network>,
@@ -94,10 +95,16 @@ pub struct OciSettings {
     pub read_only_root: bool,
     /// `process.noNewPrivileges` when given.
     pub no_new_privs: Option<bool>,
+    /// `linux.devices`: the host's node of each, bound into the session's `/dev`.
+    pub dev_binds: Vec<super::Bind>,
     /// `linux.sysctl`, checked to be namespaced.
     pub sysctl: Vec<(String, String)>,
     /// `process.oomScoreAdj`.
     pub oom_score_adj: Option<i32>,
+    /// `process.user.umask`.
+    pub umask: Option<u32>,
+    /// `linux.namespaces` entries with a `path` (network, ipc, uts): joined, not made.
+    pub join: Vec<super::JoinNs>,
     /// `linux.seccomp`, checked (compiled once) to be a profile ovlrun can honour.
     pub seccomp: Option<Box<LinuxSeccomp>>,
 }
@@ -190,7 +197,7 @@ pub(crate) const MAX_CONFIG_BYTES: u64 = 4 << 20;
 ///
 /// # Errors
 /// [`OciError::TooLarge`], or [`OciError::Read`] (not UTF-8 included).
-fn read_bounded(path: &Path) -> Result<String, OciError> {
+pub(crate) fn read_bounded(path: &Path) -> Result<String, OciError> {
     let read_err = |source| OciError::Read {
         path: path.to_owned(),
         source,
@@ -263,6 +270,33 @@ pub(crate) fn settings(spec: &Spec, path: &Path, caller: &Caller) -> Result<OciS
     ctx.namespaces(spec, caller, &mut out)?;
     ctx.hardening(spec, &mut out)?;
     ctx.annotations(spec, &mut out)?;
+    Ok(out)
+}
+
+/// The settings a lone `process` object gives (runc's `exec --process FILE`), read from
+/// `path`: the same checks as a config's `process`.
+///
+/// # Errors
+/// [`OciError::Parse`] or [`OciError::Field`] naming the first field ovlrun cannot honour.
+pub(crate) fn process_settings(path: &Path, text: &str) -> Result<OciSettings, OciError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| OciError::Parse {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    let wrapped = serde_json::json!({"ociVersion": "1.0.2", "process": value});
+    let spec = parse(path, &wrapped.to_string())?;
+    let ctx = Ctx {
+        path,
+        dir: Path::new("/"),
+    };
+    let mut out = OciSettings::default();
+    ctx.reject_unsupported(&spec)?;
+    ctx.process(&spec, &mut out)?;
+    if let Some(p) = spec.process() {
+        ctx.process_hardening(p, &mut out)?;
+    }
     Ok(out)
 }
 

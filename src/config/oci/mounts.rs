@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use oci_spec::runtime::Mount;
 
 use super::{Ctx, OciError, OciSettings, has_content};
-use crate::config::Bind;
+use crate::config::{FsKind, FsMount, MountFlags};
 
 /// Mount destinations the launcher sets up itself: an entry for one of them is accepted
 /// whatever its type or options, and ovlrun's own mount is used.
@@ -89,13 +89,6 @@ impl Ctx<'_> {
             )
         };
         if bind {
-            // nosuid changes nothing: the command runs with no_new_privs, so set-user-ID
-            // bits and file capabilities grant nothing anywhere.
-            if let Some(o) = options.iter().find(|o| {
-                !matches!(**o, "bind" | "rbind" | "ro" | "nosuid") && !NEUTRAL_OPTIONS.contains(o)
-            }) {
-                return Err(bad_option(o, "bind"));
-            }
             let field = format!("mounts[{i}].source");
             let source = m
                 .source()
@@ -105,13 +98,28 @@ impl Ctx<'_> {
             let source = full
                 .canonicalize()
                 .map_err(|e| self.bad(field.as_str(), format!("{}: {e}", full.display())))?;
-            // The last of ro/rw wins, as in mount(8).
-            let read_only =
-                options.iter().rev().find(|o| matches!(**o, "ro" | "rw")) == Some(&"ro");
-            out.binds.push(Bind {
-                source,
+            let (flags, data) = flags_of(&options).map_err(|o| bad_option(o, "bind"))?;
+            if let Some(o) = data.first() {
+                return Err(bad_option(o, "bind"));
+            }
+            // As runc: `bind` alone binds the one mount, `rbind` the mounts below it too.
+            let recursive = options.contains(&"rbind") || !options.contains(&"bind");
+            out.mounts.push(FsMount {
                 dest,
-                read_only,
+                kind: FsKind::Bind { source, recursive },
+                flags,
+            });
+            return Ok(());
+        }
+        if typ == "mqueue" {
+            let (flags, data) = flags_of(&options).map_err(|o| bad_option(o, "mqueue"))?;
+            if let Some(o) = data.first() {
+                return Err(bad_option(o, "mqueue"));
+            }
+            out.mounts.push(FsMount {
+                dest,
+                kind: FsKind::Mqueue,
+                flags,
             });
             return Ok(());
         }
@@ -119,29 +127,67 @@ impl Ctx<'_> {
             return Err(self.bad(
                 format!("mounts[{i}]"),
                 format!(
-                    "type {typ:?} on {} is not supported (ovlrun makes bind and tmpfs mounts, \
-                     and provides {} itself)",
+                    "type {typ:?} on {} is not supported (ovlrun makes bind, tmpfs and mqueue \
+                     mounts, and provides {} itself)",
                     dest.display(),
                     PROVIDED.join(", ")
                 ),
             ));
         }
-        // The launcher's own /tmp is a tmpfs with mode 1777 (nosuid, nodev): this entry asks
-        // for exactly that.
+        // The launcher's own /tmp is a tmpfs with mode 1777 (nosuid, nodev): an entry asking
+        // for exactly that is it.
         let tmp = dest == Path::new("/tmp");
         let mode_ok = |mode: &str| {
             let mode = mode.trim_start_matches('0');
             if tmp { mode == "1777" } else { mode == "755" }
         };
-        if let Some(o) = options.iter().find(|o| match o.strip_prefix("mode=") {
-            Some(mode) => !mode_ok(mode),
-            None => !matches!(**o, "nosuid" | "nodev") && !NEUTRAL_OPTIONS.contains(o),
-        }) {
-            return Err(bad_option(o, "tmpfs"));
+        let plain = options.iter().all(|o| match o.strip_prefix("mode=") {
+            Some(mode) => mode_ok(mode),
+            None => matches!(*o, "nosuid" | "nodev") || NEUTRAL_OPTIONS.contains(o),
+        });
+        if tmp && plain {
+            return Ok(());
         }
-        if !tmp {
-            out.tmpfs.push(dest);
-        }
+        // runc's extension, which podman sends for --read-only's /run, /tmp, /var/tmp.
+        let copy_up = options.contains(&"tmpcopyup");
+        let rest: Vec<&str> = options
+            .iter()
+            .copied()
+            .filter(|o| *o != "tmpcopyup")
+            .collect();
+        let (flags, data) = flags_of(&rest).map_err(|o| bad_option(o, "tmpfs"))?;
+        out.mounts.push(FsMount {
+            dest,
+            kind: FsKind::Tmpfs {
+                data: data.join(","),
+                copy_up,
+            },
+            flags,
+        });
         Ok(())
     }
+}
+
+/// The flags among `options` and the `key=value` data options, in order; the first option
+/// that is neither (nor neutral, nor bind/rbind) is the error.
+fn flags_of<'a>(options: &[&'a str]) -> Result<(MountFlags, Vec<&'a str>), &'a str> {
+    let mut flags = MountFlags::default();
+    let mut data = Vec::new();
+    for o in options {
+        match *o {
+            "ro" => flags.read_only = true,
+            "rw" => flags.read_only = false,
+            "nosuid" => flags.nosuid = true,
+            "suid" => flags.nosuid = false,
+            "nodev" => flags.nodev = true,
+            "dev" => flags.nodev = false,
+            "noexec" => flags.noexec = true,
+            "exec" => flags.noexec = false,
+            "bind" | "rbind" => {}
+            o if NEUTRAL_OPTIONS.contains(&o) => {}
+            o if o.contains('=') && !o.starts_with('=') => data.push(o),
+            o => return Err(o),
+        }
+    }
+    Ok((flags, data))
 }

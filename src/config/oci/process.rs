@@ -24,7 +24,12 @@ impl Ctx<'_> {
                 ));
             }
         }
+        out.umask = p.user().umask();
+        if out.umask.is_some_and(|u| u > 0o777) {
+            return Err(self.bad("process.user.umask", "not a umask (0 to 0777)"));
+        }
         out.uid = Some(p.user().uid());
+        out.groups = p.user().additional_gids().clone().unwrap_or_default();
         out.gid = Some(p.user().gid());
         out.args = p
             .args()

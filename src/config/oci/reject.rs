@@ -37,16 +37,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         says: |s| has_content(s.hooks()),
     },
     Unsupported {
-        field: "process.user.umask",
-        problem: "not supported",
-        says: |s| in_process(s, |p| has_content(&p.user().umask())),
-    },
-    Unsupported {
-        field: "process.user.additionalGids",
-        problem: "not supported (the command's only group is its gid)",
-        says: |s| in_process(s, |p| has_content(p.user().additional_gids())),
-    },
-    Unsupported {
         field: "process.apparmorProfile",
         problem: "AppArmor is not supported",
         says: |s| in_process(s, |p| has_content(p.apparmor_profile())),
@@ -84,11 +74,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         field: "linux.cgroupsPath",
         problem: "cgroups are not supported (the command stays in the caller's cgroup)",
         says: |s| in_linux(s, |l| has_content(l.cgroups_path())),
-    },
-    Unsupported {
-        field: "linux.devices",
-        problem: "not supported (ovlrun makes /dev)",
-        says: |s| in_linux(s, |l| has_content(l.devices())),
     },
     Unsupported {
         field: "linux.netDevices",

@@ -68,6 +68,8 @@ macro_rules! require_launcher {
 mod process;
 pub mod pty;
 #[macro_use]
+pub mod runtime;
+#[macro_use]
 pub mod session;
 
 pub use process::{Bg, EXIT_OWN_ERROR, Out, run_limited, run_with_input, run_within, tail};

@@ -1,0 +1,589 @@
+//! ovlrun as the OCI runtime of podman (root and rootless) and containerd (issue 15): each
+//! manager's lifecycle, run against the runtime `OVLRUN_RUNTIME` picks (default this repo's
+//! ovlrun; `runc` for the system runc, the reference). Every test proves the runtime under
+//! test served it (see `support::runtime`). Select them with `cargo test --test it -- runtime::`.
+//!
+//! What the clients sent to the runtime here (podman 4.3.1 + conmon 2.1.6, containerd 1.6.20
+//! with containerd-shim-runc-v2; captured with a wrapper that logs its argv and execs runc):
+//!
+//! - conmon (podman): `create --bundle B --pid-file P ID`, and
+//!   `exec --pid-file P --process F --detach [--tty --console-socket S] ID`; when the runtime's
+//!   file name is one podman knows (runc, crun, ...) both start with
+//!   `--log-format=json --log FILE` (never for `ovlrun`). No `--root` unless podman was given
+//!   `--runtime-flag root=DIR` (then `--root=DIR` before every verb, as these tests do as root).
+//! - podman itself: `start ID`, `kill ID 15`, `kill ID 9` (numbers, never names), `pause ID`,
+//!   `resume ID`, `delete --force ID` (after every exit). Never `state`, `ps` or `list`:
+//!   `podman top` reads `/proc`, exit codes come from conmon.
+//! - containerd's shim: every verb after `--root ROOT/NS --log BUNDLE/log.json --log-format json`:
+//!   `create --bundle B --pid-file B/init.pid ID`, `start ID`,
+//!   `exec --process /tmp/runc-processN [--console-socket S] --detach --pid-file P ID`,
+//!   `ps --format json ID`, `pause ID`, `resume ID`, `kill ID 15`, `kill --all ID 9`,
+//!   `delete ID`, `delete --force ID`.
+//! - Rootless podman runs the runtime inside its user namespace (euid 0 there), with
+//!   `XDG_RUNTIME_DIR` set: runc's state goes to `$XDG_RUNTIME_DIR/runc`.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::pty::on_a_pty;
+use crate::support::runtime::{Containerd, IMAGE, Podman, WAIT_FOR_GO, cgroup_exists_anywhere};
+use crate::support::{Bg, private_mount_ns, run_with_input, run_within};
+
+const TIMEOUT: Duration = crate::support::runtime::CLIENT_TIMEOUT;
+
+/// A container that counts on stdout every 50 ms: its output stops growing while it is
+/// frozen.
+const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done";
+
+/// A container whose pid 1 traps TERM, says so and exits 7.
+const TERM_TRAP: &str =
+    "trap 'echo got-term; exit 7' TERM; echo started; while :; do sleep 0.05; done";
+
+/// The number of `tick` lines in `text`.
+fn ticks(text: &str) -> usize {
+    text.lines().filter(|l| l.starts_with("tick ")).count()
+}
+
+/// Polls `f` until it is true, or fails with `what` after [`TIMEOUT`].
+#[track_caller]
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not after {TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether process `pid` still exists (and is not a zombie waiting for its reaper).
+fn alive(pid: i64) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s.get(i + 2..))
+            .is_some_and(|r| !r.starts_with('Z'))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// podman, as root and as the test user
+
+/// Sets up the caller and its podman; root's storage mounts live in the test thread's mount
+/// namespace.
+macro_rules! podman_for {
+    (root) => {{
+        require_managers!("podman", "conmon", "runc");
+        let caller = require_caller!(root);
+        private_mount_ns();
+        Podman::new(caller)
+    }};
+    (user) => {{
+        require_managers!("podman", "conmon", "runc", "newuidmap");
+        let caller = require_caller!(user);
+        Podman::new(caller)
+    }};
+}
+
+/// One test per caller for each lifecycle step: `podman_tests!(name, body)` makes
+/// `podman_root_NAME` and `podman_user_NAME`, `body` a `fn(&Podman)`.
+macro_rules! podman_tests {
+    ($($name:ident => $body:path;)+) => {
+        mod podman_root {
+            use super::*;
+            $(#[test] fn $name() { let p = podman_for!(root); $body(&p); })+
+        }
+        mod podman_user {
+            use super::*;
+            $(#[test] fn $name() { let p = podman_for!(user); $body(&p); })+
+        }
+    };
+}
+
+podman_tests! {
+    run_gives_the_exit_code => podman_run_exit_code;
+    run_detached_kill_wait => podman_detach_kill_wait;
+    exec_with_and_without_tty => podman_exec;
+    top_and_logs => podman_top_logs;
+    stop_runs_the_term_trap => podman_stop_term_trap;
+    read_only_root_with_ro_bind => podman_read_only;
+    rm_force_of_a_running_container => podman_rm_force;
+    pause_and_resume => podman_pause_resume;
+}
+
+fn podman_run_exit_code(p: &Podman) {
+    let script = format!("echo out; echo err >&2; {WAIT_FOR_GO}; exit 3");
+    let mut run = Bg::spawn(
+        &mut p.run_cmd(&["--name=c", IMAGE, "sh", "-c", &script]),
+        TIMEOUT,
+    );
+    p.wait_started("c", &mut run);
+    p.assert_served("c");
+    p.release();
+    let out = run.wait();
+    out.expect_code(3);
+    assert!(out.stdout.contains("out"), "{}", out.context());
+    assert!(out.stderr.contains("err"), "{}", out.context());
+    assert_eq!(p.inspect("c", "{{.State.ExitCode}}"), "3");
+    let quick = run_within(
+        &mut p.run_cmd(&["--rm", IMAGE, "sh", "-c", "exit 42"]),
+        TIMEOUT,
+    );
+    quick.expect_code(42);
+    let missing = run_within(
+        &mut p.run_cmd(&["--rm", IMAGE, "/no/such/program"]),
+        TIMEOUT,
+    );
+    assert_ne!(missing.code(), 0, "{}", missing.context());
+}
+
+fn podman_detach_kill_wait(p: &Podman) {
+    podman_detached(p, &["sleep", "1000"]);
+    let pid: i64 = p.inspect("c", "{{.State.Pid}}").parse().unwrap();
+    p.ok(&["kill", "--signal=KILL", "c"]);
+    assert_eq!(p.ok(&["wait", "c"]).trim(), "137");
+    assert!(!alive(pid), "container process {pid} outlived kill");
+    assert_eq!(p.status("c"), "exited");
+}
+
+fn podman_exec(p: &Podman) {
+    podman_detached(p, &["sleep", "1000"]);
+    let out = p.out(&["exec", "c", "sh", "-c", "echo exec-ok; exit 5"]);
+    out.expect_code(5);
+    assert_eq!(out.stdout, "exec-ok\n", "{}", out.context());
+    // Same pid namespace as the container: its pid 1 is the sleep.
+    assert_eq!(
+        p.ok(&["exec", "c", "cat", "/proc/1/cmdline"]),
+        "sleep\u{0}1000\u{0}"
+    );
+    let piped = run_with_input(
+        &mut p.cmd(&["exec", "-i", "c", "sh", "-c", "cat; echo end"]),
+        b"from stdin\n",
+        TIMEOUT,
+    );
+    piped.expect_ok().expect_stdout(&["from stdin", "end"]);
+    let lines = on_a_pty(
+        p.on_pty(&[
+            "exec",
+            "-t",
+            "c",
+            "sh",
+            "-c",
+            "tty; [ -t 0 ] && echo stdin-is-a-tty; echo DONE",
+        ]),
+        |_, _| {},
+    );
+    assert!(
+        lines.iter().any(|l| l.trim_end().starts_with("/dev/pts/")),
+        "exec -t: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.trim_end() == "stdin-is-a-tty"),
+        "exec -t: {lines:?}"
+    );
+    let lines = on_a_pty(
+        p.on_pty(&[
+            "exec",
+            "-it",
+            "c",
+            "sh",
+            "-c",
+            "echo READY; read x; echo got-$x; echo DONE",
+        ]),
+        |line, stdin| {
+            if line == "READY" {
+                let _ = std::io::Write::write_all(stdin, b"typed\n");
+            }
+        },
+    );
+    assert!(
+        lines.iter().any(|l| l.trim_end() == "got-typed"),
+        "exec -it: {lines:?}"
+    );
+}
+
+fn podman_top_logs(p: &Podman) {
+    podman_detached(
+        p,
+        &[
+            "sh",
+            "-c",
+            "echo hello-logs; echo to-stderr >&2; exec sleep 1000",
+        ],
+    );
+    wait_until("logs show the output", || {
+        p.ok(&["logs", "c"]).contains("hello-logs")
+    });
+    let logs = p.out(&["logs", "c"]);
+    assert!(logs.stderr.contains("to-stderr"), "{}", logs.context());
+    let top = p.ok(&["top", "c", "pid", "args"]);
+    assert!(top.lines().any(|l| l.contains("sleep 1000")), "top:\n{top}");
+    assert_eq!(
+        top.lines().count(),
+        2,
+        "one process in the container:\n{top}"
+    );
+}
+
+fn podman_stop_term_trap(p: &Podman) {
+    podman_detached(p, &["sh", "-c", TERM_TRAP]);
+    wait_until("the trap is set", || {
+        p.ok(&["logs", "c"]).contains("started")
+    });
+    let start = Instant::now();
+    p.ok(&["stop", "--time=30", "c"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "stop waited for the time-out: TERM was not delivered"
+    );
+    assert_eq!(p.ok(&["wait", "c"]).trim(), "7");
+    assert!(p.ok(&["logs", "c"]).contains("got-term"));
+}
+
+fn podman_read_only(p: &Podman) {
+    let data = p.home.join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("f"), "host data\n").unwrap();
+    let mount = format!("--volume={}:/data:ro", data.display());
+    let script = format!(
+        "cat /data/f; touch /x 2>&1 || echo root-ro; touch /data/y 2>&1 || echo bind-ro; \
+         echo ok > /ctl/w && echo ctl-rw; {WAIT_FOR_GO}"
+    );
+    let mut run = Bg::spawn(
+        &mut p.run_cmd(&[
+            "--name=c",
+            "--read-only",
+            &mount,
+            IMAGE,
+            "sh",
+            "-c",
+            &script,
+        ]),
+        TIMEOUT,
+    );
+    p.wait_started("c", &mut run);
+    p.assert_served("c");
+    p.release();
+    let out = run.wait();
+    out.expect_ok();
+    for want in ["host data", "root-ro", "bind-ro", "ctl-rw"] {
+        assert!(
+            out.stdout.lines().any(|l| l == want),
+            "no {want:?}\n{}",
+            out.context()
+        );
+    }
+    assert!(
+        out.stdout.contains("Read-only file system"),
+        "{}",
+        out.context()
+    );
+    assert!(!data.join("y").exists(), "the :ro bind was written");
+}
+
+fn podman_rm_force(p: &Podman) {
+    podman_detached(p, &["sleep", "1000"]);
+    let pid: i64 = p.inspect("c", "{{.State.Pid}}").parse().unwrap();
+    p.ok(&["rm", "--force", "--time=0", "c"]);
+    assert_eq!(
+        p.ok(&["ps", "--all", "--quiet"]).trim(),
+        "",
+        "rm -f left a container"
+    );
+    wait_until("the container process is gone", || !alive(pid));
+}
+
+fn podman_pause_resume(p: &Podman) {
+    podman_detached(p, &["sh", "-c", COUNTER]);
+    wait_until("the counter runs", || ticks(&p.ok(&["logs", "c"])) > 2);
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !p.caller.is_root() && !unified {
+        // Rootless on cgroup v1 has no cgroup to freeze: podman refuses before the runtime.
+        let out = p.out(&["pause", "c"]);
+        assert_ne!(
+            out.code(),
+            0,
+            "rootless pause on cgroup v1 claimed success\n{}",
+            out.context()
+        );
+        assert_eq!(p.status("c"), "running");
+        return;
+    }
+    p.ok(&["pause", "c"]);
+    assert_eq!(p.status("c"), "paused");
+    p.assert_served("c");
+    let frozen = ticks(&p.ok(&["logs", "c"]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ticks(&p.ok(&["logs", "c"])),
+        frozen,
+        "the counter ran while paused"
+    );
+    p.ok(&["unpause", "c"]);
+    assert_eq!(p.status("c"), "running");
+    wait_until("the counter runs again", || {
+        ticks(&p.ok(&["logs", "c"])) > frozen + 2
+    });
+}
+
+/// `podman run -d --name=c RUN-ARGS.. IMAGE ARGV..`, then waits for it to run and proves the
+/// runtime under test runs it.
+fn podman_detached(p: &Podman, argv: &[&str]) {
+    let mut cmd = p.run_cmd(&["-d", "--name=c", IMAGE]);
+    cmd.args(argv);
+    run_within(&mut cmd, TIMEOUT).expect_ok();
+    p.wait_status("c", "running");
+    p.assert_served("c");
+}
+
+// ---------------------------------------------------------------------------------------------
+// containerd
+
+/// Starts a containerd of the test's own.
+macro_rules! containerd {
+    () => {{
+        require_managers!("containerd", "ctr", "containerd-shim-runc-v2", "runc");
+        Containerd::start()
+    }};
+}
+
+mod containerd {
+    use super::*;
+
+    /// `ctr run -d RUN-ARGS.. EXTRA.. IMAGE ID ARGV..`, then waits for the task to run and
+    /// proves the runtime under test runs it; returns the task's pid.
+    fn run_detached(c: &Containerd, id: &str, extra: &[&str], argv: &[&str]) -> i64 {
+        let mut cmd = c.ctr(&["run", "-d"]);
+        cmd.args(c.run_args())
+            .args(extra)
+            .arg(IMAGE)
+            .arg(id)
+            .args(argv);
+        run_within(&mut cmd, TIMEOUT).expect_ok();
+        let pid = c.wait_status(id, "RUNNING");
+        c.assert_served(id);
+        pid
+    }
+
+    #[test]
+    fn run_gives_the_exit_code() {
+        let c = containerd!();
+        let script = format!("echo out; {WAIT_FOR_GO}; exit 3");
+        let mut run = Bg::spawn(
+            &mut c.run_cmd(&["--rm", IMAGE, "c1", "sh", "-c", &script]),
+            TIMEOUT,
+        );
+        c.wait_started("c1", &mut run);
+        c.assert_served("c1");
+        c.release();
+        let out = run.wait();
+        out.expect_code(3);
+        assert!(out.stdout.contains("out"), "{}", out.context());
+        run_within(
+            &mut c.run_cmd(&["--rm", IMAGE, "c2", "sh", "-c", "exit 42"]),
+            TIMEOUT,
+        )
+        .expect_code(42);
+        assert_eq!(
+            c.ok(&["containers", "ls", "--quiet"]).trim(),
+            "",
+            "--rm left a container"
+        );
+    }
+
+    #[test]
+    fn run_detached_kill_wait() {
+        let c = containerd!();
+        let pid = run_detached(&c, "c1", &[], &["sleep", "1000"]);
+        c.ok(&["task", "kill", "--signal", "SIGKILL", "c1"]);
+        c.wait_status("c1", "STOPPED");
+        assert!(!alive(pid), "container process {pid} outlived kill");
+        assert_eq!(c.delete_task("c1"), 137);
+    }
+
+    #[test]
+    fn exec_with_and_without_tty() {
+        let c = containerd!();
+        run_detached(&c, "c1", &[], &["sleep", "1000"]);
+        let out = c.out(&[
+            "task",
+            "exec",
+            "--exec-id=e1",
+            "c1",
+            "sh",
+            "-c",
+            "echo exec-ok; exit 5",
+        ]);
+        out.expect_code(5);
+        assert_eq!(out.stdout, "exec-ok\n", "{}", out.context());
+        assert_eq!(
+            c.ok(&[
+                "task",
+                "exec",
+                "--exec-id=e2",
+                "c1",
+                "cat",
+                "/proc/1/cmdline"
+            ]),
+            "sleep\u{0}1000\u{0}"
+        );
+        let piped = run_with_input(
+            &mut c.ctr(&[
+                "task",
+                "exec",
+                "--exec-id=e3",
+                "c1",
+                "sh",
+                "-c",
+                "cat; echo end",
+            ]),
+            b"from stdin\n",
+            TIMEOUT,
+        );
+        piped.expect_ok().expect_stdout(&["from stdin", "end"]);
+        let lines = on_a_pty(
+            c.on_pty(c.exec_cmd(&[
+                "-t",
+                "--exec-id=e4",
+                "c1",
+                "sh",
+                "-c",
+                "tty; [ -t 0 ] && echo stdin-is-a-tty; echo DONE",
+            ])),
+            |_, _| {},
+        );
+        assert!(
+            lines.iter().any(|l| l.trim_end().starts_with("/dev/pts/")),
+            "exec -t: {lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.trim_end() == "stdin-is-a-tty"),
+            "exec -t: {lines:?}"
+        );
+    }
+
+    #[test]
+    fn ps_and_logs() {
+        let c = containerd!();
+        let log = c.ctl.join("c1.log");
+        let uri = format!("--log-uri=file://{}", log.display());
+        let pid = run_detached(
+            &c,
+            "c1",
+            &[&uri],
+            &["sh", "-c", "echo hello-logs; exec sleep 1000"],
+        );
+        wait_until("the log shows the output", || {
+            fs::read_to_string(&log).is_ok_and(|t| t.contains("hello-logs"))
+        });
+        // `ctr task ps` asks the runtime (`ps --format json`).
+        let ps = c.ok(&["task", "ps", "c1"]);
+        let pids: Vec<&str> = ps
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(pids, [pid.to_string().as_str()], "task ps:\n{ps}");
+        run_within(
+            &mut c.exec_cmd(&["--exec-id=e1", "-d", "c1", "sleep", "1000"]),
+            TIMEOUT,
+        )
+        .expect_ok();
+        wait_until("task ps shows the exec", || {
+            c.ok(&["task", "ps", "c1"]).lines().skip(1).count() == 2
+        });
+    }
+
+    #[test]
+    fn stop_runs_the_term_trap() {
+        let c = containerd!();
+        let log = c.ctl.join("c1.log");
+        let uri = format!("--log-uri=file://{}", log.display());
+        run_detached(&c, "c1", &[&uri], &["sh", "-c", TERM_TRAP]);
+        wait_until("the trap is set", || {
+            fs::read_to_string(&log).is_ok_and(|t| t.contains("started"))
+        });
+        c.ok(&["task", "kill", "--signal", "SIGTERM", "c1"]);
+        c.wait_status("c1", "STOPPED");
+        assert_eq!(c.delete_task("c1"), 7);
+        assert!(fs::read_to_string(&log).unwrap().contains("got-term"));
+    }
+
+    #[test]
+    fn read_only_root_with_ro_bind() {
+        let c = containerd!();
+        let data = c.ctl.join("data");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("f"), "host data\n").unwrap();
+        let mount = format!(
+            "--mount=type=bind,src={},dst=/data,options=rbind:ro",
+            data.display()
+        );
+        let script = format!(
+            "cat /data/f; touch /x 2>&1 || echo root-ro; touch /data/y 2>&1 || echo bind-ro; {WAIT_FOR_GO}"
+        );
+        let mut run = Bg::spawn(
+            &mut c.run_cmd(&[
+                "--rm",
+                "--read-only",
+                &mount,
+                IMAGE,
+                "c1",
+                "sh",
+                "-c",
+                &script,
+            ]),
+            TIMEOUT,
+        );
+        c.wait_started("c1", &mut run);
+        c.assert_served("c1");
+        c.release();
+        let out = run.wait();
+        out.expect_ok();
+        for want in ["host data", "root-ro", "bind-ro"] {
+            assert!(
+                out.stdout.lines().any(|l| l == want),
+                "no {want:?}\n{}",
+                out.context()
+            );
+        }
+        assert!(!data.join("y").exists(), "the ro bind was written");
+    }
+
+    #[test]
+    fn rm_force_of_a_running_container() {
+        let c = containerd!();
+        let pid = run_detached(&c, "c1", &[], &["sleep", "1000"]);
+        c.ok(&["task", "delete", "--force", "c1"]);
+        c.ok(&["containers", "delete", "c1"]);
+        assert!(c.task("c1").is_none(), "the task outlived delete --force");
+        wait_until("the container process is gone", || !alive(pid));
+        let root = c.runc_root.join(&c.namespace).join("c1");
+        assert!(
+            !root.exists(),
+            "the runtime kept state at {}",
+            root.display()
+        );
+        assert!(
+            !cgroup_exists_anywhere(&format!("/{}/c1", c.namespace)),
+            "the container's cgroup stayed"
+        );
+    }
+
+    #[test]
+    fn pause_and_resume() {
+        let c = containerd!();
+        let log = c.ctl.join("c1.log");
+        let uri = format!("--log-uri=file://{}", log.display());
+        run_detached(&c, "c1", &[&uri], &["sh", "-c", COUNTER]);
+        let count = || ticks(&fs::read_to_string(&log).unwrap_or_default());
+        wait_until("the counter runs", || count() > 2);
+        c.ok(&["task", "pause", "c1"]);
+        c.wait_status("c1", "PAUSED");
+        c.assert_served("c1");
+        let frozen = count();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(count(), frozen, "the counter ran while paused");
+        c.ok(&["task", "resume", "c1"]);
+        c.wait_status("c1", "RUNNING");
+        wait_until("the counter runs again", || count() > frozen + 2);
+    }
+}
