@@ -27,11 +27,13 @@ set -euo pipefail
 #                    be (tests/it/runtime.rs); runc is the reference runtime; conmon is podman's
 #                    monitor (a Depends, named so the list says it)
 #   slirp4netns catatonit   rootless podman's network helper and its `--init`
+#   docker.io        dockerd, which the tests start themselves (no systemd here; the package
+#                    cannot start it, and need not)
 APT_PACKAGES=(
     fuse3 fuse-overlayfs busybox-static uidmap attr acl fio libacl1-dev
     build-essential pkg-config shellcheck util-linux passwd e2fsprogs util-linux-extra
     bubblewrap libseccomp-dev
-    podman conmon containerd runc buildah slirp4netns catatonit
+    podman conmon containerd runc buildah slirp4netns catatonit docker.io
 )
 
 # The unprivileged user that launcher tests run ovlrun as.

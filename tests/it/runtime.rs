@@ -27,7 +27,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::pty::on_a_pty;
-use crate::support::runtime::{Containerd, IMAGE, Podman, WAIT_FOR_GO, cgroup_exists_anywhere};
+use crate::support::runtime::{
+    Containerd, Docker, Engine, IMAGE, Podman, WAIT_FOR_GO, cgroup_exists_anywhere,
+};
 use crate::support::{Bg, private_mount_ns, run_with_input, run_within};
 
 const TIMEOUT: Duration = crate::support::runtime::CLIENT_TIMEOUT;
@@ -83,9 +85,22 @@ macro_rules! podman_for {
     }};
 }
 
-/// One test per caller for each lifecycle step: `podman_tests!(name, body)` makes
-/// `podman_root_NAME` and `podman_user_NAME`, `body` a `fn(&Podman)`.
-macro_rules! podman_tests {
+/// Starts a dockerd of the test's own.
+macro_rules! docker {
+    () => {{
+        require_managers!("dockerd", "containerd", "runc");
+        require!(
+            $crate::support::runtime::docker_client().is_some(),
+            "find the docker client (scripts/setup.sh installs docker.io)"
+        );
+        Docker::start()
+    }};
+}
+
+/// One test per engine and caller for each lifecycle step: `engine_tests!(name => body)`
+/// makes `podman_root::NAME`, `podman_user::NAME` and `docker::NAME`, `body` a
+/// `fn(&impl Engine)`.
+macro_rules! engine_tests {
     ($($name:ident => $body:path;)+) => {
         mod podman_root {
             use super::*;
@@ -95,10 +110,14 @@ macro_rules! podman_tests {
             use super::*;
             $(#[test] fn $name() { let p = podman_for!(user); $body(&p); })+
         }
+        mod docker {
+            use super::*;
+            $(#[test] fn $name() { let d = docker!(); $body(&d); })+
+        }
     };
 }
 
-podman_tests! {
+engine_tests! {
     run_gives_the_exit_code => podman_run_exit_code;
     run_detached_kill_wait => podman_detach_kill_wait;
     exec_with_and_without_tty => podman_exec;
@@ -109,20 +128,20 @@ podman_tests! {
     pause_and_resume => podman_pause_resume;
 }
 
-fn podman_run_exit_code(p: &Podman) {
+fn podman_run_exit_code(p: &impl Engine) {
     let script = format!("echo out; echo err >&2; {WAIT_FOR_GO}; exit 3");
     let mut run = Bg::spawn(
-        &mut p.run_cmd(&["--name=c", IMAGE, "sh", "-c", &script]),
+        &mut p.run_cmd(&["--name=c1", IMAGE, "sh", "-c", &script]),
         TIMEOUT,
     );
-    p.wait_started("c", &mut run);
-    p.assert_served("c");
+    p.wait_started("c1", &mut run);
+    p.assert_served("c1");
     p.release();
     let out = run.wait();
     out.expect_code(3);
     assert!(out.stdout.contains("out"), "{}", out.context());
     assert!(out.stderr.contains("err"), "{}", out.context());
-    assert_eq!(p.inspect("c", "{{.State.ExitCode}}"), "3");
+    assert_eq!(p.inspect("c1", "{{.State.ExitCode}}"), "3");
     let quick = run_within(
         &mut p.run_cmd(&["--rm", IMAGE, "sh", "-c", "exit 42"]),
         TIMEOUT,
@@ -135,27 +154,27 @@ fn podman_run_exit_code(p: &Podman) {
     assert_ne!(missing.code(), 0, "{}", missing.context());
 }
 
-fn podman_detach_kill_wait(p: &Podman) {
+fn podman_detach_kill_wait(p: &impl Engine) {
     podman_detached(p, &["sleep", "1000"]);
-    let pid: i64 = p.inspect("c", "{{.State.Pid}}").parse().unwrap();
-    p.ok(&["kill", "--signal=KILL", "c"]);
-    assert_eq!(p.ok(&["wait", "c"]).trim(), "137");
+    let pid: i64 = p.inspect("c1", "{{.State.Pid}}").parse().unwrap();
+    p.ok(&["kill", "--signal=KILL", "c1"]);
+    assert_eq!(p.ok(&["wait", "c1"]).trim(), "137");
     assert!(!alive(pid), "container process {pid} outlived kill");
-    assert_eq!(p.status("c"), "exited");
+    assert_eq!(p.status("c1"), "exited");
 }
 
-fn podman_exec(p: &Podman) {
+fn podman_exec(p: &impl Engine) {
     podman_detached(p, &["sleep", "1000"]);
-    let out = p.out(&["exec", "c", "sh", "-c", "echo exec-ok; exit 5"]);
+    let out = p.out(&["exec", "c1", "sh", "-c", "echo exec-ok; exit 5"]);
     out.expect_code(5);
     assert_eq!(out.stdout, "exec-ok\n", "{}", out.context());
     // Same pid namespace as the container: its pid 1 is the sleep.
     assert_eq!(
-        p.ok(&["exec", "c", "cat", "/proc/1/cmdline"]),
+        p.ok(&["exec", "c1", "cat", "/proc/1/cmdline"]),
         "sleep\u{0}1000\u{0}"
     );
     let piped = run_with_input(
-        &mut p.cmd(&["exec", "-i", "c", "sh", "-c", "cat; echo end"]),
+        &mut p.cmd(&["exec", "-i", "c1", "sh", "-c", "cat; echo end"]),
         b"from stdin\n",
         TIMEOUT,
     );
@@ -164,7 +183,7 @@ fn podman_exec(p: &Podman) {
         p.on_pty(&[
             "exec",
             "-t",
-            "c",
+            "c1",
             "sh",
             "-c",
             "tty; [ -t 0 ] && echo stdin-is-a-tty; echo DONE",
@@ -183,7 +202,7 @@ fn podman_exec(p: &Podman) {
         p.on_pty(&[
             "exec",
             "-it",
-            "c",
+            "c1",
             "sh",
             "-c",
             "echo READY; read x; echo got-$x; echo DONE",
@@ -200,7 +219,7 @@ fn podman_exec(p: &Podman) {
     );
 }
 
-fn podman_top_logs(p: &Podman) {
+fn podman_top_logs(p: &impl Engine) {
     podman_detached(
         p,
         &[
@@ -210,11 +229,11 @@ fn podman_top_logs(p: &Podman) {
         ],
     );
     wait_until("logs show the output", || {
-        p.ok(&["logs", "c"]).contains("hello-logs")
+        p.ok(&["logs", "c1"]).contains("hello-logs")
     });
-    let logs = p.out(&["logs", "c"]);
+    let logs = p.out(&["logs", "c1"]);
     assert!(logs.stderr.contains("to-stderr"), "{}", logs.context());
-    let top = p.ok(&["top", "c", "pid", "args"]);
+    let top = p.ok(&p.top_args("c1"));
     assert!(top.lines().any(|l| l.contains("sleep 1000")), "top:\n{top}");
     assert_eq!(
         top.lines().count(),
@@ -223,23 +242,23 @@ fn podman_top_logs(p: &Podman) {
     );
 }
 
-fn podman_stop_term_trap(p: &Podman) {
+fn podman_stop_term_trap(p: &impl Engine) {
     podman_detached(p, &["sh", "-c", TERM_TRAP]);
     wait_until("the trap is set", || {
-        p.ok(&["logs", "c"]).contains("started")
+        p.ok(&["logs", "c1"]).contains("started")
     });
     let start = Instant::now();
-    p.ok(&["stop", "--time=30", "c"]);
+    p.ok(&["stop", "--time=30", "c1"]);
     assert!(
         start.elapsed() < Duration::from_secs(20),
         "stop waited for the time-out: TERM was not delivered"
     );
-    assert_eq!(p.ok(&["wait", "c"]).trim(), "7");
-    assert!(p.ok(&["logs", "c"]).contains("got-term"));
+    assert_eq!(p.ok(&["wait", "c1"]).trim(), "7");
+    assert!(p.ok(&["logs", "c1"]).contains("got-term"));
 }
 
-fn podman_read_only(p: &Podman) {
-    let data = p.home.join("data");
+fn podman_read_only(p: &impl Engine) {
+    let data = p.home().join("data");
     fs::create_dir(&data).unwrap();
     fs::write(data.join("f"), "host data\n").unwrap();
     let mount = format!("--volume={}:/data:ro", data.display());
@@ -249,7 +268,7 @@ fn podman_read_only(p: &Podman) {
     );
     let mut run = Bg::spawn(
         &mut p.run_cmd(&[
-            "--name=c",
+            "--name=c1",
             "--read-only",
             &mount,
             IMAGE,
@@ -259,8 +278,8 @@ fn podman_read_only(p: &Podman) {
         ]),
         TIMEOUT,
     );
-    p.wait_started("c", &mut run);
-    p.assert_served("c");
+    p.wait_started("c1", &mut run);
+    p.assert_served("c1");
     p.release();
     let out = run.wait();
     out.expect_ok();
@@ -279,10 +298,10 @@ fn podman_read_only(p: &Podman) {
     assert!(!data.join("y").exists(), "the :ro bind was written");
 }
 
-fn podman_rm_force(p: &Podman) {
+fn podman_rm_force(p: &impl Engine) {
     podman_detached(p, &["sleep", "1000"]);
-    let pid: i64 = p.inspect("c", "{{.State.Pid}}").parse().unwrap();
-    p.ok(&["rm", "--force", "--time=0", "c"]);
+    let pid: i64 = p.inspect("c1", "{{.State.Pid}}").parse().unwrap();
+    p.ok(&p.rm_force_args("c1"));
     assert_eq!(
         p.ok(&["ps", "--all", "--quiet"]).trim(),
         "",
@@ -291,47 +310,47 @@ fn podman_rm_force(p: &Podman) {
     wait_until("the container process is gone", || !alive(pid));
 }
 
-fn podman_pause_resume(p: &Podman) {
+fn podman_pause_resume(p: &impl Engine) {
     podman_detached(p, &["sh", "-c", COUNTER]);
-    wait_until("the counter runs", || ticks(&p.ok(&["logs", "c"])) > 2);
+    wait_until("the counter runs", || ticks(&p.ok(&["logs", "c1"])) > 2);
     let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    if !p.caller.is_root() && !unified {
+    if p.is_rootless() && !unified {
         // Rootless on cgroup v1 has no cgroup to freeze: podman refuses before the runtime.
-        let out = p.out(&["pause", "c"]);
+        let out = p.out(&["pause", "c1"]);
         assert_ne!(
             out.code(),
             0,
             "rootless pause on cgroup v1 claimed success\n{}",
             out.context()
         );
-        assert_eq!(p.status("c"), "running");
+        assert_eq!(p.status("c1"), "running");
         return;
     }
-    p.ok(&["pause", "c"]);
-    assert_eq!(p.status("c"), "paused");
-    p.assert_served("c");
-    let frozen = ticks(&p.ok(&["logs", "c"]));
+    p.ok(&["pause", "c1"]);
+    assert_eq!(p.status("c1"), "paused");
+    p.assert_served("c1");
+    let frozen = ticks(&p.ok(&["logs", "c1"]));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        ticks(&p.ok(&["logs", "c"])),
+        ticks(&p.ok(&["logs", "c1"])),
         frozen,
         "the counter ran while paused"
     );
-    p.ok(&["unpause", "c"]);
-    assert_eq!(p.status("c"), "running");
+    p.ok(&["unpause", "c1"]);
+    assert_eq!(p.status("c1"), "running");
     wait_until("the counter runs again", || {
-        ticks(&p.ok(&["logs", "c"])) > frozen + 2
+        ticks(&p.ok(&["logs", "c1"])) > frozen + 2
     });
 }
 
 /// `podman run -d --name=c RUN-ARGS.. IMAGE ARGV..`, then waits for it to run and proves the
 /// runtime under test runs it.
-fn podman_detached(p: &Podman, argv: &[&str]) {
-    let mut cmd = p.run_cmd(&["-d", "--name=c", IMAGE]);
+fn podman_detached(p: &impl Engine, argv: &[&str]) {
+    let mut cmd = p.run_cmd(&["-d", "--name=c1", IMAGE]);
     cmd.args(argv);
     run_within(&mut cmd, TIMEOUT).expect_ok();
-    p.wait_status("c", "running");
-    p.assert_served("c");
+    p.wait_status("c1", "running");
+    p.assert_served("c1");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -248,6 +248,8 @@ pub struct Image {
     pub rootfs_tar: PathBuf,
     /// `podman save --format oci-archive` of the imported rootfs tar, named [`IMAGE`].
     pub oci_archive: PathBuf,
+    /// The same as a docker archive (what `docker load` takes).
+    pub docker_archive: PathBuf,
 }
 
 /// The image of this test run (made by the first test that asks; its directory is swept by
@@ -300,13 +302,26 @@ fn build_image() -> Image {
         IMAGE,
     ])
     .expect_ok();
+    let docker_archive = dir.join("rootfs-docker.tar");
+    podman(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        &docker_archive.to_string_lossy(),
+        IMAGE,
+    ])
+    .expect_ok();
     unmount_under(&store);
     fs::remove_dir_all(&store).or_panic("rm -rf", &store);
-    fs::set_permissions(&oci_archive, fs::Permissions::from_mode(0o644)).unwrap();
+    for f in [&oci_archive, &docker_archive] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o644)).unwrap();
+    }
     // The directory outlives this thread: the next run's sweep removes it.
     let img = Image {
         rootfs_tar,
         oci_archive,
+        docker_archive,
     };
     std::mem::forget(dir);
     img
@@ -380,6 +395,132 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", unique_in_process())
 }
 
+/// A podman-style command line (podman, docker): what the lifecycle tests need of it.
+pub trait Engine {
+    /// `ENGINE GLOBAL-FLAGS ARGS..` as its caller, in its environment.
+    fn cmd(&self, args: &[&str]) -> Command;
+
+    /// `ENGINE run RUN-ARGS.. ARGS..` (ARGS hold the options, the image and the command).
+    fn run_cmd(&self, args: &[&str]) -> Command;
+
+    /// Proves the runtime under test runs container `name` (see the fixtures).
+    fn assert_served(&self, name: &str);
+
+    /// `ENGINE ARGS..` on a pty of its own (util-linux `script`), for `-t`; for
+    /// [`super::pty::on_a_pty`].
+    fn on_pty(&self, args: &[&str]) -> Command;
+
+    /// The directory bound at `/ctl` by every `run`: where [`WAIT_FOR_GO`] looks.
+    fn ctl(&self) -> &Path;
+
+    /// A directory of the caller's own for the test's files.
+    fn home(&self) -> &Path;
+
+    /// Whether the engine runs as the unprivileged user.
+    fn is_rootless(&self) -> bool;
+
+    /// `top NAME` asking for the pid and the arguments (the engines spell it differently).
+    fn top_args<'a>(&self, name: &'a str) -> Vec<&'a str>;
+
+    /// `rm` of a running container without waiting for a stop time-out.
+    fn rm_force_args<'a>(&self, name: &'a str) -> Vec<&'a str>;
+
+    /// Runs `ENGINE ARGS..` within [`CLIENT_TIMEOUT`].
+    #[track_caller]
+    fn out(&self, args: &[&str]) -> Out {
+        run_within(&mut self.cmd(args), CLIENT_TIMEOUT)
+    }
+
+    /// Runs `ENGINE ARGS..` and asserts it succeeded; returns its stdout.
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.out(args);
+        out.expect_ok();
+        out.stdout
+    }
+
+    /// The value of an inspect template (`{{.State.Pid}}`) for container `name`.
+    #[track_caller]
+    fn inspect(&self, name: &str, template: &str) -> String {
+        self.ok(&["inspect", "--type=container", "--format", template, name])
+            .trim()
+            .to_owned()
+    }
+
+    /// The container's status as the engine sees it (`running`, `paused`, `exited`, ...).
+    #[track_caller]
+    fn status(&self, name: &str) -> String {
+        self.inspect(name, "{{.State.Status}}")
+    }
+
+    /// Polls until the engine says `name` is `want`, or fails after [`CLIENT_TIMEOUT`].
+    #[track_caller]
+    fn wait_status(&self, name: &str, want: &str) {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            // Not there yet while a `run` in the background is still creating it.
+            let out = self.out(&[
+                "inspect",
+                "--type=container",
+                "--format={{.State.Status}}",
+                name,
+            ]);
+            let now = if out.status.success() {
+                out.stdout.trim().to_owned()
+            } else {
+                format!("absent ({})", out.stderr.trim())
+            };
+            if now == want {
+                return;
+            }
+            assert!(
+                now != "exited" || want == "exited",
+                "container {name} exited while waiting for {want}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "container {name} is {now}, not {want}, after {CLIENT_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `name`, started by `run` (a `run` in the background), runs; fails
+    /// at once with `run`'s output when `run` ends first.
+    #[track_caller]
+    fn wait_started(&self, name: &str, run: &mut Bg) {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            if run.try_status().is_some() {
+                panic!(
+                    "{name} ended before it was seen running\n{}",
+                    run.wait().context()
+                );
+            }
+            let out = self.out(&[
+                "inspect",
+                "--type=container",
+                "--format={{.State.Status}}",
+                name,
+            ]);
+            if out.status.success() && out.stdout.trim() == "running" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not running after {CLIENT_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Creates `/ctl/go`: releases [`WAIT_FOR_GO`].
+    fn release(&self) {
+        let go = self.ctl().join("go");
+        fs::write(&go, "").or_panic("create", &go);
+    }
+}
+
 /// One podman, as root or as the test user, with its storage, run root, configuration, runtime
 /// state and (rootless) `XDG_RUNTIME_DIR` in the test's directory, the test image imported,
 /// and `--runtime` the runtime under test.
@@ -443,18 +584,6 @@ impl Podman {
         p
     }
 
-    /// `podman GLOBAL-FLAGS ARGS..` as the caller, in its environment.
-    pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("podman");
-        self.caller.apply(&mut cmd, &self.home);
-        cmd.env("CONTAINERS_CONF", &self.conf.containers)
-            .env("CONTAINERS_STORAGE_CONF", &self.conf.storage)
-            .env("XDG_RUNTIME_DIR", &self.xdg)
-            .args(self.global_flags())
-            .args(args);
-        cmd
-    }
-
     fn global_flags(&self) -> Vec<String> {
         let mut flags = vec![
             format!("--root={}", self.home.join("root").display()),
@@ -480,106 +609,37 @@ impl Podman {
         args
     }
 
+    /// Rootless podman's pause process, which holds its user namespace between commands.
+    fn pause_pid(&self) -> Option<Pid> {
+        let text = fs::read_to_string(self.home.join("tmp/pause.pid")).ok()?;
+        text.trim().parse().ok().map(Pid::from_raw)
+    }
+}
+
+impl Engine for Podman {
+    /// `podman GLOBAL-FLAGS ARGS..` as the caller, in its environment.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("podman");
+        self.caller.apply(&mut cmd, &self.home);
+        cmd.env("CONTAINERS_CONF", &self.conf.containers)
+            .env("CONTAINERS_STORAGE_CONF", &self.conf.storage)
+            .env("XDG_RUNTIME_DIR", &self.xdg)
+            .args(self.global_flags())
+            .args(args);
+        cmd
+    }
+
     /// `podman run RUN-ARGS.. ARGS..` (ARGS hold the options, the image and the command).
-    pub fn run_cmd(&self, args: &[&str]) -> Command {
+    fn run_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = self.cmd(&["run"]);
         cmd.args(self.run_args()).args(args);
         cmd
     }
 
-    /// Runs `podman ARGS..` within [`CLIENT_TIMEOUT`].
-    #[track_caller]
-    pub fn out(&self, args: &[&str]) -> Out {
-        run_within(&mut self.cmd(args), CLIENT_TIMEOUT)
-    }
-
-    /// Runs `podman ARGS..` and asserts it succeeded; returns its stdout.
-    #[track_caller]
-    pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.out(args);
-        out.expect_ok();
-        out.stdout
-    }
-
-    /// The value of an inspect template (`{{.State.Pid}}`) for container `name`.
-    #[track_caller]
-    pub fn inspect(&self, name: &str, template: &str) -> String {
-        self.ok(&["inspect", "--type=container", "--format", template, name])
-            .trim()
-            .to_owned()
-    }
-
-    /// The container's status as podman sees it (`running`, `paused`, `exited`, ...).
-    #[track_caller]
-    pub fn status(&self, name: &str) -> String {
-        self.inspect(name, "{{.State.Status}}")
-    }
-
-    /// Polls until podman says `name` is `want`, or fails after [`CLIENT_TIMEOUT`].
-    #[track_caller]
-    pub fn wait_status(&self, name: &str, want: &str) {
-        let deadline = Instant::now() + CLIENT_TIMEOUT;
-        loop {
-            // Not there yet while a `podman run` in the background is still creating it.
-            let out = self.out(&[
-                "inspect",
-                "--type=container",
-                "--format={{.State.Status}}",
-                name,
-            ]);
-            let now = if out.status.success() {
-                out.stdout.trim().to_owned()
-            } else {
-                format!("absent ({})", out.stderr.trim())
-            };
-            if now == want {
-                return;
-            }
-            assert!(
-                now != "exited" || want == "exited",
-                "container {name} exited while waiting for {want}"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "container {name} is {now}, not {want}, after {CLIENT_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until `name`, started by `run` (a `podman run` in the background), runs; fails
-    /// at once with `run`'s output when `run` ends first.
-    #[track_caller]
-    pub fn wait_started(&self, name: &str, run: &mut Bg) {
-        let deadline = Instant::now() + CLIENT_TIMEOUT;
-        loop {
-            if run.try_status().is_some() {
-                panic!(
-                    "{name} ended before it was seen running\n{}",
-                    run.wait().context()
-                );
-            }
-            let out = self.out(&[
-                "inspect",
-                "--type=container",
-                "--format={{.State.Status}}",
-                name,
-            ]);
-            if out.status.success() && out.stdout.trim() == "running" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} not running after {CLIENT_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Proves the runtime under test runs `name`: podman recorded its path as the container's
     /// OCI runtime, and the runtime's own `state` knows the container with podman's pid.
     #[track_caller]
-    pub fn assert_served(&self, name: &str) {
+    fn assert_served(&self, name: &str) {
         let recorded = self.inspect(name, "{{.OCIRuntime}}");
         assert_eq!(
             Path::new(&recorded),
@@ -602,7 +662,7 @@ impl Podman {
 
     /// A command on a pty of its own (util-linux `script`), for `-t`: `podman ARGS..` as the
     /// caller, in its environment. For [`super::pty::on_a_pty`].
-    pub fn on_pty(&self, args: &[&str]) -> Command {
+    fn on_pty(&self, args: &[&str]) -> Command {
         let inner = self.cmd(args);
         let line = std::iter::once("podman".to_owned())
             .chain(inner.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -618,16 +678,24 @@ impl Podman {
         cmd
     }
 
-    /// The file `/ctl/NAME` inside; the test creates `go` to release [`WAIT_FOR_GO`].
-    pub fn release(&self) {
-        let go = self.ctl.join("go");
-        fs::write(&go, "").or_panic("create", &go);
+    fn ctl(&self) -> &Path {
+        &self.ctl
     }
 
-    /// Rootless podman's pause process, which holds its user namespace between commands.
-    fn pause_pid(&self) -> Option<Pid> {
-        let text = fs::read_to_string(self.home.join("tmp/pause.pid")).ok()?;
-        text.trim().parse().ok().map(Pid::from_raw)
+    fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn is_rootless(&self) -> bool {
+        !self.caller.is_root()
+    }
+
+    fn top_args<'a>(&self, name: &'a str) -> Vec<&'a str> {
+        vec!["top", name, "pid", "args"]
+    }
+
+    fn rm_force_args<'a>(&self, name: &'a str) -> Vec<&'a str> {
+        vec!["rm", "--force", "--time=0", name]
     }
 }
 
@@ -966,6 +1034,220 @@ impl Drop for Containerd {
         kill_processes_naming(self.dir.path());
         unmount_under(self.dir.path());
         remove_cgroup_everywhere(&format!("/{}", self.namespace));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker
+
+/// The name dockerd knows the runtime under test by (`--add-runtime NAME=PATH`).
+const DOCKER_RUNTIME: &str = "under-test";
+
+/// Debian's docker client (`docker.io`), which matches its dockerd, before any other on PATH.
+pub fn docker_client() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/bin/docker");
+    if debian.is_file() {
+        Some(debian)
+    } else {
+        find_program("docker")
+    }
+}
+
+/// A dockerd the test started (it starts its own containerd): data root, exec root, socket
+/// and configuration in the test's directory, no bridge and no iptables, containers under a
+/// cgroup parent of the test's own, the runtime under test added as `under-test`, the test
+/// image loaded.
+pub struct Docker {
+    pub runtime: Runtime,
+    ctl: PathBuf,
+    home: PathBuf,
+    socket: PathBuf,
+    exec_root: PathBuf,
+    cgroup_parent: String,
+    daemon: Option<Child>,
+    log: PathBuf,
+    // Last: removed after the guard has cleaned up.
+    dir: ShortDir,
+}
+
+impl Docker {
+    /// Starts dockerd and loads the test image. Calls [`super::private_mount_ns`]: its mounts
+    /// end with the test thread.
+    pub fn start() -> Docker {
+        super::private_mount_ns();
+        let runtime = Runtime::under_test();
+        let dir = ShortDir::new();
+        let config = dir.join("daemon.json");
+        fs::write(&config, "{}\n").or_panic("write", &config);
+        let log = dir.join("dockerd.log");
+        let out = fs::File::create(&log).or_panic("create", &log);
+        let socket = dir.join("docker.sock");
+        let exec_root = dir.join("exec");
+        let cgroup_parent = format!("/{}", unique("ovlrun-it"));
+        let daemon = Command::new("dockerd")
+            .arg(format!("--config-file={}", config.display()))
+            .arg(format!("--data-root={}", dir.join("data").display()))
+            .arg(format!("--exec-root={}", exec_root.display()))
+            .arg(format!("--pidfile={}", dir.join("dockerd.pid").display()))
+            .arg(format!("--host=unix://{}", socket.display()))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .arg("--storage-driver=overlay2")
+            .arg(format!("--cgroup-parent={cgroup_parent}"))
+            .arg(format!(
+                "--add-runtime={DOCKER_RUNTIME}={}",
+                runtime.path.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .or_panic("spawn", "dockerd");
+        let d = Docker {
+            runtime,
+            ctl: dir.mkdir("ctl"),
+            home: dir.mkdir("home"),
+            socket,
+            exec_root,
+            cgroup_parent,
+            daemon: Some(daemon),
+            log,
+            dir,
+        };
+        d.wait_ready();
+        d.ok(&["load", "--input", &image().docker_archive.to_string_lossy()]);
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        while !run_within(&mut self.cmd(&["version"]), CLIENT_TIMEOUT)
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd not serving after {CLIENT_TIMEOUT:?}\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn client(&self) -> PathBuf {
+        docker_client().expect("no docker client")
+    }
+}
+
+impl Engine for Docker {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.client());
+        cmd.arg(format!("--host=unix://{}", self.socket.display()))
+            .args(args);
+        cmd
+    }
+
+    fn run_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.cmd(&["run"]);
+        cmd.arg(format!("--runtime={DOCKER_RUNTIME}"))
+            .arg("--network=none")
+            .arg(format!("--volume={}:/ctl", self.ctl.display()))
+            .args(args);
+        cmd
+    }
+
+    /// dockerd recorded the runtime under test for `name`, and that runtime's own `state`,
+    /// under the root the shim gave it (`EXEC_ROOT/runtime-*/moby`), knows the container
+    /// with docker's pid.
+    #[track_caller]
+    fn assert_served(&self, name: &str) {
+        assert_eq!(
+            self.inspect(name, "{{.HostConfig.Runtime}}"),
+            DOCKER_RUNTIME,
+            "docker's runtime for {name}"
+        );
+        let id = self.inspect(name, "{{.Id}}");
+        let pid: i64 = self.inspect(name, "{{.State.Pid}}").parse().unwrap();
+        let roots: Vec<PathBuf> = fs::read_dir(&self.exec_root)
+            .or_panic("readdir", &self.exec_root)
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("runtime-"))
+            .map(|e| e.path().join("moby"))
+            .collect();
+        let mut last: Result<(), String> = Err(format!(
+            "no runtime root under {}",
+            self.exec_root.display()
+        ));
+        for root in &roots {
+            match self
+                .runtime
+                .state(Command::new(&self.runtime.path), Some(root), &id)
+            {
+                Ok(state) => {
+                    assert_state(&self.runtime, Ok(state), &id, pid);
+                    return;
+                }
+                Err(out) => last = Err(out.context()),
+            }
+        }
+        panic!(
+            "{} does not know container {id} under {roots:?}: a runtime other than the one under test served it\n{}",
+            self.runtime.path.display(),
+            last.unwrap_err()
+        );
+    }
+
+    fn on_pty(&self, args: &[&str]) -> Command {
+        let inner = self.cmd(args);
+        let line = std::iter::once(self.client().to_string_lossy().into_owned())
+            .chain(inner.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"]);
+        cmd
+    }
+
+    fn ctl(&self) -> &Path {
+        &self.ctl
+    }
+
+    fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn is_rootless(&self) -> bool {
+        false
+    }
+
+    fn top_args<'a>(&self, name: &'a str) -> Vec<&'a str> {
+        vec!["top", name, "-o", "pid,args"]
+    }
+
+    fn rm_force_args<'a>(&self, name: &'a str) -> Vec<&'a str> {
+        vec!["rm", "--force", name]
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        let ids = run_within(&mut self.cmd(&["ps", "--all", "--quiet"]), CLIENT_TIMEOUT);
+        for id in ids.stdout.split_whitespace() {
+            let _ = run_within(&mut self.cmd(&["rm", "--force", id]), CLIENT_TIMEOUT);
+        }
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        // Its containerd, the shims and what they run name the directory.
+        kill_processes_naming(self.dir.path());
+        unmount_under(self.dir.path());
+        remove_cgroup_everywhere(&self.cgroup_parent);
     }
 }
 
