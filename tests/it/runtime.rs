@@ -1,7 +1,10 @@
-//! ovlrun as the OCI runtime of podman (root and rootless) and containerd (issue 15): each
-//! manager's lifecycle, run against the runtime `OVLRUN_RUNTIME` picks (default this repo's
-//! ovlrun; `runc` for the system runc, the reference). Every test proves the runtime under
-//! test served it (see `support::runtime`). Select them with `cargo test --test it -- runtime::`.
+//! ovlrun as the OCI runtime of podman (root and rootless), docker, containerd and buildah
+//! (issue 15): each manager's lifecycle, run against the runtime `OVLRUN_RUNTIME` picks
+//! (default this repo's ovlrun; `runc` for the system runc, the reference). Every test proves
+//! the runtime under test served it (see `support::runtime`) with
+//! `RUNTIME [--root R] state ID` (JSON: `id`, `pid`, `status`) and, for buildah,
+//! `RUNTIME --root R list` (a header line, then the id first on each line).
+//! Select them with `cargo test --test it -- runtime::`.
 //!
 //! What the clients sent to the runtime here (podman 4.3.1 + conmon 2.1.6, containerd 1.6.20
 //! with containerd-shim-runc-v2; captured with a wrapper that logs its argv and execs runc):
@@ -19,8 +22,16 @@
 //!   `exec --process /tmp/runc-processN [--console-socket S] --detach --pid-file P ID`,
 //!   `ps --format json ID`, `pause ID`, `resume ID`, `kill ID 15`, `kill --all ID 9`,
 //!   `delete ID`, `delete --force ID`.
-//! - Rootless podman runs the runtime inside its user namespace (euid 0 there), with
-//!   `XDG_RUNTIME_DIR` set: runc's state goes to `$XDG_RUNTIME_DIR/runc`.
+//! - docker 20.10 (dockerd starts its own containerd): the shim's verbs above, with
+//!   `--root EXEC_ROOT/runtime-runc/moby` (also for a runtime added as `--add-runtime`).
+//!   Its config.json always has a `prestart` hook, even with `--network none`:
+//!   `/proc/DOCKERD_PID/exe libnetwork-setkey -exec-root=DIR ID SHORT_ID`; `cgroupsPath` is
+//!   `/docker/ID` (or `PARENT/ID` with `--cgroup-parent`).
+//! - buildah 1.28 `run`: `create --bundle B --pid-file B/pid [--console-socket S] ID`,
+//!   `start ID`, then `state ID` (polled until stopped), `delete ID`; bundles in `$TMPDIR`
+//!   (default `/var/tmp`); `--runtime-flag root=DIR` gives `--root DIR` before each verb.
+//! - Rootless podman and buildah run the runtime inside their user namespace (euid 0 there),
+//!   with `XDG_RUNTIME_DIR` set: runc's state goes to `$XDG_RUNTIME_DIR/runc`.
 
 use std::fs;
 use std::path::Path;
@@ -351,6 +362,68 @@ fn podman_detached(p: &impl Engine, argv: &[&str]) {
     run_within(&mut cmd, TIMEOUT).expect_ok();
     p.wait_status("c1", "running");
     p.assert_served("c1");
+}
+
+// ---------------------------------------------------------------------------------------------
+// buildah (over the podman fixture's storage)
+
+/// `buildah from` the test image, `run` with an exit code, stdin and a tty, as `p`'s caller.
+fn buildah_run(p: &Podman) {
+    let from = run_within(&mut p.buildah(&["from", "--pull=never", IMAGE]), TIMEOUT);
+    from.expect_ok();
+    let working = from
+        .stdout
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    let root = p.home().join("buildah-runtime-root");
+    let script = format!("echo out; {WAIT_FOR_GO}; exit 3");
+    let mut run = Bg::spawn(
+        &mut p.buildah_run(&root, &[&working, "--", "sh", "-c", &script]),
+        TIMEOUT,
+    );
+    // The proof: the runtime under test, under the root buildah passed it, runs the container.
+    let mut state = None;
+    wait_until("the runtime under test runs buildah's container", || {
+        assert!(
+            run.try_status().is_none(),
+            "buildah run ended early\n{}",
+            run.wait().context()
+        );
+        state = p.buildah_state(&root);
+        state.as_ref().is_some_and(|s| s.status == "running")
+    });
+    let pid = state.unwrap().pid;
+    assert!(alive(pid), "the runtime's pid {pid} is not alive");
+    p.release();
+    let out = run.wait();
+    out.expect_code(3);
+    assert!(out.stdout.contains("out"), "{}", out.context());
+    let piped = run_with_input(
+        &mut p.buildah_run(&root, &[&working, "--", "sh", "-c", "cat; echo end"]),
+        b"from stdin\n",
+        TIMEOUT,
+    );
+    piped.expect_ok().expect_stdout(&["from stdin", "end"]);
+    run_within(&mut p.buildah(&["rm", &working]), TIMEOUT).expect_ok();
+}
+
+mod buildah {
+    use super::*;
+
+    #[test]
+    fn root_run_with_exit_code_stdin() {
+        let p = podman_for!(root);
+        buildah_run(&p);
+    }
+
+    #[test]
+    fn user_run_with_exit_code_stdin() {
+        let p = podman_for!(user);
+        buildah_run(&p);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

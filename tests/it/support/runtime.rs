@@ -584,6 +584,69 @@ impl Podman {
         p
     }
 
+    /// `buildah --root --runroot ARGS..` over this podman's storage, as the caller, with
+    /// `TMPDIR` (where buildah writes its bundles) in the caller's directory.
+    pub fn buildah(&self, args: &[&str]) -> Command {
+        let tmp = self.home.join("buildah-tmp");
+        if !tmp.exists() {
+            fs::create_dir(&tmp).or_panic("mkdir", &tmp);
+            if let Caller::User(user) = &self.caller {
+                nix::unistd::chown(&tmp, Some(user.uid), Some(user.gid)).unwrap();
+            }
+        }
+        let mut cmd = Command::new("buildah");
+        self.caller.apply(&mut cmd, &self.home);
+        cmd.env("CONTAINERS_CONF", &self.conf.containers)
+            .env("CONTAINERS_STORAGE_CONF", &self.conf.storage)
+            .env("XDG_RUNTIME_DIR", &self.xdg)
+            .env("TMPDIR", &tmp)
+            .arg(format!("--root={}", self.home.join("root").display()))
+            .arg(format!("--runroot={}", self.home.join("runroot").display()))
+            .args(args);
+        cmd
+    }
+
+    /// `buildah run` with the runtime under test, its state in `root` (`--runtime-flag
+    /// root=`), no network and `/ctl` bound: `ARGS` hold the options, the working
+    /// container, `--` and the command.
+    pub fn buildah_run(&self, root: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.buildah(&["run"]);
+        cmd.arg(format!("--runtime={}", self.runtime.path.display()))
+            .arg(format!("--runtime-flag=root={}", root.display()))
+            .arg("--network=none")
+            .arg(format!("--volume={}:/ctl", self.ctl.display()))
+            .args(args);
+        cmd
+    }
+
+    /// What the runtime under test says of buildah's one container under `root` (`RUNTIME
+    /// --root ROOT list`, then `state`), or `None` while it lists none (or more than one).
+    pub fn buildah_state(&self, root: &Path) -> Option<State> {
+        let runtime = |args: &[&str]| {
+            // Rootless: in the user namespace buildah ran it in.
+            let mut cmd = if self.caller.is_root() {
+                Command::new(&self.runtime.path)
+            } else {
+                let mut c = self.cmd(&["unshare"]);
+                c.arg(&self.runtime.path);
+                c
+            };
+            cmd.arg("--root").arg(root).args(args);
+            cmd
+        };
+        let list = run_within(&mut runtime(&["list"]), CLIENT_TIMEOUT);
+        let ids: Vec<&str> = list
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        match ids[..] {
+            [id] if list.status.success() => self.runtime.state(runtime(&[]), None, id).ok(),
+            _ => None,
+        }
+    }
+
     fn global_flags(&self) -> Vec<String> {
         let mut flags = vec![
             format!("--root={}", self.home.join("root").display()),
