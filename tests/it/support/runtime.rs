@@ -143,9 +143,15 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// `OVLRUN_RUNTIME`: unset or `ovlrun` for this repo's binary, `runc` for the system runc.
+    /// `OVLRUN_RUNTIME`: unset or `ovlrun` for this repo's binary, `runc` for the system runc,
+    /// or the path of another ovlrun build (a release binary, say).
     pub fn under_test() -> Runtime {
         match std::env::var("OVLRUN_RUNTIME").as_deref() {
+            Ok(path) if path.contains('/') => Runtime {
+                kind: RuntimeKind::Ovlrun,
+                path: fs::canonicalize(path)
+                    .unwrap_or_else(|e| panic!("OVLRUN_RUNTIME={path}: {e}")),
+            },
             Err(_) | Ok("") | Ok("ovlrun") => Runtime {
                 kind: RuntimeKind::Ovlrun,
                 path: PathBuf::from(ovlrun_bin()),
@@ -154,7 +160,7 @@ impl Runtime {
                 kind: RuntimeKind::Runc,
                 path: find_program("runc").expect("OVLRUN_RUNTIME=runc but no runc on PATH"),
             },
-            Ok(other) => panic!("OVLRUN_RUNTIME={other:?}: expected `ovlrun` or `runc`"),
+            Ok(other) => panic!("OVLRUN_RUNTIME={other:?}: expected `ovlrun`, `runc` or a path"),
         }
     }
 
