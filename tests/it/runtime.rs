@@ -22,6 +22,9 @@
 //!   `exec --process /tmp/runc-processN [--console-socket S] --detach --pid-file P ID`,
 //!   `ps --format json ID`, `pause ID`, `resume ID`, `kill ID 15`, `kill --all ID 9`,
 //!   `delete ID`, `delete --force ID`.
+//!   Beware: `ctr run --no-pivot` and `ctr run --uidmap/--gidmap` silently drop
+//!   `--runc-binary` and run the system runc (the proof below catches it), so no test here
+//!   gives ctr a user namespace.
 //! - docker 20.10 (dockerd starts its own containerd): the shim's verbs above, with
 //!   `--root EXEC_ROOT/runtime-runc/moby` (also for a runtime added as `--add-runtime`).
 //!   Its config.json always has a `prestart` hook, even with `--network none`:
@@ -137,6 +140,8 @@ engine_tests! {
     read_only_root_with_ro_bind => podman_read_only;
     rm_force_of_a_running_container => podman_rm_force;
     pause_and_resume => podman_pause_resume;
+    limits_reach_the_cgroup => podman_limits;
+    process_settings_reach_the_process => podman_process_settings;
 }
 
 fn podman_run_exit_code(p: &impl Engine) {
@@ -357,11 +362,153 @@ fn podman_pause_resume(p: &impl Engine) {
 /// `podman run -d --name=c RUN-ARGS.. IMAGE ARGV..`, then waits for it to run and proves the
 /// runtime under test runs it.
 fn podman_detached(p: &impl Engine, argv: &[&str]) {
-    let mut cmd = p.run_cmd(&["-d", "--name=c1", IMAGE]);
-    cmd.args(argv);
+    podman_detached_with(p, &[], argv);
+}
+
+/// [`podman_detached`] with run options `opts`.
+fn podman_detached_with(p: &impl Engine, opts: &[&str], argv: &[&str]) {
+    let mut cmd = p.run_cmd(&["-d", "--name=c1"]);
+    cmd.args(opts).arg(IMAGE).args(argv);
     run_within(&mut cmd, TIMEOUT).expect_ok();
     p.wait_status("c1", "running");
     p.assert_served("c1");
+}
+
+fn podman_limits(p: &impl Engine) {
+    let opts = ["--pids-limit=64", "--memory=64m", "--cpus=0.5"];
+    if p.is_rootless() && !unified_host() {
+        // Rootless on cgroup v1 has no cgroup: podman drops the limits, the container runs.
+        podman_detached_with(p, &opts, &["sleep", "1000"]);
+        return;
+    }
+    podman_detached_with(p, &opts, &["sleep", "1000"]);
+    let pid: i64 = p.inspect("c1", "{{.State.Pid}}").parse().unwrap();
+    let dirs = assert_limits(pid, 64, 64 << 20, "50000 100000");
+    p.ok(&p.rm_force_args("c1"));
+    wait_until("the runtime removes the container's cgroup", || {
+        dirs.iter().all(|d| !d.exists())
+    });
+}
+
+fn podman_process_settings(p: &impl Engine) {
+    let script = "id -u; id -g; id -G; hostname; pwd; echo FOO=$FOO; \
+                  grep CapEff /proc/self/status; ulimit -n";
+    // A --ulimit replaces containers.conf's default_ulimits: nproc must stay within reach.
+    let nproc = format!(
+        "--ulimit=nproc={0}:{0}",
+        crate::support::runtime::ulimits().1
+    );
+    let out = run_within(
+        &mut p.run_cmd(&[
+            "--rm",
+            "--user=1000:1000",
+            "--group-add=20",
+            "--hostname=inner",
+            "--workdir=/tmp",
+            "--env=FOO=bar",
+            "--cap-drop=all",
+            "--ulimit=nofile=1000:1000",
+            &nproc,
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ]),
+        TIMEOUT,
+    );
+    out.expect_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "{}", out.context());
+    assert_eq!(&lines[..2], ["1000", "1000"], "{}", out.context());
+    assert!(lines[2].split(' ').any(|g| g == "20"), "{}", out.context());
+    assert_eq!(
+        &lines[3..6],
+        ["inner", "/tmp", "FOO=bar"],
+        "{}",
+        out.context()
+    );
+    assert_eq!(
+        lines[6].split_whitespace().nth(1),
+        Some("0000000000000000"),
+        "{}",
+        out.context()
+    );
+    assert_eq!(lines[7], "1000", "{}", out.context());
+    // As root inside with the default capabilities: /proc/sys stays read-only.
+    let out = run_within(
+        &mut p.run_cmd(&[
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo x > /proc/sys/kernel/domainname && echo wrote; echo done",
+        ]),
+        TIMEOUT,
+    );
+    out.expect_ok();
+    assert!(
+        !out.stdout.contains("wrote"),
+        "/proc/sys was writable\n{}",
+        out.context()
+    );
+}
+
+/// Whether the host has cgroup v2 alone at `/sys/fs/cgroup`.
+fn unified_host() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The cgroup directories of process `pid` on the host with the pids, memory and cpu limits
+/// it should have (`cpu_max` in v2's `cpu.max` form); returns them.
+#[track_caller]
+fn assert_limits(pid: i64, pids: i64, memory: i64, cpu_max: &str) -> Vec<std::path::PathBuf> {
+    let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let dir_of = |controller: &str| -> std::path::PathBuf {
+        let path = own
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, cs, path) = (f.next()?, f.next()?, f.next()?);
+                let ok = if controller.is_empty() {
+                    cs.is_empty()
+                } else {
+                    cs.split(',').any(|c| c == controller)
+                };
+                ok.then_some(path)
+            })
+            .unwrap_or_else(|| panic!("no {controller:?} line in /proc/{pid}/cgroup:\n{own}"));
+        let root = if controller.is_empty() {
+            "/sys/fs/cgroup".to_owned()
+        } else {
+            format!("/sys/fs/cgroup/{controller}")
+        };
+        Path::new(&root).join(path.trim_start_matches('/'))
+    };
+    let read = |dir: &Path, file: &str| {
+        fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
+            .trim()
+            .to_owned()
+    };
+    if unified_host() {
+        let d = dir_of("");
+        assert_eq!(read(&d, "pids.max"), pids.to_string());
+        assert_eq!(read(&d, "memory.max"), memory.to_string());
+        assert_eq!(read(&d, "cpu.max"), cpu_max);
+        return vec![d];
+    }
+    let (p, m, c) = (dir_of("pids"), dir_of("memory"), dir_of("cpu"));
+    assert_eq!(read(&p, "pids.max"), pids.to_string(), "{}", p.display());
+    assert_eq!(
+        read(&m, "memory.limit_in_bytes"),
+        memory.to_string(),
+        "{}",
+        m.display()
+    );
+    let (quota, period) = cpu_max.split_once(' ').unwrap();
+    assert_eq!(read(&c, "cpu.cfs_quota_us"), quota, "{}", c.display());
+    assert_eq!(read(&c, "cpu.cfs_period_us"), period, "{}", c.display());
+    vec![p, m, c]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -677,5 +824,68 @@ mod containerd {
         c.ok(&["task", "resume", "c1"]);
         c.wait_status("c1", "RUNNING");
         wait_until("the counter runs again", || count() > frozen + 2);
+    }
+
+    #[test]
+    fn limits_reach_the_cgroup() {
+        let c = containerd!();
+        let pid = run_detached(
+            &c,
+            "c1",
+            &["--memory-limit=67108864", "--cpus=0.5", "--cpu-shares=512"],
+            &["sleep", "1000"],
+        );
+        // ctr has no pids limit: pids.max stays max.
+        let pids_max = "max";
+        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let (mem, cpu) = if unified_host() {
+            let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+            let d = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+            assert_eq!(
+                fs::read_to_string(d.join("memory.max")).unwrap().trim(),
+                "67108864"
+            );
+            assert_eq!(
+                fs::read_to_string(d.join("cpu.max")).unwrap().trim(),
+                "50000 100000"
+            );
+            assert_eq!(
+                fs::read_to_string(d.join("pids.max")).unwrap().trim(),
+                pids_max
+            );
+            (d.clone(), d)
+        } else {
+            let dir = |ctl: &str| {
+                let path = own
+                    .lines()
+                    .find_map(|l| {
+                        let mut f = l.splitn(3, ':');
+                        let (_, cs, path) = (f.next()?, f.next()?, f.next()?);
+                        cs.split(',').any(|x| x == ctl).then_some(path)
+                    })
+                    .unwrap_or_else(|| panic!("no {ctl} in /proc/{pid}/cgroup:\n{own}"));
+                Path::new("/sys/fs/cgroup")
+                    .join(ctl)
+                    .join(path.trim_start_matches('/'))
+            };
+            let (m, c) = (dir("memory"), dir("cpu"));
+            let read = |d: &Path, f: &str| fs::read_to_string(d.join(f)).unwrap().trim().to_owned();
+            assert_eq!(read(&m, "memory.limit_in_bytes"), "67108864");
+            assert_eq!(read(&c, "cpu.cfs_quota_us"), "50000");
+            assert_eq!(read(&c, "cpu.cfs_period_us"), "100000");
+            assert_eq!(read(&c, "cpu.shares"), "512");
+            (m, c)
+        };
+        // containerd's cgroups path for the task: /NAMESPACE/ID.
+        let want = format!("{}/c1", c.namespace);
+        assert!(
+            mem.ends_with(&want) && cpu.ends_with(&want),
+            "{}",
+            mem.display()
+        );
+        c.ok(&["task", "delete", "--force", "c1"]);
+        wait_until("the runtime removes the cgroup", || {
+            !mem.exists() && !cpu.exists()
+        });
     }
 }

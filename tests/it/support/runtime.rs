@@ -385,7 +385,7 @@ fn write_podman_conf(dir: &Path, cgroup_parent: Option<&str>) -> PodmanConf {
 
 /// The nofile and nproc limits a container may ask for here: the hard nofile limit, and the
 /// smaller of the hard nproc limit and `pid_max` (to which podman lowers its own).
-fn ulimits() -> (u64, u64) {
+pub fn ulimits() -> (u64, u64) {
     use nix::sys::resource::{Resource, getrlimit};
     let (_, nofile) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     let (_, nproc) = getrlimit(Resource::RLIMIT_NPROC).unwrap();
