@@ -163,11 +163,25 @@ fn podman_run_exit_code(p: &impl Engine) {
         TIMEOUT,
     );
     quick.expect_code(42);
+    // The managers map the runtime's error text to the shell's codes, as with runc: 127 for
+    // a program that is not there, 126 for one that cannot run; the path is in the message.
     let missing = run_within(
         &mut p.run_cmd(&["--rm", IMAGE, "/no/such/program"]),
         TIMEOUT,
     );
-    assert_ne!(missing.code(), 0, "{}", missing.context());
+    missing.expect_code(127);
+    assert!(
+        missing.stderr.contains("/no/such/program"),
+        "{}",
+        missing.context()
+    );
+    let not_executable = run_within(&mut p.run_cmd(&["--rm", IMAGE, "/etc/motd"]), TIMEOUT);
+    not_executable.expect_code(126);
+    assert!(
+        not_executable.stderr.contains("/etc/motd"),
+        "{}",
+        not_executable.context()
+    );
 }
 
 fn podman_detach_kill_wait(p: &impl Engine) {
@@ -625,6 +639,20 @@ mod containerd {
             c.ok(&["containers", "ls", "--quiet"]).trim(),
             "",
             "--rm left a container"
+        );
+        // The shim reads the runtime's error from `--log` (JSON lines) into ctr's message.
+        let missing = run_within(
+            &mut c.run_cmd(&["--rm", IMAGE, "c3", "/no/such/program"]),
+            TIMEOUT,
+        );
+        assert_ne!(missing.code(), 0, "{}", missing.context());
+        assert!(
+            missing.stderr.contains("/no/such/program")
+                && !missing
+                    .stderr
+                    .contains("unable to retrieve OCI runtime error"),
+            "the runtime's error did not reach ctr\n{}",
+            missing.context()
         );
     }
 
