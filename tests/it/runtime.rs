@@ -405,16 +405,18 @@ fn podman_limits(p: &impl Engine) {
 }
 
 fn podman_process_settings(p: &impl Engine) {
-    let script = "id -u; id -g; id -G; hostname; pwd; echo FOO=$FOO; \
-                  grep CapEff /proc/self/status; ulimit -n";
+    let script = format!(
+        "id -u; id -g; id -G; hostname; pwd; echo FOO=$FOO; \
+         grep CapEff /proc/self/status; ulimit -n; {WAIT_FOR_GO}"
+    );
     // A --ulimit replaces containers.conf's default_ulimits: nproc must stay within reach.
     let nproc = format!(
         "--ulimit=nproc={0}:{0}",
         crate::support::runtime::ulimits().1
     );
-    let out = run_within(
+    let mut run = Bg::spawn(
         &mut p.run_cmd(&[
-            "--rm",
+            "--name=c1",
             "--user=1000:1000",
             "--group-add=20",
             "--hostname=inner",
@@ -426,10 +428,14 @@ fn podman_process_settings(p: &impl Engine) {
             IMAGE,
             "sh",
             "-c",
-            script,
+            &script,
         ]),
         TIMEOUT,
     );
+    p.wait_started("c1", &mut run);
+    p.assert_served("c1");
+    p.release();
+    let out = run.wait();
     out.expect_ok();
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 8, "{}", out.context());
