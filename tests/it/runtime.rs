@@ -9,7 +9,7 @@
 //! What the clients sent to the runtime here (podman 4.3.1 + conmon 2.1.6, containerd 1.6.20
 //! with containerd-shim-runc-v2; captured with a wrapper that logs its argv and execs runc):
 //!
-//! - conmon (podman): `create --bundle B --pid-file P ID`, and
+//! - conmon (podman): `create --bundle B --pid-file P [--console-socket S] ID`, and
 //!   `exec --pid-file P --process F --detach [--tty --console-socket S] ID`; when the runtime's
 //!   file name is one podman knows (runc, crun, ...) both start with
 //!   `--log-format=json --log FILE` (never for `ovlrun`). No `--root` unless podman was given
@@ -18,7 +18,7 @@
 //!   `resume ID`, `delete --force ID` (after every exit). Never `state`, `ps` or `list`:
 //!   `podman top` reads `/proc`, exit codes come from conmon.
 //! - containerd's shim: every verb after `--root ROOT/NS --log BUNDLE/log.json --log-format json`:
-//!   `create --bundle B --pid-file B/init.pid ID`, `start ID`,
+//!   `create --bundle B --pid-file B/init.pid [--console-socket S] ID`, `start ID`,
 //!   `exec --process /tmp/runc-processN [--console-socket S] --detach --pid-file P ID`,
 //!   `ps --format json ID`, `pause ID`, `resume ID`, `kill ID 15`, `kill --all ID 9`,
 //!   `delete ID`, `delete --force ID`.
@@ -135,6 +135,7 @@ engine_tests! {
     run_gives_the_exit_code => podman_run_exit_code;
     run_detached_kill_wait => podman_detach_kill_wait;
     exec_with_and_without_tty => podman_exec;
+    run_with_a_tty => podman_run_tty;
     top_and_logs => podman_top_logs;
     stop_runs_the_term_trap => podman_stop_term_trap;
     read_only_root_with_ro_bind => podman_read_only;
@@ -246,6 +247,29 @@ fn podman_exec(p: &impl Engine) {
     assert!(
         lines.iter().any(|l| l.trim_end() == "got-typed"),
         "exec -it: {lines:?}"
+    );
+}
+
+fn podman_run_tty(p: &impl Engine) {
+    let script = "tty; [ -t 0 ] && echo stdin-is-a-tty; echo READY; read x; echo got-$x; echo DONE";
+    let lines = on_a_pty(
+        p.run_on_pty(&["--name=c1", "-it", IMAGE, "sh", "-c", script]),
+        |line, stdin| {
+            if line.trim_end() == "READY" {
+                p.assert_served("c1");
+                let _ = std::io::Write::write_all(stdin, b"typed\n");
+            }
+        },
+    );
+    for want in ["stdin-is-a-tty", "got-typed", "DONE"] {
+        assert!(
+            lines.iter().any(|l| l.trim_end() == want),
+            "run -it: no {want:?} in {lines:?}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.trim_end().starts_with("/dev/pts/")),
+        "run -it: {lines:?}"
     );
 }
 
@@ -730,6 +754,32 @@ mod containerd {
         assert!(
             lines.iter().any(|l| l.trim_end() == "stdin-is-a-tty"),
             "exec -t: {lines:?}"
+        );
+    }
+
+    #[test]
+    fn run_with_a_tty() {
+        let c = containerd!();
+        let script =
+            "tty; [ -t 0 ] && echo stdin-is-a-tty; echo READY; read x; echo got-$x; echo DONE";
+        let lines = on_a_pty(
+            c.on_pty(c.run_cmd(&["--rm", "-t", IMAGE, "c1", "sh", "-c", script])),
+            |line, stdin| {
+                if line.trim_end() == "READY" {
+                    c.assert_served("c1");
+                    let _ = std::io::Write::write_all(stdin, b"typed\n");
+                }
+            },
+        );
+        for want in ["stdin-is-a-tty", "got-typed", "DONE"] {
+            assert!(
+                lines.iter().any(|l| l.trim_end() == want),
+                "run -t: no {want:?} in {lines:?}"
+            );
+        }
+        assert!(
+            lines.iter().any(|l| l.trim_end().starts_with("/dev/pts/")),
+            "run -t: {lines:?}"
         );
     }
 

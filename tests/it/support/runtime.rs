@@ -406,8 +406,24 @@ pub trait Engine {
     /// `ENGINE GLOBAL-FLAGS ARGS..` as its caller, in its environment.
     fn cmd(&self, args: &[&str]) -> Command;
 
-    /// `ENGINE run RUN-ARGS.. ARGS..` (ARGS hold the options, the image and the command).
-    fn run_cmd(&self, args: &[&str]) -> Command;
+    /// The options every `run` of the tests carries (the runtime, no network, `/ctl`).
+    fn run_flags(&self) -> Vec<String>;
+
+    /// `ENGINE run RUN-FLAGS.. ARGS..` (ARGS hold the options, the image and the command).
+    fn run_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.cmd(&["run"]);
+        cmd.args(self.run_flags()).args(args);
+        cmd
+    }
+
+    /// [`Engine::run_cmd`] on a pty of its own, for `run -t`.
+    fn run_on_pty(&self, args: &[&str]) -> Command {
+        let flags = self.run_flags();
+        let mut all: Vec<&str> = vec!["run"];
+        all.extend(flags.iter().map(String::as_str));
+        all.extend_from_slice(args);
+        self.on_pty(&all)
+    }
 
     /// Proves the runtime under test runs container `name` (see the fixtures).
     fn assert_served(&self, name: &str);
@@ -698,11 +714,8 @@ impl Engine for Podman {
         cmd
     }
 
-    /// `podman run RUN-ARGS.. ARGS..` (ARGS hold the options, the image and the command).
-    fn run_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = self.cmd(&["run"]);
-        cmd.args(self.run_args()).args(args);
-        cmd
+    fn run_flags(&self) -> Vec<String> {
+        self.run_args()
     }
 
     /// Proves the runtime under test runs `name`: podman recorded its path as the container's
@@ -1215,13 +1228,12 @@ impl Engine for Docker {
         cmd
     }
 
-    fn run_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = self.cmd(&["run"]);
-        cmd.arg(format!("--runtime={DOCKER_RUNTIME}"))
-            .arg("--network=none")
-            .arg(format!("--volume={}:/ctl", self.ctl.display()))
-            .args(args);
-        cmd
+    fn run_flags(&self) -> Vec<String> {
+        vec![
+            format!("--runtime={DOCKER_RUNTIME}"),
+            "--network=none".to_owned(),
+            format!("--volume={}:/ctl", self.ctl.display()),
+        ]
     }
 
     /// dockerd recorded the runtime under test for `name`, and that runtime's own `state`,
