@@ -143,6 +143,8 @@ engine_tests! {
     pause_and_resume => podman_pause_resume;
     limits_reach_the_cgroup => podman_limits;
     process_settings_reach_the_process => podman_process_settings;
+    init_runs_as_pid_1 => podman_init;
+    writes_land_in_the_managers_rootfs => podman_writes;
 }
 
 fn podman_run_exit_code(p: &impl Engine) {
@@ -495,6 +497,48 @@ fn podman_process_settings(p: &impl Engine) {
         "/proc/sys was writable\n{}",
         out.context()
     );
+}
+
+/// Runs `run --name=c1 OPTS.. IMAGE sh -c 'SCRIPT; WAIT_FOR_GO'`, proves the runtime under
+/// test runs it, releases it and returns what it did.
+fn podman_run_proved(p: &impl Engine, opts: &[&str], script: &str) -> crate::support::Out {
+    let script = format!("{script}; {WAIT_FOR_GO}");
+    let mut cmd = p.run_cmd(&["--name=c1"]);
+    cmd.args(opts).args([IMAGE, "sh", "-c", &script]);
+    let mut run = Bg::spawn(&mut cmd, TIMEOUT);
+    p.wait_started("c1", &mut run);
+    p.assert_served("c1");
+    p.release();
+    run.wait()
+}
+
+fn podman_init(p: &impl Engine) {
+    // The manager binds its init (catatonit, tini) in and makes it the process's argv[0].
+    let out = podman_run_proved(
+        p,
+        &["--init"],
+        "tr '\\0' ' ' < /proc/1/cmdline; echo; echo shell=$$",
+    );
+    out.expect_ok();
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert!(
+        !first.starts_with("sh ") && first.contains("-- sh"),
+        "pid 1 is not the init: {first:?}\n{}",
+        out.context()
+    );
+    assert_ne!(out.value("shell"), "1", "{}", out.context());
+}
+
+fn podman_writes(p: &impl Engine) {
+    // Without ovlrun's annotation the runtime writes to the rootfs the manager prepared, as
+    // runc does: the manager's own diff sees the changes.
+    let out = podman_run_proved(p, &[], "echo new > /newfile; rm /etc/motd");
+    out.expect_ok();
+    let diff = p.ok(&["diff", "c1"]);
+    let lines: Vec<&str> = diff.lines().map(str::trim).collect();
+    for want in ["A /newfile", "D /etc/motd"] {
+        assert!(lines.contains(&want), "no {want:?} in the diff:\n{diff}");
+    }
 }
 
 /// Whether the host has cgroup v2 alone at `/sys/fs/cgroup`.
