@@ -42,7 +42,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::pty::on_a_pty;
 use crate::support::runtime::{
-    Containerd, Docker, Engine, IMAGE, Podman, WAIT_FOR_GO, cgroup_exists_anywhere,
+    Containerd, Docker, Engine, IMAGE, Podman, Runtime, RuntimeKind, WAIT_FOR_GO,
+    cgroup_exists_anywhere,
 };
 use crate::support::{Bg, private_mount_ns, run_with_input, run_within};
 
@@ -425,9 +426,7 @@ fn podman_limits(p: &impl Engine) {
     let pid: i64 = p.inspect("c1", "{{.State.Pid}}").parse().unwrap();
     let dirs = assert_limits(pid, 64, 64 << 20, "50000 100000");
     p.ok(&p.rm_force_args("c1"));
-    wait_until("the runtime removes the container's cgroup", || {
-        dirs.iter().all(|d| !d.exists())
-    });
+    assert_cgroup_removed(p.runtime(), &dirs);
 }
 
 fn podman_process_settings(p: &impl Engine) {
@@ -538,6 +537,34 @@ fn podman_writes(p: &impl Engine) {
     let lines: Vec<&str> = diff.lines().map(str::trim).collect();
     for want in ["A /newfile", "D /etc/motd"] {
         assert!(lines.contains(&want), "no {want:?} in the diff:\n{diff}");
+    }
+}
+
+/// Asserts that the runtime removed a deleted container's cgroup `dirs`. runc 1.1 gives up
+/// its rmdir retries early under load and then leaves the empty cgroup behind (seen here
+/// with podman); that much is accepted of the reference, not of ovlrun, whose
+/// `cgroups::remove` retries for seconds before `delete` returns.
+#[track_caller]
+fn assert_cgroup_removed(runtime: &Runtime, dirs: &[std::path::PathBuf]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dirs.iter().any(|d| d.exists()) {
+        if Instant::now() > deadline {
+            let left: Vec<(String, String)> = dirs
+                .iter()
+                .filter(|d| d.exists())
+                .map(|d| {
+                    let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                    (d.display().to_string(), procs.trim().to_owned())
+                })
+                .collect();
+            let empty = left.iter().all(|(_, procs)| procs.is_empty());
+            if runtime.kind == RuntimeKind::Runc && empty {
+                eprintln!("note: runc left the empty cgroups {left:?}");
+                return;
+            }
+            panic!("the runtime left the container's cgroup after delete (dir, tasks): {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -744,38 +771,34 @@ mod containerd {
     fn exec_with_and_without_tty() {
         let c = containerd!();
         run_detached(&c, "c1", &[], &["sleep", "1000"]);
-        let out = c.out(&[
-            "task",
-            "exec",
-            "--exec-id=e1",
-            "c1",
-            "sh",
-            "-c",
-            "echo exec-ok; exit 5",
-        ]);
-        out.expect_code(5);
-        assert_eq!(out.stdout, "exec-ok\n", "{}", out.context());
-        assert_eq!(
-            c.ok(&[
-                "task",
-                "exec",
-                "--exec-id=e2",
-                "c1",
-                "cat",
-                "/proc/1/cmdline"
-            ]),
-            "sleep\u{0}1000\u{0}"
-        );
-        let piped = run_with_input(
-            &mut c.ctr(&[
-                "task",
-                "exec",
-                "--exec-id=e3",
+        // ctr can exit before it has copied a quick process's last output from its fifo
+        // (with runc too): each exec'd command lingers a moment after it wrote.
+        let out = run_within(
+            &mut c.exec_cmd(&[
+                "--exec-id=e1",
                 "c1",
                 "sh",
                 "-c",
-                "cat; echo end",
+                "echo exec-ok; sleep 0.2; exit 5",
             ]),
+            TIMEOUT,
+        );
+        out.expect_code(5);
+        assert_eq!(out.stdout, "exec-ok\n", "{}", out.context());
+        let pid1 = run_within(
+            &mut c.exec_cmd(&[
+                "--exec-id=e2",
+                "c1",
+                "sh",
+                "-c",
+                "cat /proc/1/cmdline; sleep 0.2",
+            ]),
+            TIMEOUT,
+        );
+        pid1.expect_ok();
+        assert_eq!(pid1.stdout, "sleep\u{0}1000\u{0}", "{}", pid1.context());
+        let piped = run_with_input(
+            &mut c.exec_cmd(&["--exec-id=e3", "c1", "sh", "-c", "cat; echo end; sleep 0.2"]),
             b"from stdin\n",
             TIMEOUT,
         );
@@ -1012,8 +1035,6 @@ mod containerd {
             mem.display()
         );
         c.ok(&["task", "delete", "--force", "c1"]);
-        wait_until("the runtime removes the cgroup", || {
-            !mem.exists() && !cpu.exists()
-        });
+        assert_cgroup_removed(&c.runtime, &[mem, cpu]);
     }
 }

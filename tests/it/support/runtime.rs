@@ -425,6 +425,9 @@ pub trait Engine {
         self.on_pty(&all)
     }
 
+    /// The runtime under test.
+    fn runtime(&self) -> &Runtime;
+
     /// Proves the runtime under test runs container `name` (see the fixtures).
     fn assert_served(&self, name: &str);
 
@@ -702,6 +705,10 @@ impl Podman {
 }
 
 impl Engine for Podman {
+    fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     /// `podman GLOBAL-FLAGS ARGS..` as the caller, in its environment.
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("podman");
@@ -1221,6 +1228,10 @@ impl Docker {
 }
 
 impl Engine for Docker {
+    fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(self.client());
         cmd.arg(format!("--host=unix://{}", self.socket.display()))
@@ -1394,7 +1405,9 @@ fn kill_tree(root: Pid) {
 /// and their descendants (the containers), then waits for them to be gone.
 fn kill_processes_naming(dir: &Path) {
     let me = std::process::id() as i32;
-    let needle = dir.to_string_lossy().into_owned();
+    // With the slash: `/tmp/ovlrun-it/7-1` must not match `/tmp/ovlrun-it/7-12/...`, the
+    // directory of a test running beside this one.
+    let needle = format!("{}/", dir.display());
     let found: Vec<i32> = processes()
         .into_iter()
         .filter(|(pid, _, cmdline)| *pid != me && cmdline.contains(&needle))
