@@ -52,7 +52,7 @@ cleanup() {
     [[ -n "$CONTAINERD_PID" ]] && kill "$CONTAINERD_PID" 2>/dev/null && wait "$CONTAINERD_PID" 2>/dev/null
     # The shims and conmons name the work dir on their command lines.
     local pid
-    for pid in $(pgrep -f -- "$WORK"); do
+    for pid in $(pgrep -f -- "$WORK/"); do
         [[ "$pid" != "$$" ]] && kill -KILL "$pid" 2>/dev/null
     done
     grep -o " ${WORK}[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done

@@ -28,11 +28,13 @@ set -euo pipefail
 #                    monitor (a Depends, named so the list says it)
 #   slirp4netns catatonit   rootless podman's network helper and its `--init`
 #   rsync            scripts/bench-commit.sh times `rsync -a` beside `ovlrun commit`
+#   docker.io        dockerd, which the tests start themselves (no systemd here; the package
+#                    cannot start it, and need not)
 APT_PACKAGES=(
     fuse3 fuse-overlayfs busybox-static uidmap attr acl fio libacl1-dev
     build-essential pkg-config shellcheck util-linux passwd e2fsprogs util-linux-extra
     bubblewrap libseccomp-dev rsync
-    podman conmon containerd runc buildah slirp4netns catatonit
+    podman conmon containerd runc buildah slirp4netns catatonit docker.io
 )
 
 # The unprivileged user that launcher tests run ovlrun as.
@@ -114,6 +116,20 @@ create_test_user() {
     fi
 }
 
+# Rootless podman and buildah want an XDG_RUNTIME_DIR of the user's own; with no systemd
+# here, nothing makes /run/user/UID at login. (The tests give each podman its own under the
+# test's directory; this one is for running them by hand: XDG_RUNTIME_DIR=/run/user/UID.)
+create_test_user_runtime_dir() {
+    local uid dir
+    uid="$(id -u "$TEST_USER")"
+    dir="/run/user/$uid"
+    if [[ ! -d "$dir" ]]; then
+        say "create $dir (XDG_RUNTIME_DIR of $TEST_USER)"
+        mkdir -p /run/user
+        install -d -m 0700 -o "$TEST_USER" -g "$(id -g "$TEST_USER")" "$dir"
+    fi
+}
+
 # Prints the first id past every range in a /etc/subuid-style file (100000 when empty).
 next_free_subid() {
     awk -F: 'BEGIN { next_id = 100000 }
@@ -141,6 +157,7 @@ main() {
     open_dev_fuse
     allow_other_for_users
     create_test_user
+    create_test_user_runtime_dir
     create_pjdfstest_users
     bash "$(dirname "${BASH_SOURCE[0]}")/mkrootfs.sh" # completes examples/rootfs (busybox)
     ((changed)) || echo "setup: nothing to do"

@@ -200,6 +200,10 @@ main() {
     # passthrough); the filesystem tests again with it off cover the server's own data path.
     step "filesystem tests with --passthrough off" \
         env OVLRUN_TEST_PASSTHROUGH=off cargo test --test it -- mount_ops:: differential:: compat:: prefill::
+    # The container managers' tests against the system runc: the reference that shows the
+    # harness itself works (README: Tests, runtime).
+    step "runtime tests against runc (OVLRUN_RUNTIME=runc)" \
+        env OVLRUN_RUNTIME=runc cargo test --test it -- runtime::
     step "layering: src/layers and src/sys never use fuser; src/config never uses sandbox; src/policy reads markers via layers::format; the library does not print; src/sandbox is handed its mount" check_layering
     step "pjdfstest against ovlrun (scripts/pjdfstest.sh --fs ovlrun)" \
         bash scripts/pjdfstest.sh --fs ovlrun

@@ -206,14 +206,7 @@ impl Cgroup {
                 v2::create(root, dir, V2_CONTROLLERS)
             }
         };
-        match made {
-            Ok(()) => Ok(Placement::Created(cg)),
-            Err(CgroupError::Create { dir, source }) => match refused(&source) {
-                Some(errno) => Ok(Placement::NotWritable(NotWritable { dir, errno })),
-                None => Err(CgroupError::Create { dir, source }),
-            },
-            Err(e) => Err(e),
-        }
+        placement(cg, made)
     }
 
     /// The cgroup path below the hierarchies' roots.
@@ -400,6 +393,33 @@ fn relative(path: &Path) -> Result<PathBuf, CgroupError> {
         }
     }
     Ok(rel)
+}
+
+/// What creating `cg` came to: a refused `mkdir`, or a refused write while creating (v2's
+/// `cgroup.subtree_control` of an ancestor the caller does not own), is
+/// [`Placement::NotWritable`]; any other failure stays an error.
+fn placement(cg: Cgroup, made: Result<(), CgroupError>) -> Result<Placement, CgroupError> {
+    let not_writable = |dir: PathBuf, errno| Ok(Placement::NotWritable(NotWritable { dir, errno }));
+    match made {
+        Ok(()) => Ok(Placement::Created(cg)),
+        Err(CgroupError::Create { dir, source }) => match refused(&source) {
+            Some(errno) => not_writable(dir, errno),
+            None => Err(CgroupError::Create { dir, source }),
+        },
+        Err(CgroupError::Write {
+            file,
+            value,
+            source,
+        }) => match refused(&source) {
+            Some(errno) => not_writable(file.parent().unwrap_or(&file).to_owned(), errno),
+            None => Err(CgroupError::Write {
+                file,
+                value,
+                source,
+            }),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 /// `mkdir -p dir`, as a [`CgroupError::Create`].

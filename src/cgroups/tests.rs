@@ -349,6 +349,43 @@ fn paths_must_be_absolute_and_plain() {
 }
 
 #[test]
+fn a_refused_mkdir_or_subtree_write_is_not_writable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cg = Cgroup::at(&fake_v2(tmp.path()), Path::new("/c")).unwrap();
+    let io = |errno| io::Error::from_raw_os_error(errno);
+    let mkdir = CgroupError::Create {
+        dir: tmp.path().join("c"),
+        source: io(libc::EACCES),
+    };
+    match placement(cg.clone(), Err(mkdir)).unwrap() {
+        Placement::NotWritable(n) => {
+            assert_eq!(n.dir, tmp.path().join("c"));
+            assert_eq!(n.errno, Errno::EACCES);
+            assert!(n.to_string().contains("without resource limits"), "{n}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let subtree = CgroupError::Write {
+        file: tmp.path().join("cgroup.subtree_control"),
+        value: "+pids".to_owned(),
+        source: io(libc::EROFS),
+    };
+    match placement(cg.clone(), Err(subtree)).unwrap() {
+        Placement::NotWritable(n) => assert_eq!(n.dir, tmp.path()),
+        other => panic!("{other:?}"),
+    }
+    let other = CgroupError::Write {
+        file: tmp.path().join("cgroup.subtree_control"),
+        value: "+pids".to_owned(),
+        source: io(libc::EINVAL),
+    };
+    assert!(matches!(
+        placement(cg, Err(other)),
+        Err(CgroupError::Write { .. })
+    ));
+}
+
+#[test]
 fn refusal_is_a_value_other_failures_are_errors() {
     for errno in [libc::EACCES, libc::EPERM, libc::EROFS] {
         assert!(refused(&io::Error::from_raw_os_error(errno)).is_some());

@@ -143,9 +143,15 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// `OVLRUN_RUNTIME`: unset or `ovlrun` for this repo's binary, `runc` for the system runc.
+    /// `OVLRUN_RUNTIME`: unset or `ovlrun` for this repo's binary, `runc` for the system runc,
+    /// or the path of another ovlrun build (a release binary, say).
     pub fn under_test() -> Runtime {
         match std::env::var("OVLRUN_RUNTIME").as_deref() {
+            Ok(path) if path.contains('/') => Runtime {
+                kind: RuntimeKind::Ovlrun,
+                path: fs::canonicalize(path)
+                    .unwrap_or_else(|e| panic!("OVLRUN_RUNTIME={path}: {e}")),
+            },
             Err(_) | Ok("") | Ok("ovlrun") => Runtime {
                 kind: RuntimeKind::Ovlrun,
                 path: PathBuf::from(ovlrun_bin()),
@@ -154,7 +160,7 @@ impl Runtime {
                 kind: RuntimeKind::Runc,
                 path: find_program("runc").expect("OVLRUN_RUNTIME=runc but no runc on PATH"),
             },
-            Ok(other) => panic!("OVLRUN_RUNTIME={other:?}: expected `ovlrun` or `runc`"),
+            Ok(other) => panic!("OVLRUN_RUNTIME={other:?}: expected `ovlrun`, `runc` or a path"),
         }
     }
 
@@ -248,6 +254,8 @@ pub struct Image {
     pub rootfs_tar: PathBuf,
     /// `podman save --format oci-archive` of the imported rootfs tar, named [`IMAGE`].
     pub oci_archive: PathBuf,
+    /// The same as a docker archive (what `docker load` takes).
+    pub docker_archive: PathBuf,
 }
 
 /// The image of this test run (made by the first test that asks; its directory is swept by
@@ -300,13 +308,26 @@ fn build_image() -> Image {
         IMAGE,
     ])
     .expect_ok();
+    let docker_archive = dir.join("rootfs-docker.tar");
+    podman(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        &docker_archive.to_string_lossy(),
+        IMAGE,
+    ])
+    .expect_ok();
     unmount_under(&store);
     fs::remove_dir_all(&store).or_panic("rm -rf", &store);
-    fs::set_permissions(&oci_archive, fs::Permissions::from_mode(0o644)).unwrap();
+    for f in [&oci_archive, &docker_archive] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o644)).unwrap();
+    }
     // The directory outlives this thread: the next run's sweep removes it.
     let img = Image {
         rootfs_tar,
         oci_archive,
+        docker_archive,
     };
     std::mem::forget(dir);
     img
@@ -364,7 +385,7 @@ fn write_podman_conf(dir: &Path, cgroup_parent: Option<&str>) -> PodmanConf {
 
 /// The nofile and nproc limits a container may ask for here: the hard nofile limit, and the
 /// smaller of the hard nproc limit and `pid_max` (to which podman lowers its own).
-fn ulimits() -> (u64, u64) {
+pub fn ulimits() -> (u64, u64) {
     use nix::sys::resource::{Resource, getrlimit};
     let (_, nofile) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     let (_, nproc) = getrlimit(Resource::RLIMIT_NPROC).unwrap();
@@ -378,6 +399,151 @@ fn ulimits() -> (u64, u64) {
 /// `PREFIX-PID-N`: a name unique in this test process.
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", unique_in_process())
+}
+
+/// A podman-style command line (podman, docker): what the lifecycle tests need of it.
+pub trait Engine {
+    /// `ENGINE GLOBAL-FLAGS ARGS..` as its caller, in its environment.
+    fn cmd(&self, args: &[&str]) -> Command;
+
+    /// The options every `run` of the tests carries (the runtime, no network, `/ctl`).
+    fn run_flags(&self) -> Vec<String>;
+
+    /// `ENGINE run RUN-FLAGS.. ARGS..` (ARGS hold the options, the image and the command).
+    fn run_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.cmd(&["run"]);
+        cmd.args(self.run_flags()).args(args);
+        cmd
+    }
+
+    /// [`Engine::run_cmd`] on a pty of its own, for `run -t`.
+    fn run_on_pty(&self, args: &[&str]) -> Command {
+        let flags = self.run_flags();
+        let mut all: Vec<&str> = vec!["run"];
+        all.extend(flags.iter().map(String::as_str));
+        all.extend_from_slice(args);
+        self.on_pty(&all)
+    }
+
+    /// The runtime under test.
+    fn runtime(&self) -> &Runtime;
+
+    /// Proves the runtime under test runs container `name` (see the fixtures).
+    fn assert_served(&self, name: &str);
+
+    /// `ENGINE ARGS..` on a pty of its own (util-linux `script`), for `-t`; for
+    /// [`super::pty::on_a_pty`].
+    fn on_pty(&self, args: &[&str]) -> Command;
+
+    /// The directory bound at `/ctl` by every `run`: where [`WAIT_FOR_GO`] looks.
+    fn ctl(&self) -> &Path;
+
+    /// A directory of the caller's own for the test's files.
+    fn home(&self) -> &Path;
+
+    /// Whether the engine runs as the unprivileged user.
+    fn is_rootless(&self) -> bool;
+
+    /// `top NAME` asking for the pid and the arguments (the engines spell it differently).
+    fn top_args<'a>(&self, name: &'a str) -> Vec<&'a str>;
+
+    /// `rm` of a running container without waiting for a stop time-out.
+    fn rm_force_args<'a>(&self, name: &'a str) -> Vec<&'a str>;
+
+    /// Runs `ENGINE ARGS..` within [`CLIENT_TIMEOUT`].
+    #[track_caller]
+    fn out(&self, args: &[&str]) -> Out {
+        run_within(&mut self.cmd(args), CLIENT_TIMEOUT)
+    }
+
+    /// Runs `ENGINE ARGS..` and asserts it succeeded; returns its stdout.
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.out(args);
+        out.expect_ok();
+        out.stdout
+    }
+
+    /// The value of an inspect template (`{{.State.Pid}}`) for container `name`.
+    #[track_caller]
+    fn inspect(&self, name: &str, template: &str) -> String {
+        self.ok(&["inspect", "--type=container", "--format", template, name])
+            .trim()
+            .to_owned()
+    }
+
+    /// The container's status as the engine sees it (`running`, `paused`, `exited`, ...).
+    #[track_caller]
+    fn status(&self, name: &str) -> String {
+        self.inspect(name, "{{.State.Status}}")
+    }
+
+    /// Polls until the engine says `name` is `want`, or fails after [`CLIENT_TIMEOUT`].
+    #[track_caller]
+    fn wait_status(&self, name: &str, want: &str) {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            // Not there yet while a `run` in the background is still creating it.
+            let out = self.out(&[
+                "inspect",
+                "--type=container",
+                "--format={{.State.Status}}",
+                name,
+            ]);
+            let now = if out.status.success() {
+                out.stdout.trim().to_owned()
+            } else {
+                format!("absent ({})", out.stderr.trim())
+            };
+            if now == want {
+                return;
+            }
+            assert!(
+                now != "exited" || want == "exited",
+                "container {name} exited while waiting for {want}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "container {name} is {now}, not {want}, after {CLIENT_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `name`, started by `run` (a `run` in the background), runs; fails
+    /// at once with `run`'s output when `run` ends first.
+    #[track_caller]
+    fn wait_started(&self, name: &str, run: &mut Bg) {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            if run.try_status().is_some() {
+                panic!(
+                    "{name} ended before it was seen running\n{}",
+                    run.wait().context()
+                );
+            }
+            let out = self.out(&[
+                "inspect",
+                "--type=container",
+                "--format={{.State.Status}}",
+                name,
+            ]);
+            if out.status.success() && out.stdout.trim() == "running" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not running after {CLIENT_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Creates `/ctl/go`: releases [`WAIT_FOR_GO`].
+    fn release(&self) {
+        let go = self.ctl().join("go");
+        fs::write(&go, "").or_panic("create", &go);
+    }
 }
 
 /// One podman, as root or as the test user, with its storage, run root, configuration, runtime
@@ -443,16 +609,67 @@ impl Podman {
         p
     }
 
-    /// `podman GLOBAL-FLAGS ARGS..` as the caller, in its environment.
-    pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("podman");
+    /// `buildah --root --runroot ARGS..` over this podman's storage, as the caller, with
+    /// `TMPDIR` (where buildah writes its bundles) in the caller's directory.
+    pub fn buildah(&self, args: &[&str]) -> Command {
+        let tmp = self.home.join("buildah-tmp");
+        if !tmp.exists() {
+            fs::create_dir(&tmp).or_panic("mkdir", &tmp);
+            if let Caller::User(user) = &self.caller {
+                nix::unistd::chown(&tmp, Some(user.uid), Some(user.gid)).unwrap();
+            }
+        }
+        let mut cmd = Command::new("buildah");
         self.caller.apply(&mut cmd, &self.home);
         cmd.env("CONTAINERS_CONF", &self.conf.containers)
             .env("CONTAINERS_STORAGE_CONF", &self.conf.storage)
             .env("XDG_RUNTIME_DIR", &self.xdg)
-            .args(self.global_flags())
+            .env("TMPDIR", &tmp)
+            .arg(format!("--root={}", self.home.join("root").display()))
+            .arg(format!("--runroot={}", self.home.join("runroot").display()))
             .args(args);
         cmd
+    }
+
+    /// `buildah run` with the runtime under test, its state in `root` (`--runtime-flag
+    /// root=`), no network and `/ctl` bound: `ARGS` hold the options, the working
+    /// container, `--` and the command.
+    pub fn buildah_run(&self, root: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.buildah(&["run"]);
+        cmd.arg(format!("--runtime={}", self.runtime.path.display()))
+            .arg(format!("--runtime-flag=root={}", root.display()))
+            .arg("--network=none")
+            .arg(format!("--volume={}:/ctl", self.ctl.display()))
+            .args(args);
+        cmd
+    }
+
+    /// What the runtime under test says of buildah's one container under `root` (`RUNTIME
+    /// --root ROOT list`, then `state`), or `None` while it lists none (or more than one).
+    pub fn buildah_state(&self, root: &Path) -> Option<State> {
+        let runtime = |args: &[&str]| {
+            // Rootless: in the user namespace buildah ran it in.
+            let mut cmd = if self.caller.is_root() {
+                Command::new(&self.runtime.path)
+            } else {
+                let mut c = self.cmd(&["unshare"]);
+                c.arg(&self.runtime.path);
+                c
+            };
+            cmd.arg("--root").arg(root).args(args);
+            cmd
+        };
+        let list = run_within(&mut runtime(&["list"]), CLIENT_TIMEOUT);
+        let ids: Vec<&str> = list
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        match ids[..] {
+            [id] if list.status.success() => self.runtime.state(runtime(&[]), None, id).ok(),
+            _ => None,
+        }
     }
 
     fn global_flags(&self) -> Vec<String> {
@@ -480,106 +697,38 @@ impl Podman {
         args
     }
 
-    /// `podman run RUN-ARGS.. ARGS..` (ARGS hold the options, the image and the command).
-    pub fn run_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = self.cmd(&["run"]);
-        cmd.args(self.run_args()).args(args);
+    /// Rootless podman's pause process, which holds its user namespace between commands.
+    fn pause_pid(&self) -> Option<Pid> {
+        let text = fs::read_to_string(self.home.join("tmp/pause.pid")).ok()?;
+        text.trim().parse().ok().map(Pid::from_raw)
+    }
+}
+
+impl Engine for Podman {
+    fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// `podman GLOBAL-FLAGS ARGS..` as the caller, in its environment.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("podman");
+        self.caller.apply(&mut cmd, &self.home);
+        cmd.env("CONTAINERS_CONF", &self.conf.containers)
+            .env("CONTAINERS_STORAGE_CONF", &self.conf.storage)
+            .env("XDG_RUNTIME_DIR", &self.xdg)
+            .args(self.global_flags())
+            .args(args);
         cmd
     }
 
-    /// Runs `podman ARGS..` within [`CLIENT_TIMEOUT`].
-    #[track_caller]
-    pub fn out(&self, args: &[&str]) -> Out {
-        run_within(&mut self.cmd(args), CLIENT_TIMEOUT)
-    }
-
-    /// Runs `podman ARGS..` and asserts it succeeded; returns its stdout.
-    #[track_caller]
-    pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.out(args);
-        out.expect_ok();
-        out.stdout
-    }
-
-    /// The value of an inspect template (`{{.State.Pid}}`) for container `name`.
-    #[track_caller]
-    pub fn inspect(&self, name: &str, template: &str) -> String {
-        self.ok(&["inspect", "--type=container", "--format", template, name])
-            .trim()
-            .to_owned()
-    }
-
-    /// The container's status as podman sees it (`running`, `paused`, `exited`, ...).
-    #[track_caller]
-    pub fn status(&self, name: &str) -> String {
-        self.inspect(name, "{{.State.Status}}")
-    }
-
-    /// Polls until podman says `name` is `want`, or fails after [`CLIENT_TIMEOUT`].
-    #[track_caller]
-    pub fn wait_status(&self, name: &str, want: &str) {
-        let deadline = Instant::now() + CLIENT_TIMEOUT;
-        loop {
-            // Not there yet while a `podman run` in the background is still creating it.
-            let out = self.out(&[
-                "inspect",
-                "--type=container",
-                "--format={{.State.Status}}",
-                name,
-            ]);
-            let now = if out.status.success() {
-                out.stdout.trim().to_owned()
-            } else {
-                format!("absent ({})", out.stderr.trim())
-            };
-            if now == want {
-                return;
-            }
-            assert!(
-                now != "exited" || want == "exited",
-                "container {name} exited while waiting for {want}"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "container {name} is {now}, not {want}, after {CLIENT_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until `name`, started by `run` (a `podman run` in the background), runs; fails
-    /// at once with `run`'s output when `run` ends first.
-    #[track_caller]
-    pub fn wait_started(&self, name: &str, run: &mut Bg) {
-        let deadline = Instant::now() + CLIENT_TIMEOUT;
-        loop {
-            if run.try_status().is_some() {
-                panic!(
-                    "{name} ended before it was seen running\n{}",
-                    run.wait().context()
-                );
-            }
-            let out = self.out(&[
-                "inspect",
-                "--type=container",
-                "--format={{.State.Status}}",
-                name,
-            ]);
-            if out.status.success() && out.stdout.trim() == "running" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} not running after {CLIENT_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn run_flags(&self) -> Vec<String> {
+        self.run_args()
     }
 
     /// Proves the runtime under test runs `name`: podman recorded its path as the container's
     /// OCI runtime, and the runtime's own `state` knows the container with podman's pid.
     #[track_caller]
-    pub fn assert_served(&self, name: &str) {
+    fn assert_served(&self, name: &str) {
         let recorded = self.inspect(name, "{{.OCIRuntime}}");
         assert_eq!(
             Path::new(&recorded),
@@ -602,7 +751,7 @@ impl Podman {
 
     /// A command on a pty of its own (util-linux `script`), for `-t`: `podman ARGS..` as the
     /// caller, in its environment. For [`super::pty::on_a_pty`].
-    pub fn on_pty(&self, args: &[&str]) -> Command {
+    fn on_pty(&self, args: &[&str]) -> Command {
         let inner = self.cmd(args);
         let line = std::iter::once("podman".to_owned())
             .chain(inner.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -618,16 +767,24 @@ impl Podman {
         cmd
     }
 
-    /// The file `/ctl/NAME` inside; the test creates `go` to release [`WAIT_FOR_GO`].
-    pub fn release(&self) {
-        let go = self.ctl.join("go");
-        fs::write(&go, "").or_panic("create", &go);
+    fn ctl(&self) -> &Path {
+        &self.ctl
     }
 
-    /// Rootless podman's pause process, which holds its user namespace between commands.
-    fn pause_pid(&self) -> Option<Pid> {
-        let text = fs::read_to_string(self.home.join("tmp/pause.pid")).ok()?;
-        text.trim().parse().ok().map(Pid::from_raw)
+    fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn is_rootless(&self) -> bool {
+        !self.caller.is_root()
+    }
+
+    fn top_args<'a>(&self, name: &'a str) -> Vec<&'a str> {
+        vec!["top", name, "pid", "args"]
+    }
+
+    fn rm_force_args<'a>(&self, name: &'a str) -> Vec<&'a str> {
+        vec!["rm", "--force", "--time=0", name]
     }
 }
 
@@ -970,6 +1127,223 @@ impl Drop for Containerd {
 }
 
 // ---------------------------------------------------------------------------------------------
+// docker
+
+/// The name dockerd knows the runtime under test by (`--add-runtime NAME=PATH`).
+const DOCKER_RUNTIME: &str = "under-test";
+
+/// Debian's docker client (`docker.io`), which matches its dockerd, before any other on PATH.
+pub fn docker_client() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/bin/docker");
+    if debian.is_file() {
+        Some(debian)
+    } else {
+        find_program("docker")
+    }
+}
+
+/// A dockerd the test started (it starts its own containerd): data root, exec root, socket
+/// and configuration in the test's directory, no bridge and no iptables, containers under a
+/// cgroup parent of the test's own, the runtime under test added as `under-test`, the test
+/// image loaded.
+pub struct Docker {
+    pub runtime: Runtime,
+    ctl: PathBuf,
+    home: PathBuf,
+    socket: PathBuf,
+    exec_root: PathBuf,
+    cgroup_parent: String,
+    daemon: Option<Child>,
+    log: PathBuf,
+    // Last: removed after the guard has cleaned up.
+    dir: ShortDir,
+}
+
+impl Docker {
+    /// Starts dockerd and loads the test image. Calls [`super::private_mount_ns`]: its mounts
+    /// end with the test thread.
+    pub fn start() -> Docker {
+        super::private_mount_ns();
+        let runtime = Runtime::under_test();
+        let dir = ShortDir::new();
+        let config = dir.join("daemon.json");
+        fs::write(&config, "{}\n").or_panic("write", &config);
+        let log = dir.join("dockerd.log");
+        let out = fs::File::create(&log).or_panic("create", &log);
+        let socket = dir.join("docker.sock");
+        let exec_root = dir.join("exec");
+        let cgroup_parent = format!("/{}", unique("ovlrun-it"));
+        let daemon = Command::new("dockerd")
+            .arg(format!("--config-file={}", config.display()))
+            .arg(format!("--data-root={}", dir.join("data").display()))
+            .arg(format!("--exec-root={}", exec_root.display()))
+            .arg(format!("--pidfile={}", dir.join("dockerd.pid").display()))
+            .arg(format!("--host=unix://{}", socket.display()))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .arg("--storage-driver=overlay2")
+            .arg(format!("--cgroup-parent={cgroup_parent}"))
+            .arg(format!(
+                "--add-runtime={DOCKER_RUNTIME}={}",
+                runtime.path.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .or_panic("spawn", "dockerd");
+        let d = Docker {
+            runtime,
+            ctl: dir.mkdir("ctl"),
+            home: dir.mkdir("home"),
+            socket,
+            exec_root,
+            cgroup_parent,
+            daemon: Some(daemon),
+            log,
+            dir,
+        };
+        d.wait_ready();
+        d.ok(&["load", "--input", &image().docker_archive.to_string_lossy()]);
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        while !run_within(&mut self.cmd(&["version"]), CLIENT_TIMEOUT)
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd not serving after {CLIENT_TIMEOUT:?}\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn client(&self) -> PathBuf {
+        docker_client().expect("no docker client")
+    }
+}
+
+impl Engine for Docker {
+    fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.client());
+        cmd.arg(format!("--host=unix://{}", self.socket.display()))
+            .args(args);
+        cmd
+    }
+
+    fn run_flags(&self) -> Vec<String> {
+        vec![
+            format!("--runtime={DOCKER_RUNTIME}"),
+            "--network=none".to_owned(),
+            format!("--volume={}:/ctl", self.ctl.display()),
+        ]
+    }
+
+    /// dockerd recorded the runtime under test for `name`, and that runtime's own `state`,
+    /// under the root the shim gave it (`EXEC_ROOT/runtime-*/moby`), knows the container
+    /// with docker's pid.
+    #[track_caller]
+    fn assert_served(&self, name: &str) {
+        assert_eq!(
+            self.inspect(name, "{{.HostConfig.Runtime}}"),
+            DOCKER_RUNTIME,
+            "docker's runtime for {name}"
+        );
+        let id = self.inspect(name, "{{.Id}}");
+        let pid: i64 = self.inspect(name, "{{.State.Pid}}").parse().unwrap();
+        let roots: Vec<PathBuf> = fs::read_dir(&self.exec_root)
+            .or_panic("readdir", &self.exec_root)
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("runtime-"))
+            .map(|e| e.path().join("moby"))
+            .collect();
+        let mut last: Result<(), String> = Err(format!(
+            "no runtime root under {}",
+            self.exec_root.display()
+        ));
+        for root in &roots {
+            match self
+                .runtime
+                .state(Command::new(&self.runtime.path), Some(root), &id)
+            {
+                Ok(state) => {
+                    assert_state(&self.runtime, Ok(state), &id, pid);
+                    return;
+                }
+                Err(out) => last = Err(out.context()),
+            }
+        }
+        panic!(
+            "{} does not know container {id} under {roots:?}: a runtime other than the one under test served it\n{}",
+            self.runtime.path.display(),
+            last.unwrap_err()
+        );
+    }
+
+    fn on_pty(&self, args: &[&str]) -> Command {
+        let inner = self.cmd(args);
+        let line = std::iter::once(self.client().to_string_lossy().into_owned())
+            .chain(inner.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"]);
+        cmd
+    }
+
+    fn ctl(&self) -> &Path {
+        &self.ctl
+    }
+
+    fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn is_rootless(&self) -> bool {
+        false
+    }
+
+    fn top_args<'a>(&self, name: &'a str) -> Vec<&'a str> {
+        vec!["top", name, "-o", "pid,args"]
+    }
+
+    fn rm_force_args<'a>(&self, name: &'a str) -> Vec<&'a str> {
+        vec!["rm", "--force", name]
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        let ids = run_within(&mut self.cmd(&["ps", "--all", "--quiet"]), CLIENT_TIMEOUT);
+        for id in ids.stdout.split_whitespace() {
+            let _ = run_within(&mut self.cmd(&["rm", "--force", id]), CLIENT_TIMEOUT);
+        }
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        // Its containerd, the shims and what they run name the directory.
+        kill_processes_naming(self.dir.path());
+        unmount_under(self.dir.path());
+        remove_cgroup_everywhere(&self.cgroup_parent);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Cleanup helpers
 
 /// `s` quoted for `sh`.
@@ -1031,7 +1405,9 @@ fn kill_tree(root: Pid) {
 /// and their descendants (the containers), then waits for them to be gone.
 fn kill_processes_naming(dir: &Path) {
     let me = std::process::id() as i32;
-    let needle = dir.to_string_lossy().into_owned();
+    // With the slash: `/tmp/ovlrun-it/7-1` must not match `/tmp/ovlrun-it/7-12/...`, the
+    // directory of a test running beside this one.
+    let needle = format!("{}/", dir.display());
     let found: Vec<i32> = processes()
         .into_iter()
         .filter(|(pid, _, cmdline)| *pid != me && cmdline.contains(&needle))
