@@ -76,7 +76,14 @@ impl Ctx<'_> {
         if PROVIDED.iter().any(|p| dest == Path::new(p)) {
             return Ok(());
         }
-        let options: Vec<&str> = m.options().iter().flatten().map(String::as_str).collect();
+        // An empty option means nothing (buildah sends one on its binds), as runc takes it.
+        let options: Vec<&str> = m
+            .options()
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(|o| !o.is_empty())
+            .collect();
         let typ = m.typ().as_deref().unwrap_or("");
         let bind = typ == "bind" || options.iter().any(|o| matches!(*o, "bind" | "rbind"));
         let bad_option = |o: &str, kind: &str| {

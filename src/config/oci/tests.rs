@@ -575,6 +575,13 @@ fn empty_or_harmless_values_are_accepted() {
         set(v, "/someFutureSection", json!([1, 2]));
         // Other platforms' sections do not apply.
         set(v, "/windows", json!({"layerFolders": ["C:\\layers"]}));
+        // buildah's binds carry an empty option.
+        push(
+            v,
+            "/mounts",
+            json!({"destination": "/ctl", "type": "bind", "source": "rootfs",
+                   "options": ["bind", "", "ro"]}),
+        );
     });
     assert!(read(&v, &ROOT).is_ok(), "{:?}", read(&v, &ROOT));
 }
