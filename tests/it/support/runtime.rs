@@ -557,8 +557,9 @@ pub struct Podman {
     /// Bound at `/ctl` by [`Podman::run_args`]: where [`WAIT_FOR_GO`] looks.
     pub ctl: PathBuf,
     conf: PodmanConf,
-    /// Root: the runtime's `--root` (podman's `--runtime-flag root=`), so no state of a
-    /// failed test stays in `/run`. Rootless: the runtime's default under `XDG_RUNTIME_DIR`.
+    /// The runtime's `--root` (podman's `--runtime-flag root=`); `None`: the runtime's default
+    /// (`/run/ovlrun`, `/run/runc`, or under `XDG_RUNTIME_DIR` rootless), which the cleanup
+    /// conmon runs at the container's exit uses too.
     runtime_root: Option<PathBuf>,
     /// Root: `--cgroup-parent` of every container (conmon goes below it too).
     cgroup_parent: Option<String>,
@@ -578,14 +579,14 @@ impl Podman {
         fs::create_dir(&xdg).or_panic("mkdir", &xdg);
         let ctl = home.join("ctl");
         fs::create_dir(&ctl).or_panic("mkdir", &ctl);
-        let (runtime_root, cgroup_parent) = if caller.is_root() {
-            (
-                Some(home.join("runtime-root")),
-                Some(format!("/{}", unique("ovlrun-it"))),
-            )
-        } else {
-            (None, None)
-        };
+        // The runtime's own default root, not one of the test's: podman passes
+        // `--runtime-flag` to the runtime it calls, but not to the `podman container cleanup`
+        // conmon runs when the container exits, whose `delete` would then look in the default
+        // root, find nothing, and leave the container's state and cgroup behind.
+        let runtime_root = None;
+        let cgroup_parent = caller
+            .is_root()
+            .then(|| format!("/{}", unique("ovlrun-it")));
         let conf = write_podman_conf(&home, cgroup_parent.as_deref());
         for p in [&home, &xdg, &ctl, &conf.containers, &conf.storage] {
             if let Caller::User(user) = &caller {
