@@ -182,6 +182,16 @@ pub struct RunArgs {
     /// How long a timed-out session has between TERM and KILL [default: 10s].
     #[arg(long, value_name = "DURATION", requires = "timeout")]
     pub timeout_kill: Option<String>,
+    /// Most memory the session may use: bytes, or with k, m or g (512m, 2g). Needs cgroups
+    /// the caller may write (root): otherwise the session runs without it, and says so.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Most processes and threads the session may have at once.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<String>,
+    /// CPU time the session may use, in CPUs (0.5, 2): its share of each 100 ms.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
     /// Put each copied-up file on disk before it takes its place (an fsync per copy-up, as
     /// the kernel overlayfs does). Without it a kept session's changes are made durable once,
     /// when it ends, and a discarded session's never: a crash of the machine loses nothing
@@ -230,6 +240,9 @@ impl RunArgs {
             seccomp: self.seccomp,
             timeout: self.timeout,
             timeout_kill: self.timeout_kill,
+            memory: self.memory,
+            pids_limit: self.pids_limit,
+            cpus: self.cpus,
             durable: self.durable,
             cmd: self.cmd,
         }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::oci::OciSettings;
 use super::{
-    CapabilitySets, Network, PlanError, Seccomp, SessionPlan, Terminal, Timeout, UserNs, check_id,
-    check_preserved_fds, default_env, default_masked_paths, parse_bind, parse_capability,
+    CapabilitySets, Limits, Network, PlanError, Seccomp, SessionPlan, Terminal, Timeout, UserNs,
+    check_id, check_preserved_fds, default_env, default_masked_paths, parse_bind, parse_capability,
     parse_dev_bind, parse_rlimit, parse_sysctl, state_root,
 };
 use crate::layers::WhiteoutFormat;
@@ -84,6 +84,12 @@ pub struct Flags {
     pub durable: bool,
     /// `--timeout-kill DURATION`.
     pub timeout_kill: Option<String>,
+    /// `--memory SIZE`.
+    pub memory: Option<String>,
+    /// `--pids-limit N`.
+    pub pids_limit: Option<String>,
+    /// `--cpus N`.
+    pub cpus: Option<String>,
     /// The command and its arguments (empty: the file's, else `/bin/sh`).
     pub cmd: Vec<OsString>,
 }
@@ -228,6 +234,11 @@ impl SessionPlan {
         };
         let (fs, whiteout) =
             backend_for(flags.fs.or(oci.fs).unwrap_or(Backend::Auto), oci.whiteout)?;
+        let limits = Limits {
+            memory: flags.memory.as_deref().map(parse_size).transpose()?,
+            pids: flags.pids_limit.as_deref().map(parse_pids).transpose()?,
+            cpus: flags.cpus.as_deref().map(parse_cpus).transpose()?,
+        };
         let timeout = match &flags.timeout {
             Some(after) => Some(Timeout {
                 after: parse_duration("--timeout", after)?,
@@ -272,6 +283,7 @@ impl SessionPlan {
             umask: oci.umask,
             join: oci.join,
             timeout,
+            limits,
         })
     }
 }
@@ -440,6 +452,65 @@ fn set_var(env: &mut Vec<OsString>, key: &str, kv: OsString) {
 
 /// How long a timed-out session has between TERM and KILL unless `--timeout-kill` says.
 const DEFAULT_TIMEOUT_KILL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `--memory`: bytes, or a number with k, m or g (binary units, as podman's), at least 1 MiB
+/// (a smaller limit kills the session's own pid 1 before it starts).
+fn parse_size(value: &str) -> Result<u64, PlanError> {
+    let bad = |why: &str| PlanError::Limit {
+        flag: "--memory",
+        value: value.to_owned(),
+        why: why.to_owned(),
+    };
+    let lower = value.to_ascii_lowercase();
+    let (number, scale) = match lower.char_indices().last() {
+        Some((i, 'k')) => (&lower[..i], 1u64 << 10),
+        Some((i, 'm')) => (&lower[..i], 1 << 20),
+        Some((i, 'g')) => (&lower[..i], 1 << 30),
+        Some((i, 'b')) => (&lower[..i], 1),
+        _ => (lower.as_str(), 1),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| bad("expected bytes, or a number with k, m or g (512m, 2g)"))?;
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| bad("larger than any machine"))?;
+    if bytes < 1 << 20 {
+        return Err(bad("less than 1 MiB, too little to start a command in"));
+    }
+    Ok(bytes)
+}
+
+/// `--pids-limit`: a count of at least 1.
+fn parse_pids(value: &str) -> Result<u64, PlanError> {
+    match value.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(PlanError::Limit {
+            flag: "--pids-limit",
+            value: value.to_owned(),
+            why: "expected a number of processes, at least 1".to_owned(),
+        }),
+    }
+}
+
+/// `--cpus`: a positive number of CPUs, at most those of the machine.
+fn parse_cpus(value: &str) -> Result<f64, PlanError> {
+    let have = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let bad = |why: String| PlanError::Limit {
+        flag: "--cpus",
+        value: value.to_owned(),
+        why,
+    };
+    match value.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.01 && n <= have as f64 => Ok(n),
+        Ok(n) if n.is_finite() && n > have as f64 => {
+            Err(bad(format!("this machine has {have} CPUs")))
+        }
+        _ => Err(bad(
+            "expected a number of CPUs, at least 0.01 (0.5, 2)".to_owned()
+        )),
+    }
+}
 
 /// `30`, `1.5`, `30s`, `5m`, `2h`, `1d`, as `timeout(1)` takes them.
 ///

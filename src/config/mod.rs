@@ -357,6 +357,26 @@ pub struct SessionPlan {
     pub join: Vec<JoinNs>,
     /// `--timeout`: when the session is stopped, as `timeout(1)` does.
     pub timeout: Option<Timeout>,
+    /// `--memory`, `--pids-limit`, `--cpus`: the session's cgroup limits.
+    pub limits: Limits,
+}
+
+/// What a session may use at most, written into a cgroup of its own; none by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Bytes of memory (`--memory`).
+    pub memory: Option<u64>,
+    /// Processes and threads at once (`--pids-limit`).
+    pub pids: Option<u64>,
+    /// CPUs' worth of time (`--cpus`).
+    pub cpus: Option<f64>,
+}
+
+impl Limits {
+    /// True when no limit is asked for.
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 /// `--timeout DURATION [--timeout-kill DURATION]`: TERM to the session after `after`, KILL
@@ -407,6 +427,7 @@ impl SessionPlan {
             umask: None,
             join: Vec::new(),
             timeout: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -493,6 +514,16 @@ pub enum PlanError {
         flag: &'static str,
         /// The value given.
         value: String,
+    },
+    /// A `--memory`, `--pids-limit` or `--cpus` value that is no limit.
+    #[error("{flag} {value}: {why}")]
+    Limit {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        why: String,
     },
     /// A `--unsetenv` value that is no variable name.
     #[error("--unsetenv {0}: expected a variable name (no '=', no white space)")]

@@ -2,6 +2,7 @@
 //! the mount point, under the state root; and the root filesystem a session's launcher is
 //! handed (the overlay mounted, its mount targets made and removed).
 
+pub(crate) mod cgroup;
 pub(crate) mod container;
 pub(crate) mod durable;
 pub mod ended;
@@ -495,6 +496,16 @@ pub enum SessionError {
         count: usize,
         /// Its rootfs.
         rootfs: PathBuf,
+    },
+    /// The session's limits (`--memory`, `--pids-limit`, `--cpus`) could not be written; the
+    /// command never ran.
+    #[error("cannot set the session's limits in cgroup {}", .path.display())]
+    Cgroup {
+        /// The cgroup.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A commit policy for a session over several trees, refused before it starts.
     #[error(

@@ -127,6 +127,12 @@ pub enum Note<'a> {
     /// needs, a terminal left out of raw mode, a setup step that fell back (a bound host
     /// `/proc`, no cgroup2 view, chroot instead of pivot_root).
     Launcher(&'a str),
+    /// `--memory`, `--pids-limit`, `--cpus` asked for, but the caller may not write cgroups:
+    /// the session runs without them.
+    LimitsNotApplied {
+        /// Why (the cgroup that could not be made).
+        why: &'a str,
+    },
     /// The rootfs's owner has no id in the caller's user namespace.
     UnmappedOwner {
         /// The rootfs.
@@ -208,6 +214,11 @@ impl fmt::Display for Note<'_> {
                 }
             ),
             Note::NoChanges => f.write_str("no changes; nothing kept"),
+            Note::LimitsNotApplied { why } => write!(
+                f,
+                "note: --memory, --pids-limit and --cpus are not applied: {why} (cgroups need \
+                 root, or a cgroup delegated to you)"
+            ),
             Note::HostFileNotShared { host, problem } => write!(
                 f,
                 "{} in the rootfs {problem}: the session does not get the host's",

@@ -221,8 +221,7 @@ fn run_tracked(
     }
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
     let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard, &rec, report);
-    let mut notice = |n: crate::sandbox::Notice| report.note(Note::Launcher(&n.to_string()));
-    let code = match crate::sandbox::run(plan, ids, fs, &mut notice) {
+    let code = match super::cgroup::launch(plan, ids, fs, &dirs.id.0, report) {
         Ok(outcome) => {
             rec.fs = outcome.fs;
             ended.fs = Some(outcome.fs);
@@ -241,7 +240,7 @@ fn run_tracked(
                 ended.outcome = Outcome::Discarded;
                 ended.upper = None;
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
     ended.code = Some(code);

@@ -2072,3 +2072,142 @@ fn ask_on_a_terminal_keeps_the_session_on_enter_and_on_ctrl_c() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Limits (issue 16 item 9): --memory, --pids-limit, --cpus
+
+/// The host directory of the session's cgroup in the v1 hierarchy `controller` (or in
+/// cgroup2 alone), from the session's pid 1 as the host sees it.
+fn session_cgroup_dirs(state: &Path) -> Vec<PathBuf> {
+    let sessions: Vec<_> = fs::read_dir(state.join("sessions"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let mut dirs = Vec::new();
+    for id in sessions {
+        let name = format!("session-{}", id.to_string_lossy());
+        for base in [
+            "/sys/fs/cgroup/pids/ovlrun",
+            "/sys/fs/cgroup/memory/ovlrun",
+            "/sys/fs/cgroup/cpu/ovlrun",
+            "/sys/fs/cgroup/ovlrun",
+        ] {
+            let d = Path::new(base).join(&name);
+            if d.is_dir() {
+                dirs.push(d);
+            }
+        }
+    }
+    dirs
+}
+
+/// Root: the limits are written into a cgroup of the session's own before its command runs,
+/// and they hold: a fork past `--pids-limit` fails, a process past `--memory` is killed.
+/// The cgroup is gone after the session.
+#[test]
+fn limits_are_written_before_the_command_and_hold() {
+    require_launcher!();
+    require!(
+        Path::new("/sys/fs/cgroup/pids").is_dir()
+            || Path::new("/sys/fs/cgroup/cgroup.procs").exists(),
+        "find a pids cgroup hierarchy"
+    );
+    let fx = Fixture::shared();
+    let mut bg = support::Bg::spawn(
+        &mut fx.cmd(
+            &[
+                "--memory",
+                "64m",
+                "--pids-limit",
+                "16",
+                "--cpus",
+                "0.5",
+                "--no-tty",
+            ],
+            &["/bin/sh", "-c", "echo ready; sleep 30"],
+        ),
+        RUN_TIMEOUT,
+    );
+    bg.wait_line("ready");
+    let dirs = session_cgroup_dirs(&fx.state);
+    let read = |file: &str| {
+        dirs.iter()
+            .map(|d| d.join(file))
+            .find(|p| p.exists())
+            .map(|p| fs::read_to_string(&p).unwrap().trim().to_owned())
+    };
+    let (pids, memory, quota) = (
+        read("pids.max"),
+        read("memory.limit_in_bytes").or_else(|| read("memory.max")),
+        read("cpu.cfs_quota_us").or_else(|| read("cpu.max")),
+    );
+    // A launcher killed outright leaves its cgroup; the next session with limits removes it.
+    bg.kill_now();
+    assert_eq!(pids.as_deref(), Some("16"), "dirs {dirs:?}");
+    assert_eq!(memory.as_deref(), Some("67108864"), "dirs {dirs:?}");
+    assert!(
+        matches!(quota.as_deref(), Some("50000") | Some("50000 100000")),
+        "cpu quota {quota:?} in {dirs:?}"
+    );
+
+    // The limits hold, from the command's first instruction.
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = fx.sh(
+        &["--pids-limit", "6"],
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 2 & done; wait; echo done",
+    );
+    assert!(
+        out.stderr.contains("can't fork") || out.stderr.contains("Resource temporarily"),
+        "no fork refused under --pids-limit 6\n{}",
+        out.context()
+    );
+    let out = fx.sh(
+        &["--memory", "16m"],
+        "dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd=$?",
+    );
+    assert!(
+        out.stdout.contains("dd=137") || out.code() == 137,
+        "dd of 64 MiB lived under --memory 16m\n{}",
+        out.context()
+    );
+    // Gone with the sessions, also the one that was killed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !session_cgroup_dirs(&fx.state).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(session_cgroup_dirs(&fx.state), Vec::<PathBuf>::new());
+}
+
+/// A limit that is none is refused by name before anything runs.
+#[test]
+fn bad_limits_are_named_errors() {
+    let fx = Fixture::shared();
+    for (flag, value, want) in [
+        ("--memory", "12q", "--memory 12q"),
+        ("--memory", "100", "less than 1 MiB"),
+        ("--pids-limit", "0", "--pids-limit 0"),
+        ("--cpus", "0", "--cpus 0"),
+        ("--cpus", "4096", "CPUs"),
+    ] {
+        let out = fx.sh(&[flag, value], "echo ran");
+        out.expect_own_error(&[want]);
+        assert!(!out.stdout.contains("ran"), "{}", out.context());
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.context());
+    }
+    assert_no_sessions_left(&fx.sessions_dir(), "refused limits");
+}
+
+/// A user who may not write cgroups: the session runs, and says once that its limits are not
+/// applied.
+#[test]
+fn unprivileged_limits_are_a_note_not_an_error() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let out = u.sh(&["--memory", "64m", "--pids-limit", "16"], "echo ran");
+    out.expect_ok().expect_stdout(&["ran"]);
+    let notes = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("are not applied"))
+        .count();
+    assert_eq!(notes, 1, "{}", out.context());
+}
