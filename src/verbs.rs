@@ -51,6 +51,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 }
 
 fn verb(cli: &RuntimeCli, log: &Log) -> anyhow::Result<ExitCode> {
+    if let Some(code) = session_exec(cli)? {
+        return Ok(code);
+    }
     if matches!(cli.verb, Verb::Features) {
         print_json(&runtime::features::features())?;
         return Ok(ExitCode::SUCCESS);
@@ -134,6 +137,65 @@ fn verb(cli: &RuntimeCli, log: &Log) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ovlrun exec ID|NAME [FLAGS] CMD...` of a running session (issue 16): an exec without
+/// runc's global flags, `--process`, `--detach`, `--pid-file` or `--console-socket`, whose
+/// id is no container of the default root but a session of the state root. `None`: runc's
+/// exec (or another verb) then.
+fn session_exec(cli: &RuntimeCli) -> anyhow::Result<Option<ExitCode>> {
+    let Verb::Exec {
+        process: None,
+        detach: false,
+        pid_file: None,
+        tty,
+        console_socket: None,
+        cwd,
+        env,
+        user,
+        preserve_fds: 0,
+        id,
+        args,
+    } = &cli.verb
+    else {
+        return Ok(None);
+    };
+    if cli.root.is_some() || cli.log.is_some() {
+        return Ok(None);
+    }
+    let is_container = Root::default_path().is_ok_and(|p| p.join(id).is_dir());
+    let Ok(state) = ovlrun::config::state_root() else {
+        return Ok(None);
+    };
+    if is_container || !ovlrun::session::exec::is_session(&state, id) {
+        return Ok(None);
+    }
+    // `exec NAME -- CMD`: the first `--` ends exec's own flags.
+    let argv = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let opts = ovlrun::session::exec::ExecOptions {
+        argv: argv.iter().map(Into::into).collect(),
+        tty: tty.then_some(true),
+        user: user.clone(),
+        env: env.clone(),
+        cwd: cwd.clone(),
+    };
+    // A session's exec fails as ovlrun's own errors do (125), not as runc's (1).
+    let code = if opts.argv.is_empty() {
+        eprintln!(
+            "ovlrun: exec {id}: no command (ovlrun exec ID|NAME [--tty] [--user U] [--env K=V] \
+             [--cwd DIR] -- CMD...)"
+        );
+        125
+    } else {
+        match ovlrun::session::exec::exec(&state, id, &opts) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("ovlrun: {}", ovlrun::error_chain(&e));
+                125
+            }
+        }
+    };
+    Ok(Some(ExitCode::from(u8::try_from(code).unwrap_or(125))))
 }
 
 fn create_options(args: &CreateArgs) -> runtime::create::CreateOptions {

@@ -120,7 +120,7 @@ impl Terminal {
 }
 
 /// The system-call filter the command runs under.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Seccomp {
     /// ovlrun's default filter: the effect of the containers default profile, plus
     /// TIOCSTI and TIOCLINUX refused.
@@ -215,7 +215,7 @@ pub(crate) const DEFAULT_CAPABILITIES: [caps::Capability; 14] = [
 
 /// The five capability sets of the command (names upper case, `CAP_` prefixed), as
 /// `process.capabilities` gives them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CapabilitySets {
     /// What the command and its children can ever have.
     pub bounding: std::collections::BTreeSet<String>,

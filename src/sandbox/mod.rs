@@ -227,28 +227,6 @@ impl Launch {
     }
 }
 
-/// Runs `plan` with `fs` as its root filesystem: [`create`], [`Created::start`],
-/// [`Created::wait`]. The calling process stays in the new user namespace afterwards, so it
-/// can still handle files owned by the session's sub-ids. `notices` gets what the user
-/// should know, as it comes.
-///
-/// # Errors
-/// [`SandboxError`] when the session cannot be set up; nothing of the rootfs has changed.
-/// `ids` is the map [`id_map`] chose for `plan`, chosen once by the caller, which judges the
-/// rootfs against it too.
-pub(crate) fn run<F: Filesystem>(
-    plan: &SessionPlan,
-    ids: Option<IdMap>,
-    fs: F,
-    notices: &mut dyn FnMut(Notice),
-) -> Result<Outcome, SandboxError> {
-    let mut created = create(plan, ids, fs, Launch::session())?;
-    created.notices.drain(..).for_each(&mut *notices);
-    created.start()?;
-    created.notices.drain(..).for_each(&mut *notices);
-    created.wait()
-}
-
 /// The ids a session of `plan` maps: none without a user namespace (`--no-userns`), the
 /// caller's own for a config that asks for just that, else the caller's subordinate range
 /// where it has one.
@@ -438,6 +416,11 @@ impl<F: Filesystem> Created<F> {
     /// The process's pid, as the caller sees it.
     pub(crate) fn pid(&self) -> Pid {
         self.child
+    }
+
+    /// The backend that serves the filesystem.
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Step 6 for a process held by the handshake: puts the caller's terminal in raw mode

@@ -107,37 +107,42 @@ fn sweep_leftovers(mounts: &crate::host::cgroup::CgroupMounts) {
     }
 }
 
-/// Runs the session's launcher: set up, its limits placed (when asked for), started, waited
-/// for; then its cgroup removed.
+/// Runs the session's launcher: set up, its limits placed (when asked for), `created` told
+/// of its pid 1 and backend (to record how to enter it), started, waited for; then its
+/// cgroup removed.
 ///
 /// # Errors
-/// The launcher's, or [`SessionError::Cgroup`] when the limits cannot be written (the
-/// session's process is killed first: it never ran the command).
+/// The launcher's, `created`'s, or [`SessionError::Cgroup`] when the limits cannot be
+/// written (the session's process is killed first: it never ran the command).
 pub(crate) fn launch<F: Filesystem>(
     plan: &SessionPlan,
     ids: Option<IdMap>,
     fs: F,
     id: &str,
     report: &dyn Report,
+    created: impl FnOnce(Pid, crate::mount::Backend) -> Result<(), SessionError>,
 ) -> Result<Outcome, SessionError> {
     let mut notice = |n: Notice| report.note(Note::Launcher(&n.to_string()));
-    if plan.limits.is_empty() {
-        return Ok(sandbox::run(plan, ids, fs, &mut notice)?);
-    }
-    let mut created = sandbox::create(plan, ids, fs, Launch::session())?;
-    created.notices.drain(..).for_each(&mut notice);
-    let cgroup = match place(id, &plan.limits, created.pid(), report) {
+    let mut launched = sandbox::create(plan, ids, fs, Launch::session())?;
+    launched.notices.drain(..).for_each(&mut notice);
+    let pid = launched.pid();
+    let placed = if plan.limits.is_empty() {
+        Ok(None)
+    } else {
+        place(id, &plan.limits, pid, report)
+    };
+    let cgroup = match placed.and_then(|cg| created(pid, launched.backend()).map(|()| cg)) {
         Ok(cg) => cg,
         Err(e) => {
-            let _ = nix::sys::signal::kill(created.pid(), Signal::SIGKILL);
-            let _ = created.wait();
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = launched.wait();
             return Err(e);
         }
     };
-    let outcome = created
+    let outcome = launched
         .start()
-        .map(|()| created.notices.drain(..).for_each(&mut notice))
-        .and_then(|()| created.wait());
+        .map(|()| launched.notices.drain(..).for_each(&mut notice))
+        .and_then(|()| launched.wait());
     if let Some(cg) = cgroup {
         // Whatever the command left (its pid namespace is gone with pid 1, but its
         // processes may still be exiting).
@@ -150,6 +155,31 @@ pub(crate) fn launch<F: Filesystem>(
         }
     }
     Ok(outcome?)
+}
+
+/// Moves `pid` (a process `ovlrun exec` enters into session `id`) into the session's
+/// cgroup, when it has one: what it runs is limited as the session is.
+///
+/// # Errors
+/// [`SessionError::Cgroup`] when the cgroup exists but `pid` cannot join it.
+pub(crate) fn adopt(id: &str, pid: Pid) -> Result<(), SessionError> {
+    let path = path_of(id);
+    let Ok(mounts) = crate::host::cgroup::CgroupMounts::of_host() else {
+        return Ok(());
+    };
+    let Ok(cg) = Cgroup::at(&mounts, &path) else {
+        return Ok(());
+    };
+    match cg.add(pid) {
+        Ok(()) => Ok(()),
+        // No cgroup of its own (no limits, or none could be made).
+        Err(crate::cgroups::CgroupError::Write { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(failed(&path)(e)),
+    }
 }
 
 #[cfg(test)]

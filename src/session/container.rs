@@ -58,6 +58,7 @@ impl ContainerSession {
                 .ok()
                 .map(|()| id.to_owned()),
             layers: Vec::new(),
+            entry: None,
             // No volatile mount: nothing here syncs the upper once at the container's end.
             unsynced_boot: None,
         };

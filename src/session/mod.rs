@@ -6,6 +6,7 @@ pub(crate) mod cgroup;
 pub(crate) mod container;
 pub(crate) mod durable;
 pub mod ended;
+pub mod exec;
 pub(crate) mod kept;
 pub(crate) mod lock;
 pub(crate) mod name;
@@ -539,6 +540,17 @@ pub enum SessionError {
         id: String,
         /// Why.
         why: &'static str,
+    },
+    /// A setting that is not valid (`exec --user`).
+    #[error(transparent)]
+    Setting(#[from] crate::config::PlanError),
+    /// `ovlrun exec` into a session that is not running.
+    #[error(
+        "session {id} is not running: `ovlrun exec` enters running sessions only (`ovlrun run --resume {id}` runs a new command on a kept one)"
+    )]
+    NotRunning {
+        /// The session.
+        id: String,
     },
     /// The session's command is still running.
     #[error("session {id} is still running (pid {pid})")]

@@ -23,7 +23,7 @@ pub enum Status {
 }
 
 /// The record of one session.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Session id.
     pub id: SessionId,
@@ -63,6 +63,10 @@ pub struct Record {
     /// `--layer SESSION`); empty for a session over one rootfs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<PathBuf>,
+    /// How to enter the session while it runs (`ovlrun exec`): its pid 1 and its command's
+    /// settings; absent once it has ended, and in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) entry: Option<Entry>,
     /// The session's name (`--name`), if it was given one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -70,6 +74,49 @@ pub struct Record {
     /// not yet synced to disk; absent once it is (see `session::durable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsynced_boot: Option<String>,
+}
+
+/// What `ovlrun exec` needs of a running session: where it is, and what its command runs as,
+/// so a process entered into it is held as the command is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    /// The session's pid 1 as the host sees it (a child of the launcher, `Record::pid`).
+    pub init: u32,
+    /// The command's uid, gid and supplementary groups inside.
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// Its environment, `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Its working directory.
+    pub cwd: PathBuf,
+    /// Its capability sets.
+    pub capabilities: crate::config::CapabilitySets,
+    /// Its system-call filter.
+    pub seccomp: crate::config::Seccomp,
+    /// Whether it runs with no_new_privs.
+    pub no_new_privs: bool,
+}
+
+impl Entry {
+    /// The entry of `plan`'s command, whose pid 1 is `init`.
+    pub(crate) fn of(plan: &crate::config::SessionPlan, init: u32) -> Entry {
+        Entry {
+            init,
+            uid: plan.uid,
+            gid: plan.gid,
+            groups: plan.groups.clone(),
+            env: plan
+                .env
+                .iter()
+                .map(|e| e.to_string_lossy().into_owned())
+                .collect(),
+            cwd: plan.cwd.clone(),
+            capabilities: plan.capabilities.clone(),
+            seccomp: plan.seccomp.clone(),
+            no_new_privs: plan.no_new_privs,
+        }
+    }
 }
 
 /// A record that cannot be read or written.
@@ -226,6 +273,10 @@ mod tests {
             command: vec!["sh".into(), "-c".into(), "true".into()],
             name: Some("job".into()),
             layers: vec!["/l".into()],
+            entry: Some(Entry::of(
+                &crate::config::SessionPlan::new("/r".into(), vec!["sh".into()], "/s".into()),
+                7,
+            )),
             unsynced_boot: Some("b".into()),
         };
         rec.save(dir.path()).unwrap();

@@ -221,7 +221,18 @@ fn run_tracked(
     }
     // A kept upper must be whole: FUSE completes its metadata-only copies at unmount.
     let fs = SessionRootfs::new(plan, &dirs, opts.policy != Policy::Discard, &rec, report);
-    let code = match super::cgroup::launch(plan, ids, fs, &dirs.id.0, report) {
+    // Once pid 1 exists: the record says how to enter the session (`ovlrun exec`), and
+    // which backend serves it.
+    let entered = |init: nix::unistd::Pid, fs| {
+        let init = u32::try_from(init.as_raw()).unwrap_or_default();
+        Ok(Record {
+            entry: Some(super::record::Entry::of(plan, init)),
+            fs,
+            ..rec.clone()
+        }
+        .save(&dirs.root)?)
+    };
+    let code = match super::cgroup::launch(plan, ids, fs, &dirs.id.0, report, entered) {
         Ok(outcome) => {
             rec.fs = outcome.fs;
             ended.fs = Some(outcome.fs);
@@ -301,6 +312,7 @@ fn new_session(
         command: command_of(plan),
         name: opts.name.clone(),
         layers: plan.layers.clone(),
+        entry: None,
         unsynced_boot: super::durable::mark(plan.durable),
     };
     Ok((dirs, rec))

@@ -2211,3 +2211,138 @@ fn unprivileged_limits_are_a_note_not_an_error() {
         .count();
     assert_eq!(notes, 1, "{}", out.context());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Entering a running session (issue 16 item 5): ovlrun exec ID|NAME -- CMD
+
+/// Starts a session named `box` that marks itself, prints its confinement, says `ready` and
+/// waits; returns it running.
+fn running_box(cmd: &mut Command) -> support::Bg {
+    let mut bg = support::Bg::spawn(cmd, RUN_TIMEOUT);
+    bg.wait_line("ready");
+    bg
+}
+
+/// The confinement lines of `/proc/self/status` a process inside prints.
+const CONFINEMENT: &str = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; grep -c session- /proc/self/cgroup";
+
+/// Root: `exec` enters the running session (its root, its pid namespace, its cgroup) and is
+/// held as its command is (capabilities, no_new_privs, seccomp); `--user`, `--env`, the exit
+/// status; a kept session that no longer runs is refused.
+#[test]
+fn exec_enters_a_running_session_held_as_its_command() {
+    require_launcher!();
+    let fx = Fixture::shared();
+    let script = format!("touch /inside; {{ {CONFINEMENT}; }} > /tmp/conf; echo ready; sleep 30");
+    let mut bg = running_box(&mut fx.cmd(
+        &[
+            "--name",
+            "box",
+            "--policy",
+            "preserve",
+            "--no-tty",
+            "--pids-limit",
+            "64",
+            "--cap-drop",
+            "CAP_NET_RAW",
+        ],
+        &["/bin/sh", "-c", &script],
+    ));
+    let exec = |args: &[&str]| {
+        let mut cmd = Command::new(support::ovlrun_bin());
+        cmd.env("OVLRUN_STATE", &fx.state).arg("exec").args(args);
+        run(&mut cmd)
+    };
+    let out = exec(&[
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "test -e /inside && echo seen; echo pid=$$",
+    ]);
+    out.expect_ok();
+    assert!(out.stdout.contains("seen"), "{}", out.context());
+    let pid: u32 = out.value("pid").parse().unwrap();
+    assert!(
+        pid > 1,
+        "not in the session's pid namespace: {}",
+        out.context()
+    );
+    // Held as the command is: the same capabilities, no_new_privs, filter and cgroup.
+    let inside = exec(&[
+        "box",
+        "--",
+        "sh",
+        "-c",
+        &format!("{CONFINEMENT}; cat /tmp/conf"),
+    ]);
+    inside.expect_ok();
+    let lines: Vec<&str> = inside.stdout.lines().collect();
+    assert_eq!(lines.len(), 10, "{}", inside.context());
+    assert_eq!(
+        lines[..5],
+        lines[5..],
+        "exec'd process differs from the command"
+    );
+    assert!(lines.contains(&"NoNewPrivs:\t1") && lines.contains(&"Seccomp:\t2"));
+    assert_ne!(
+        lines[4],
+        "0",
+        "not in the session's cgroup: {}",
+        inside.context()
+    );
+
+    exec(&[
+        "box",
+        "--user",
+        "1000:1000",
+        "--env",
+        "FOO=bar",
+        "--",
+        "sh",
+        "-c",
+        "echo $(id -u) $FOO",
+    ])
+    .expect_ok()
+    .expect_stdout(&["1000 bar"]);
+    exec(&["box", "--", "sh", "-c", "exit 7"]).expect_code(7);
+    bg.kill_now();
+    let ended = exec(&["box", "--", "true"]);
+    ended.expect_own_error(&["is not running"]);
+    run(Command::new(support::ovlrun_bin())
+        .env("OVLRUN_STATE", &fx.state)
+        .args(["discard", "box"]))
+    .expect_ok();
+}
+
+/// A user: `exec` enters the user's own running session (pid 1 is not dumpable, so through
+/// its command, in the session's user namespace).
+#[test]
+fn unprivileged_exec_enters_the_users_session() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let mut bg = running_box(&mut u.cmd(
+        &["--name", "box", "--no-tty"],
+        &["/bin/sh", "-c", "touch /inside; echo ready; sleep 30"],
+    ));
+    let mut exec = Command::new(support::ovlrun_bin());
+    exec.env_clear()
+        .env("HOME", &u.home)
+        .env("OVLRUN_STATE", &u.f.state)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(&u.home)
+        .uid(u.who.user.uid.as_raw())
+        .gid(u.who.user.gid.as_raw())
+        .args([
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "test -e /inside && echo seen; exit 3",
+        ]);
+    let out = run(&mut exec);
+    bg.kill_now();
+    out.expect_code(3);
+    assert!(out.stdout.contains("seen"), "{}", out.context());
+}
