@@ -141,7 +141,6 @@ PRINT_ALLOWED=(
     src/sandbox/init.rs      # the session's pid 1: fatal setup errors
     src/sandbox/mod.rs       # the cloned child's fatal errors it cannot send back
     src/sandbox/enter.rs     # an exec'd process's fatal errors (no caller to return to)
-    src/sandbox/timeout.rs   # the --timeout note (to move with the launcher's notes)
     src/sandbox/seccomp/mod.rs # a unit test's timing line
     src/policy/commit_props.rs # the planner's property test: its seed and coverage
     src/cgroups/tests.rs     # the real-cgroup tests: why they skip

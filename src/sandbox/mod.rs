@@ -148,6 +148,8 @@ pub(crate) struct Outcome {
     pub code: i32,
     /// The filesystem that served the overlay.
     pub fs: Backend,
+    /// `--timeout` stopped it (its `code` is then [`timeout::TIMED_OUT`]).
+    pub timed_out: bool,
 }
 
 /// Something the launcher has to tell the user that is not an error: the caller reports it
@@ -477,6 +479,7 @@ impl<F: Filesystem> Created<F> {
         Ok(Outcome {
             code: if timed_out { timeout::TIMED_OUT } else { code },
             fs: self.backend,
+            timed_out,
         })
     }
 }

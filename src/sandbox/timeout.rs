@@ -62,10 +62,6 @@ fn stop_at(child: Pid, timeout: Timeout, state: &(Mutex<bool>, Condvar)) -> bool
     if *guard {
         return false;
     }
-    eprintln!(
-        "ovlrun: --timeout {:?} reached: stopping the session (TERM, then KILL after {:?})",
-        timeout.after, timeout.kill_after
-    );
     let _ = kill(child, Signal::SIGTERM);
     let (guard, _) = cvar
         .wait_timeout_while(guard, timeout.kill_after, |exited| !*exited)

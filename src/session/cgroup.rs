@@ -154,7 +154,14 @@ pub(crate) fn launch<F: Filesystem>(
             )));
         }
     }
-    Ok(outcome?)
+    let outcome = outcome?;
+    if let (true, Some(t)) = (outcome.timed_out, plan.timeout) {
+        report.note(Note::TimedOut {
+            after: t.after,
+            kill_after: t.kill_after,
+        });
+    }
+    Ok(outcome)
 }
 
 /// Moves `pid` (a process `ovlrun exec` enters into session `id`) into the session's

@@ -127,6 +127,13 @@ pub enum Note<'a> {
     /// needs, a terminal left out of raw mode, a setup step that fell back (a bound host
     /// `/proc`, no cgroup2 view, chroot instead of pivot_root).
     Launcher(&'a str),
+    /// `--timeout` stopped the session: TERM at `after`, KILL `kill_after` later if need be.
+    TimedOut {
+        /// The `--timeout`.
+        after: std::time::Duration,
+        /// The `--timeout-kill`.
+        kill_after: std::time::Duration,
+    },
     /// `--memory`, `--pids-limit`, `--cpus` asked for, but the caller may not write cgroups:
     /// the session runs without them.
     LimitsNotApplied {
@@ -214,6 +221,11 @@ impl fmt::Display for Note<'_> {
                 }
             ),
             Note::NoChanges => f.write_str("no changes; nothing kept"),
+            Note::TimedOut { after, kill_after } => write!(
+                f,
+                "--timeout {after:?} reached: the session was stopped (TERM, then KILL after \
+                 {kill_after:?})"
+            ),
             Note::LimitsNotApplied { why } => write!(
                 f,
                 "note: --memory, --pids-limit and --cpus are not applied: {why} (cgroups need \
