@@ -56,7 +56,10 @@ fn place(
         })
     })?;
     sweep_leftovers(&mounts);
-    let cg = match Cgroup::create(&mounts, &path).map_err(failed(&path))? {
+    // Once more if the first fails: another session's end may remove `/ovlrun` between
+    // the making of it and of ours below it.
+    let created = Cgroup::create(&mounts, &path).or_else(|_| Cgroup::create(&mounts, &path));
+    let cg = match created.map_err(failed(&path))? {
         Placement::Created(cg) => cg,
         Placement::NotWritable(why) => {
             report.note(Note::LimitsNotApplied {
@@ -107,6 +110,22 @@ fn sweep_leftovers(mounts: &crate::host::cgroup::CgroupMounts) {
     }
 }
 
+/// Removes `/ovlrun` in every hierarchy when no session's cgroup is left in it (rmdir fails
+/// on a cgroup that has any below it).
+fn remove_parent() {
+    let Ok(mounts) = crate::host::cgroup::CgroupMounts::of_host() else {
+        return;
+    };
+    let parents = mounts
+        .v1
+        .iter()
+        .map(|h| h.mount_point.join("ovlrun"))
+        .chain(mounts.unified.iter().map(|u| u.join("ovlrun")));
+    for parent in parents {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
 /// Runs the session's launcher: set up, its limits placed (when asked for), `created` told
 /// of its pid 1 and backend (to record how to enter it), started, waited for; then its
 /// cgroup removed.
@@ -153,6 +172,7 @@ pub(crate) fn launch<F: Filesystem>(
                 crate::error_chain(&e)
             )));
         }
+        remove_parent();
     }
     let outcome = outcome?;
     if let (true, Some(t)) = (outcome.timed_out, plan.timeout) {

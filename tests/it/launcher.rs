@@ -2175,6 +2175,18 @@ fn limits_are_written_before_the_command_and_hold() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(session_cgroup_dirs(&fx.state), Vec::<PathBuf>::new());
+    // Nor is their parent, when no other session has one in it.
+    if !Path::new("/sys/fs/cgroup/pids/ovlrun")
+        .read_dir()
+        .is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("session-")))
+        })
+    {
+        assert!(
+            !Path::new("/sys/fs/cgroup/pids/ovlrun").exists(),
+            "/ovlrun left"
+        );
+    }
 }
 
 /// A limit that is none is refused by name before anything runs.
