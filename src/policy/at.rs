@@ -71,6 +71,26 @@ pub(crate) fn itself(dir: &OwnedFd) -> PathBuf {
     beneath::fd_path(dir)
 }
 
+/// The status of `path` (not following a last symlink), `None` when it does not exist (or
+/// a component on the way is no directory).
+///
+/// # Errors
+/// Any other error of lstat(2).
+pub(crate) fn lstat_opt(path: &Path) -> std::io::Result<Option<std::fs::Metadata>> {
+    match path.symlink_metadata() {
+        Ok(m) => Ok(Some(m)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

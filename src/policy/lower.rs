@@ -42,21 +42,6 @@ pub(crate) struct LowEnt {
     level: usize,
 }
 
-fn lstat_opt(path: &Path) -> std::io::Result<Option<Metadata>> {
-    match path.symlink_metadata() {
-        Ok(m) => Ok(Some(m)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 impl Level {
     /// True when this layer whites `name` out: by a char 0:0 entry (given its status), or a
     /// `.wh.` marker beside it.
@@ -131,7 +116,7 @@ impl LowDir {
             }
             let via = at::entry(&level.fd, name);
             let shown = level.shown.join(name);
-            let md = lstat_opt(&via).map_err(at_path(&shown))?;
+            let md = at::lstat_opt(&via).map_err(at_path(&shown))?;
             if level
                 .whites_out(name, md.as_ref())
                 .map_err(at_path(&shown))?
@@ -164,7 +149,7 @@ impl LowDir {
         let mut levels = Vec::new();
         for level in &self.levels[entry.level..] {
             let shown = level.shown.join(name);
-            let md = lstat_opt(&at::entry(&level.fd, name)).map_err(at_path(&shown))?;
+            let md = at::lstat_opt(&at::entry(&level.fd, name)).map_err(at_path(&shown))?;
             if level
                 .whites_out(name, md.as_ref())
                 .map_err(at_path(&shown))?
@@ -215,7 +200,7 @@ impl LowDir {
                 if format::is_aufs_name(&name) {
                     continue;
                 }
-                let md = lstat_opt(&at::entry(&level.fd, &name))
+                let md = at::lstat_opt(&at::entry(&level.fd, &name))
                     .map_err(at_path(&level.shown.join(&name)))?;
                 if md.as_ref().is_some_and(format::is_whiteout) {
                     hidden.insert(name);

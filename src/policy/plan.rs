@@ -430,18 +430,7 @@ pub(crate) fn is_opaque(
 }
 
 fn lstat_opt(path: &Path) -> Result<Option<Metadata>, PlanError> {
-    match path.symlink_metadata() {
-        Ok(m) => Ok(Some(m)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(io(path)(e)),
-    }
+    at::lstat_opt(path).map_err(io(path))
 }
 
 /// An error about `via` (an entry reached through an fd) said about `shown` (its path in
