@@ -8,6 +8,7 @@
 #   OVLRUN=path/to/ovlrun RUNS=5 bash scripts/bench-commit.sh
 #   ONLY=add,big bash scripts/bench-commit.sh   # some rows only
 #   COLD=0 bash scripts/bench-commit.sh         # warm caches (default: dropped before each run)
+#   SCRATCH=root bash scripts/bench-commit.sh   # on the root filesystem, not a loop image
 #
 # Sessions (rows): `one` changes 1 file, `many` changes 10,000 existing files (20 dirs x 500),
 # `add` adds 10,000 new small files in 100 directories, `del` deletes a 10,000-file directory,
@@ -16,13 +17,22 @@
 # `del` `rm -rf` / `rsync -a --delete`; each is followed by `sync`, as a commit is durable
 # when it returns.
 #
-# Needs root and /dev/fuse (the sessions are real ovlrun sessions). The rootfs and the
-# preserved sessions are built once and cached under $BENCH_DIR (default
-# /var/tmp/ovlrun-bench-commit/pristine); every timed run starts from a fresh `cp -a` of the
+# Needs root and /dev/fuse (the sessions are real ovlrun sessions). Everything lives on a
+# journaled ext4 in a loop image ($BENCH_DIR.img, kept between runs, mounted in a private
+# mount namespace at $BENCH_DIR): this VM's root ext4 has no journal and is mounted with
+# `discard`, so every unlink waits for a discard and creates after mass deletes slow down
+# (see bench.sh); neither says much about a commit elsewhere. The rootfs and the preserved
+# sessions are built once and cached under $BENCH_DIR/pristine; every timed run starts from a fresh `cp -a` of the
 # rootfs and of the session it uses, restored at the same paths (the session record names the
 # rootfs and the upper), then `sync` and (COLD=1) a drop of the page cache. The tables show the
 # median of $RUNS runs (default 3), in seconds; the copy is not counted.
 set -euo pipefail
+
+SCRATCH_KIND="${SCRATCH:-image}"
+if [[ $SCRATCH_KIND == image && -z "${OVLRUN_BENCH_NS:-}" ]]; then
+    [[ $(id -u) -eq 0 ]] || { echo "bench-commit: run as root" >&2; exit 1; }
+    exec env OVLRUN_BENCH_NS=1 unshare --mount --propagation private bash "$0" "$@"
+fi
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/ovlrun-bench-commit}"
@@ -47,6 +57,17 @@ fi
 [[ -x "$OVLRUN" ]] || die "no ovlrun binary at $OVLRUN"
 
 mkdir -p "$BENCH_DIR"
+LOOP=""
+if [[ $SCRATCH_KIND == image ]]; then
+    IMG="$BENCH_DIR.img"
+    if [[ ! -e $IMG ]]; then
+        truncate -s 12G "$IMG"
+        mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$IMG"
+    fi
+    LOOP=$(losetup --find --show --direct-io=on "$IMG")
+    mount "$LOOP" "$BENCH_DIR"
+    trap 'umount "$BENCH_DIR" 2>/dev/null || umount -l "$BENCH_DIR"; losetup -d "$LOOP"' EXIT
+fi
 LIVE="$BENCH_DIR/live"         # the paths the session records name; commits run here
 PRISTINE="$BENCH_DIR/pristine" # cached copy of LIVE before any commit
 STAMP="$PRISTINE/.complete-v2"
