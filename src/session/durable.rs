@@ -7,7 +7,7 @@
 //! exporting the upper would spread that over files the session never changed, so it is
 //! refused (the kernel overlayfs refuses a `volatile` upper after a crash alike). A mark from
 //! this boot means only the process died: the page cache holds everything, and one sync
-//! settles it.
+//! settles it. The kernel backend mounts such a session `volatile` (no fsync per copy-up).
 
 use super::record::Record;
 use super::{SessionDirs, SessionError};
@@ -37,9 +37,26 @@ pub(crate) fn sync_upper(rec: &mut Record) -> Result<(), SessionError> {
     let dir = std::fs::File::open(&rec.upper).map_err(err)?;
     // One syncfs for the whole upper instead of an fsync per copy-up during the session.
     nix::unistd::syncfs(&dir).map_err(|e| err(e.into()))?;
+    // The kernel backend mounted it `volatile` and refuses to mount it again while this
+    // mark is there; the upper is whole now, which is when its docs allow removing it.
+    let mark = rec.work.join(KERNEL_VOLATILE_MARK);
+    // (It holds a file `dirty`; the directory is in the session's own work directory.)
+    match std::fs::remove_dir_all(&mark) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(SessionError::Sync {
+                upper: mark,
+                source: e,
+            });
+        }
+        _ => {}
+    }
     rec.unsynced_boot = None;
     Ok(())
 }
+
+/// Where the kernel overlayfs marks a work directory it mounted `volatile`, below the
+/// session's work directory (`session::rootfs` gives the kernel `kernel/` of it).
+const KERNEL_VOLATILE_MARK: &str = "kernel/work/incompat/volatile";
 
 /// For a session whose command no longer runs: `true` when its upper is on disk (synced now,
 /// and the record saved, if only the process died), `false` when the machine went down

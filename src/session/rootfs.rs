@@ -104,8 +104,10 @@ impl<'a> SessionRootfs<'a> {
             path: work.clone(),
             source,
         })?;
-        // A discarded upper has nothing to keep after a crash: no fsync per copy-up.
-        let volatile = !self.kept && !plan.durable;
+        // No fsync per copy-up unless asked: a discarded upper has nothing to keep after a
+        // crash, a kept one is synced once at the end (`durable.rs`, which also removes the
+        // kernel's `volatile` mark then, so the upper mounts again).
+        let volatile = self.record.unsynced_boot.is_some();
         let m = KernelMount::mount_with(
             std::slice::from_ref(&plan.rootfs),
             &dirs.upper,
@@ -129,7 +131,9 @@ impl<'a> SessionRootfs<'a> {
             .upper(&self.dirs.upper)
             .work(&self.dirs.work)
             .complete_at_unmount(self.kept)
-            .durable(self.plan.durable);
+            // Without the mark (`--durable`, or no boot id to tell a crash by) every copy-up
+            // is fsynced.
+            .durable(self.record.unsynced_boot.is_none());
         if let Some(w) = self.plan.whiteout {
             builder = builder.whiteout(w);
         }

@@ -36,23 +36,33 @@ fn root_mount(f: &Fixture, flags: &[&str]) -> (String, bool) {
     (line, volatile)
 }
 
+/// The kernel backend mounts a session `volatile` (no fsync per copy-up) unless `--durable`;
+/// a kept one is synced at its end and the kernel's mark removed, so it mounts again.
 #[test]
-fn only_a_discarded_session_mounts_the_kernel_overlayfs_volatile() {
+fn the_kernel_backend_mounts_volatile_unless_durable_and_a_kept_upper_mounts_again() {
     require_sessions!();
     require!(can_mount_kernel_overlay(), "mount the kernel overlayfs");
     let f = Fixture::new();
-    let (line, volatile) = root_mount(&f, &["--fs", "kernel", "--policy", "discard"]);
-    assert!(
-        volatile,
-        "a discarded session's root is not volatile: {line}"
-    );
-    for flags in [
-        &["--fs", "kernel", "--policy", "preserve"][..],
-        &["--fs", "kernel", "--policy", "discard", "--durable"][..],
-    ] {
-        let (line, volatile) = root_mount(&f, flags);
-        assert!(!volatile, "{flags:?}: the root overlay is volatile: {line}");
+    for policy in ["discard", "preserve"] {
+        let (line, volatile) = root_mount(&f, &["--fs", "kernel", "--policy", policy]);
+        assert!(
+            volatile,
+            "--policy {policy}: the root overlay is not volatile: {line}"
+        );
     }
+    let (line, volatile) = root_mount(&f, &["--fs", "kernel", "--policy", "discard", "--durable"]);
+    assert!(!volatile, "--durable: the root overlay is volatile: {line}");
+    let out = f.sh(
+        &["--fs", "kernel", "--policy", "preserve"],
+        "echo kept > /etc/kept",
+    );
+    out.expect_ok();
+    let (id, _) = out.kept_session();
+    let mut again = f.ovlrun(&[
+        "run", "--resume", &id, "--policy", "preserve", "--fs", "kernel",
+    ]);
+    again.args(["--", "/bin/sh", "-c", "cat /etc/kept"]);
+    run_cmd(&mut again).expect_ok().expect_stdout(&["kept"]);
 }
 
 /// How many `fsync` and `syncfs` calls an ovlrun command and all its threads and children
