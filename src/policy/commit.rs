@@ -564,7 +564,11 @@ fn apply(txn: &mut Txn<'_>, parents: &mut Parents, i: usize, op: &Op) -> Result<
         }
         Op::MakeDir { existed: true, .. } => Ok(()),
         Op::Install { .. } | Op::Link { .. } => {
-            move_out(txn, parents, i, rel)?;
+            // A plain commit keeps no backup: the rename replaces the old entry in one step
+            // (old or new at the path, never neither), and frees it.
+            if txn.journal.is_some() {
+                move_out(txn, parents, i, rel)?;
+            }
             let (parent, name) = parents
                 .get(txn.root, rel)
                 .map_err(txn.err("install", &shown))?;
