@@ -240,8 +240,9 @@ fn run_tracked(
         }
         Err(e) => {
             if opts.resume.is_some() {
-                // The kept changes are the user's work: keep them.
+                // The kept changes are the user's work: keep them, synced as at any end.
                 rec.status = Status::Preserved;
+                super::durable::sync_upper(&mut rec)?;
                 rec.save(&dirs.root)?;
             } else if earlier_work {
                 let _ = dirs.forget();
