@@ -180,13 +180,30 @@ impl Record {
     /// # Errors
     /// [`RecordError::Write`].
     pub(crate) fn save(&self, session_dir: &Path) -> Result<(), RecordError> {
+        self.save_with(session_dir, write_atomic)
+    }
+
+    /// [`Record::save`] without syncing: for what a crash makes stale anyway (a running
+    /// session's entry: after a crash, nothing runs).
+    ///
+    /// # Errors
+    /// As [`Record::save`].
+    pub(crate) fn save_volatile(&self, session_dir: &Path) -> Result<(), RecordError> {
+        self.save_with(session_dir, crate::sys::write_replacing_volatile)
+    }
+
+    fn save_with(
+        &self,
+        session_dir: &Path,
+        write: fn(&Path, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), RecordError> {
         let path = Self::path_in(session_dir);
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| RecordError::Write {
             path: path.clone(),
             source: e.into(),
         })?;
         json.push(b'\n');
-        write_atomic(&path, &json).map_err(|source| RecordError::Write { path, source })
+        write(&path, &json).map_err(|source| RecordError::Write { path, source })
     }
 
     /// Reads the record of `session_dir`.

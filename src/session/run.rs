@@ -225,12 +225,13 @@ fn run_tracked(
     // which backend serves it.
     let entered = |init: nix::unistd::Pid, fs| {
         let init = u32::try_from(init.as_raw()).unwrap_or_default();
+        // Not synced: after a crash nothing runs, and the entry is stale anyway.
         Ok(Record {
             entry: Some(super::record::Entry::of(plan, init)),
             fs,
             ..rec.clone()
         }
-        .save(&dirs.root)?)
+        .save_volatile(&dirs.root)?)
     };
     let code = match super::cgroup::launch(plan, ids, fs, &dirs.id.0, report, entered) {
         Ok(outcome) => {

@@ -32,6 +32,22 @@ pub(crate) fn read_at_most(
 /// # Errors
 /// Any I/O error.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_replacing(path, bytes, true)
+}
+
+/// [`write_atomic`] without the syncs: whole old or whole new for every reader, but a crash
+/// of the machine may leave the old (or an empty file). For what is worth nothing after one.
+///
+/// # Errors
+/// As [`write_atomic`].
+pub(crate) fn write_replacing_volatile(
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    write_replacing(path, bytes, false)
+}
+
+fn write_replacing(path: &std::path::Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     let mut name = path.file_name().unwrap_or_default().to_owned();
@@ -40,10 +56,15 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
     }
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    if sync {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Shares the data blocks of `src` with `dst` (`FICLONE`), where the filesystem can.
