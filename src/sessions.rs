@@ -230,11 +230,15 @@ pub fn discard(ids: &[String], all: bool, older_than: Option<&str>) -> anyhow::R
     } else {
         ids.to_vec()
     };
+    // Files the session made as sub-ids are removable only in a namespace that maps them.
+    let discard_one = |id: &str| -> anyhow::Result<()> {
+        Kept::open(&state, id)
+            .and_then(Kept::discard)
+            .with_context(|| format!("cannot discard session {id}"))
+    };
     if let ([id], false) = (chosen.as_slice(), all || older_than.is_some()) {
         // One session named: its failure is the command's own error, as for other verbs.
-        Kept::open(&state, id)?
-            .discard()
-            .with_context(|| format!("cannot discard session {id}"))?;
+        discard_one(id)?;
         return Ok(ExitCode::SUCCESS);
     }
     // Rounds until nothing more goes: a session another stands on (`--layer`) goes in a later
@@ -243,18 +247,11 @@ pub fn discard(ids: &[String], all: bool, older_than: Option<&str>) -> anyhow::R
     loop {
         let before = left.len();
         let mut errors = Vec::new();
-        left.retain(|id| {
-            // Files the session made as sub-ids are removable only in a namespace that maps
-            // them.
-            let done = Kept::open(&state, id)
-                .map_err(anyhow::Error::from)
-                .and_then(|k| k.discard().map_err(anyhow::Error::from));
-            match done {
-                Ok(()) => false,
-                Err(e) => {
-                    errors.push(format!("ovlrun: cannot discard session {id}: {e:#}"));
-                    true
-                }
+        left.retain(|id| match discard_one(id) {
+            Ok(()) => false,
+            Err(e) => {
+                errors.push(format!("ovlrun: {e:#}"));
+                true
             }
         });
         if left.is_empty() || left.len() == before {

@@ -9,4 +9,5 @@
 pub(crate) mod cgroup;
 pub(crate) mod ids;
 pub(crate) mod kernel;
+pub(crate) mod process;
 pub(crate) mod programs;

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Root, RuntimeError, io, proc};
+use super::{Root, RuntimeError, io};
+use crate::host::process as proc;
 
 /// The record's file name in the container's directory.
 const RECORD: &str = "state.json";

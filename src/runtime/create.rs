@@ -12,9 +12,10 @@ use nix::sys::stat::Mode;
 
 use super::container::EXEC_FIFO;
 use super::rootfs::{BundleRoot, ContainerRoot};
-use super::{Container, Notes, Root, RuntimeError, State, io, proc};
+use super::{Container, Notes, Root, RuntimeError, State, io};
 use crate::config::oci::{self, Caller};
 use crate::config::{Flags, SessionPlan, Terminal};
+use crate::host::process as proc;
 use crate::policy::Policy;
 use crate::sandbox::{self, Created, Gate, Launch, Pid1};
 use crate::session::ContainerSessionRef;

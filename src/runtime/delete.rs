@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::kill::signal_container;
-use super::{Container, Notes, Root, RuntimeError, Status, proc};
+use super::{Container, Notes, Root, RuntimeError, Status};
+use crate::host::process as proc;
 
 /// How long `delete` waits for a killed process to end.
 const KILL_WAIT: Duration = Duration::from_secs(10);

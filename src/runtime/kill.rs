@@ -6,7 +6,8 @@ use std::str::FromStr;
 use nix::sys::signal::{Signal, kill as send};
 use nix::unistd::Pid;
 
-use super::{Container, Root, RuntimeError, Status, proc};
+use super::{Container, Root, RuntimeError, Status};
+use crate::host::process as proc;
 
 /// runc's signal syntax: a number (`9`), or a name with or without `SIG` in any case
 /// (`KILL`, `sigkill`, `SIGKILL`).

@@ -23,7 +23,6 @@ pub(crate) mod hooks;
 pub mod kill;
 pub mod list;
 pub mod pause;
-pub(crate) mod proc;
 pub mod ps;
 pub mod root;
 pub(crate) mod rootfs;

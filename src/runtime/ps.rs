@@ -1,7 +1,8 @@
 //! `ps [--format table|json] ID [PS-OPTIONS]`: the processes of a container, as the caller
 //! sees their pids (every process of its pid namespace; runc reads its cgroup instead).
 
-use super::{Container, Root, RuntimeError, Status, proc};
+use super::{Container, Root, RuntimeError, Status};
+use crate::host::process as proc;
 
 /// The pids of container `id`'s processes, sorted; none once it has stopped.
 ///

@@ -8,7 +8,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
 
 use super::container::EXEC_FIFO;
-use super::{Container, Root, RuntimeError, Status, io, proc};
+use super::{Container, Root, RuntimeError, Status, io};
+use crate::host::process as proc;
 
 /// `start`.
 ///

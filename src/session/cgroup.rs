@@ -85,13 +85,8 @@ const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Removes the session cgroups a killed launcher left: empty ones (rmdir fails on any
 /// other) made more than [`LEFTOVER_AGE`] ago, in every hierarchy.
 fn sweep_leftovers(mounts: &crate::host::cgroup::CgroupMounts) {
-    let bases = mounts
-        .v1
-        .iter()
-        .map(|h| h.mount_point.join("ovlrun"))
-        .chain(mounts.unified.iter().map(|u| u.join("ovlrun")));
     let mut names = std::collections::BTreeSet::new();
-    for base in bases {
+    for base in parents(mounts) {
         for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
             let old = e
                 .metadata()
@@ -116,14 +111,20 @@ fn remove_parent() {
     let Ok(mounts) = crate::host::cgroup::CgroupMounts::of_host() else {
         return;
     };
-    let parents = mounts
-        .v1
-        .iter()
-        .map(|h| h.mount_point.join("ovlrun"))
-        .chain(mounts.unified.iter().map(|u| u.join("ovlrun")));
-    for parent in parents {
+    for parent in parents(&mounts) {
         let _ = std::fs::remove_dir(parent);
     }
+}
+
+/// `/ovlrun`, the parent of every session's cgroup, in each hierarchy.
+fn parents(mounts: &crate::host::cgroup::CgroupMounts) -> Vec<PathBuf> {
+    mounts
+        .v1
+        .iter()
+        .map(|h| h.mount_point.as_path())
+        .chain(mounts.unified.as_deref())
+        .map(|m| m.join("ovlrun"))
+        .collect()
 }
 
 /// Runs the session's launcher: set up, its limits placed (when asked for), `created` told

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
-use super::record::{Entry, Status};
+use super::record::{Entry, Record, Status};
 use super::{SessionDirs, SessionError};
 use crate::config::{CapabilitySets, SessionPlan, Terminal};
+use crate::host::process;
 use crate::sandbox::enter::{self, Console};
 
 /// What `exec` runs, and how.
@@ -37,20 +38,6 @@ pub fn is_session(state_root: &Path, given: &str) -> bool {
     SessionDirs::resolve_id(state_root, given).is_ok()
 }
 
-/// The parent of `pid` (`/proc/PID/stat` field 4), which any user may read.
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 1..)?.to_owned();
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The user namespace of `pid`, as (device, inode).
-fn user_ns_of(pid: u32) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(format!("/proc/{pid}/ns/user")).ok()?;
-    Some((md.dev(), md.ino()))
-}
-
 /// The process whose namespaces `exec` joins. Root: the session's pid 1. Another user may not
 /// open pid 1's (it is not dumpable), so a child of it still in the session's own user
 /// namespace (the launcher's, `launcher`): the command, which ran its program inside, so its
@@ -59,20 +46,22 @@ fn target_of(init: u32, launcher: u32) -> u32 {
     if nix::unistd::geteuid().is_root() {
         return init;
     }
-    let session_ns = user_ns_of(launcher);
+    let session_ns = process::namespace(&launcher.to_string(), "user");
     let children = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| parent_of(pid) == Some(init))
-        .filter(|&pid| session_ns.is_some() && user_ns_of(pid) == session_ns);
+        .filter(|&pid| process::parent(pid) == Some(init))
+        .filter(|&pid| {
+            session_ns.is_some() && process::namespace(&pid.to_string(), "user") == session_ns
+        });
     children.min().unwrap_or(init)
 }
 
-/// The session's pid 1, when the session `given` runs: its launcher alive and pid 1 still
-/// its child (not a pid used again).
-fn running(state_root: &Path, given: &str) -> Result<(SessionDirs, Entry), SessionError> {
+/// The session `given` and how to enter it, when it runs: its launcher alive and its pid 1
+/// still the launcher's child (not a pid used again).
+fn running(state_root: &Path, given: &str) -> Result<(SessionDirs, Record, Entry), SessionError> {
     let (dirs, rec) = SessionDirs::open(state_root, given)?;
     let not_running = || SessionError::NotRunning {
         id: dirs.id.0.clone(),
@@ -81,10 +70,10 @@ fn running(state_root: &Path, given: &str) -> Result<(SessionDirs, Entry), Sessi
         (Some(e), Status::Running) if !rec.is_dead() => e.clone(),
         _ => return Err(not_running()),
     };
-    if parent_of(entry.init) != Some(rec.pid) {
+    if process::parent(entry.init) != Some(rec.pid) {
         return Err(not_running());
     }
-    Ok((dirs, entry))
+    Ok((dirs, rec, entry))
 }
 
 /// The plan of the entered process: the session's command's settings, `opts` over them.
@@ -139,8 +128,7 @@ fn plan_of(
 /// [`SessionError::NotRunning`] for a session that is not running; a `--user` that cannot be
 /// resolved; [`SessionError::Sandbox`] when the session cannot be entered.
 pub fn exec(state_root: &Path, given: &str, opts: &ExecOptions) -> Result<i32, SessionError> {
-    let (dirs, entry) = running(state_root, given)?;
-    let (_, rec) = SessionDirs::open(state_root, &dirs.id.0)?;
+    let (dirs, rec, entry) = running(state_root, given)?;
     let mut plan = plan_of(state_root, rec.rootfs.clone(), &entry, opts)?;
     let tty = opts.tty.unwrap_or_else(|| {
         use std::io::IsTerminal;
