@@ -2358,3 +2358,29 @@ fn unprivileged_exec_enters_the_users_session() {
     out.expect_code(3);
     assert!(out.stdout.contains("seen"), "{}", out.context());
 }
+
+/// A user's `exec` never joins a process of the session that made a user namespace of its
+/// own (there, the session's command would choose what the entered process sees): with no
+/// other way in, it is refused.
+#[test]
+fn unprivileged_exec_refuses_a_command_in_a_namespace_of_its_own() {
+    let who = require_unprivileged!();
+    let u = UserFixture::new(who);
+    let mut bg = running_box(&mut u.cmd(
+        &["--name", "box", "--no-tty"],
+        &["/bin/sh", "-c", "echo ready; exec unshare -U sleep 30"],
+    ));
+    let mut exec = Command::new(support::ovlrun_bin());
+    exec.env_clear()
+        .env("HOME", &u.home)
+        .env("OVLRUN_STATE", &u.f.state)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(&u.home)
+        .uid(u.who.user.uid.as_raw())
+        .gid(u.who.user.gid.as_raw())
+        .args(["exec", "box", "--", "echo", "entered"]);
+    let out = run(&mut exec);
+    bg.kill_now();
+    assert!(!out.stdout.contains("entered"), "{}", out.context());
+    out.expect_own_error(&["namespace"]);
+}
